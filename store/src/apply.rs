@@ -1,0 +1,147 @@
+//! Applying committed entries to a partition's state machine.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use raft::eraftpb::ConfState;
+
+use crate::backend::{Backend, BackendBatch, Scan, TreeId};
+use crate::error::{Result, StoreError};
+use crate::group;
+use crate::keys;
+use crate::kv::{decode_record, encode_record, execute, KvOp, KvRecord, KvResult, KvView};
+use crate::store::Store;
+
+/// What a committed entry asks of the state machine.
+#[derive(Clone, Copy, Debug)]
+pub enum ApplyOp<'a> {
+    /// Nothing (an empty entry, e.g. a new leader's first): only the applied index moves.
+    Noop,
+    /// A key-value operation.
+    Kv(&'a KvOp),
+    /// A configuration change took effect; this is the configuration after it.
+    ConfChange(&'a ConfState),
+}
+
+/// A committed entry, in the order raft-rs hands them out.
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyEntry<'a> {
+    pub index: u64,
+    pub term: u64,
+    pub op: ApplyOp<'a>,
+}
+
+/// The state seen by operations of one apply call: the store plus earlier writes of the call.
+struct Overlay<'a, B> {
+    backend: &'a B,
+    group: u64,
+    writes: BTreeMap<Vec<u8>, Option<KvRecord>>,
+}
+
+impl<B: Backend> KvView for Overlay<'_, B> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<KvRecord>> {
+        if let Some(w) = self.writes.get(key) {
+            return Ok(w.clone());
+        }
+        match self.backend.get(TreeId::Kv, &keys::data_key(self.group, key))? {
+            Some(v) => Ok(Some(decode_record(self.group, key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn keys_in(&mut self, start: &[u8], end: Option<&[u8]>) -> Result<Vec<Vec<u8>>> {
+        let lo = keys::data_key(self.group, start);
+        let hi = match end {
+            Some(e) => keys::data_key(self.group, e),
+            None => keys::group_tag(self.group, keys::TAG_DATA + 1),
+        };
+        let mut found = std::collections::BTreeSet::new();
+        self.backend.scan(
+            TreeId::Kv,
+            Bound::Included(&lo),
+            Bound::Excluded(&hi),
+            false,
+            &mut |k, _| {
+                found.insert(k[9..].to_vec());
+                Ok(Scan::Continue)
+            },
+        )?;
+        let in_range = |k: &[u8]| k >= start && end.is_none_or(|e| k < e);
+        for (k, v) in &self.writes {
+            if in_range(k) {
+                match v {
+                    Some(_) => found.insert(k.clone()),
+                    None => found.remove(k),
+                };
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    fn set(&mut self, key: Vec<u8>, record: Option<KvRecord>) {
+        self.writes.insert(key, record);
+    }
+}
+
+impl<B: Backend> Store<B> {
+    /// Applies committed entries of `group`, which must continue exactly where the last apply
+    /// stopped. The data they write and the new applied index go to the store in one atomic
+    /// write (not synced: after a crash, the Raft log replays whatever was lost). Returns the
+    /// result of each entry that carried a key-value operation (`None` for the others).
+    pub fn apply(&self, group: u64, entries: &[ApplyEntry<'_>]) -> Result<Vec<Option<KvResult>>> {
+        let shared = self.shared_group(group)?;
+        let mut st = group::write(&shared);
+        let mut apply = st.meta.apply.clone();
+        let mut view = Overlay {
+            backend: &self.inner.backend,
+            group,
+            writes: BTreeMap::new(),
+        };
+        let limits = self.inner.config.limits;
+        let mut results = Vec::with_capacity(entries.len());
+        for e in entries {
+            if e.index != apply.index + 1 {
+                return Err(StoreError::ApplyOutOfOrder {
+                    group,
+                    expected: apply.index + 1,
+                    got: e.index,
+                });
+            }
+            let r = match e.op {
+                ApplyOp::Noop => None,
+                ApplyOp::Kv(op) => Some(execute(&mut view, op, e.index, &limits)?),
+                ApplyOp::ConfChange(cs) => {
+                    apply.conf_state = cs.clone();
+                    None
+                }
+            };
+            results.push(r);
+            apply.index = e.index;
+            apply.term = e.term;
+        }
+        if entries.is_empty() {
+            return Ok(results);
+        }
+        let mut bb = BackendBatch::default();
+        for (k, v) in view.writes {
+            let key = keys::data_key(group, &k);
+            match v {
+                Some(r) => bb.put(TreeId::Kv, key, encode_record(&r)),
+                None => bb.delete(TreeId::Kv, key),
+            }
+        }
+        bb.put(
+            TreeId::Kv,
+            keys::group_tag(group, keys::TAG_APPLY_STATE),
+            apply.encode()?,
+        );
+        self.inner.backend.write(&bb)?;
+        st.meta.apply = apply;
+        Ok(results)
+    }
+
+    /// Makes every write so far durable (applies are not synced on their own).
+    pub fn sync(&self) -> Result<()> {
+        self.inner.backend.sync()
+    }
+}

@@ -1,0 +1,459 @@
+//! One Raft group's persistent state, cached, and its `raft::Storage` implementation.
+
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, Scan, TreeId};
+use crate::error::{Result, StoreError};
+use crate::keys;
+use crate::store::Store;
+
+/// Where the state machine of a partition stands: persisted atomically with the data it
+/// describes, so a restart neither re-applies nor skips an entry.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ApplyState {
+    /// Index of the last applied entry.
+    pub index: u64,
+    /// Term of the last applied entry.
+    pub term: u64,
+    /// Configuration in force at `index` (what a snapshot taken now must carry).
+    pub conf_state: ConfState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ApplyStateRecord {
+    index: u64,
+    term: u64,
+    conf_state: Vec<u8>,
+}
+
+impl ApplyState {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+        let conf_state = self
+            .conf_state
+            .write_to_bytes()
+            .map_err(|e| StoreError::corrupt("kv", "apply state", e))?;
+        let rec = ApplyStateRecord {
+            index: self.index,
+            term: self.term,
+            conf_state,
+        };
+        Ok(postcard::to_stdvec(&rec).unwrap_or_default())
+    }
+
+    pub(crate) fn decode(group: u64, bytes: &[u8]) -> Result<ApplyState> {
+        let loc = || format!("group {group} apply state");
+        let rec: ApplyStateRecord =
+            postcard::from_bytes(bytes).map_err(|e| StoreError::corrupt("kv", loc(), e))?;
+        let conf_state = ConfState::parse_from_bytes(&rec.conf_state)
+            .map_err(|e| StoreError::corrupt("kv", loc(), e))?;
+        Ok(ApplyState {
+            index: rec.index,
+            term: rec.term,
+            conf_state,
+        })
+    }
+}
+
+/// The metadata raft-rs asks for on every call, kept in memory so that answering never
+/// touches the disk.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LogMeta {
+    pub hard_state: HardState,
+    pub conf_state: ConfState,
+    /// Index and term of the last entry removed by compaction or replaced by a snapshot.
+    pub truncated_index: u64,
+    pub truncated_term: u64,
+    pub last_index: u64,
+    pub last_term: u64,
+    pub apply: ApplyState,
+}
+
+impl LogMeta {
+    pub fn first_index(&self) -> u64 {
+        self.truncated_index + 1
+    }
+}
+
+/// Cached state of one group. `cache` holds the most recent entries (contiguous, ending at
+/// `meta.last_index`), which is what followers are sent right after an append.
+#[derive(Debug, Default)]
+pub(crate) struct GroupState {
+    pub meta: LogMeta,
+    pub cache: VecDeque<Entry>,
+    pub cache_bytes: usize,
+}
+
+impl GroupState {
+    fn cached(&self, index: u64) -> Option<&Entry> {
+        let front = self.cache.front()?.index;
+        if index < front {
+            return None;
+        }
+        self.cache.get((index - front) as usize)
+    }
+
+    /// Drops cached entries at or after `index`.
+    pub fn cache_truncate_from(&mut self, index: u64) {
+        while self.cache.back().is_some_and(|e| e.index >= index) {
+            if let Some(e) = self.cache.pop_back() {
+                self.cache_bytes -= e.compute_size() as usize;
+            }
+        }
+    }
+
+    /// Drops cached entries before `index`.
+    pub fn cache_drop_before(&mut self, index: u64) {
+        while self.cache.front().is_some_and(|e| e.index < index) {
+            if let Some(e) = self.cache.pop_front() {
+                self.cache_bytes -= e.compute_size() as usize;
+            }
+        }
+    }
+
+    /// Appends to the cache, evicting the oldest entries past `budget` bytes.
+    pub fn cache_push(&mut self, entries: &[Entry], budget: usize) {
+        for e in entries {
+            self.cache_bytes += e.compute_size() as usize;
+            self.cache.push_back(e.clone());
+        }
+        while self.cache_bytes > budget {
+            match self.cache.pop_front() {
+                Some(e) => self.cache_bytes -= e.compute_size() as usize,
+                None => break,
+            }
+        }
+    }
+
+    pub fn cache_clear(&mut self) {
+        self.cache.clear();
+        self.cache_bytes = 0;
+    }
+}
+
+pub(crate) type SharedGroup = Arc<RwLock<GroupState>>;
+
+pub(crate) fn read(g: &SharedGroup) -> RwLockReadGuard<'_, GroupState> {
+    // The state is only mutated after a successful write, by code that does not panic midway;
+    // a poisoned lock therefore still holds consistent data.
+    g.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn write(g: &SharedGroup) -> RwLockWriteGuard<'_, GroupState> {
+    g.write().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn decode_entry(group: u64, index: u64, bytes: &[u8]) -> Result<Entry> {
+    let e = Entry::parse_from_bytes(bytes).map_err(|e| {
+        StoreError::corrupt("raft", format!("group {group} entry {index}"), e)
+    })?;
+    if e.index != index {
+        return Err(StoreError::corrupt(
+            "raft",
+            format!("group {group} entry {index}"),
+            format!("record holds index {}", e.index),
+        ));
+    }
+    Ok(e)
+}
+
+pub(crate) fn encode_pb(m: &impl protobuf::Message, what: &str) -> Result<Vec<u8>> {
+    m.write_to_bytes()
+        .map_err(|e| StoreError::corrupt("raft", what.to_string(), e))
+}
+
+/// Loads a group's state from the backend and checks that its log has no hole.
+pub(crate) fn load<B: Backend>(backend: &B, group: u64) -> Result<GroupState> {
+    let mut meta = LogMeta::default();
+    let get = |tag| backend.get(TreeId::Raft, &keys::group_tag(group, tag));
+    if let Some(b) = get(keys::TAG_HARD_STATE)? {
+        meta.hard_state = HardState::parse_from_bytes(&b)
+            .map_err(|e| StoreError::corrupt("raft", format!("group {group} hard state"), e))?;
+    }
+    if let Some(b) = get(keys::TAG_CONF_STATE)? {
+        meta.conf_state = ConfState::parse_from_bytes(&b)
+            .map_err(|e| StoreError::corrupt("raft", format!("group {group} conf state"), e))?;
+    }
+    if let Some(b) = get(keys::TAG_TRUNCATED)? {
+        let (i, t): (u64, u64) = postcard::from_bytes(&b).map_err(|e| {
+            StoreError::corrupt("raft", format!("group {group} truncated state"), e)
+        })?;
+        meta.truncated_index = i;
+        meta.truncated_term = t;
+    }
+    if let Some(b) = backend.get(TreeId::Kv, &keys::group_tag(group, keys::TAG_APPLY_STATE))? {
+        meta.apply = ApplyState::decode(group, &b)?;
+    }
+
+    // Walk the entry keys (not their values) to find the last index and any hole.
+    let lo = keys::entry_key(group, 0);
+    let hi = keys::group_tag(group, keys::TAG_ENTRY + 1);
+    let mut expected = meta.truncated_index + 1;
+    let mut last: Option<(u64, Vec<u8>)> = None;
+    backend.scan(
+        TreeId::Raft,
+        Bound::Included(&lo),
+        Bound::Excluded(&hi),
+        false,
+        &mut |k, v| {
+            let index = keys::u64_at(k, 9)
+                .ok_or_else(|| StoreError::corrupt("raft", format!("group {group}"), "short entry key"))?;
+            if index != expected {
+                return Err(StoreError::LogHole {
+                    group,
+                    expected,
+                    found: index,
+                });
+            }
+            expected += 1;
+            last = Some((index, v.to_vec()));
+            Ok(Scan::Continue)
+        },
+    )?;
+    match last {
+        Some((index, bytes)) => {
+            meta.last_index = index;
+            meta.last_term = decode_entry(group, index, &bytes)?.term;
+        }
+        None => {
+            meta.last_index = meta.truncated_index;
+            meta.last_term = meta.truncated_term;
+        }
+    }
+    if meta.apply.index < meta.truncated_index {
+        return Err(StoreError::corrupt(
+            "kv",
+            format!("group {group} apply state"),
+            format!(
+                "applied index {} is behind the compacted log (truncated at {})",
+                meta.apply.index, meta.truncated_index
+            ),
+        ));
+    }
+    Ok(GroupState {
+        meta,
+        cache: VecDeque::new(),
+        cache_bytes: 0,
+    })
+}
+
+/// Reads entries `[lo, hi)` from the backend, at most `max_size` bytes (but at least one
+/// entry), checking that none is missing.
+pub(crate) fn read_entries<B: Backend>(
+    backend: &B,
+    group: u64,
+    lo: u64,
+    hi: u64,
+    max_size: Option<u64>,
+) -> Result<Vec<Entry>> {
+    let mut out = Vec::with_capacity((hi - lo).min(1024) as usize);
+    let mut size = 0u64;
+    let mut expected = lo;
+    let mut stopped = false;
+    let (start, end) = (keys::entry_key(group, lo), keys::entry_key(group, hi));
+    backend.scan(
+        TreeId::Raft,
+        Bound::Included(&start),
+        Bound::Excluded(&end),
+        false,
+        &mut |k, v| {
+            let index = keys::u64_at(k, 9).unwrap_or(0);
+            if index != expected {
+                return Err(StoreError::LogHole {
+                    group,
+                    expected,
+                    found: index,
+                });
+            }
+            let e = decode_entry(group, index, v)?;
+            size += u64::from(e.compute_size());
+            if let Some(max) = max_size {
+                if !out.is_empty() && size > max {
+                    stopped = true;
+                    return Ok(Scan::Stop);
+                }
+            }
+            out.push(e);
+            expected += 1;
+            Ok(Scan::Continue)
+        },
+    )?;
+    if !stopped && expected != hi {
+        return Err(StoreError::LogHole {
+            group,
+            expected,
+            found: hi,
+        });
+    }
+    Ok(out)
+}
+
+/// One group's Raft log as raft-rs sees it: a cheap handle onto the store's shared cache.
+///
+/// Reads of first/last index, last term, hard and conf state come from memory; entries come
+/// from the in-memory tail cache when they are recent, else from disk.
+pub struct GroupStorage<B: Backend> {
+    pub(crate) group: u64,
+    pub(crate) state: SharedGroup,
+    pub(crate) store: Store<B>,
+}
+
+impl<B: Backend> Clone for GroupStorage<B> {
+    fn clone(&self) -> Self {
+        GroupStorage {
+            group: self.group,
+            state: self.state.clone(),
+            store: self.store.clone(),
+        }
+    }
+}
+
+impl<B: Backend> GroupStorage<B> {
+    /// The group (partition) id.
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// The state machine's position.
+    pub fn apply_state(&self) -> ApplyState {
+        read(&self.state).meta.apply.clone()
+    }
+
+    /// The persisted hard state.
+    pub fn hard_state(&self) -> HardState {
+        read(&self.state).meta.hard_state.clone()
+    }
+
+    fn entries_inner(&self, lo: u64, hi: u64, max_size: Option<u64>) -> Result<Vec<Entry>> {
+        let st = read(&self.state);
+        let m = &st.meta;
+        if lo <= m.truncated_index {
+            return Err(StoreError::Compacted {
+                group: self.group,
+                index: lo,
+                first: m.first_index(),
+            });
+        }
+        if hi > m.last_index + 1 {
+            return Err(StoreError::Unavailable {
+                group: self.group,
+                index: hi - 1,
+                last: m.last_index,
+            });
+        }
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        if st.cached(lo).is_some() {
+            let mut out = Vec::new();
+            let mut size = 0u64;
+            for i in lo..hi {
+                let Some(e) = st.cached(i) else { break };
+                size += u64::from(e.compute_size());
+                if max_size.is_some_and(|max| !out.is_empty() && size > max) {
+                    break;
+                }
+                out.push(e.clone());
+            }
+            return Ok(out);
+        }
+        drop(st);
+        read_entries(self.store.backend(), self.group, lo, hi, max_size)
+    }
+
+    fn term_inner(&self, idx: u64) -> Result<u64> {
+        let st = read(&self.state);
+        let m = &st.meta;
+        if idx == m.truncated_index {
+            return Ok(m.truncated_term);
+        }
+        if idx < m.truncated_index {
+            return Err(StoreError::Compacted {
+                group: self.group,
+                index: idx,
+                first: m.first_index(),
+            });
+        }
+        if idx > m.last_index {
+            return Err(StoreError::Unavailable {
+                group: self.group,
+                index: idx,
+                last: m.last_index,
+            });
+        }
+        if idx == m.last_index {
+            return Ok(m.last_term);
+        }
+        if let Some(e) = st.cached(idx) {
+            return Ok(e.term);
+        }
+        drop(st);
+        match self.store.backend().get(TreeId::Raft, &keys::entry_key(self.group, idx))? {
+            Some(b) => Ok(decode_entry(self.group, idx, &b)?.term),
+            None => Err(StoreError::LogHole {
+                group: self.group,
+                expected: idx,
+                found: idx + 1,
+            }),
+        }
+    }
+}
+
+impl<B: Backend> raft::Storage for GroupStorage<B> {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let st = read(&self.state);
+        Ok(RaftState::new(
+            st.meta.hard_state.clone(),
+            st.meta.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max = max_size.into().filter(|m| *m != u64::MAX);
+        Ok(self.entries_inner(low, high, max)?)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        Ok(self.term_inner(idx)?)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(read(&self.state).meta.first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(read(&self.state).meta.last_index)
+    }
+
+    /// Freezes the partition at its applied index (or reuses the frozen copy taken at that
+    /// index) and returns a snapshot whose data is the chunk descriptor.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if read(&self.state).meta.apply.index < request_index {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let (desc, conf_state) = self.store.create_snapshot(self.group)?;
+        let mut snap = Snapshot {
+            data: desc.encode().into(),
+            ..Default::default()
+        };
+        let meta = snap.mut_metadata();
+        meta.index = desc.index;
+        meta.term = desc.term;
+        meta.set_conf_state(conf_state);
+        Ok(snap)
+    }
+}

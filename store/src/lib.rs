@@ -1,0 +1,43 @@
+//! The durable state of a swarmkv node: every Raft group's log and every partition's key-value
+//! state machine, in one sled database, with group commit (one atomic write and one real
+//! fdatasync for any number of groups) and chunked snapshots. No networking here.
+//!
+//! # Layout
+//! - [`backend`]: the ordered, atomic engine trait the rest is written against.
+//! - [`sled_backend`]: sled on disk, with a real fdatasync (see its docs for why).
+//! - [`mem_backend`]: memory, with simulated crashes, for the simulator and fast tests.
+//! - [`keys`]: the `[group id BE][tag][index BE]` key layout of every tree.
+//! - [`store`]: opening a store, group handles, reads (get, scan).
+//! - [`group`]: one group's cached log state and its `raft::Storage` implementation.
+//! - [`log_batch`]: group commit of appends, hard/conf states, snapshots and compaction.
+//! - [`kv`]: the partition data model: operations, records with revisions, limits.
+//! - [`apply`]: applying committed entries, atomically with the applied index.
+//! - [`snapshot`] / [`snapshot_io`]: chunk formats; freezing, serving, staging, installing.
+//! - [`error`]: the typed [`StoreError`].
+
+pub mod apply;
+pub mod backend;
+pub mod error;
+pub mod group;
+pub mod keys;
+pub mod kv;
+pub mod log_batch;
+pub mod mem_backend;
+pub mod sled_backend;
+pub mod snapshot;
+pub mod snapshot_io;
+pub mod store;
+
+pub use apply::{ApplyEntry, ApplyOp};
+pub use backend::{Backend, BackendBatch, Scan, TreeId};
+pub use error::{Result, StoreError};
+pub use group::{ApplyState, GroupStorage};
+pub use kv::{CasAction, Compare, KvError, KvOp, KvOutcome, KvRecord, KvResult, Limits};
+pub use log_batch::{CommitStats, LogBatch};
+pub use mem_backend::MemBackend;
+pub use sled_backend::{SledBackend, SledConfig};
+pub use snapshot::{ChunkProgress, DiscardedSnapshot, SnapshotChunk, SnapshotDescriptor};
+pub use store::{MemStore, ScanPage, SledStore, Store, StoreConfig, FORMAT_VERSION};
+
+/// Re-exported so callers name the same raft-rs types the store uses.
+pub use raft;

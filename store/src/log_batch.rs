@@ -1,0 +1,313 @@
+//! Group commit: one atomic write and one fsync for the Raft state of many groups.
+
+use std::collections::HashMap;
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+
+use crate::backend::{Backend, BackendBatch, TreeId};
+use crate::error::{Result, StoreError};
+use crate::group::{self, encode_pb, LogMeta, SharedGroup};
+use crate::keys;
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+enum LogOp {
+    Append(Vec<Entry>),
+    HardState(HardState),
+    ConfState(ConfState),
+    Snapshot(Snapshot),
+    Compact(u64),
+}
+
+/// Raft persistence work for any number of groups, committed by [`Store::commit`] as one
+/// atomic write followed by one sync. Operations apply in the order they were added; for a
+/// raft-rs `Ready` that is: snapshot, entries, hard state.
+#[derive(Debug, Default, Clone)]
+pub struct LogBatch {
+    ops: Vec<(u64, LogOp)>,
+}
+
+impl LogBatch {
+    /// An empty batch.
+    pub fn new() -> LogBatch {
+        LogBatch::default()
+    }
+
+    /// Appends entries to `group`'s log, replacing any conflicting suffix (entries at or after
+    /// the first new index that are not rewritten are removed).
+    pub fn append(&mut self, group: u64, entries: Vec<Entry>) {
+        if !entries.is_empty() {
+            self.ops.push((group, LogOp::Append(entries)));
+        }
+    }
+
+    /// Records `group`'s hard state (term, vote, commit).
+    pub fn set_hard_state(&mut self, group: u64, hs: HardState) {
+        self.ops.push((group, LogOp::HardState(hs)));
+    }
+
+    /// Records `group`'s configuration.
+    pub fn set_conf_state(&mut self, group: u64, cs: ConfState) {
+        self.ops.push((group, LogOp::ConfState(cs)));
+    }
+
+    /// Installs a snapshot: the log restarts after its index and, when its data holds a chunk
+    /// descriptor, the partition's state is replaced by the staged chunks; empty data installs
+    /// an empty partition (how a new group's replicas start).
+    pub fn apply_snapshot(&mut self, group: u64, snapshot: Snapshot) {
+        self.ops.push((group, LogOp::Snapshot(snapshot)));
+    }
+
+    /// Removes entries before `compact_index`. Only applied entries may be compacted.
+    pub fn compact(&mut self, group: u64, compact_index: u64) {
+        self.ops.push((group, LogOp::Compact(compact_index)));
+    }
+
+    /// True when there is nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Removes every operation, keeping the allocation.
+    pub fn clear(&mut self) {
+        self.ops.clear();
+    }
+}
+
+/// What a commit did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Distinct groups in the batch.
+    pub groups: usize,
+    /// Entries appended.
+    pub entries: usize,
+    /// Approximate bytes written.
+    pub bytes: usize,
+    /// Syncs performed (0 for an empty batch, else 1).
+    pub syncs: usize,
+}
+
+struct Work {
+    shared: SharedGroup,
+    meta: LogMeta,
+}
+
+impl<B: Backend> Store<B> {
+    /// Commits `batch`: validates every operation, writes them all in one atomic write, makes it
+    /// durable with one sync, then updates the in-memory state raft-rs reads. On error nothing
+    /// was applied to the in-memory state (and, unless the error came from the sync itself,
+    /// nothing was written).
+    pub fn commit(&self, batch: &LogBatch) -> Result<CommitStats> {
+        if batch.is_empty() {
+            return Ok(CommitStats::default());
+        }
+        let mut work: HashMap<u64, Work> = HashMap::new();
+        let mut bb = BackendBatch::default();
+        let mut entries = 0;
+        for (group, op) in &batch.ops {
+            let group = *group;
+            let w = match work.entry(group) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let shared = self.shared_group(group)?;
+                    let meta = group::read(&shared).meta.clone();
+                    v.insert(Work { shared, meta })
+                }
+            };
+            match op {
+                LogOp::Append(ents) => {
+                    entries += ents.len();
+                    prepare_append(group, &mut w.meta, ents, &mut bb)?
+                }
+                LogOp::HardState(hs) => {
+                    bb.put(
+                        TreeId::Raft,
+                        keys::group_tag(group, keys::TAG_HARD_STATE),
+                        encode_pb(hs, "hard state")?,
+                    );
+                    w.meta.hard_state = hs.clone();
+                }
+                LogOp::ConfState(cs) => {
+                    bb.put(
+                        TreeId::Raft,
+                        keys::group_tag(group, keys::TAG_CONF_STATE),
+                        encode_pb(cs, "conf state")?,
+                    );
+                    w.meta.conf_state = cs.clone();
+                }
+                LogOp::Snapshot(snap) => self.prepare_snapshot(group, &mut w.meta, snap, &mut bb)?,
+                LogOp::Compact(ci) => {
+                    let shared = w.shared.clone();
+                    self.prepare_compact(group, &shared, &mut w.meta, *ci, &mut bb)?
+                }
+            }
+        }
+        let bytes = bb.bytes();
+        self.inner.backend.write(&bb)?;
+        self.inner.backend.sync()?;
+
+        // Durable: now let raft-rs see it.
+        let budget = self.inner.config.entry_cache_bytes;
+        for (group, op) in &batch.ops {
+            let Some(w) = work.get(group) else { continue };
+            let mut st = group::write(&w.shared);
+            match op {
+                LogOp::Append(ents) => {
+                    st.cache_truncate_from(ents[0].index);
+                    st.cache_push(ents, budget);
+                }
+                LogOp::Compact(ci) => st.cache_drop_before(*ci),
+                LogOp::Snapshot(_) => st.cache_clear(),
+                LogOp::HardState(_) | LogOp::ConfState(_) => {}
+            }
+        }
+        for w in work.values() {
+            group::write(&w.shared).meta = w.meta.clone();
+        }
+        Ok(CommitStats {
+            groups: work.len(),
+            entries,
+            bytes,
+            syncs: 1,
+        })
+    }
+
+    fn prepare_compact(
+        &self,
+        group: u64,
+        shared: &SharedGroup,
+        meta: &mut LogMeta,
+        ci: u64,
+        bb: &mut BackendBatch,
+    ) -> Result<()> {
+        if ci <= meta.first_index() {
+            return Ok(());
+        }
+        if ci > meta.last_index + 1 || ci - 1 > meta.apply.index {
+            return Err(StoreError::BadCompact {
+                group,
+                index: ci,
+                applied: meta.apply.index,
+                last: meta.last_index,
+            });
+        }
+        // ci - 1 is applied, hence committed, hence not rewritten by an append in this batch:
+        // its term can be read from the state as it was before the batch.
+        let term = if ci - 1 == meta.last_index {
+            meta.last_term
+        } else {
+            let storage = crate::group::GroupStorage {
+                group,
+                state: shared.clone(),
+                store: self.clone(),
+            };
+            raft::Storage::term(&storage, ci - 1).map_err(|e| StoreError::corrupt(
+                "raft",
+                format!("group {group} entry {}", ci - 1),
+                e,
+            ))?
+        };
+        for i in meta.first_index()..ci {
+            bb.delete(TreeId::Raft, keys::entry_key(group, i));
+        }
+        meta.truncated_index = ci - 1;
+        meta.truncated_term = term;
+        put_truncated(group, meta, bb);
+        Ok(())
+    }
+
+    fn prepare_snapshot(
+        &self,
+        group: u64,
+        meta: &mut LogMeta,
+        snap: &Snapshot,
+        bb: &mut BackendBatch,
+    ) -> Result<()> {
+        let sm = snap.get_metadata();
+        if sm.index < meta.first_index() {
+            return Err(StoreError::SnapshotOutOfDate {
+                group,
+                index: sm.index,
+                first: meta.first_index(),
+            });
+        }
+        // The state machine part first: it may fail (chunks missing) and must not leave a
+        // half-prepared raft part behind (nothing is written before the whole batch is ready).
+        let apply = self.prepare_install(group, snap, bb)?;
+        for i in meta.first_index()..=meta.last_index {
+            bb.delete(TreeId::Raft, keys::entry_key(group, i));
+        }
+        meta.truncated_index = sm.index;
+        meta.truncated_term = sm.term;
+        meta.last_index = sm.index;
+        meta.last_term = sm.term;
+        meta.hard_state.term = meta.hard_state.term.max(sm.term);
+        meta.hard_state.commit = sm.index;
+        meta.conf_state = sm.get_conf_state().clone();
+        meta.apply = apply;
+        put_truncated(group, meta, bb);
+        bb.put(
+            TreeId::Raft,
+            keys::group_tag(group, keys::TAG_HARD_STATE),
+            encode_pb(&meta.hard_state, "hard state")?,
+        );
+        bb.put(
+            TreeId::Raft,
+            keys::group_tag(group, keys::TAG_CONF_STATE),
+            encode_pb(&meta.conf_state, "conf state")?,
+        );
+        Ok(())
+    }
+}
+
+fn put_truncated(group: u64, meta: &LogMeta, bb: &mut BackendBatch) {
+    bb.put(
+        TreeId::Raft,
+        keys::group_tag(group, keys::TAG_TRUNCATED),
+        postcard::to_stdvec(&(meta.truncated_index, meta.truncated_term)).unwrap_or_default(),
+    );
+}
+
+fn prepare_append(
+    group: u64,
+    meta: &mut LogMeta,
+    ents: &[Entry],
+    bb: &mut BackendBatch,
+) -> Result<()> {
+    let first = ents[0].index;
+    if first <= meta.truncated_index || first > meta.last_index + 1 {
+        return Err(StoreError::BadAppend {
+            group,
+            index: first,
+            first: meta.first_index(),
+            last: meta.last_index,
+        });
+    }
+    for (i, e) in ents.iter().enumerate() {
+        if e.index != first + i as u64 {
+            return Err(StoreError::NonConsecutiveAppend {
+                group,
+                index: e.index,
+            });
+        }
+        bb.put(
+            TreeId::Raft,
+            keys::entry_key(group, e.index),
+            encode_pb(e, "entry")?,
+        );
+    }
+    let Some(last) = ents.last() else {
+        return Ok(());
+    };
+    for i in last.index + 1..=meta.last_index {
+        bb.delete(TreeId::Raft, keys::entry_key(group, i));
+    }
+    meta.last_index = last.index;
+    meta.last_term = last.term;
+    Ok(())
+}

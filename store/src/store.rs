@@ -1,0 +1,304 @@
+//! The node's store: opening, group handles, reads.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::backend::{Backend, BackendBatch, Scan, TreeId};
+use crate::error::{Result, StoreError};
+use crate::group::{self, ApplyState, GroupStorage, SharedGroup};
+use crate::keys;
+use crate::kv::{decode_record, KvRecord, Limits};
+use crate::mem_backend::MemBackend;
+use crate::sled_backend::{SledBackend, SledConfig};
+use crate::snapshot::DiscardedSnapshot;
+
+/// Version of the on-disk layout (key layout, record encodings). Stored in the `meta` tree.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_KEY: &[u8] = b"format";
+
+/// Settings of a store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Key and value size limits (cluster-wide settings).
+    pub limits: Limits,
+    /// Bytes of recent log entries kept in memory per group.
+    pub entry_cache_bytes: usize,
+    /// Target size of a snapshot chunk's records.
+    pub snapshot_chunk_bytes: usize,
+    /// Largest encoded chunk accepted from a peer.
+    pub max_chunk_message: usize,
+    /// sled tuning (ignored by the memory backend).
+    pub sled: SledConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            limits: Limits::default(),
+            entry_cache_bytes: 1024 * 1024,
+            snapshot_chunk_bytes: 1024 * 1024,
+            max_chunk_message: 16 * 1024 * 1024,
+            sled: SledConfig::default(),
+        }
+    }
+}
+
+pub(crate) struct Inner<B> {
+    pub backend: B,
+    pub config: StoreConfig,
+    pub groups: Mutex<HashMap<u64, SharedGroup>>,
+    pub discarded: Vec<DiscardedSnapshot>,
+}
+
+/// A node's durable state: every Raft group's log and every partition's state machine, in one
+/// database. A cheap `Clone` (shared handle); safe to use from several threads, though the
+/// node drives each group from one place.
+pub struct Store<B: Backend> {
+    pub(crate) inner: Arc<Inner<B>>,
+}
+
+impl<B: Backend> Clone for Store<B> {
+    fn clone(&self) -> Self {
+        Store {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// The production store.
+pub type SledStore = Store<SledBackend>;
+/// The simulator's store.
+pub type MemStore = Store<MemBackend>;
+
+impl Store<SledBackend> {
+    /// Opens (or creates) the store in directory `path`.
+    pub fn open(path: &Path, config: StoreConfig) -> Result<SledStore> {
+        let backend = SledBackend::open(path, &config.sled)?;
+        Store::with_backend(backend, config)
+    }
+}
+
+impl Store<MemBackend> {
+    /// A fresh in-memory store.
+    pub fn in_memory(config: StoreConfig) -> Result<MemStore> {
+        Store::with_backend(MemBackend::new(), config)
+    }
+}
+
+/// A page of a scan.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScanPage {
+    /// Records in key order.
+    pub records: Vec<(Vec<u8>, KvRecord)>,
+    /// True when the limit stopped the scan before the end of the range.
+    pub more: bool,
+}
+
+impl<B: Backend> Store<B> {
+    /// Opens a store on `backend`: checks the format, then discards staged snapshots a crash
+    /// left half-received and frozen outgoing snapshots (both are redone on demand).
+    pub fn with_backend(backend: B, config: StoreConfig) -> Result<Store<B>> {
+        let path = backend
+            .path()
+            .map_or_else(|| std::path::PathBuf::from("(memory)"), Path::to_path_buf);
+        match backend.get(TreeId::Meta, FORMAT_KEY)? {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::corrupt("meta", "format", "not a u32"))?;
+                if found != FORMAT_VERSION {
+                    return Err(StoreError::FormatVersion {
+                        path,
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                if let Some(t) = TreeId::ALL.iter().find(|t| !backend.has_tree(**t)) {
+                    return Err(StoreError::MissingTree {
+                        path,
+                        tree: t.name(),
+                    });
+                }
+            }
+            None => {
+                let mut b = BackendBatch::default();
+                b.put(
+                    TreeId::Meta,
+                    FORMAT_KEY.to_vec(),
+                    FORMAT_VERSION.to_be_bytes().to_vec(),
+                );
+                backend.write(&b)?;
+                backend.sync()?;
+            }
+        }
+        let discarded = crate::snapshot_io::discard_staged(&backend)?;
+        for d in &discarded {
+            log::warn!(
+                "discarded a partially received snapshot of group {} at index {} ({} chunks staged)",
+                d.group,
+                d.index,
+                d.chunks_staged
+            );
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                backend,
+                config,
+                groups: Mutex::new(HashMap::new()),
+                discarded,
+            }),
+        })
+    }
+
+    /// The engine underneath.
+    pub fn backend(&self) -> &B {
+        &self.inner.backend
+    }
+
+    /// The settings the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// Partially received snapshots found and discarded when the store opened.
+    pub fn discarded_snapshots(&self) -> &[DiscardedSnapshot] {
+        &self.inner.discarded
+    }
+
+    pub(crate) fn shared_group(&self, group: u64) -> Result<SharedGroup> {
+        let mut groups = self.inner.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = groups.get(&group) {
+            return Ok(g.clone());
+        }
+        let state = group::load(&self.inner.backend, group)?;
+        let g = Arc::new(RwLock::new(state));
+        groups.insert(group, g.clone());
+        Ok(g)
+    }
+
+    /// The Raft storage of `group` (created empty if the store has nothing for it yet).
+    pub fn group(&self, group: u64) -> Result<GroupStorage<B>> {
+        Ok(GroupStorage {
+            group,
+            state: self.shared_group(group)?,
+            store: self.clone(),
+        })
+    }
+
+    /// Every group the store holds Raft or state-machine data for, in id order.
+    pub fn groups(&self) -> Result<Vec<u64>> {
+        let mut out = BTreeSet::new();
+        for tree in [TreeId::Raft, TreeId::Kv] {
+            let mut from: Option<u64> = Some(0);
+            while let Some(start) = from {
+                let start_key = start.to_be_bytes();
+                let mut found = None;
+                self.inner.backend.scan(
+                    tree,
+                    Bound::Included(&start_key),
+                    Bound::Unbounded,
+                    false,
+                    &mut |k, _| {
+                        found = keys::group_of(k);
+                        Ok(Scan::Stop)
+                    },
+                )?;
+                from = found.and_then(|g| {
+                    out.insert(g);
+                    g.checked_add(1)
+                });
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// The state machine's position for `group`.
+    pub fn apply_state(&self, group: u64) -> Result<ApplyState> {
+        Ok(group::read(&self.shared_group(group)?).meta.apply.clone())
+    }
+
+    /// Reads one key of a partition from local state (a serializable read).
+    pub fn get(&self, group: u64, key: &[u8]) -> Result<Option<KvRecord>> {
+        match self.inner.backend.get(TreeId::Kv, &keys::data_key(group, key))? {
+            Some(v) => Ok(Some(decode_record(group, key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Ordered scan of the keys in `[start, end)` of a partition (`end = None`: to the end),
+    /// at most `limit` records (0: no limit).
+    pub fn scan(
+        &self,
+        group: u64,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ScanPage> {
+        let lo = keys::data_key(group, start);
+        let hi = match end {
+            Some(e) => keys::data_key(group, e),
+            None => keys::group_tag(group, keys::TAG_DATA + 1),
+        };
+        let mut page = ScanPage::default();
+        self.inner.backend.scan(
+            TreeId::Kv,
+            Bound::Included(&lo),
+            Bound::Excluded(&hi),
+            false,
+            &mut |k, v| {
+                if limit != 0 && page.records.len() == limit {
+                    page.more = true;
+                    return Ok(Scan::Stop);
+                }
+                let user_key = &k[9..];
+                page.records
+                    .push((user_key.to_vec(), decode_record(group, user_key, v)?));
+                Ok(Scan::Continue)
+            },
+        )?;
+        Ok(page)
+    }
+
+    /// Ordered scan of the keys starting with `prefix`, at most `limit` (0: no limit).
+    pub fn scan_prefix(&self, group: u64, prefix: &[u8], limit: usize) -> Result<ScanPage> {
+        let end = keys::prefix_end(prefix);
+        self.scan(group, prefix, end.as_deref(), limit)
+    }
+
+    /// Removes everything the store holds for `group` (its replica moved elsewhere), durably.
+    pub fn destroy_group(&self, group: u64) -> Result<()> {
+        let shared = self.shared_group(group)?;
+        let mut st = group::write(&shared);
+        let mut batch = BackendBatch::default();
+        for tree in [TreeId::Raft, TreeId::Kv, TreeId::SnapOut, TreeId::SnapIn] {
+            let lo = group.to_be_bytes();
+            let hi = group.checked_add(1).map(u64::to_be_bytes);
+            let mut doomed = Vec::new();
+            self.inner.backend.scan(
+                tree,
+                Bound::Included(&lo),
+                hi.as_ref().map_or(Bound::Unbounded, |h| Bound::Excluded(&h[..])),
+                false,
+                &mut |k, _| {
+                    doomed.push(k.to_vec());
+                    Ok(Scan::Continue)
+                },
+            )?;
+            for k in doomed {
+                batch.delete(tree, k);
+            }
+        }
+        self.inner.backend.write(&batch)?;
+        self.inner.backend.sync()?;
+        *st = group::GroupState::default();
+        drop(st);
+        self.inner
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group);
+        Ok(())
+    }
+}
