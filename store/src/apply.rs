@@ -43,7 +43,10 @@ impl<B: Backend> KvView for Overlay<'_, B> {
         if let Some(w) = self.writes.get(key) {
             return Ok(w.clone());
         }
-        match self.backend.get(TreeId::Kv, &keys::data_key(self.group, key))? {
+        match self
+            .backend
+            .get(TreeId::Kv, &keys::data_key(self.group, key))?
+        {
             Some(v) => Ok(Some(decode_record(self.group, key, &v)?)),
             None => Ok(None),
         }

@@ -150,9 +150,8 @@ pub(crate) fn write(g: &SharedGroup) -> RwLockWriteGuard<'_, GroupState> {
 }
 
 pub(crate) fn decode_entry(group: u64, index: u64, bytes: &[u8]) -> Result<Entry> {
-    let e = Entry::parse_from_bytes(bytes).map_err(|e| {
-        StoreError::corrupt("raft", format!("group {group} entry {index}"), e)
-    })?;
+    let e = Entry::parse_from_bytes(bytes)
+        .map_err(|e| StoreError::corrupt("raft", format!("group {group} entry {index}"), e))?;
     if e.index != index {
         return Err(StoreError::corrupt(
             "raft",
@@ -202,8 +201,9 @@ pub(crate) fn load<B: Backend>(backend: &B, group: u64) -> Result<GroupState> {
         Bound::Excluded(&hi),
         false,
         &mut |k, v| {
-            let index = keys::u64_at(k, 9)
-                .ok_or_else(|| StoreError::corrupt("raft", format!("group {group}"), "short entry key"))?;
+            let index = keys::u64_at(k, 9).ok_or_else(|| {
+                StoreError::corrupt("raft", format!("group {group}"), "short entry key")
+            })?;
             if index != expected {
                 return Err(StoreError::LogHole {
                     group,
@@ -394,7 +394,11 @@ impl<B: Backend> GroupStorage<B> {
             return Ok(e.term);
         }
         drop(st);
-        match self.store.backend().get(TreeId::Raft, &keys::entry_key(self.group, idx))? {
+        match self
+            .store
+            .backend()
+            .get(TreeId::Raft, &keys::entry_key(self.group, idx))?
+        {
             Some(b) => Ok(decode_entry(self.group, idx, &b)?.term),
             None => Err(StoreError::LogHole {
                 group: self.group,

@@ -82,7 +82,10 @@ pub enum KvOp {
         action: CasAction,
     },
     /// Delete every key in `[start, end)`; `end = None` means to the end of the keyspace.
-    DeleteRange { start: Vec<u8>, end: Option<Vec<u8>> },
+    DeleteRange {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+    },
 }
 
 /// Why an operation was refused; a refusal is deterministic, so every replica gives the same.

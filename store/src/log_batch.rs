@@ -140,7 +140,9 @@ impl<B: Backend> Store<B> {
                     );
                     w.meta.conf_state = cs.clone();
                 }
-                LogOp::Snapshot(snap) => self.prepare_snapshot(group, &mut w.meta, snap, &mut bb)?,
+                LogOp::Snapshot(snap) => {
+                    self.prepare_snapshot(group, &mut w.meta, snap, &mut bb)?
+                }
                 LogOp::Compact(ci) => {
                     let shared = w.shared.clone();
                     self.prepare_compact(group, &shared, &mut w.meta, *ci, &mut bb)?
@@ -206,11 +208,9 @@ impl<B: Backend> Store<B> {
                 state: shared.clone(),
                 store: self.clone(),
             };
-            raft::Storage::term(&storage, ci - 1).map_err(|e| StoreError::corrupt(
-                "raft",
-                format!("group {group} entry {}", ci - 1),
-                e,
-            ))?
+            raft::Storage::term(&storage, ci - 1).map_err(|e| {
+                StoreError::corrupt("raft", format!("group {group} entry {}", ci - 1), e)
+            })?
         };
         for i in meta.first_index()..ci {
             bb.delete(TreeId::Raft, keys::entry_key(group, i));

@@ -73,7 +73,8 @@ impl SledBackend {
         for t in TreeId::ALL {
             trees.push(db.open_tree(t.name()).map_err(|e| engine_error(path, e))?);
         }
-        let data_file = File::open(path.join("db")).map_err(StoreError::io("opening sled's data file"))?;
+        let data_file =
+            File::open(path.join("db")).map_err(StoreError::io("opening sled's data file"))?;
         let backend = SledBackend {
             path: path.to_path_buf(),
             db,
@@ -116,7 +117,9 @@ impl SledBackend {
             let name = entry.file_name();
             if !synced.contains(&name) {
                 match File::open(entry.path()) {
-                    Ok(f) => f.sync_data().map_err(StoreError::io("fdatasync of a blob"))?,
+                    Ok(f) => f
+                        .sync_data()
+                        .map_err(StoreError::io("fdatasync of a blob"))?,
                     // sled garbage-collected it in between: nothing left to make durable.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(StoreError::io("opening a blob")(e)),

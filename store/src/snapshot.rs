@@ -54,7 +54,11 @@ impl SnapshotDescriptor {
             });
         }
         let d: SnapshotDescriptor = postcard::from_bytes(bytes).map_err(|e| {
-            StoreError::corrupt("(snapshot message)", "descriptor", format!("undecodable: {e}"))
+            StoreError::corrupt(
+                "(snapshot message)",
+                "descriptor",
+                format!("undecodable: {e}"),
+            )
         })?;
         if d.format != SNAPSHOT_FORMAT || d.chunks == 0 {
             return Err(StoreError::SnapshotInvalid {

@@ -116,11 +116,21 @@ impl<B: Backend> Store<B> {
                 Some(c) => Bound::Excluded(c.as_slice()),
                 None => Bound::Included(lo.as_slice()),
             };
-            backend.scan(TreeId::Kv, start, Bound::Excluded(&hi), false, &mut |k, v| {
-                size += k.len() - 9 + v.len();
-                chunk.push((k[9..].to_vec(), v.to_vec()));
-                Ok(if size >= target { Scan::Stop } else { Scan::Continue })
-            })?;
+            backend.scan(
+                TreeId::Kv,
+                start,
+                Bound::Excluded(&hi),
+                false,
+                &mut |k, v| {
+                    size += k.len() - 9 + v.len();
+                    chunk.push((k[9..].to_vec(), v.to_vec()));
+                    Ok(if size >= target {
+                        Scan::Stop
+                    } else {
+                        Scan::Continue
+                    })
+                },
+            )?;
             if let Some((k, _)) = chunk.last() {
                 cursor = Some(keys::data_key(group, k));
             }
@@ -138,7 +148,11 @@ impl<B: Backend> Store<B> {
                 crc,
             };
             let mut b = BackendBatch::default();
-            b.put(TreeId::SnapOut, keys::chunk_key(group, apply.index, seq), c.encode());
+            b.put(
+                TreeId::SnapOut,
+                keys::chunk_key(group, apply.index, seq),
+                c.encode(),
+            );
             backend.write(&b)?;
         }
         let desc = SnapshotDescriptor {
@@ -243,14 +257,18 @@ impl<B: Backend> Store<B> {
                 };
                 let c = SnapshotChunk::decode(&raw, self.inner.config.max_chunk_message)?;
                 if c.total != d.chunks || c.seq != seq || c.index != d.index || c.group != group {
-                    return Err(invalid(format!("chunk {seq} does not match the descriptor")));
+                    return Err(invalid(format!(
+                        "chunk {seq} does not match the descriptor"
+                    )));
                 }
                 crcs.push(c.crc);
                 records.extend(c.records);
                 bb.delete(TreeId::SnapIn, key);
             }
             if chunks_crc(crcs) != d.crc || records.len() as u64 != d.records {
-                return Err(invalid("assembled chunks fail the descriptor's checksum".into()));
+                return Err(invalid(
+                    "assembled chunks fail the descriptor's checksum".into(),
+                ));
             }
         }
         // Replace the partition: remove what is there, write the snapshot's records.

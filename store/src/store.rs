@@ -221,7 +221,11 @@ impl<B: Backend> Store<B> {
 
     /// Reads one key of a partition from local state (a serializable read).
     pub fn get(&self, group: u64, key: &[u8]) -> Result<Option<KvRecord>> {
-        match self.inner.backend.get(TreeId::Kv, &keys::data_key(group, key))? {
+        match self
+            .inner
+            .backend
+            .get(TreeId::Kv, &keys::data_key(group, key))?
+        {
             Some(v) => Ok(Some(decode_record(group, key, &v)?)),
             None => Ok(None),
         }
@@ -279,7 +283,8 @@ impl<B: Backend> Store<B> {
             self.inner.backend.scan(
                 tree,
                 Bound::Included(&lo),
-                hi.as_ref().map_or(Bound::Unbounded, |h| Bound::Excluded(&h[..])),
+                hi.as_ref()
+                    .map_or(Bound::Unbounded, |h| Bound::Excluded(&h[..])),
                 false,
                 &mut |k, _| {
                     doomed.push(k.to_vec());

@@ -1,0 +1,408 @@
+//! The partition state machine: revisions, versions, CAS, deletes, scans, limits, and the
+//! exactly-once apply rule. Runs on both backends.
+
+mod common;
+
+use common::*;
+use swarmkv_store::{
+    ApplyEntry, ApplyOp, Backend, CasAction, Compare, KvError, KvOp, KvOutcome, KvRecord, Store,
+    StoreConfig, StoreError,
+};
+
+const G: u64 = 5;
+
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn sled() {
+                let h = sled_harness(StoreConfig::default());
+                ($body)(&h.store);
+            }
+            #[test]
+            fn memory() {
+                let h = mem_harness(StoreConfig::default());
+                ($body)(&h.store);
+            }
+        }
+    };
+}
+
+fn put_prev(key: &str, value: &str) -> KvOp {
+    KvOp::Put {
+        key: key.into(),
+        value: value.into(),
+        lease: 0,
+        prev_kv: true,
+    }
+}
+
+fn del(key: &str) -> KvOp {
+    KvOp::Delete {
+        key: key.into(),
+        prev_kv: true,
+    }
+}
+
+fn cas(key: &str, compare: Compare, action: CasAction) -> KvOp {
+    KvOp::Cas {
+        key: key.into(),
+        compare,
+        action,
+    }
+}
+
+fn rec(value: &str, create_rev: u64, mod_rev: u64, version: u64) -> KvRecord {
+    KvRecord {
+        value: value.into(),
+        create_rev,
+        mod_rev,
+        version,
+        lease: 0,
+    }
+}
+
+fn get<B: Backend>(store: &Store<B>, key: &str) -> Option<KvRecord> {
+    store.get(G, key.as_bytes()).unwrap()
+}
+
+both!(revisions_and_versions_follow_etcd, |store: &Store<_>| {
+    // Indices 1, 2, 3: create, overwrite, overwrite.
+    let r = apply_ops(
+        store,
+        G,
+        &[put("k", "a"), put_prev("k", "b"), put("k", "c")],
+    );
+    assert_eq!(
+        r[0],
+        KvOutcome::Put {
+            revision: 1,
+            prev: None
+        }
+    );
+    assert_eq!(
+        r[1],
+        KvOutcome::Put {
+            revision: 2,
+            prev: Some(rec("a", 1, 1, 1))
+        }
+    );
+    assert_eq!(get(store, "k"), Some(rec("c", 1, 3, 3)));
+    // Delete (4) then re-create (5): a new life with a new create revision and version 1.
+    let r = apply_ops(store, G, &[del("k"), put("k", "d"), del("missing")]);
+    assert_eq!(
+        r[0],
+        KvOutcome::Delete {
+            revision: 4,
+            deleted: true,
+            prev: Some(rec("c", 1, 3, 3))
+        }
+    );
+    assert_eq!(
+        r[2],
+        KvOutcome::Delete {
+            revision: 6,
+            deleted: false,
+            prev: None
+        }
+    );
+    assert_eq!(get(store, "k"), Some(rec("d", 5, 5, 1)));
+    assert_eq!(store.apply_state(G).unwrap().index, 6);
+    // Empty values are values.
+    apply_ops(store, G, &[put("empty", "")]);
+    assert_eq!(get(store, "empty"), Some(rec("", 7, 7, 1)));
+});
+
+both!(
+    compare_and_swap_succeeds_and_fails_exactly,
+    |store: &Store<_>| {
+        let put_b = || CasAction::Put(b"b".to_vec());
+        let r = apply_ops(
+            store,
+            G,
+            &[
+                cas("k", Compare::ModRevision(1), put_b()), // 1: absent key, fails
+                cas("k", Compare::Value(b"x".to_vec()), put_b()), // 2: fails
+                cas("k", Compare::Absent, CasAction::Put(b"a".to_vec())), // 3: creates
+                cas("k", Compare::Absent, put_b()),         // 4: exists, fails
+                cas("k", Compare::ModRevision(2), put_b()), // 5: wrong revision
+                cas("k", Compare::ModRevision(3), put_b()), // 6: succeeds
+                cas("k", Compare::Value(b"a".to_vec()), put_b()), // 7: stale value
+                cas(
+                    "k",
+                    Compare::Value(b"b".to_vec()),
+                    CasAction::Put(b"c".to_vec()),
+                ), // 8
+            ],
+        );
+        let succeeded: Vec<bool> = r
+            .iter()
+            .map(|o| match o {
+                KvOutcome::Cas { succeeded, .. } => *succeeded,
+                other => panic!("not a cas outcome: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            succeeded,
+            vec![false, false, true, false, false, true, false, true]
+        );
+        // A failed CAS reports what is there, so the caller can retry.
+        assert_eq!(
+            r[4],
+            KvOutcome::Cas {
+                revision: 5,
+                succeeded: false,
+                current: Some(rec("a", 3, 3, 1))
+            }
+        );
+        assert_eq!(get(store, "k"), Some(rec("c", 3, 8, 3)));
+        // CAS delete.
+        let r = apply_ops(
+            store,
+            G,
+            &[cas("k", Compare::ModRevision(8), CasAction::Delete)],
+        );
+        assert!(matches!(
+            r[0],
+            KvOutcome::Cas {
+                succeeded: true,
+                ..
+            }
+        ));
+        assert_eq!(get(store, "k"), None);
+    }
+);
+
+both!(
+    delete_range_sees_writes_of_the_same_batch,
+    |store: &Store<_>| {
+        apply_ops(store, G, &[put("a1", "x"), put("a2", "x"), put("b1", "x")]);
+        let r = apply_ops(
+            store,
+            G,
+            &[
+                put("a3", "x"), // written in this same apply call
+                del("a1"),
+                KvOp::DeleteRange {
+                    start: b"a".to_vec(),
+                    end: Some(b"b".to_vec()),
+                },
+                put("a9", "after"),
+            ],
+        );
+        assert_eq!(
+            r[2],
+            KvOutcome::DeleteRange {
+                revision: 6,
+                deleted: 2
+            }
+        );
+        let all = store.scan(G, b"", None, 0).unwrap();
+        let keys: Vec<&[u8]> = all.records.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys, vec![b"a9".as_slice(), b"b1".as_slice()]);
+        // An open-ended range deletes to the end of the partition.
+        let r = apply_ops(
+            store,
+            G,
+            &[KvOp::DeleteRange {
+                start: b"a".to_vec(),
+                end: None,
+            }],
+        );
+        assert_eq!(
+            r[0],
+            KvOutcome::DeleteRange {
+                revision: 8,
+                deleted: 2
+            }
+        );
+        assert!(store.scan(G, b"", None, 0).unwrap().records.is_empty());
+    }
+);
+
+both!(
+    scans_respect_prefix_boundaries_order_and_limits,
+    |store: &Store<_>| {
+        let keys: Vec<Vec<u8>> = vec![
+            b"a".to_vec(),
+            b"ab".to_vec(),
+            b"ab\x00".to_vec(),
+            b"abc".to_vec(),
+            b"ab\xff".to_vec(),
+            b"ab\xff\xff".to_vec(),
+            b"ac".to_vec(),
+            b"b".to_vec(),
+            vec![0xff, 0xff],
+        ];
+        let ops: Vec<KvOp> = keys
+            .iter()
+            .map(|k| KvOp::Put {
+                key: k.clone(),
+                value: b"v".to_vec(),
+                lease: 0,
+                prev_kv: false,
+            })
+            .collect();
+        apply_ops(store, G, &ops);
+        // Another partition's keys never leak into this one's scans.
+        apply_ops(store, G + 1, &[put("ab-other", "v")]);
+        let names = |p: swarmkv_store::ScanPage| -> Vec<Vec<u8>> {
+            p.records.into_iter().map(|(k, _)| k).collect()
+        };
+        assert_eq!(
+            names(store.scan_prefix(G, b"ab", 0).unwrap()),
+            keys[1..6].to_vec()
+        );
+        assert_eq!(
+            names(store.scan_prefix(G, b"ab\xff", 0).unwrap()),
+            keys[4..6].to_vec()
+        );
+        assert_eq!(
+            names(store.scan_prefix(G, &[0xff], 0).unwrap()),
+            keys[8..].to_vec()
+        );
+        assert_eq!(names(store.scan_prefix(G, b"", 0).unwrap()), keys);
+        let page = store.scan_prefix(G, b"ab", 2).unwrap();
+        assert!(page.more);
+        assert_eq!(names(page), keys[1..3].to_vec());
+        let page = store.scan_prefix(G, b"ab", 5).unwrap();
+        assert!(!page.more);
+        // Ranges are [start, end).
+        assert_eq!(
+            names(store.scan(G, b"ab", Some(b"ac"), 0).unwrap()),
+            keys[1..6].to_vec()
+        );
+        assert_eq!(
+            names(store.scan(G, b"abc", None, 0).unwrap()),
+            keys[3..].to_vec()
+        );
+        assert!(store
+            .scan(G, b"b", Some(b"a"), 0)
+            .unwrap()
+            .records
+            .is_empty());
+    }
+);
+
+both!(limits_refuse_bad_ops_deterministically, |store: &Store<
+    _,
+>| {
+    let limits = store.config().limits;
+    let big_key = "k".repeat(limits.max_key + 1);
+    let ops = [
+        put("", "v"),
+        put(&big_key, "v"),
+        KvOp::Put {
+            key: b"k".to_vec(),
+            value: vec![7; limits.max_value + 1],
+            lease: 0,
+            prev_kv: false,
+        },
+        put("ok", "v"),
+    ];
+    let entries: Vec<ApplyEntry<'_>> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| ApplyEntry {
+            index: i as u64 + 1,
+            term: 1,
+            op: ApplyOp::Kv(op),
+        })
+        .collect();
+    let r = store.apply(G, &entries).unwrap();
+    assert_eq!(r[0], Some(Err(KvError::EmptyKey)));
+    assert_eq!(
+        r[1],
+        Some(Err(KvError::KeyTooLarge {
+            len: limits.max_key + 1,
+            max: limits.max_key
+        }))
+    );
+    assert!(matches!(r[2], Some(Err(KvError::ValueTooLarge { .. }))));
+    assert!(matches!(r[3], Some(Ok(KvOutcome::Put { revision: 4, .. }))));
+    // Refused entries still count as applied: the index moves on.
+    assert_eq!(store.apply_state(G).unwrap().index, 4);
+    assert_eq!(get(store, "k"), None);
+    // The largest allowed value is fine.
+    apply_ops(
+        store,
+        G,
+        &[KvOp::Put {
+            key: b"max".to_vec(),
+            value: vec![1; limits.max_value],
+            lease: 0,
+            prev_kv: false,
+        }],
+    );
+    assert_eq!(get(store, "max").unwrap().value.len(), limits.max_value);
+});
+
+both!(apply_is_exactly_once_and_in_order, |store: &Store<_>| {
+    apply_ops(store, G, &[put("a", "1")]);
+    let op = put("a", "2");
+    let again = [ApplyEntry {
+        index: 1,
+        term: 1,
+        op: ApplyOp::Kv(&op),
+    }];
+    assert!(matches!(
+        store.apply(G, &again),
+        Err(StoreError::ApplyOutOfOrder {
+            expected: 2,
+            got: 1,
+            ..
+        })
+    ));
+    let skip = [ApplyEntry {
+        index: 3,
+        term: 1,
+        op: ApplyOp::Kv(&op),
+    }];
+    assert!(matches!(
+        store.apply(G, &skip),
+        Err(StoreError::ApplyOutOfOrder {
+            expected: 2,
+            got: 3,
+            ..
+        })
+    ));
+    // A failed apply wrote nothing.
+    assert_eq!(get(store, "a").unwrap().value, b"1");
+    // A conf change entry moves the index and records the configuration.
+    let cs = conf_state(&[4, 5, 6]);
+    store
+        .apply(
+            G,
+            &[ApplyEntry {
+                index: 2,
+                term: 3,
+                op: ApplyOp::ConfChange(&cs),
+            }],
+        )
+        .unwrap();
+    let a = store.apply_state(G).unwrap();
+    assert_eq!(
+        (a.index, a.term, a.conf_state.voters),
+        (2, 3, vec![4, 5, 6])
+    );
+});
+
+#[test]
+fn applied_index_and_data_survive_reopen_together() {
+    let h = sled_harness(StoreConfig::default());
+    apply_ops(&h.store, G, &[put("a", "1"), put("b", "2")]);
+    h.store.sync().unwrap();
+    let h = h.reopen();
+    assert_eq!(h.store.apply_state(G).unwrap().index, 2);
+    assert_eq!(h.store.get(G, b"b").unwrap(), Some(rec("2", 2, 2, 1)));
+    // The next apply continues at 3, never re-applying 1 or 2.
+    let r = apply_ops(&h.store, G, &[put_prev("a", "x")]);
+    assert_eq!(
+        r[0],
+        KvOutcome::Put {
+            revision: 3,
+            prev: Some(rec("1", 1, 1, 1))
+        }
+    );
+}
