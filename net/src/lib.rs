@@ -1,1 +1,98 @@
-//! The libp2p swarm of a swarmkv node (built in the next issue).
+//! The network layer of swarmkv: libp2p peers that find each other on a LAN, prove they
+//! belong to the same cluster, gossip membership heartbeats and exchange opaque Raft, client
+//! and snapshot frames. It knows nothing of Raft or storage.
+//!
+//! Shape (after the rust-libp2p file-sharing example): [`new`] returns a [`NetHandle`] (cheap
+//! `Clone`, commands with a oneshot for the answer), a [`NetEvents`] stream and an
+//! [`EventLoop`] that the caller spawns; that one task owns the swarm, so nothing is locked.
+//!
+//! ```no_run
+//! # async fn run(dir: &std::path::Path) -> Result<(), swarmkv_net::NetError> {
+//! let keypair = swarmkv_net::load_or_create_identity(dir)?;
+//! let (handle, mut events, event_loop) = swarmkv_net::new(swarmkv_net::NetConfig::new(keypair))?;
+//! tokio::spawn(event_loop.run());
+//! while let Some(event) = events.recv().await {
+//!     if let swarmkv_net::NetEvent::PeerUp { peer } = event {
+//!         handle.send_raft(peer, vec![(0, b"hello".to_vec())]).await?;
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - `config.rs`: [`NetConfig`], every knob with LAN defaults.
+//! - `identity.rs`: the persistent ed25519 keypair that gives a node its PeerId.
+//! - `psk.rs`: pre-shared key files for private networks (pnet).
+//! - `protocol.rs`: versioned postcard wire types and protocol names.
+//! - `codec.rs`: length-prefixed frames with a size bound, for request-response.
+//! - `behaviour.rs`: the composed libp2p behaviour and the transport (TCP, pnet, noise, yamux).
+//! - `membership.rs`: the failure detector (Up / Suspect / Down), sans-IO.
+//! - `dialer.rs`: who to redial and when (exponential backoff), sans-IO.
+//! - `outbox.rs`: the per-peer ordered Raft send queue (one frame in flight, coalescing).
+//! - `handle.rs`: [`NetHandle`], the commands it sends.
+//! - `event.rs`: [`NetEvent`], [`NetEvents`], [`KvResponder`].
+//! - `event_loop.rs`: [`EventLoop`], the task that owns the swarm.
+//! - `error.rs`: [`NetError`].
+
+mod behaviour;
+mod codec;
+mod config;
+mod dialer;
+mod error;
+mod event;
+mod event_loop;
+mod handle;
+mod identity;
+mod membership;
+mod outbox;
+mod protocol;
+mod psk;
+
+pub use config::{NetConfig, DEFAULT_CLUSTER_NAME};
+pub use error::NetError;
+pub use event::{KvResponder, NetEvent, NetEvents};
+pub use event_loop::EventLoop;
+pub use handle::{NetHandle, RawProtocol};
+pub use identity::{load_or_create_identity, IDENTITY_FILE};
+pub use libp2p::identity::Keypair;
+pub use libp2p::pnet::PreSharedKey;
+pub use libp2p::{Multiaddr, PeerId};
+pub use membership::Liveness;
+pub use protocol::{
+    heartbeat_topic, PeerInfo, RaftBatch, SnapshotChunk, KV_PROTOCOL, RAFT_PROTOCOL,
+    SNAPSHOT_PROTOCOL,
+};
+pub use psk::{generate_psk_file, load_psk};
+
+use tokio::sync::mpsc;
+
+/// Builds a node's network: the handle, the event stream and the event loop to spawn.
+///
+/// Must be called inside a tokio runtime (listeners and mDNS sockets are created here, so
+/// that a bad listen address fails now rather than in the background). Nothing happens on the
+/// network until the returned [`EventLoop`] runs.
+pub fn new(config: NetConfig) -> Result<(NetHandle, NetEvents, EventLoop), NetError> {
+    config.validate()?;
+    let mut swarm = behaviour::build_swarm(&config)?;
+    for addr in &config.listen_addrs {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+    }
+    let (command_tx, command_rx) = mpsc::channel(config.command_buffer);
+    let (event_tx, event_rx) = mpsc::channel(config.event_buffer);
+    let handle = NetHandle {
+        local_peer_id: config.peer_id(),
+        max_raft_frame: config.max_raft_frame,
+        max_kv_frame: config.max_kv_frame,
+        max_snapshot_frame: config.max_snapshot_frame,
+        commands: command_tx.clone(),
+    };
+    let weak = command_tx.downgrade();
+    drop(command_tx);
+    let event_loop = event_loop::EventLoop::new(swarm, command_rx, weak, event_tx, config);
+    Ok((handle, NetEvents { rx: event_rx }, event_loop))
+}

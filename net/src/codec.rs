@@ -1,0 +1,160 @@
+//! Length-prefixed, size-bounded frames for the request-response protocols.
+//!
+//! The codec moves bytes only: a big-endian `u32` length, then that many bytes. It refuses a
+//! length above its limit *before* allocating, so a peer cannot make us buffer more than the
+//! configured frame size. Decoding the postcard envelope happens in the event loop, which
+//! answers an undecodable frame with a typed refusal instead of resetting the stream.
+//!
+//! An oversized *request* is not an I/O error but a [`Frame::Oversized`] value: libp2p's
+//! request-response only logs a failed `read_request` and never tells the application, so the
+//! refusal travels up as a request and the event loop reports it and answers with an error.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::request_response;
+use libp2p::StreamProtocol;
+
+/// An inbound request as the codec read it.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    /// A frame within the limit (not decoded yet).
+    Data(Vec<u8>),
+    /// A frame announcing more bytes than the limit; its body was not read.
+    Oversized(OversizedFrame),
+}
+
+/// Frame codec with separate limits for requests and responses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrameCodec {
+    max_request: usize,
+    max_response: usize,
+}
+
+impl FrameCodec {
+    pub(crate) fn new(max_request: usize, max_response: usize) -> Self {
+        Self {
+            max_request,
+            max_response,
+        }
+    }
+}
+
+/// The error a reader returns for a frame above the limit; recognised by the event loop.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("frame of {size} bytes exceeds the {limit}-byte limit")]
+pub(crate) struct OversizedFrame {
+    pub size: usize,
+    pub limit: usize,
+}
+
+pub(crate) async fn read_frame<T>(io: &mut T, limit: usize) -> io::Result<Vec<u8>>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let size = u32::from_be_bytes(len) as usize;
+    if size > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            OversizedFrame { size, limit },
+        ));
+    }
+    let mut buf = vec![0u8; size];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+pub(crate) async fn write_frame<T>(io: &mut T, frame: &[u8]) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    let len = u32::try_from(frame.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame larger than 4 GiB"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(frame).await
+}
+
+impl request_response::Codec for FrameCodec {
+    type Protocol = StreamProtocol;
+    type Request = Frame;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Frame>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        match read_frame(io, self.max_request).await {
+            Ok(bytes) => Ok(Frame::Data(bytes)),
+            Err(e) => match e.get_ref().and_then(|r| r.downcast_ref::<OversizedFrame>()) {
+                Some(oversized) => Ok(Frame::Oversized(*oversized)),
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max_response).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Frame,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        match req {
+            Frame::Data(bytes) => write_frame(io, &bytes).await,
+            Frame::Oversized(o) => Err(io::Error::new(io::ErrorKind::InvalidInput, o)),
+        }
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_oversize_is_refused_before_reading() -> anyhow::Result<()> {
+        futures::executor::block_on(async {
+            let mut wire = Vec::new();
+            write_frame(&mut futures::io::Cursor::new(&mut wire), b"hello").await?;
+            let got = read_frame(&mut futures::io::Cursor::new(&wire), 5).await?;
+            assert_eq!(got, b"hello");
+            let err = read_frame(&mut futures::io::Cursor::new(&wire), 4)
+                .await
+                .err();
+            let oversized = err
+                .as_ref()
+                .and_then(|e| e.get_ref())
+                .and_then(|e| e.downcast_ref::<OversizedFrame>());
+            assert!(
+                matches!(oversized, Some(OversizedFrame { size: 5, limit: 4 })),
+                "{err:?}"
+            );
+            // A truncated frame is an error, not a hang or a panic.
+            let truncated = read_frame(&mut futures::io::Cursor::new(&wire[..6]), 64).await;
+            assert!(truncated.is_err());
+            Ok(())
+        })
+    }
+}

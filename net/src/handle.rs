@@ -1,0 +1,217 @@
+//! The cheap, cloneable handle through which the node talks to the event loop.
+
+use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::{raft_batch_size_bound, RaftBatch, SnapshotChunk, RAFT_FRAME_OVERHEAD};
+use crate::NetError;
+
+/// Which request-response protocol a raw frame goes to (tests only).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawProtocol {
+    /// `/swarmkv/raft/1`.
+    Raft,
+    /// `/swarmkv/kv/1`.
+    Kv,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, NetError>>;
+
+/// A request to the event loop. Each one that has an answer carries the oneshot for it.
+#[derive(Debug)]
+pub(crate) enum Command {
+    SendRaft {
+        peer: PeerId,
+        batch: RaftBatch,
+    },
+    Kv {
+        peer: PeerId,
+        payload: Vec<u8>,
+        reply: Reply<Vec<u8>>,
+    },
+    RespondKv {
+        channel: ResponseChannel<Vec<u8>>,
+        frame: Vec<u8>,
+    },
+    Snapshot {
+        peer: PeerId,
+        chunk: SnapshotChunk,
+        reply: Reply<()>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: Reply<PeerId>,
+    },
+    SetClusterId {
+        id: Option<u64>,
+        reply: Reply<()>,
+    },
+    SetAppPayload {
+        app: Vec<u8>,
+        reply: Reply<()>,
+    },
+    ListenAddrs {
+        reply: Reply<Vec<Multiaddr>>,
+    },
+    ClusterPeers {
+        reply: Reply<Vec<PeerId>>,
+    },
+    Raw {
+        peer: PeerId,
+        protocol: RawProtocol,
+        bytes: Vec<u8>,
+        reply: Reply<Vec<u8>>,
+    },
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+/// The node's handle on the network: clone it freely, every clone talks to the same loop.
+///
+/// Every method sends a command to the event loop; none takes a lock. When the loop has
+/// stopped, methods return [`NetError::Shutdown`].
+#[derive(Debug, Clone)]
+pub struct NetHandle {
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) local_peer_id: PeerId,
+    pub(crate) max_raft_frame: usize,
+    pub(crate) max_kv_frame: usize,
+    pub(crate) max_snapshot_frame: usize,
+}
+
+async fn ask<T>(
+    commands: &mpsc::Sender<Command>,
+    make: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T, NetError> {
+    let (tx, rx) = oneshot::channel();
+    commands
+        .send(make(tx))
+        .await
+        .map_err(|_| NetError::Shutdown)?;
+    rx.await.map_err(|_| NetError::Shutdown)?
+}
+
+impl NetHandle {
+    /// This node's PeerId.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// Queues a Raft batch for `peer`. Returns once the event loop has it.
+    ///
+    /// Batches to one peer are delivered in order, each once, while both ends stay up. A batch
+    /// that cannot be delivered is reported as [`crate::NetEvent::RaftSendFailed`]: Raft
+    /// tolerates loss and resends, so this call does not wait for the peer.
+    pub async fn send_raft(&self, peer: PeerId, batch: RaftBatch) -> Result<(), NetError> {
+        let size = raft_batch_size_bound(&batch) + RAFT_FRAME_OVERHEAD;
+        if size > self.max_raft_frame {
+            return Err(NetError::FrameTooLarge {
+                protocol: "/swarmkv/raft/1",
+                size,
+                limit: self.max_raft_frame,
+            });
+        }
+        self.commands
+            .send(Command::SendRaft { peer, batch })
+            .await
+            .map_err(|_| NetError::Shutdown)
+    }
+
+    /// Sends a client request to `peer` and waits for its answer.
+    pub async fn kv_request(&self, peer: PeerId, payload: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        let size = payload.len() + 16;
+        if size > self.max_kv_frame {
+            return Err(NetError::FrameTooLarge {
+                protocol: "/swarmkv/kv/1",
+                size,
+                limit: self.max_kv_frame,
+            });
+        }
+        ask(&self.commands, |reply| Command::Kv {
+            peer,
+            payload,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends one snapshot chunk and waits until the peer has taken it (one chunk per call
+    /// gives the sender natural flow control).
+    pub async fn send_snapshot_chunk(
+        &self,
+        peer: PeerId,
+        chunk: SnapshotChunk,
+    ) -> Result<(), NetError> {
+        let size = chunk.data.len() + 64;
+        if size > self.max_snapshot_frame {
+            return Err(NetError::FrameTooLarge {
+                protocol: "/swarmkv/snapshot/1",
+                size,
+                limit: self.max_snapshot_frame,
+            });
+        }
+        ask(&self.commands, |reply| Command::Snapshot {
+            peer,
+            chunk,
+            reply,
+        })
+        .await
+    }
+
+    /// Dials an address (a `--join` given at run time, or a test's explicit dial) and returns
+    /// the PeerId that answered once the connection is up.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NetError> {
+        ask(&self.commands, |reply| Command::Dial { addr, reply }).await
+    }
+
+    /// Sets the cluster id once the cluster has formed. Connected peers are told at once, and
+    /// peers of another id are disconnected.
+    pub async fn set_cluster_id(&self, id: Option<u64>) -> Result<(), NetError> {
+        ask(&self.commands, |reply| Command::SetClusterId { id, reply }).await
+    }
+
+    /// Sets the opaque payload carried by this node's next heartbeats.
+    pub async fn set_app_payload(&self, app: Vec<u8>) -> Result<(), NetError> {
+        ask(&self.commands, |reply| Command::SetAppPayload {
+            app,
+            reply,
+        })
+        .await
+    }
+
+    /// The addresses the swarm listens on (concrete ports).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        ask(&self.commands, |reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Peers currently connected and verified as members of our cluster.
+    pub async fn cluster_peers(&self) -> Result<Vec<PeerId>, NetError> {
+        ask(&self.commands, |reply| Command::ClusterPeers { reply }).await
+    }
+
+    /// Stops the event loop; its connections close and every handle starts failing.
+    pub async fn shutdown(&self) -> Result<(), NetError> {
+        ask(&self.commands, |reply| Command::Shutdown { reply }).await
+    }
+
+    /// Sends arbitrary bytes as one frame and returns the raw response. Exists so tests can
+    /// prove that garbage is refused without harming the connection; not for the node.
+    #[doc(hidden)]
+    pub async fn send_raw_frame(
+        &self,
+        peer: PeerId,
+        protocol: RawProtocol,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, NetError> {
+        ask(&self.commands, |reply| Command::Raw {
+            peer,
+            protocol,
+            bytes,
+            reply,
+        })
+        .await
+    }
+}

@@ -1,0 +1,433 @@
+//! In-process swarms on 127.0.0.1 (explicit dials; mDNS is off and would ignore loopback).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use common::{cluster, config, connect, spawn, Node};
+use rand::{Rng, SeedableRng};
+use swarmkv_net::{
+    generate_psk_file, load_or_create_identity, NetError, NetEvent, PeerId, RawProtocol,
+    SnapshotChunk,
+};
+
+/// Waits for a raft event from `from` and returns its batch.
+async fn next_raft_from(node: &mut Node, from: PeerId) -> Result<swarmkv_net::RaftBatch> {
+    node.wait_for("raft batch", |e| match e {
+        NetEvent::Raft { peer, batch } if peer == from => Some(batch),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn raft_batches_kv_requests_and_snapshot_chunks_round_trip_between_three_swarms() -> Result<()>
+{
+    let mut nodes = cluster(3).await?;
+    let ids: Vec<PeerId> = nodes.iter().map(|n| n.peer).collect();
+
+    // Every node sends one batch to every other node.
+    for (i, node) in nodes.iter().enumerate() {
+        for (j, &to) in ids.iter().enumerate() {
+            if i != j {
+                let batch = vec![(i as u64, vec![j as u8; 10]), (7, b"raft".to_vec())];
+                node.handle.send_raft(to, batch).await?;
+            }
+        }
+    }
+    for (j, node) in nodes.iter_mut().enumerate() {
+        // Batches from different senders may arrive in any order.
+        let mut got = HashMap::new();
+        while got.len() < 2 {
+            let (from, batch) = node
+                .wait_for("raft batch", |e| match e {
+                    NetEvent::Raft { peer, batch } => Some((peer, batch)),
+                    _ => None,
+                })
+                .await?;
+            got.insert(from, batch);
+        }
+        for (i, &from) in ids.iter().enumerate() {
+            if i != j {
+                assert_eq!(
+                    got.get(&from),
+                    Some(&vec![(i as u64, vec![j as u8; 10]), (7, b"raft".to_vec())])
+                );
+            }
+        }
+    }
+
+    // A client request from node 0 to node 1, answered by node 1's application.
+    let client = nodes[0].handle.clone();
+    let server = ids[1];
+    let request = tokio::spawn(async move { client.kv_request(server, b"get k".to_vec()).await });
+    let (payload, responder) = nodes[1]
+        .wait_for("kv request", |e| match e {
+            NetEvent::KvRequest {
+                payload, responder, ..
+            } => Some((payload, responder)),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(payload, b"get k");
+    responder.respond(b"v".to_vec()).await?;
+    assert_eq!(request.await??, b"v");
+
+    // A snapshot chunk from node 2 to node 0 is acknowledged once delivered.
+    let chunk = SnapshotChunk {
+        group: 3,
+        snapshot_id: 42,
+        seq: 0,
+        last: true,
+        data: vec![9; 100_000],
+    };
+    let sender = nodes[2].handle.clone();
+    let (to, sent) = (ids[0], chunk.clone());
+    let ack = tokio::spawn(async move { sender.send_snapshot_chunk(to, sent).await });
+    let got = nodes[0]
+        .wait_for("snapshot chunk", |e| match e {
+            NetEvent::SnapshotChunk { chunk, .. } => Some(chunk),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(got, chunk);
+    ack.await??;
+    Ok(())
+}
+
+/// Receives `expect` messages on `node`, checking that each sender's sequence is contiguous.
+async fn receive_in_order(
+    node: &mut Node,
+    idx: usize,
+    expect: usize,
+    next: &mut HashMap<(usize, PeerId), u64>,
+) -> Result<()> {
+    let mut done = 0;
+    while done < expect {
+        let (from, batch) = node
+            .wait_for("raft batch", |e| match e {
+                NetEvent::Raft { peer, batch } => Some((peer, batch)),
+                _ => None,
+            })
+            .await?;
+        for (group, data) in batch {
+            let want = next.entry((idx, from)).or_insert(0);
+            ensure!(
+                group == *want && data == want.to_be_bytes(),
+                "{} got message {group} from {from}, expected {want}",
+                node.peer
+            );
+            *want += 1;
+            done += 1;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn ten_thousand_messages_arrive_in_order_per_peer_pair() -> Result<()> {
+    const N: u64 = 10_000;
+    let mut nodes = cluster(3).await?;
+    let ids: Vec<PeerId> = nodes.iter().map(|n| n.peer).collect();
+    // Nodes 0 and 1 both send to node 2 while node 2 sends to node 0: three ordered streams
+    // interleaving on the same swarms.
+    let mut senders = Vec::new();
+    for (from, to) in [(0, 2), (1, 2), (2, 0)] {
+        let handle = nodes[from].handle.clone();
+        let to = ids[to];
+        senders.push(tokio::spawn(async move {
+            for seq in 0..N {
+                handle
+                    .send_raft(to, vec![(seq, seq.to_be_bytes().to_vec())])
+                    .await?;
+            }
+            Ok::<_, NetError>(())
+        }));
+    }
+    let mut next: HashMap<(usize, PeerId), u64> = HashMap::new();
+    let (first, rest) = nodes.split_at_mut(2);
+    receive_in_order(&mut rest[0], 2, 2 * N as usize, &mut next).await?;
+    receive_in_order(&mut first[0], 0, N as usize, &mut next).await?;
+    for sender in senders {
+        sender.await??;
+    }
+    assert_eq!(next.get(&(2, ids[0])), Some(&N));
+    assert_eq!(next.get(&(2, ids[1])), Some(&N));
+    assert_eq!(next.get(&(0, ids[2])), Some(&N));
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_and_garbage_frames_are_rejected_and_the_connection_keeps_working() -> Result<()>
+{
+    let mut a = spawn(config()).await?;
+    let mut small = config();
+    small.max_raft_frame = 64 << 10;
+    small.max_kv_frame = 4 << 10;
+    let mut b = spawn(small).await?;
+    connect(&mut a, &mut b).await?;
+
+    // A frame above b's limit: b refuses it without reading its body. a gets either the
+    // refusal or a reset stream, depending on how much it had written when b answered.
+    let oversized = vec![0u8; 200 << 10];
+    let sent = a
+        .handle
+        .send_raw_frame(b.peer, RawProtocol::Raft, oversized)
+        .await;
+    if let Ok(answer) = &sent {
+        let text = String::from_utf8_lossy(answer);
+        ensure!(
+            text.contains("exceeds"),
+            "oversized frame was accepted: {text}"
+        );
+    }
+    let reason = b
+        .wait_for("oversize rejection", |e| match e {
+            NetEvent::FrameRejected { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .await?;
+    ensure!(reason.contains("exceeds"), "{reason}");
+
+    // Random garbage of every size, on the raft and kv protocols: refused with an answer.
+    let seed: u64 = rand::random();
+    println!("garbage seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for round in 0..20 {
+        let len = rng.gen_range(0..2000);
+        let garbage: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        let protocol = if round % 2 == 0 {
+            RawProtocol::Raft
+        } else {
+            RawProtocol::Kv
+        };
+        let answer = a
+            .handle
+            .send_raw_frame(b.peer, protocol, garbage.clone())
+            .await?;
+        ensure!(!answer.is_empty(), "no refusal for garbage (seed {seed})");
+        let event = b
+            .wait_for("garbage rejection or delivery", |e| match e {
+                e @ (NetEvent::FrameRejected { .. }
+                | NetEvent::Raft { .. }
+                | NetEvent::KvRequest { .. }) => Some(e),
+                _ => None,
+            })
+            .await?;
+        // Garbage that happens to decode is delivered like any frame; it must not panic.
+        if let NetEvent::KvRequest { responder, .. } = event {
+            responder.respond(Vec::new()).await?;
+        }
+    }
+
+    // A frame above the sender's own limit is refused locally.
+    let too_big = vec![(1, vec![0u8; 17 << 20])];
+    let local = a.handle.send_raft(b.peer, too_big).await;
+    ensure!(
+        matches!(local, Err(NetError::FrameTooLarge { .. })),
+        "{local:?}"
+    );
+
+    // Honest traffic still flows on the same connection, and nobody was reported lost.
+    a.handle
+        .send_raft(b.peer, vec![(5, b"honest".to_vec())])
+        .await?;
+    let batch = next_raft_from(&mut b, a.peer).await?;
+    assert_eq!(batch, vec![(5, b"honest".to_vec())]);
+    ensure!(a.handle.cluster_peers().await?.contains(&b.peer));
+    for event in a.drain_for(Duration::from_millis(300)).await {
+        if let NetEvent::PeerSuspect { .. } | NetEvent::PeerDown { .. } = event {
+            bail!("connection suffered from garbage: {event:?}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn peers_of_another_cluster_name_or_id_deliver_nothing() -> Result<()> {
+    let mut home = config();
+    home.cluster_id = Some(1);
+    let mut a = spawn(home).await?;
+    let mut other_name = config();
+    other_name.cluster_name = "elsewhere".to_string();
+    let mut x = spawn(other_name).await?;
+    let mut other_id = config();
+    other_id.cluster_id = Some(2);
+    let mut y = spawn(other_id).await?;
+
+    for stranger in [&mut x, &mut y] {
+        // The dial itself works (same transport), the hello does not.
+        stranger.handle.dial(a.addr.clone()).await?;
+        let foreign = a
+            .wait_for("ForeignPeer", |e| match e {
+                NetEvent::ForeignPeer { peer, .. } => Some(peer),
+                _ => None,
+            })
+            .await?;
+        assert_eq!(foreign, stranger.peer);
+        // Whatever it tries is refused on its side too.
+        stranger
+            .handle
+            .send_raft(a.peer, vec![(0, b"x".to_vec())])
+            .await?;
+        let kv = stranger.handle.kv_request(a.peer, b"x".to_vec()).await;
+        ensure!(kv.is_err(), "foreign kv request answered: {kv:?}");
+    }
+    // For a while (several heartbeat intervals) nothing from them reaches a's application.
+    for event in a.drain_for(Duration::from_millis(1500)).await {
+        match &event {
+            NetEvent::Raft { .. }
+            | NetEvent::KvRequest { .. }
+            | NetEvent::SnapshotChunk { .. }
+            | NetEvent::Heartbeat { .. }
+            | NetEvent::PeerUp { .. } => bail!("foreign peer reached the app: {event:?}"),
+            _ => {}
+        }
+    }
+    let members = a.handle.cluster_peers().await?;
+    ensure!(
+        members.is_empty(),
+        "foreign peers listed as members: {members:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn diverging_cluster_ids_split_connected_peers() -> Result<()> {
+    let mut nodes = cluster(2).await?;
+    let (a, b) = nodes.split_at_mut(1);
+    let (a, b) = (&mut a[0], &mut b[0]);
+    a.handle.set_cluster_id(Some(10)).await?;
+    b.handle.set_cluster_id(Some(11)).await?;
+    let foreign = a
+        .wait_for("ForeignPeer after id change", |e| match e {
+            NetEvent::ForeignPeer {
+                peer, cluster_id, ..
+            } => Some((peer, cluster_id)),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(foreign, (b.peer, Some(11)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_peer_without_the_right_psk_cannot_finish_a_handshake() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = generate_psk_file(&dir.path().join("a.key"))?;
+    let other_key = generate_psk_file(&dir.path().join("b.key"))?;
+    let with_key = || {
+        let mut c = config();
+        c.psk = Some(key);
+        c
+    };
+    let mut a = spawn(with_key()).await?;
+    let mut wrong = config();
+    wrong.psk = Some(other_key);
+    let wrong = spawn(wrong).await?;
+    let none = spawn(config()).await?;
+    let mut friend = spawn(with_key()).await?;
+
+    for stranger in [&wrong, &none] {
+        let dialed = stranger.handle.dial(a.addr.clone()).await;
+        ensure!(dialed.is_err(), "stranger finished a handshake: {dialed:?}");
+    }
+    connect(&mut friend, &mut a).await?;
+    friend
+        .handle
+        .send_raft(a.peer, vec![(1, b"ok".to_vec())])
+        .await?;
+    assert_eq!(
+        next_raft_from(&mut a, friend.peer).await?,
+        vec![(1, b"ok".to_vec())]
+    );
+    for event in a.drain_for(Duration::from_millis(500)).await {
+        if let NetEvent::PeerUp { peer } = event {
+            ensure!(peer == friend.peer, "stranger {peer} came up");
+        }
+    }
+    ensure!(a.handle.cluster_peers().await? == vec![friend.peer]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_a_swarm_reports_it_down_on_the_others_within_the_timeout() -> Result<()> {
+    let mut nodes = cluster(3).await?;
+    let victim = nodes.remove(2);
+    let down_timeout = config().down_timeout;
+    let gone = victim.peer;
+    victim.task.abort();
+    drop(victim);
+    let start = Instant::now();
+    for node in &mut nodes {
+        node.wait_for_within("PeerDown", down_timeout * 4, |e| match e {
+            NetEvent::PeerDown { peer } if peer == gone => Some(()),
+            _ => None,
+        })
+        .await?;
+    }
+    println!(
+        "PeerDown after {:?} (down timeout {down_timeout:?})",
+        start.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_swarm_keeps_its_peer_id_and_is_redialed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut a = spawn(config()).await?;
+    let first_config = swarmkv_net::NetConfig::loopback(load_or_create_identity(dir.path())?);
+    let mut b = spawn(first_config).await?;
+    connect(&mut a, &mut b).await?;
+    let (id, addr) = (b.peer, b.addr.clone());
+    b.handle.shutdown().await?;
+    let Node { task, .. } = b;
+    task.await?;
+    a.wait_for("PeerSuspect", |e| match e {
+        NetEvent::PeerSuspect { peer } if peer == id => Some(()),
+        _ => None,
+    })
+    .await?;
+
+    // Same data dir, same port: same PeerId, and a redials it by itself.
+    let mut again = swarmkv_net::NetConfig::loopback(load_or_create_identity(dir.path())?);
+    again.listen_addrs = vec![addr];
+    let b = spawn(again).await?;
+    assert_eq!(b.peer, id);
+    assert_eq!(b.handle.local_peer_id(), id);
+    a.wait_up(id).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn join_addresses_connect_and_heartbeats_spread_membership() -> Result<()> {
+    let nodes = cluster(2).await?;
+    nodes[0].handle.set_app_payload(b"load=3".to_vec()).await?;
+    // c knows only node 0's address; it learns node 1 from the heartbeats and dials it.
+    let mut c_config = config();
+    c_config.join_addrs = vec![nodes[0].addr.clone()];
+    let mut c = spawn(c_config).await?;
+    let (p0, p1) = (nodes[0].peer, nodes[1].peer);
+    c.wait_up(p0).await?;
+    let info = c
+        .wait_for("heartbeat of node 0 with its payload", |e| match e {
+            NetEvent::Heartbeat { info } if info.peer == p0 && !info.app.is_empty() => Some(info),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(info.app, b"load=3");
+    assert_eq!(info.cluster_name, swarmkv_net::DEFAULT_CLUSTER_NAME);
+    c.wait_up(p1).await?;
+    let deadline = Instant::now() + common::PATIENCE;
+    while !c.handle.cluster_peers().await?.contains(&p1) {
+        ensure!(
+            Instant::now() < deadline,
+            "c never connected to node 1 directly"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
