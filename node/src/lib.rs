@@ -1,10 +1,12 @@
 //! swarmkv: a zero-config, peer-to-peer, partitioned and Raft-replicated key-value store.
 //!
 //! # Layout
-//! - `swarmkv_store` (crate `store/`): everything durable.
-//! - `swarmkv_net` (crate `net/`): the libp2p swarm.
-//! - this crate: the node (multi-Raft engine, placement, client API, CLI); it grows with the
-//!   issues that follow the foundation.
+//! - [`core`]: the sans-IO multi-Raft engine (no tokio, libp2p or sled): replicas, routing,
+//!   placement, proposals, reads, replies.
+//! - `swarmkv_store` (crate `store/`): everything durable. `swarmkv_net` (crate `net/`): the
+//!   libp2p swarm.
+
+pub mod core;
 
 /// The software version, announced to peers and printed by `swarmkv --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

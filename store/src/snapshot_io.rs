@@ -218,6 +218,18 @@ impl<B: Backend> Store<B> {
         })
     }
 
+    /// True when every chunk of the snapshot `descriptor_bytes` describes is staged (a Raft
+    /// snapshot message must not be stepped before: installing it would fail).
+    pub fn snapshot_ready(&self, group: u64, descriptor_bytes: &[u8]) -> Result<bool> {
+        if descriptor_bytes.is_empty() {
+            return Ok(true);
+        }
+        let d = SnapshotDescriptor::decode(descriptor_bytes)?;
+        let prefix = keys::group_tag_index(group, keys::TAG_SNAP_CHUNK, d.index);
+        let have = keys_with_prefix(&self.inner.backend, TreeId::SnapIn, &prefix)?.len() as u32;
+        Ok(d.group == group && have >= d.chunks)
+    }
+
     /// Adds to `bb` the writes that replace `group`'s partition with the snapshot's data
     /// (staged chunks, all checked), and returns the resulting apply state.
     pub(crate) fn prepare_install(

@@ -307,3 +307,26 @@ impl<B: Backend> Store<B> {
         Ok(())
     }
 }
+
+/// Node-level settings the layers above keep next to their data (cluster layout, peer table):
+/// small records in the `meta` tree, under names that do not clash with the store's own.
+impl<B: Backend> Store<B> {
+    /// Reads a node-level record.
+    pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.backend.get(TreeId::Meta, &meta_key(name))
+    }
+
+    /// Writes a node-level record durably.
+    pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        let mut b = BackendBatch::default();
+        b.put(TreeId::Meta, meta_key(name), value.to_vec());
+        self.inner.backend.write(&b)?;
+        self.inner.backend.sync()
+    }
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut k = b"app/".to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}

@@ -1,0 +1,41 @@
+//! Settings of the multi-Raft core.
+
+/// Timing and sizing of the core. Times are in milliseconds of the injected clock.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Length of one Raft tick.
+    pub tick_ms: u64,
+    /// Ticks without a leader before a follower campaigns (raft-rs randomises between this and
+    /// twice this; the core draws each replica's value from its own seeded RNG).
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Largest append message raft-rs builds.
+    pub max_size_per_msg: u64,
+    /// Append messages in flight per follower.
+    pub max_inflight_msgs: usize,
+    /// Compact a group's log once it holds this many applied entries...
+    pub compact_threshold: u64,
+    /// ...keeping this many of the most recent ones for slow followers.
+    pub compact_keep: u64,
+    /// How long a request may wait for its answer inside the core.
+    pub request_timeout_ms: u64,
+    /// Seed of the core's randomness (election timeouts).
+    pub seed: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> CoreConfig {
+        CoreConfig {
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            compact_threshold: 10_000,
+            compact_keep: 1_000,
+            request_timeout_ms: 5_000,
+            seed: 0,
+        }
+    }
+}

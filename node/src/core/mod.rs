@@ -1,0 +1,725 @@
+//! The multi-Raft core: sans-IO. It never imports tokio, libp2p or sled (a test enforces it):
+//! time, randomness, messages and requests come in through `handle_*` calls, and messages,
+//! snapshots to send and replies go out through `poll_*` calls, so a simulator can drive it
+//! deterministically. Persistence goes through the `swarmkv_store::Backend` it is generic over.
+//!
+//! # Layout
+//! - [`types`]: requests, responses, typed client errors (also the kv wire payload).
+//! - [`routing`]: key to partition (stable hash).
+//! - [`placement`]: which nodes hold which partitions (static layout).
+//! - [`command`]: the payload of Raft entries.
+//! - [`config`]: timing and sizing.
+//! - `replica`: one local Raft group and the requests waiting on it.
+//! - this file: [`Core`], the turn: step, persist all groups at once, send, apply, reply.
+
+pub mod command;
+pub mod config;
+pub mod placement;
+mod replica;
+pub mod routing;
+pub mod types;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole, Storage};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use swarmkv_store::{ApplyEntry, ApplyOp, Backend, LogBatch, Store, StoreError};
+
+pub use command::{Command, CommandError};
+pub use config::CoreConfig;
+pub use placement::ClusterLayout;
+pub use types::*;
+
+use replica::{Proposal, ReadyRead, Replica};
+
+/// Index and term at which a new group's replicas start (from an empty snapshot carrying the
+/// initial configuration, as TiKV does), so that no replica ever needs an empty log.
+pub const INITIAL_INDEX: u64 = 5;
+pub const INITIAL_TERM: u64 = 5;
+const LAYOUT_META: &str = "layout";
+
+/// Errors that stop the core: storage failures (the node must stop acknowledging) and bad
+/// setup calls.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("the cluster layout is invalid: {0}")]
+    BadLayout(String),
+    #[error("stored node metadata is corrupt: {0}")]
+    CorruptMeta(String),
+}
+
+/// A snapshot the driver must stream to a peer (its chunks, then `message`), then report
+/// with [`Core::report_snapshot`].
+#[derive(Debug, Clone)]
+pub struct SnapshotSend {
+    pub to: NodeId,
+    pub group: GroupId,
+    /// The Raft `MsgSnapshot` to deliver after the chunks.
+    pub message: Message,
+    /// Snapshot index and number of chunks (from the descriptor).
+    pub index: u64,
+    pub chunks: u32,
+}
+
+/// Raft's view of one local group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    pub voters: Vec<NodeId>,
+}
+
+struct InFlight {
+    deadline_ms: u64,
+}
+
+/// The local replicas of one node and everything waiting on them.
+pub struct Core<B: Backend> {
+    id: NodeId,
+    store: Store<B>,
+    config: CoreConfig,
+    layout: Option<ClusterLayout>,
+    replicas: BTreeMap<GroupId, Replica<B>>,
+    rng: StdRng,
+    logger: slog::Logger,
+    now_ms: u64,
+    last_tick_ms: u64,
+    outbox: BTreeMap<NodeId, Vec<(GroupId, Message)>>,
+    snapshots_out: VecDeque<SnapshotSend>,
+    replies: VecDeque<(RequestId, Reply)>,
+    in_flight: HashMap<RequestId, InFlight>,
+}
+
+fn logger() -> slog::Logger {
+    use slog::Drain;
+    slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
+}
+
+impl<B: Backend> Core<B> {
+    /// Opens the core of node `id` on `store`, recreating every replica the store holds
+    /// (a restart) and the layout it was bootstrapped with.
+    pub fn new(
+        id: NodeId,
+        store: Store<B>,
+        config: CoreConfig,
+        now_ms: u64,
+    ) -> Result<Core<B>, CoreError> {
+        let layout = match store.get_meta(LAYOUT_META)? {
+            Some(b) => Some(
+                postcard::from_bytes(&b)
+                    .map_err(|e| CoreError::CorruptMeta(format!("layout: {e}")))?,
+            ),
+            None => None,
+        };
+        let rng = StdRng::seed_from_u64(config.seed ^ id.rotate_left(17));
+        let mut core = Core {
+            id,
+            store,
+            config,
+            layout,
+            replicas: BTreeMap::new(),
+            rng,
+            logger: logger(),
+            now_ms,
+            last_tick_ms: now_ms,
+            outbox: BTreeMap::new(),
+            snapshots_out: VecDeque::new(),
+            replies: VecDeque::new(),
+            in_flight: HashMap::new(),
+        };
+        for g in core.store.groups()? {
+            if g != 0 {
+                core.open_replica(g)?;
+            }
+        }
+        Ok(core)
+    }
+
+    /// This node's Raft id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The store the core persists to (the driver reads snapshot chunks from it).
+    pub fn store(&self) -> &Store<B> {
+        &self.store
+    }
+
+    /// The layout the cluster was bootstrapped with, once known.
+    pub fn layout(&self) -> Option<&ClusterLayout> {
+        self.layout.as_ref()
+    }
+
+    fn raft_config(&mut self, applied: u64) -> raft::Config {
+        let base = self.config.election_ticks.max(2);
+        raft::Config {
+            id: self.id,
+            election_tick: base,
+            heartbeat_tick: self.config.heartbeat_ticks.max(1),
+            min_election_tick: base,
+            max_election_tick: 2 * base,
+            applied,
+            max_size_per_msg: self.config.max_size_per_msg,
+            max_inflight_msgs: self.config.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        }
+    }
+
+    fn open_replica(&mut self, group: GroupId) -> Result<(), CoreError> {
+        let storage = self.store.group(group)?;
+        let hs = storage.hard_state();
+        let applied = storage.apply_state().index.min(hs.commit);
+        let cfg = self.raft_config(applied);
+        let node = RawNode::new(&cfg, storage, &self.logger)?;
+        self.replicas.insert(group, Replica::new(node));
+        Ok(())
+    }
+
+    /// Creates this node's replicas of a new cluster. Every initial node calls it with the
+    /// same layout; calling it again (or after a restart) changes nothing.
+    pub fn bootstrap(&mut self, layout: ClusterLayout) -> Result<(), CoreError> {
+        if layout.nodes.is_empty() || layout.partitions == 0 || layout.replication == 0 {
+            return Err(CoreError::BadLayout(format!("{layout:?}")));
+        }
+        if let Some(existing) = &self.layout {
+            if *existing != layout {
+                return Err(CoreError::BadLayout(
+                    "this node was bootstrapped with another layout".into(),
+                ));
+            }
+        }
+        let encoded =
+            postcard::to_stdvec(&layout).map_err(|e| CoreError::BadLayout(e.to_string()))?;
+        self.store.put_meta(LAYOUT_META, &encoded)?;
+        let mut batch = LogBatch::new();
+        let mut new_groups = Vec::new();
+        for p in layout.partitions_of(self.id) {
+            let g = group_of_partition(p);
+            if self.replicas.contains_key(&g) {
+                continue;
+            }
+            let mut snap = Snapshot::default();
+            let m = snap.mut_metadata();
+            m.index = INITIAL_INDEX;
+            m.term = INITIAL_TERM;
+            m.mut_conf_state().voters = layout.replicas(p);
+            batch.apply_snapshot(g, snap);
+            new_groups.push((g, layout.replicas(p)[0] == self.id));
+        }
+        self.store.commit(&batch)?;
+        for (g, preferred) in new_groups {
+            self.open_replica(g)?;
+            if preferred {
+                // The preferred leader campaigns at once so a new cluster serves quickly;
+                // pre-vote makes this harmless if it loses.
+                if let Some(r) = self.replicas.get_mut(&g) {
+                    r.node.campaign()?;
+                }
+            }
+        }
+        self.layout = Some(layout);
+        Ok(())
+    }
+
+    /// Advances the clock; ticks every replica once per elapsed tick and expires requests
+    /// past their deadline (answering `Timeout`).
+    pub fn handle_tick(&mut self, now_ms: u64) {
+        self.now_ms = now_ms.max(self.now_ms);
+        let tick = self.config.tick_ms.max(1);
+        let mut ticks = 0;
+        while self.now_ms.saturating_sub(self.last_tick_ms) >= tick && ticks < 10 {
+            self.last_tick_ms += tick;
+            ticks += 1;
+            let base = self.config.election_ticks.max(2);
+            for r in self.replicas.values_mut() {
+                // raft-rs redraws the election timeout from an unseeded RNG whenever it resets
+                // the election clock; redraw it from ours at once, so runs are reproducible.
+                if r.node.raft.election_elapsed == 0 {
+                    let t = self.rng.gen_range(base..2 * base);
+                    r.node.raft.set_randomized_election_timeout(t);
+                }
+                r.node.tick();
+            }
+        }
+        if self.now_ms.saturating_sub(self.last_tick_ms) >= tick {
+            // The caller fell far behind: don't replay a burst of ticks (it would trigger
+            // elections), just resynchronise.
+            self.last_tick_ms = self.now_ms;
+        }
+        let now = self.now_ms;
+        let expired: Vec<RequestId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline_ms <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.reply(id, Err(ClientError::Timeout));
+        }
+    }
+
+    /// Steps a Raft message from a peer. Messages for groups this node does not hold, and
+    /// messages raft-rs refuses, are dropped (Raft tolerates loss).
+    pub fn handle_raft(&mut self, from: NodeId, group: GroupId, msg: Message) {
+        let Some(r) = self.replicas.get_mut(&group) else {
+            log::debug!("dropping a message from {from} for group {group}, not held here");
+            return;
+        };
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            match self.store.snapshot_ready(group, &msg.get_snapshot().data) {
+                Ok(true) => {}
+                Ok(false) => {
+                    log::warn!(
+                        "group {group}: snapshot from {from} arrived before its chunks; dropped"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("group {group}: bad snapshot from {from}: {e}");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = r.node.step(msg) {
+            log::debug!("group {group}: message from {from} refused: {e}");
+        }
+    }
+
+    /// Takes a client request. The answer comes out of [`Core::poll_reply`], at once for
+    /// refusals and serializable reads, after apply for writes and linearizable reads.
+    pub fn handle_request(&mut self, id: RequestId, req: Request) {
+        let Some(layout) = &self.layout else {
+            self.replies.push_back((
+                id,
+                Err(ClientError::Unavailable {
+                    reason: "this node is not part of a cluster yet".into(),
+                }),
+            ));
+            return;
+        };
+        if req.partition >= layout.partitions {
+            self.replies.push_back((
+                id,
+                Err(ClientError::BadRequest(format!(
+                    "partition {} of {}",
+                    req.partition, layout.partitions
+                ))),
+            ));
+            return;
+        }
+        let group = group_of_partition(req.partition);
+        let Some(r) = self.replicas.get_mut(&group) else {
+            // Not a replica here: point at one that is.
+            let hint = layout.replicas(req.partition).first().copied();
+            self.replies
+                .push_back((id, Err(ClientError::NotLeader { leader: hint })));
+            return;
+        };
+        let serializable = matches!(
+            req.body,
+            RequestBody::Get {
+                consistency: Consistency::Serializable,
+                ..
+            } | RequestBody::Scan {
+                consistency: Consistency::Serializable,
+                ..
+            }
+        );
+        if serializable {
+            let reply = serve_read(&self.store, group, &req.body);
+            self.replies.push_back((id, reply));
+            return;
+        }
+        if !r.is_leader {
+            let leader = r.leader_hint();
+            let err = match leader {
+                Some(_) => ClientError::NotLeader { leader },
+                None => ClientError::Unavailable {
+                    reason: format!("partition {} has no leader right now", req.partition),
+                },
+            };
+            self.replies.push_back((id, Err(err)));
+            return;
+        }
+        let deadline_ms = self.now_ms + self.config.request_timeout_ms;
+        match req.body {
+            RequestBody::Write { op } => {
+                if let Err(e) = op.validate(&self.store.config().limits) {
+                    self.replies.push_back((id, Err(ClientError::Rejected(e))));
+                    return;
+                }
+                let data = Command::Kv(op).encode();
+                match r.node.propose(Vec::new(), data) {
+                    Ok(()) => {
+                        let index = r.node.raft.raft_log.last_index();
+                        let term = r.node.raft.term;
+                        r.proposals.insert(index, Proposal { term, request: id });
+                        self.in_flight.insert(id, InFlight { deadline_ms });
+                    }
+                    Err(e) => {
+                        self.replies.push_back((
+                            id,
+                            Err(ClientError::Unavailable {
+                                reason: format!("proposal refused: {e}"),
+                            }),
+                        ));
+                    }
+                }
+            }
+            body => {
+                r.node.read_index(id.to_be_bytes().to_vec());
+                r.reads_pending.insert(id, body);
+                self.in_flight.insert(id, InFlight { deadline_ms });
+            }
+        }
+    }
+
+    /// Tells Raft how sending a snapshot to `to` ended.
+    pub fn report_snapshot(&mut self, group: GroupId, to: NodeId, delivered: bool) {
+        if let Some(r) = self.replicas.get_mut(&group) {
+            let status = if delivered {
+                SnapshotStatus::Finish
+            } else {
+                SnapshotStatus::Failure
+            };
+            r.node.report_snapshot(to, status);
+        }
+    }
+
+    /// Tells Raft that `to` could not be reached, so replication to it slows to probing.
+    pub fn report_unreachable(&mut self, to: NodeId) {
+        for r in self.replicas.values_mut() {
+            r.node.report_unreachable(to);
+        }
+    }
+
+    /// The next batch of Raft messages for one peer (all groups' traffic to it).
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<(NodeId, Vec<(GroupId, Message)>)> {
+        let to = *self.outbox.keys().next()?;
+        self.outbox.remove(&to).map(|m| (to, m))
+    }
+
+    /// The next snapshot to stream to a peer.
+    #[must_use]
+    pub fn poll_snapshot(&mut self) -> Option<SnapshotSend> {
+        self.snapshots_out.pop_front()
+    }
+
+    /// The next answer to a request.
+    #[must_use]
+    pub fn poll_reply(&mut self) -> Option<(RequestId, Reply)> {
+        self.replies.pop_front()
+    }
+
+    /// Leader of each local group as this node sees it: (group, leader, is this node).
+    pub fn leaders(&self) -> Vec<(GroupId, Option<NodeId>)> {
+        self.replicas
+            .iter()
+            .map(|(g, r)| (*g, r.leader_hint()))
+            .collect()
+    }
+
+    /// Raft's view of a local group, for status pages and debugging.
+    pub fn group_status(&self, group: GroupId) -> Option<GroupStatus> {
+        let r = self.replicas.get(&group)?;
+        let raft = &r.node.raft;
+        Some(GroupStatus {
+            group,
+            role: format!("{:?}", raft.state),
+            term: raft.term,
+            leader: r.leader_hint(),
+            commit: raft.raft_log.committed,
+            applied: raft.raft_log.applied,
+            last_index: raft.raft_log.last_index(),
+            voters: raft.prs().conf().voters().ids().iter().collect(),
+        })
+    }
+
+    /// Groups with a replica here.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.replicas.keys().copied().collect()
+    }
+
+    fn reply(&mut self, id: RequestId, reply: Reply) {
+        if self.in_flight.remove(&id).is_some() {
+            self.replies.push_back((id, reply));
+        }
+    }
+
+    fn queue_messages(&mut self, group: GroupId, msgs: Vec<Message>) {
+        for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                let data = &m.get_snapshot().data;
+                let (index, chunks) = match swarmkv_store::SnapshotDescriptor::decode(data) {
+                    Ok(d) => (d.index, d.chunks),
+                    Err(_) => (m.get_snapshot().get_metadata().index, 0),
+                };
+                self.snapshots_out.push_back(SnapshotSend {
+                    to: m.to,
+                    group,
+                    message: m,
+                    index,
+                    chunks,
+                });
+                continue;
+            }
+            self.outbox.entry(m.to).or_default().push((group, m));
+        }
+    }
+
+    /// One turn of the node loop over every group with work: collect all Readies, persist
+    /// them in ONE store batch with ONE sync, then send what may only leave after the sync,
+    /// apply committed entries and answer requests. Returns an error only when storage failed;
+    /// the node must then stop.
+    pub fn process(&mut self) -> Result<(), CoreError> {
+        let mut batch = LogBatch::new();
+        let mut readies = Vec::new();
+        let groups: Vec<GroupId> = self.replicas.keys().copied().collect();
+        for g in &groups {
+            let Some(r) = self.replicas.get_mut(g) else {
+                continue;
+            };
+            if let Some(ci) = r.compact_to.take() {
+                batch.compact(*g, ci);
+            }
+            if r.commit_dirty {
+                r.commit_dirty = false;
+                batch.set_hard_state(*g, r.node.raft.hard_state());
+            }
+            if !r.node.has_ready() {
+                continue;
+            }
+            let mut rd = r.node.ready();
+            if let Some(ss) = rd.ss() {
+                let was_leader = r.is_leader;
+                r.leader = Some(ss.leader_id).filter(|l| *l != 0);
+                r.is_leader = ss.raft_state == StateRole::Leader;
+                if was_leader && !r.is_leader {
+                    // Reads in flight can no longer be confirmed here; they are safe to retry.
+                    let hint = r.leader_hint();
+                    let reads: Vec<RequestId> = r.reads_pending.drain().map(|(id, _)| id).collect();
+                    let ready: Vec<RequestId> =
+                        r.reads_ready.drain(..).map(|x| x.request).collect();
+                    for id in reads.into_iter().chain(ready) {
+                        if self.in_flight.remove(&id).is_some() {
+                            self.replies
+                                .push_back((id, Err(ClientError::NotLeader { leader: hint })));
+                        }
+                    }
+                }
+            }
+            let msgs = rd.take_messages();
+            self.queue_messages(*g, msgs);
+            let Some(r) = self.replicas.get_mut(g) else {
+                continue;
+            };
+            for rs in rd.read_states() {
+                let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                    continue;
+                };
+                let id = RequestId::from_be_bytes(ctx);
+                if let Some(body) = r.reads_pending.remove(&id) {
+                    r.reads_ready.push(ReadyRead {
+                        index: rs.index,
+                        request: id,
+                        body,
+                    });
+                }
+            }
+            if !rd.snapshot().is_empty() {
+                batch.apply_snapshot(*g, rd.snapshot().clone());
+            }
+            let committed = rd.take_committed_entries();
+            self.apply_committed(*g, committed)?;
+            if !rd.entries().is_empty() {
+                batch.append(*g, rd.entries().to_vec());
+            }
+            if let Some(hs) = rd.hs() {
+                batch.set_hard_state(*g, hs.clone());
+            }
+            readies.push((*g, rd));
+        }
+        if !batch.is_empty() {
+            self.store.commit(&batch)?;
+        }
+        for (g, mut rd) in readies {
+            let persisted = rd.take_persisted_messages();
+            self.queue_messages(g, persisted);
+            let Some(r) = self.replicas.get_mut(&g) else {
+                continue;
+            };
+            let mut light = r.node.advance(rd);
+            if light.commit_index().is_some() {
+                r.commit_dirty = true;
+            }
+            let msgs = light.take_messages();
+            let committed = light.take_committed_entries();
+            self.queue_messages(g, msgs);
+            self.apply_committed(g, committed)?;
+            if let Some(r) = self.replicas.get_mut(&g) {
+                r.node.advance_apply();
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_committed(&mut self, g: GroupId, entries: Vec<Entry>) -> Result<(), CoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let Some(r) = self.replicas.get_mut(&g) else {
+            return Ok(());
+        };
+        let applied = r.node.store().apply_state().index;
+        enum Decoded {
+            Noop,
+            Kv(swarmkv_store::KvOp),
+            Bad(String),
+            Conf(raft::eraftpb::ConfState),
+        }
+        let mut decoded = Vec::with_capacity(entries.len());
+        for e in &entries {
+            if e.index <= applied {
+                // Re-delivered after a restart: the state machine already has it.
+                continue;
+            }
+            let d = match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => Decoded::Noop,
+                EntryType::EntryNormal => match Command::decode(&e.data) {
+                    Ok(Command::Kv(op)) => Decoded::Kv(op),
+                    Err(err) => Decoded::Bad(err.to_string()),
+                },
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data).map_err(raft::Error::from)?;
+                    Decoded::Conf(r.node.apply_conf_change(&cc)?)
+                }
+                EntryType::EntryConfChangeV2 => {
+                    // Includes the empty entry that leaves a joint configuration.
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(raft::Error::from)?;
+                    Decoded::Conf(r.node.apply_conf_change(&cc)?)
+                }
+            };
+            decoded.push((e.index, e.term, d));
+        }
+        let apply: Vec<ApplyEntry<'_>> = decoded
+            .iter()
+            .map(|(index, term, d)| ApplyEntry {
+                index: *index,
+                term: *term,
+                op: match d {
+                    Decoded::Noop | Decoded::Bad(_) => ApplyOp::Noop,
+                    Decoded::Kv(op) => ApplyOp::Kv(op),
+                    Decoded::Conf(cs) => ApplyOp::ConfChange(cs),
+                },
+            })
+            .collect();
+        let results = self.store.apply(g, &apply)?;
+        let mut answers = Vec::new();
+        for ((index, term, d), result) in decoded.iter().zip(results) {
+            // Every proposal at or below this index is settled now.
+            while let Some((&pi, &p)) = r.proposals.first_key_value() {
+                if pi > *index {
+                    break;
+                }
+                r.proposals.remove(&pi);
+                let reply = if pi == *index && p.term == *term {
+                    match (result.clone(), d) {
+                        (Some(Ok(outcome)), _) => Ok(Response::Write(outcome)),
+                        (Some(Err(e)), _) => Err(ClientError::Rejected(e)),
+                        (None, Decoded::Bad(why)) => Err(ClientError::BadRequest(why.clone())),
+                        (None, _) => Err(ClientError::ProposalDropped),
+                    }
+                } else {
+                    Err(ClientError::ProposalDropped)
+                };
+                answers.push((p.request, reply));
+            }
+        }
+        // Compact once enough applied entries piled up.
+        let applied_now = decoded.last().map_or(applied, |(i, _, _)| *i);
+        let first = r.node.store().first_index().unwrap_or(1);
+        if applied_now.saturating_sub(first) >= self.config.compact_threshold {
+            r.compact_to = Some(
+                applied_now
+                    .saturating_sub(self.config.compact_keep)
+                    .max(first),
+            );
+        }
+        // Serve the reads the state machine has now caught up with.
+        let mut still = Vec::new();
+        let mut reads = Vec::new();
+        for rr in r.reads_ready.drain(..) {
+            if rr.index <= applied_now {
+                reads.push(rr);
+            } else {
+                still.push(rr);
+            }
+        }
+        r.reads_ready = still;
+        for (id, reply) in answers {
+            self.reply(id, reply);
+        }
+        for rr in reads {
+            let reply = serve_read(&self.store, g, &rr.body);
+            self.reply(rr.request, reply);
+        }
+        Ok(())
+    }
+
+    /// Serves reads that were waiting for applies that a previous turn made (reads whose
+    /// index was already applied when their read state arrived).
+    pub fn serve_caught_up_reads(&mut self) {
+        let groups: Vec<GroupId> = self.replicas.keys().copied().collect();
+        for g in groups {
+            let Some(r) = self.replicas.get_mut(&g) else {
+                continue;
+            };
+            if r.reads_ready.is_empty() {
+                continue;
+            }
+            let applied = r.node.store().apply_state().index;
+            let (now, later): (Vec<_>, Vec<_>) =
+                r.reads_ready.drain(..).partition(|rr| rr.index <= applied);
+            r.reads_ready = later;
+            for rr in now {
+                let reply = serve_read(&self.store, g, &rr.body);
+                self.reply(rr.request, reply);
+            }
+        }
+    }
+}
+
+fn serve_read<B: Backend>(store: &Store<B>, group: GroupId, body: &RequestBody) -> Reply {
+    let storage_err = |e: StoreError| ClientError::Storage(e.to_string());
+    match body {
+        RequestBody::Get { key, .. } => store
+            .get(group, key)
+            .map(Response::Get)
+            .map_err(storage_err),
+        RequestBody::Scan {
+            start, end, limit, ..
+        } => store
+            .scan(group, start, end.as_deref(), *limit)
+            .map(|p| Response::Scan {
+                records: p.records,
+                more: p.more,
+            })
+            .map_err(storage_err),
+        RequestBody::Write { .. } => Err(ClientError::BadRequest("a write is not a read".into())),
+    }
+}

@@ -1,0 +1,122 @@
+//! What clients ask of a partition and what they get back; also the wire payload of
+//! `/swarmkv/kv/1` (postcard-encoded), so every variant is serde.
+
+use serde::{Deserialize, Serialize};
+use swarmkv_store::{KvError, KvOp, KvOutcome, KvRecord};
+
+/// A node's Raft id, derived from its PeerId.
+pub type NodeId = u64;
+/// A Raft group: group 0 is reserved for the meta group, partition `p` is group `p + 1`.
+pub type GroupId = u64;
+/// Identifies a request inside one node while it is in flight.
+pub type RequestId = u64;
+
+/// The group that serves partition `p`.
+pub fn group_of_partition(p: u32) -> GroupId {
+    u64::from(p) + 1
+}
+
+/// The partition a data group serves (`None` for the meta group).
+pub fn partition_of_group(g: GroupId) -> Option<u32> {
+    g.checked_sub(1).and_then(|p| u32::try_from(p).ok())
+}
+
+/// Read consistency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read started (ReadIndex at the leader).
+    #[default]
+    Linearizable,
+    /// The local state of whichever replica serves it; may be stale, never torn.
+    Serializable,
+}
+
+/// One request to one partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Target partition.
+    pub partition: u32,
+    pub body: RequestBody,
+}
+
+/// What a request does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestBody {
+    /// Read one key.
+    Get {
+        key: Vec<u8>,
+        consistency: Consistency,
+    },
+    /// Put, delete, compare-and-swap or delete-range, through Raft.
+    Write { op: KvOp },
+    /// Ordered scan of `[start, end)` within the partition.
+    Scan {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+        consistency: Consistency,
+    },
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The record, if the key exists.
+    Get(Option<KvRecord>),
+    /// What the write did.
+    Write(KvOutcome),
+    /// Records in key order; `more` when the limit cut the scan.
+    Scan {
+        records: Vec<(Vec<u8>, KvRecord)>,
+        more: bool,
+    },
+}
+
+/// Why a request failed. Every variant says whether the operation may have happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ClientError {
+    /// This node does not lead the partition; `leader` is the one it believes does. Nothing
+    /// was done: safe to retry there.
+    #[error("not the leader of the partition (leader hint: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// The partition cannot serve right now (no leader known, no replica here, election in
+    /// progress). Nothing was done: safe to retry.
+    #[error("partition unavailable: {reason}")]
+    Unavailable { reason: String },
+    /// The proposal was replaced in the log by another leader's entry: it will never apply.
+    /// Safe to retry.
+    #[error("the write was dropped by a leader change; it did not happen")]
+    ProposalDropped,
+    /// No answer within the deadline. A write may or may not have happened (ambiguous).
+    #[error("timed out; a write may or may not have been applied")]
+    Timeout,
+    /// The operation was refused by the state machine (limits); it applied as a no-op.
+    #[error("rejected: {0}")]
+    Rejected(KvError),
+    /// The request was malformed (e.g. unknown partition). Nothing was done.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The node's storage failed; the node stops acknowledging writes.
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// The node is shutting down or its connection to the serving node was lost. A write may
+    /// or may not have happened (ambiguous).
+    #[error("connection lost: {0}")]
+    Disconnected(String),
+}
+
+impl ClientError {
+    /// True when the failure guarantees the operation did not take effect, so a retry cannot
+    /// apply it twice.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::NotLeader { .. }
+                | ClientError::Unavailable { .. }
+                | ClientError::ProposalDropped
+        )
+    }
+}
+
+/// What a request ends with.
+pub type Reply = Result<Response, ClientError>;
