@@ -129,13 +129,13 @@ fn transport(config: &NetConfig) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetE
             .upgrade(Version::V1Lazy)
             .authenticate(noise)
             .multiplex(yamux_config)
-            .timeout(Duration::from_secs(20))
+            .timeout(config.handshake_timeout)
             .boxed(),
         None => tcp
             .upgrade(Version::V1Lazy)
             .authenticate(noise)
             .multiplex(yamux_config)
-            .timeout(Duration::from_secs(20))
+            .timeout(config.handshake_timeout)
             .boxed(),
     })
 }

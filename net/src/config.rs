@@ -64,6 +64,10 @@ pub struct NetConfig {
     pub reconnect_min: Duration,
     /// Largest delay between redials.
     pub reconnect_max: Duration,
+    /// Time allowed for a new connection's transport handshake (pnet, noise, yamux). A peer
+    /// with the wrong pre-shared key produces garbage that may never complete a handshake, so
+    /// this bound is what makes its dial fail.
+    pub handshake_timeout: Duration,
     /// A connection whose peer has not proven it belongs to our cluster within this time is
     /// closed (strangers do not get to hold connections open).
     pub hello_timeout: Duration,
@@ -103,6 +107,7 @@ impl NetConfig {
             request_timeout: Duration::from_secs(10),
             reconnect_min: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(24 * 3600),
             event_buffer: 4096,
@@ -125,6 +130,7 @@ impl NetConfig {
         config.ping_timeout = Duration::from_secs(2);
         config.reconnect_min = Duration::from_millis(100);
         config.reconnect_max = Duration::from_secs(2);
+        config.handshake_timeout = Duration::from_secs(3);
         config
     }
 
@@ -172,8 +178,11 @@ impl NetConfig {
         if self.event_buffer == 0 || self.command_buffer == 0 {
             return bad("event_buffer and command_buffer must be positive");
         }
-        if self.request_timeout.is_zero() || self.hello_timeout.is_zero() {
-            return bad("request_timeout and hello_timeout must be positive");
+        if self.request_timeout.is_zero()
+            || self.hello_timeout.is_zero()
+            || self.handshake_timeout.is_zero()
+        {
+            return bad("request_timeout, hello_timeout and handshake_timeout must be positive");
         }
         Ok(())
     }
