@@ -33,8 +33,10 @@ use crate::{NetConfig, NetError};
 
 /// How often the failure detector, the redial schedule and the timeouts are looked at.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
-/// Inbound requests held per peer while it has not said hello yet.
+/// Inbound requests held per peer while it has not said hello yet, by count...
 const MAX_HELD: usize = 256;
+/// ... and by bytes: a stranger must not make us buffer much before it proves anything.
+const MAX_HELD_BYTES: usize = 16 << 20;
 /// How long a foreign peer's connection stays open so that our hello answer reaches it.
 const FOREIGN_GRACE: Duration = Duration::from_millis(100);
 /// How long a foreign peer is remembered (to report it once, not on every reconnect).
@@ -47,6 +49,14 @@ enum Held {
     Raft(Vec<u8>, ResponseChannel<Vec<u8>>),
     Kv(Vec<u8>, ResponseChannel<Vec<u8>>),
     Snapshot(Vec<u8>, ResponseChannel<Vec<u8>>),
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        match self {
+            Held::Raft(b, _) | Held::Kv(b, _) | Held::Snapshot(b, _) => b.len(),
+        }
+    }
 }
 
 /// An outbound request waiting for its peer to connect and say hello.
@@ -472,6 +482,7 @@ impl EventLoop {
     }
 
     fn on_disconnected(&mut self, peer: PeerId, id: ConnectionId, remaining: u32) {
+        let unreachable = !self.dialer.knows(&peer);
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -483,6 +494,18 @@ impl EventLoop {
         p.verified = false;
         // Held requests die with their connection (their channels are dropped).
         p.held.clear();
+        if unreachable {
+            // Nobody will reconnect to it: what waits for it can only fail.
+            let dropped = p.outbox.clear();
+            if dropped > 0 {
+                self.out.push_back(NetEvent::RaftSendFailed {
+                    peer,
+                    batches: dropped,
+                    reason: NetError::NotConnected(peer).to_string(),
+                });
+            }
+            self.fail_parked(peer, || NetError::NotConnected(peer));
+        }
         if self.detector.connection_lost(&peer) == Some(Liveness::Suspect) {
             self.emit(NetEvent::PeerSuspect { peer });
         }
@@ -875,13 +898,7 @@ impl EventLoop {
                 reason: NetError::ForeignPeer(peer).to_string(),
             });
         }
-        let (gone, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
-            .into_iter()
-            .partition(|(p, _, _)| *p == peer);
-        self.parked = waiting;
-        for (_, _, request) in gone {
-            request.fail(NetError::ForeignPeer(peer));
-        }
+        self.fail_parked(peer, || NetError::ForeignPeer(peer));
         if matches!(
             self.detector.liveness(&peer),
             Some(Liveness::Up | Liveness::Suspect)
@@ -900,13 +917,28 @@ impl EventLoop {
         }
     }
 
+    /// Fails every request parked for `peer`.
+    fn fail_parked(&mut self, peer: PeerId, err: impl Fn() -> NetError) {
+        let (gone, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(p, _, _)| *p == peer);
+        self.parked = waiting;
+        for (_, _, request) in gone {
+            request.fail(err());
+        }
+    }
+
     fn on_inbound(&mut self, peer: PeerId, request: Held) {
         let p = self.peers.entry(peer).or_default();
         if p.ready() {
             self.deliver(peer, request);
             return;
         }
-        if p.foreign_since.is_none() && p.held.len() < MAX_HELD {
+        let held_bytes: usize = p.held.iter().map(Held::len).sum();
+        if p.foreign_since.is_none()
+            && p.held.len() < MAX_HELD
+            && held_bytes + request.len() <= MAX_HELD_BYTES
+        {
             p.held.push(request);
         }
         // Otherwise the request is dropped with its channel: the sender sees a failure.
