@@ -3,10 +3,19 @@
 //! # Layout
 //! - [`core`]: the sans-IO multi-Raft engine (no tokio, libp2p or sled): replicas, routing,
 //!   placement, proposals, reads, replies.
+//! - [`client`]: the Rust client (in-process or remote), with routing and retries.
+//! - [`driver`]: the async node loop around the core (the only place that awaits).
+//! - [`wire`]: the client protocol payload.
 //! - `swarmkv_store` (crate `store/`): everything durable. `swarmkv_net` (crate `net/`): the
 //!   libp2p swarm.
 
+pub mod client;
 pub mod core;
+pub mod driver;
+pub mod wire;
+
+pub use client::{CasResult, Client};
+pub use driver::{Node, NodeConfig, NodeError, NodeHandle, NodeStatus};
 
 /// The software version, announced to peers and printed by `swarmkv --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -157,6 +157,11 @@ impl<B: Backend> Core<B> {
         &self.store
     }
 
+    /// Length of one Raft tick: the driver calls [`Core::handle_tick`] at this period.
+    pub fn tick_ms(&self) -> u64 {
+        self.config.tick_ms
+    }
+
     /// The layout the cluster was bootstrapped with, once known.
     pub fn layout(&self) -> Option<&ClusterLayout> {
         self.layout.as_ref()

@@ -1,0 +1,386 @@
+//! The Rust client: in-process on a node's handle, or remote over `/swarmkv/kv/1`.
+//!
+//! It routes each key to its partition, retries what is safe to retry (no leader yet, a
+//! leader change, a dropped proposal) with backoff until its deadline, and otherwise returns
+//! the typed error. Reads are linearizable unless asked otherwise. Multi-partition calls
+//! (scan, delete-range) run on every partition; a scan merges the answers in key order.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use swarmkv_net::{Keypair, Multiaddr, NetConfig, NetHandle, PeerId};
+use swarmkv_store::{CasAction, Compare, KvOp, KvOutcome, KvRecord};
+use tokio::task::JoinHandle;
+
+use crate::core::routing::partition_of;
+use crate::core::{ClientError, Consistency, Reply, Request, RequestBody, Response};
+use crate::driver::NodeHandle;
+use crate::wire::{Answer, Call, KvAnswer, KvCall};
+
+/// Result of a compare-and-swap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CasResult {
+    /// Whether the comparison held and the action was applied.
+    pub succeeded: bool,
+    /// The revision of this operation.
+    pub revision: u64,
+    /// The record before the operation (what a failed caller retries against).
+    pub current: Option<KvRecord>,
+}
+
+enum Transport {
+    Local(NodeHandle),
+    Remote {
+        net: NetHandle,
+        peer: PeerId,
+        event_loop: JoinHandle<()>,
+        events: JoinHandle<()>,
+    },
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        if let Transport::Remote {
+            event_loop, events, ..
+        } = self
+        {
+            event_loop.abort();
+            events.abort();
+        }
+    }
+}
+
+/// A swarmkv client.
+pub struct Client {
+    transport: Transport,
+    partitions: u32,
+    deadline: Duration,
+}
+
+fn unavailable(reason: impl Into<String>) -> ClientError {
+    ClientError::Unavailable {
+        reason: reason.into(),
+    }
+}
+
+fn unexpected(r: Response) -> ClientError {
+    ClientError::Disconnected(format!("unexpected response {r:?}"))
+}
+
+impl Client {
+    /// A client that talks to the node behind `handle`, in the same process.
+    pub async fn in_process(handle: NodeHandle) -> Result<Client, ClientError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let partitions = loop {
+            let status = handle
+                .status()
+                .await
+                .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+            if let Some(l) = status.layout {
+                break l.partitions;
+            }
+            if Instant::now() > deadline {
+                return Err(unavailable("the node is not part of a cluster"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Ok(Client {
+            transport: Transport::Local(handle),
+            partitions,
+            deadline: Duration::from_secs(10),
+        })
+    }
+
+    /// A light client: its own short-lived libp2p identity, dialing `addr` (a node of cluster
+    /// `cluster_name`); every request goes to that node, which forwards to leaders.
+    pub async fn connect(
+        addr: Multiaddr,
+        cluster_name: &str,
+        psk: Option<swarmkv_net::PreSharedKey>,
+    ) -> Result<Client, ClientError> {
+        let mut config = NetConfig::loopback(Keypair::generate_ed25519());
+        config.cluster_name = cluster_name.to_string();
+        config.psk = psk;
+        config.max_kv_frame = 4 << 20;
+        let (net, mut events, event_loop) =
+            swarmkv_net::new(config).map_err(|e| ClientError::Disconnected(e.to_string()))?;
+        let event_loop = tokio::spawn(event_loop.run());
+        // Nobody reads a light client's events but they must not back up.
+        let events = tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let peer = match net.dial(addr.clone()).await {
+            Ok(p) => p,
+            Err(e) => {
+                event_loop.abort();
+                events.abort();
+                return Err(ClientError::Disconnected(format!("dialing {addr}: {e}")));
+            }
+        };
+        let mut client = Client {
+            transport: Transport::Remote {
+                net,
+                peer,
+                event_loop,
+                events,
+            },
+            partitions: 0,
+            deadline: Duration::from_secs(10),
+        };
+        let until = Instant::now() + client.deadline;
+        loop {
+            match client.remote_call(Call::Info).await? {
+                Answer::Info(info) => {
+                    if let Some(p) = info.partitions {
+                        client.partitions = p;
+                        return Ok(client);
+                    }
+                }
+                other => {
+                    return Err(ClientError::Disconnected(format!("unexpected {other:?}")));
+                }
+            }
+            if Instant::now() > until {
+                return Err(unavailable("the node is not part of a cluster"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// How long a call may keep retrying before it fails (default 10 s).
+    pub fn with_deadline(mut self, deadline: Duration) -> Client {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The number of partitions of the cluster.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    async fn remote_call(&self, call: Call) -> Result<Answer, ClientError> {
+        let Transport::Remote { net, peer, .. } = &self.transport else {
+            return Err(ClientError::BadRequest("not a remote client".into()));
+        };
+        let bytes = net
+            .kv_request(*peer, KvCall::V1(call).encode())
+            .await
+            .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+        match KvAnswer::decode(&bytes)? {
+            KvAnswer::V1(a) => Ok(a),
+        }
+    }
+
+    async fn send_once(&self, req: Request) -> Reply {
+        match &self.transport {
+            Transport::Local(h) => h.request(req).await,
+            Transport::Remote { .. } => {
+                match self
+                    .remote_call(Call::Request {
+                        req,
+                        forwarded: false,
+                    })
+                    .await?
+                {
+                    Answer::Reply(r) => r,
+                    Answer::Malformed(m) => Err(ClientError::BadRequest(m)),
+                    Answer::Info(_) => Err(ClientError::Disconnected("unexpected info".into())),
+                }
+            }
+        }
+    }
+
+    /// Sends `req`, retrying what is safe to retry until the deadline.
+    pub async fn call(&self, req: Request) -> Reply {
+        let until = Instant::now() + self.deadline;
+        let is_read = !matches!(req.body, RequestBody::Write { .. });
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let reply = self.send_once(req.clone()).await;
+            let retry = match &reply {
+                Err(e) if e.is_retryable() => true,
+                // A read never changes anything: any failure can be retried.
+                Err(ClientError::Disconnected(_)) | Err(ClientError::Timeout) => is_read,
+                _ => false,
+            };
+            if !retry {
+                return reply;
+            }
+            if Instant::now() + backoff > until {
+                return match reply {
+                    Err(ClientError::NotLeader { .. }) | Err(ClientError::ProposalDropped) => Err(
+                        unavailable("no leader could take the request before the deadline"),
+                    ),
+                    other => other,
+                };
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    fn route(&self, key: &[u8], body: RequestBody) -> Request {
+        Request {
+            partition: partition_of(key, self.partitions),
+            body,
+        }
+    }
+
+    async fn write(&self, key: &[u8], op: KvOp) -> Result<KvOutcome, ClientError> {
+        match self
+            .call(self.route(key, RequestBody::Write { op }))
+            .await?
+        {
+            Response::Write(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads a key, linearizably.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<KvRecord>, ClientError> {
+        self.get_with(key, Consistency::Linearizable).await
+    }
+
+    /// Reads a key with the given consistency.
+    pub async fn get_with(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Option<KvRecord>, ClientError> {
+        let body = RequestBody::Get {
+            key: key.to_vec(),
+            consistency,
+        };
+        match self.call(self.route(key, body)).await? {
+            Response::Get(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Writes a key; returns the revision.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
+        Ok(self.put_prev(key, value, false).await?.0)
+    }
+
+    /// Writes a key; returns the revision and, if `prev_kv`, the record it replaced.
+    pub async fn put_prev(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        prev_kv: bool,
+    ) -> Result<(u64, Option<KvRecord>), ClientError> {
+        let op = KvOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            lease: 0,
+            prev_kv,
+        };
+        match self.write(key, op).await? {
+            KvOutcome::Put { revision, prev } => Ok((revision, prev)),
+            other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Deletes a key; true if it existed.
+    pub async fn delete(&self, key: &[u8]) -> Result<bool, ClientError> {
+        let op = KvOp::Delete {
+            key: key.to_vec(),
+            prev_kv: false,
+        };
+        match self.write(key, op).await? {
+            KvOutcome::Delete { deleted, .. } => Ok(deleted),
+            other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Compare-and-swap on one key.
+    pub async fn cas(
+        &self,
+        key: &[u8],
+        compare: Compare,
+        action: CasAction,
+    ) -> Result<CasResult, ClientError> {
+        let op = KvOp::Cas {
+            key: key.to_vec(),
+            compare,
+            action,
+        };
+        match self.write(key, op).await? {
+            KvOutcome::Cas {
+                revision,
+                succeeded,
+                current,
+            } => Ok(CasResult {
+                succeeded,
+                revision,
+                current,
+            }),
+            other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Deletes every key in `[start, end)` (`end = None`: to the end), on every partition;
+    /// returns how many were deleted. Each partition deletes atomically; the whole is not.
+    pub async fn delete_range(&self, start: &[u8], end: Option<&[u8]>) -> Result<u64, ClientError> {
+        let calls = (0..self.partitions).map(|p| {
+            let op = KvOp::DeleteRange {
+                start: start.to_vec(),
+                end: end.map(<[u8]>::to_vec),
+            };
+            self.call(Request {
+                partition: p,
+                body: RequestBody::Write { op },
+            })
+        });
+        let mut total = 0;
+        for r in join_all(calls).await {
+            match r? {
+                Response::Write(KvOutcome::DeleteRange { deleted, .. }) => total += deleted,
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(total)
+    }
+
+    /// The first `limit` keys (0: all) of `[start, end)` across every partition, in key order.
+    pub async fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<Vec<(Vec<u8>, KvRecord)>, ClientError> {
+        let calls = (0..self.partitions).map(|p| {
+            self.call(Request {
+                partition: p,
+                body: RequestBody::Scan {
+                    start: start.to_vec(),
+                    end: end.map(<[u8]>::to_vec),
+                    limit,
+                    consistency,
+                },
+            })
+        });
+        let mut all = Vec::new();
+        for r in join_all(calls).await {
+            match r? {
+                Response::Scan { records, .. } => all.extend(records),
+                other => return Err(unexpected(other)),
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        if limit != 0 {
+            all.truncate(limit);
+        }
+        Ok(all)
+    }
+
+    /// The first `limit` keys (0: all) starting with `prefix`, in key order.
+    pub async fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, KvRecord)>, ClientError> {
+        let end = swarmkv_store::keys::prefix_end(prefix);
+        self.scan(prefix, end.as_deref(), limit, Consistency::Linearizable)
+            .await
+    }
+}

@@ -1,0 +1,752 @@
+//! The node driver: the only async part of a node. One task owns the [`Core`] and runs the
+//! node loop: take inbound Raft batches, client requests and clock ticks; let the core step
+//! every group and persist all their Readies with one fsync; send each peer one batch with
+//! every group's messages; stream snapshots; answer or forward requests.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use protobuf::Message as _;
+use serde::{Deserialize, Serialize};
+use swarmkv_net::{
+    KvResponder, Multiaddr, NetConfig, NetEvent, NetEvents, NetHandle, PeerId, PreSharedKey,
+};
+use swarmkv_store::raft::eraftpb::Message;
+use swarmkv_store::{SledBackend, SledStore, Store, StoreConfig};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::core::{
+    ClientError, ClusterLayout, Core, CoreConfig, CoreError, GroupStatus, NodeId, Reply, Request,
+    RequestId,
+};
+use crate::wire::{Answer, Call, ClusterInfo, KvAnswer, KvCall};
+
+const PEERS_META: &str = "peers";
+/// Raft batches to one peer are split so that no frame nears the transport's limit.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// The Raft id a PeerId maps to: stable, so a node keeps it across restarts.
+pub fn node_id_of(peer: &PeerId) -> NodeId {
+    let h = xxhash_rust::xxh3::xxh3_64(&peer.to_bytes());
+    h.max(1)
+}
+
+/// Why a node could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("store: {0}")]
+    Store(#[from] swarmkv_store::StoreError),
+    #[error("network: {0}")]
+    Net(#[from] swarmkv_net::NetError),
+    #[error("core: {0}")]
+    Core(#[from] CoreError),
+    #[error("the node has stopped")]
+    Stopped,
+    #[error("unknown peer {0}: it must be connected before it can be named")]
+    UnknownPeer(PeerId),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Holds the identity key and the store.
+    pub data_dir: PathBuf,
+    /// Cluster name: nodes of other names are refused.
+    pub cluster_name: String,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Addresses to dial at start (where multicast is absent).
+    pub join: Vec<Multiaddr>,
+    /// LAN discovery. Off in tests (multicast must not reach real interfaces).
+    pub mdns: bool,
+    /// Private network key.
+    pub psk: Option<PreSharedKey>,
+    /// Short network timers, for in-process tests.
+    pub fast_timers: bool,
+    pub core: CoreConfig,
+    pub store: StoreConfig,
+}
+
+impl NodeConfig {
+    /// Product defaults for a node keeping its state in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> NodeConfig {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            cluster_name: swarmkv_net::DEFAULT_CLUSTER_NAME.to_string(),
+            listen: vec!["/ip4/0.0.0.0/tcp/0"
+                .parse()
+                .unwrap_or_else(|_| Multiaddr::empty())],
+            join: Vec::new(),
+            mdns: true,
+            psk: None,
+            fast_timers: false,
+            core: CoreConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+
+    /// A node for in-process tests: 127.0.0.1 only, no mDNS, short timers.
+    pub fn loopback(data_dir: impl Into<PathBuf>) -> NodeConfig {
+        let mut c = NodeConfig::new(data_dir);
+        c.listen = vec!["/ip4/127.0.0.1/tcp/0"
+            .parse()
+            .unwrap_or_else(|_| Multiaddr::empty())];
+        c.mdns = false;
+        c.fast_timers = true;
+        c.core.tick_ms = 50;
+        c
+    }
+
+    fn net_config(&self, keypair: swarmkv_net::Keypair) -> NetConfig {
+        let mut n = if self.fast_timers {
+            NetConfig::loopback(keypair)
+        } else {
+            NetConfig::new(keypair)
+        };
+        n.cluster_name = self.cluster_name.clone();
+        n.listen_addrs = self.listen.clone();
+        n.join_addrs = self.join.clone();
+        n.enable_mdns = self.mdns;
+        n.psk = self.psk;
+        n.software_version = crate::VERSION.to_string();
+        // Room for the largest value plus its key and framing.
+        n.max_kv_frame = n
+            .max_kv_frame
+            .max(self.store.limits.max_value + self.store.limits.max_key + 64 * 1024);
+        n
+    }
+}
+
+/// What a node reports about itself.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub node: NodeId,
+    pub peer: PeerId,
+    pub layout: Option<ClusterLayout>,
+    pub groups: Vec<GroupStatus>,
+    pub peers: Vec<(NodeId, PeerId)>,
+}
+
+enum Cmd {
+    Request {
+        req: Request,
+        reply: oneshot::Sender<Reply>,
+    },
+    Bootstrap {
+        peers: Vec<PeerId>,
+        partitions: u32,
+        replication: usize,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
+    },
+    Isolate {
+        isolated: bool,
+    },
+}
+
+enum Internal {
+    SnapshotDone { group: u64, to: NodeId, ok: bool },
+}
+
+enum Origin {
+    Local(oneshot::Sender<Reply>),
+    Remote(KvResponder),
+}
+
+struct Pending {
+    origin: Origin,
+    req: Request,
+    /// Came from another node: answer, never forward again.
+    no_forward: bool,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct PeerTable {
+    peers: Vec<(NodeId, Vec<u8>, Vec<String>)>,
+}
+
+/// A cheap handle on a running node, for in-process clients and tests.
+#[derive(Clone)]
+pub struct NodeHandle {
+    cmds: mpsc::Sender<Cmd>,
+    net: NetHandle,
+    peer: PeerId,
+    node: NodeId,
+}
+
+impl NodeHandle {
+    /// The node's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer
+    }
+
+    /// The node's Raft id.
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// The node's network handle (to dial, list addresses).
+    pub fn net(&self) -> &NetHandle {
+        &self.net
+    }
+
+    /// Sends one request to this node (it forwards to the partition's leader when needed).
+    pub async fn request(&self, req: Request) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .cmds
+            .send(Cmd::Request { req, reply: tx })
+            .await
+            .is_err()
+        {
+            return Err(ClientError::Disconnected("the node has stopped".into()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(ClientError::Disconnected("the node has stopped".into())))
+    }
+
+    /// Creates a cluster from connected peers (this node included or not). Every initial node
+    /// must be called with the same list; the order does not matter.
+    pub async fn bootstrap(
+        &self,
+        peers: Vec<PeerId>,
+        partitions: u32,
+        replication: usize,
+    ) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Bootstrap {
+                peers,
+                partitions,
+                replication,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// The node's view of itself and its groups.
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Status { reply: tx })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Test hook: drop all Raft traffic to and from this node (a network partition that
+    /// leaves client access to it intact), or restore it.
+    #[doc(hidden)]
+    pub async fn set_isolated(&self, isolated: bool) {
+        let _ = self.cmds.send(Cmd::Isolate { isolated }).await;
+    }
+}
+
+/// A running node: its driver task and its network task.
+pub struct Node {
+    handle: NodeHandle,
+    driver: JoinHandle<()>,
+    net_loop: JoinHandle<()>,
+}
+
+impl Node {
+    /// Opens the data directory (identity, store), starts the network and the node loop.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let keypair = swarmkv_net::load_or_create_identity(&config.data_dir)?;
+        let peer = keypair.public().to_peer_id();
+        let node = node_id_of(&peer);
+        let store = open_store(&config.data_dir, config.store.clone()).await?;
+        let start = Instant::now();
+        let core = Core::new(node, store.clone(), config.core.clone(), 0)?;
+        let (net, events, event_loop) = swarmkv_net::new(config.net_config(keypair))?;
+        let net_loop = tokio::spawn(event_loop.run());
+        let table: PeerTable = store
+            .get_meta(PEERS_META)?
+            .and_then(|b| postcard::from_bytes(&b).ok())
+            .unwrap_or_default();
+        let mut peers = HashMap::new();
+        for (id, bytes, addrs) in &table.peers {
+            if let Ok(p) = PeerId::from_bytes(bytes) {
+                peers.insert(*id, p);
+                if p != peer {
+                    for a in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                        let net = net.clone();
+                        tokio::spawn(async move {
+                            let _ = net.dial(a).await;
+                        });
+                    }
+                }
+            }
+        }
+        let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+        let (int_tx, int_rx) = mpsc::channel(1024);
+        let driver = Driver {
+            core,
+            store,
+            net: net.clone(),
+            events,
+            cmds: cmd_rx,
+            internal: int_rx,
+            internal_tx: int_tx,
+            pending: HashMap::new(),
+            next_id: 1,
+            node,
+            peers,
+            addrs: table.peers.into_iter().map(|(id, _, a)| (id, a)).collect(),
+            start,
+            isolated: false,
+        };
+        let driver = tokio::spawn(driver.run());
+        Ok(Node {
+            handle: NodeHandle {
+                cmds: cmd_tx,
+                net,
+                peer,
+                node,
+            },
+            driver,
+            net_loop,
+        })
+    }
+
+    /// A handle for clients and tests.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the node abruptly (as a crash would, minus the OS): tasks are aborted, nothing
+    /// is handed over. What was acknowledged is on disk already.
+    pub async fn kill(self) {
+        self.driver.abort();
+        self.net_loop.abort();
+        let _ = self.driver.await;
+        let _ = self.net_loop.await;
+    }
+}
+
+/// sled keeps a lock on its directory until the previous instance is fully dropped; a node
+/// restarted right after a crash in the same process may have to wait a moment.
+async fn open_store(dir: &Path, config: StoreConfig) -> Result<SledStore, NodeError> {
+    let path = dir.join("store");
+    let mut attempt = 0;
+    loop {
+        match Store::<SledBackend>::open(&path, config.clone()) {
+            Ok(s) => return Ok(s),
+            Err(e) if attempt < 50 => {
+                log::debug!("store at {} not ready yet: {e}", path.display());
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+struct Driver {
+    core: Core<SledBackend>,
+    store: SledStore,
+    net: NetHandle,
+    events: NetEvents,
+    cmds: mpsc::Receiver<Cmd>,
+    internal: mpsc::Receiver<Internal>,
+    internal_tx: mpsc::Sender<Internal>,
+    pending: HashMap<RequestId, Pending>,
+    next_id: RequestId,
+    node: NodeId,
+    peers: HashMap<NodeId, PeerId>,
+    addrs: HashMap<NodeId, Vec<String>>,
+    start: Instant,
+    isolated: bool,
+}
+
+impl Driver {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    async fn run(mut self) {
+        let tick = Duration::from_millis(self.core.tick_ms().max(1));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let now = self.now_ms();
+                    self.core.handle_tick(now);
+                }
+                cmd = self.cmds.recv() => match cmd {
+                    Some(cmd) => self.on_cmd(cmd),
+                    None => break,
+                },
+                ev = self.events.recv() => match ev {
+                    Some(ev) => self.on_event(ev),
+                    None => break,
+                },
+                Some(i) = self.internal.recv() => self.on_internal(i),
+            }
+            // Take whatever else is already waiting, so one turn serves many inputs.
+            for _ in 0..256 {
+                let mut progressed = false;
+                if let Some(Some(ev)) = self.events.recv().now_or_never() {
+                    self.on_event(ev);
+                    progressed = true;
+                }
+                if let Ok(cmd) = self.cmds.try_recv() {
+                    self.on_cmd(cmd);
+                    progressed = true;
+                }
+                if !progressed {
+                    break;
+                }
+            }
+            if let Err(e) = self.turn() {
+                log::error!("node {:x}: storage failed, stopping: {e}", self.node);
+                for (_, p) in self.pending.drain() {
+                    deliver(p.origin, Err(ClientError::Storage(e.to_string())));
+                }
+                break;
+            }
+            self.flush().await;
+        }
+        let _ = self.net.shutdown().await;
+    }
+
+    fn turn(&mut self) -> Result<(), CoreError> {
+        let core = &mut self.core;
+        let mut run = || -> Result<(), CoreError> {
+            core.process()?;
+            core.serve_caught_up_reads();
+            Ok(())
+        };
+        // The turn fsyncs: keep it off the async workers' backs where the runtime allows.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+            _ => run(),
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Request { req, reply } => self.submit(req, Origin::Local(reply), false),
+            Cmd::Bootstrap {
+                peers,
+                partitions,
+                replication,
+                reply,
+            } => {
+                let r = self.bootstrap(peers, partitions, replication);
+                let _ = reply.send(r);
+            }
+            Cmd::Status { reply } => {
+                let groups = self
+                    .core
+                    .groups()
+                    .into_iter()
+                    .filter_map(|g| self.core.group_status(g))
+                    .collect();
+                let _ = reply.send(NodeStatus {
+                    node: self.node,
+                    peer: self.net.local_peer_id(),
+                    layout: self.core.layout().cloned(),
+                    groups,
+                    peers: self.peers.iter().map(|(n, p)| (*n, *p)).collect(),
+                });
+            }
+            Cmd::Isolate { isolated } => self.isolated = isolated,
+        }
+    }
+
+    fn bootstrap(
+        &mut self,
+        peers: Vec<PeerId>,
+        partitions: u32,
+        replication: usize,
+    ) -> Result<(), NodeError> {
+        let mut nodes = Vec::new();
+        for p in peers {
+            let id = node_id_of(&p);
+            self.peers.insert(id, p);
+            nodes.push(id);
+        }
+        nodes.sort_unstable();
+        nodes.dedup();
+        self.core.bootstrap(ClusterLayout {
+            nodes,
+            partitions,
+            replication,
+        })?;
+        self.save_peers()?;
+        Ok(())
+    }
+
+    fn save_peers(&self) -> Result<(), NodeError> {
+        let table = PeerTable {
+            peers: self
+                .peers
+                .iter()
+                .map(|(id, p)| {
+                    (
+                        *id,
+                        p.to_bytes(),
+                        self.addrs.get(id).cloned().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        };
+        let bytes = postcard::to_stdvec(&table).unwrap_or_default();
+        self.store.put_meta(PEERS_META, &bytes)?;
+        Ok(())
+    }
+
+    fn submit(&mut self, req: Request, origin: Origin, no_forward: bool) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(
+            id,
+            Pending {
+                origin,
+                req: req.clone(),
+                no_forward,
+            },
+        );
+        self.core.handle_request(id, req);
+    }
+
+    fn on_event(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Raft { peer, batch } => {
+                let from = node_id_of(&peer);
+                self.peers.entry(from).or_insert(peer);
+                if self.isolated {
+                    return;
+                }
+                for (group, bytes) in batch {
+                    match Message::parse_from_bytes(&bytes) {
+                        Ok(m) => self.core.handle_raft(from, group, m),
+                        Err(e) => log::warn!("undecodable raft message from {peer}: {e}"),
+                    }
+                }
+            }
+            NetEvent::KvRequest {
+                peer,
+                payload,
+                responder,
+            } => match KvCall::decode(&payload) {
+                Ok(KvCall::V1(Call::Request { req, forwarded })) => {
+                    self.submit(req, Origin::Remote(responder), forwarded)
+                }
+                Ok(KvCall::V1(Call::Info)) => {
+                    let info = ClusterInfo {
+                        node: self.node,
+                        partitions: self.core.layout().map(|l| l.partitions),
+                    };
+                    respond(responder, Answer::Info(info));
+                }
+                Err(e) => {
+                    log::warn!("bad kv call from {peer}: {e}");
+                    respond(responder, Answer::Malformed(e));
+                }
+            },
+            NetEvent::SnapshotChunk { peer, chunk } => {
+                if self.isolated {
+                    return;
+                }
+                if let Err(e) = self.store.receive_chunk(&chunk.data) {
+                    log::warn!("snapshot chunk from {peer} refused: {e}");
+                }
+            }
+            NetEvent::PeerUp { peer } => {
+                let id = node_id_of(&peer);
+                self.peers.insert(id, peer);
+            }
+            NetEvent::PeerDown { peer } => self.core.report_unreachable(node_id_of(&peer)),
+            NetEvent::RaftSendFailed { peer, .. } => {
+                self.core.report_unreachable(node_id_of(&peer))
+            }
+            NetEvent::Heartbeat { info } => {
+                let id = node_id_of(&info.peer);
+                let addrs: Vec<String> = info.listen_addrs.iter().map(|a| a.to_string()).collect();
+                self.peers.insert(id, info.peer);
+                let changed = self.addrs.get(&id) != Some(&addrs);
+                if changed {
+                    self.addrs.insert(id, addrs);
+                    if let Err(e) = self.save_peers() {
+                        log::warn!("cannot record peer addresses: {e}");
+                    }
+                }
+            }
+            NetEvent::ForeignPeer {
+                peer, cluster_name, ..
+            } => log::info!("ignoring {peer} of cluster {cluster_name}"),
+            NetEvent::FrameRejected {
+                peer,
+                protocol,
+                reason,
+            } => log::warn!("{protocol} frame from {peer} rejected: {reason}"),
+            NetEvent::Listening { addr } => log::info!("listening on {addr}"),
+            NetEvent::PeerSuspect { .. } => {}
+        }
+    }
+
+    fn on_internal(&mut self, i: Internal) {
+        match i {
+            Internal::SnapshotDone { group, to, ok } => self.core.report_snapshot(group, to, ok),
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some((to, msgs)) = self.core.poll_transmit() {
+            if self.isolated {
+                continue;
+            }
+            let Some(peer) = self.peers.get(&to).copied() else {
+                self.core.report_unreachable(to);
+                continue;
+            };
+            let mut batch = Vec::with_capacity(msgs.len());
+            let mut size = 0;
+            for (g, m) in msgs {
+                let Ok(bytes) = m.write_to_bytes() else {
+                    continue;
+                };
+                size += bytes.len() + 16;
+                batch.push((g, bytes));
+                if size >= MAX_BATCH_BYTES {
+                    let full = std::mem::take(&mut batch);
+                    size = 0;
+                    if let Err(e) = self.net.send_raft(peer, full).await {
+                        log::debug!("raft batch to {peer} not sent: {e}");
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                if let Err(e) = self.net.send_raft(peer, batch).await {
+                    log::debug!("raft batch to {peer} not sent: {e}");
+                }
+            }
+        }
+        while let Some(s) = self.core.poll_snapshot() {
+            let Some(peer) = self.peers.get(&s.to).copied() else {
+                self.core.report_snapshot(s.group, s.to, false);
+                continue;
+            };
+            if self.isolated {
+                self.core.report_snapshot(s.group, s.to, false);
+                continue;
+            }
+            let net = self.net.clone();
+            let store = self.store.clone();
+            let done = self.internal_tx.clone();
+            tokio::spawn(async move {
+                let ok = send_snapshot(&net, &store, peer, &s).await;
+                if let Err(e) = &ok {
+                    log::info!("snapshot of group {} to {peer} failed: {e}", s.group);
+                }
+                let _ = done
+                    .send(Internal::SnapshotDone {
+                        group: s.group,
+                        to: s.to,
+                        ok: ok.is_ok(),
+                    })
+                    .await;
+            });
+        }
+        while let Some((id, reply)) = self.core.poll_reply() {
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            if let Err(ClientError::NotLeader { leader: Some(l) }) = &reply {
+                if !p.no_forward && *l != self.node {
+                    if let Some(peer) = self.peers.get(l).copied() {
+                        let net = self.net.clone();
+                        tokio::spawn(async move {
+                            let reply = forward(&net, peer, p.req).await;
+                            deliver(p.origin, reply);
+                        });
+                        continue;
+                    }
+                }
+            }
+            deliver(p.origin, reply);
+        }
+    }
+}
+
+async fn send_snapshot(
+    net: &NetHandle,
+    store: &SledStore,
+    peer: PeerId,
+    s: &crate::core::SnapshotSend,
+) -> Result<(), String> {
+    for seq in 0..s.chunks {
+        let data = store
+            .snapshot_chunk(s.group, s.index, seq)
+            .map_err(|e| e.to_string())?;
+        let chunk = swarmkv_net::SnapshotChunk {
+            group: s.group,
+            snapshot_id: s.index,
+            seq: u64::from(seq),
+            last: seq + 1 == s.chunks,
+            data,
+        };
+        net.send_snapshot_chunk(peer, chunk)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let bytes = s.message.write_to_bytes().map_err(|e| e.to_string())?;
+    net.send_raft(peer, vec![(s.group, bytes)])
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn forward(net: &NetHandle, peer: PeerId, req: Request) -> Reply {
+    let call = KvCall::V1(Call::Request {
+        req,
+        forwarded: true,
+    });
+    match net.kv_request(peer, call.encode()).await {
+        Ok(bytes) => match KvAnswer::decode(&bytes)? {
+            KvAnswer::V1(Answer::Reply(r)) => r,
+            KvAnswer::V1(other) => Err(ClientError::Disconnected(format!(
+                "unexpected answer {other:?}"
+            ))),
+        },
+        Err(e) => Err(ClientError::Disconnected(format!(
+            "forwarding to {peer}: {e}"
+        ))),
+    }
+}
+
+fn deliver(origin: Origin, reply: Reply) {
+    match origin {
+        Origin::Local(tx) => {
+            let _ = tx.send(reply);
+        }
+        Origin::Remote(responder) => respond(responder, Answer::Reply(reply)),
+    }
+}
+
+fn respond(responder: KvResponder, answer: Answer) {
+    let bytes = KvAnswer::V1(answer).encode();
+    tokio::spawn(async move {
+        if let Err(e) = responder.respond(bytes).await {
+            log::debug!("kv answer not delivered: {e}");
+        }
+    });
+}
