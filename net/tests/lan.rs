@@ -68,6 +68,13 @@ impl Lan {
             namespaces: Vec::new(),
             children: Vec::new(),
         };
+        // Leftovers of an earlier run that had our pid and was killed before its cleanup.
+        for name in std::iter::once(lan.hub()).chain((1..=nodes).map(|i| lan.node(i))) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &name])
+                .stderr(Stdio::null())
+                .status();
+        }
         let hub = lan.hub();
         lan.add_namespace(hub.clone())?;
         ip(&["-n", &hub, "link", "set", "lo", "up"])?;
