@@ -9,7 +9,9 @@ use crate::backend::{Backend, BackendBatch, Scan, TreeId};
 use crate::error::{Result, StoreError};
 use crate::group;
 use crate::keys;
-use crate::kv::{decode_record, encode_record, execute, KvOp, KvRecord, KvResult, KvView};
+use crate::kv::{
+    decode_record, encode_record, execute, execute_once, KvOp, KvRecord, KvResult, KvView, Session,
+};
 use crate::store::Store;
 
 /// What a committed entry asks of the state machine.
@@ -19,6 +21,8 @@ pub enum ApplyOp<'a> {
     Noop,
     /// A key-value operation.
     Kv(&'a KvOp),
+    /// A key-value operation applied at most once for its session (a retried write).
+    KvOnce(&'a KvOp, Session),
     /// A configuration change took effect; this is the configuration after it.
     ConfChange(&'a ConfState),
 }
@@ -36,6 +40,7 @@ struct Overlay<'a, B> {
     backend: &'a B,
     group: u64,
     writes: BTreeMap<Vec<u8>, Option<KvRecord>>,
+    raw: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl<B: Backend> KvView for Overlay<'_, B> {
@@ -84,6 +89,41 @@ impl<B: Backend> KvView for Overlay<'_, B> {
     fn set(&mut self, key: Vec<u8>, record: Option<KvRecord>) {
         self.writes.insert(key, record);
     }
+
+    fn raw_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(w) = self.raw.get(key) {
+            return Ok(w.clone());
+        }
+        self.backend.get(TreeId::Kv, key)
+    }
+
+    fn raw_keys_in(&mut self, start: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut found = std::collections::BTreeSet::new();
+        self.backend.scan(
+            TreeId::Kv,
+            Bound::Included(start),
+            Bound::Excluded(end),
+            false,
+            &mut |k, _| {
+                found.insert(k.to_vec());
+                Ok(Scan::Continue)
+            },
+        )?;
+        for (k, v) in self
+            .raw
+            .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
+        {
+            match v {
+                Some(_) => found.insert(k.clone()),
+                None => found.remove(k),
+            };
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    fn raw_set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.raw.insert(key, value);
+    }
 }
 
 impl<B: Backend> Store<B> {
@@ -99,6 +139,7 @@ impl<B: Backend> Store<B> {
             backend: &self.inner.backend,
             group,
             writes: BTreeMap::new(),
+            raw: BTreeMap::new(),
         };
         let limits = self.inner.config.limits;
         let mut results = Vec::with_capacity(entries.len());
@@ -113,6 +154,9 @@ impl<B: Backend> Store<B> {
             let r = match e.op {
                 ApplyOp::Noop => None,
                 ApplyOp::Kv(op) => Some(execute(&mut view, op, e.index, &limits)?),
+                ApplyOp::KvOnce(op, session) => Some(execute_once(
+                    &mut view, group, op, session, e.index, &limits,
+                )?),
                 ApplyOp::ConfChange(cs) => {
                     apply.conf_state = cs.clone();
                     None
@@ -131,6 +175,12 @@ impl<B: Backend> Store<B> {
             match v {
                 Some(r) => bb.put(TreeId::Kv, key, encode_record(&r)),
                 None => bb.delete(TreeId::Kv, key),
+            }
+        }
+        for (k, v) in view.raw {
+            match v {
+                Some(v) => bb.put(TreeId::Kv, k, v),
+                None => bb.delete(TreeId::Kv, k),
             }
         }
         bb.put(

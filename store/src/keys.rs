@@ -16,6 +16,9 @@ pub const TAG_ENTRY: u8 = 0x10;
 pub const TAG_APPLY_STATE: u8 = 0x01;
 /// Kv tree: user data, followed by the user key.
 pub const TAG_DATA: u8 = 0x02;
+/// Kv tree: client sessions (deduplication of retried writes), followed by the client id and,
+/// for a remembered result, the request's sequence number.
+pub const TAG_SESSION: u8 = 0x03;
 /// Snapshot trees: descriptor of a snapshot, followed by the snapshot index.
 pub const TAG_SNAP_HEADER: u8 = 0x01;
 /// Snapshot trees: a chunk, followed by snapshot index and chunk sequence number.
@@ -49,6 +52,18 @@ pub fn data_key(group: u64, key: &[u8]) -> Vec<u8> {
     k.extend_from_slice(&group.to_be_bytes());
     k.push(TAG_DATA);
     k.extend_from_slice(key);
+    k
+}
+
+/// `[group][TAG_SESSION][client]`: the client's watermark (lowest sequence still in flight).
+pub fn session_watermark_key(group: u64, client: u64) -> Vec<u8> {
+    group_tag_index(group, TAG_SESSION, client)
+}
+
+/// `[group][TAG_SESSION][client][seq]`: the remembered result of one request.
+pub fn session_result_key(group: u64, client: u64, seq: u64) -> Vec<u8> {
+    let mut k = group_tag_index(group, TAG_SESSION, client);
+    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 

@@ -88,6 +88,22 @@ pub enum KvOp {
     },
 }
 
+/// Identifies a write so that a retry of it is recognised and not applied twice.
+///
+/// A client numbers its writes `seq = 1, 2, ...` and resends a write that may or may not have
+/// happened with the same number; the partition remembers each result until the client says
+/// (through `first_incomplete`, the lowest sequence number it still waits for) that it no
+/// longer needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Random id of the client instance.
+    pub client: u64,
+    /// This write's number.
+    pub seq: u64,
+    /// Every write of this client numbered below this has been answered.
+    pub first_incomplete: u64,
+}
+
 /// Why an operation was refused; a refusal is deterministic, so every replica gives the same.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum KvError {
@@ -100,6 +116,10 @@ pub enum KvError {
     /// A value over [`Limits::max_value`].
     #[error("value of {len} bytes exceeds the limit of {max}")]
     ValueTooLarge { len: usize, max: usize },
+    /// A retry of a write whose answer the client already acknowledged receiving: a delayed
+    /// duplicate, not applied again.
+    #[error("duplicate of an already answered write (client {client:x}, seq {seq})")]
+    StaleRetry { client: u64, seq: u64 },
 }
 
 /// The outcome of an applied operation.
@@ -208,6 +228,61 @@ pub(crate) trait KvView {
     fn get(&mut self, key: &[u8]) -> crate::Result<Option<KvRecord>>;
     fn keys_in(&mut self, start: &[u8], end: Option<&[u8]>) -> crate::Result<Vec<Vec<u8>>>;
     fn set(&mut self, key: Vec<u8>, record: Option<KvRecord>);
+    /// Raw records of the partition's other families (sessions), by full key.
+    fn raw_get(&mut self, key: &[u8]) -> crate::Result<Option<Vec<u8>>>;
+    fn raw_keys_in(&mut self, start: &[u8], end: &[u8]) -> crate::Result<Vec<Vec<u8>>>;
+    fn raw_set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>);
+}
+
+/// Executes `op` at most once for its session: a retry gets the remembered result.
+pub(crate) fn execute_once(
+    view: &mut dyn KvView,
+    group: u64,
+    op: &KvOp,
+    session: Session,
+    revision: u64,
+    limits: &Limits,
+) -> crate::Result<KvResult> {
+    use crate::keys::{session_result_key, session_watermark_key};
+    let result_key = session_result_key(group, session.client, session.seq);
+    if let Some(bytes) = view.raw_get(&result_key)? {
+        return postcard::from_bytes::<KvResult>(&bytes).map_err(|e| {
+            crate::StoreError::corrupt("kv", format!("group {group} session result"), e)
+        });
+    }
+    let wm_key = session_watermark_key(group, session.client);
+    let watermark = match view.raw_get(&wm_key)? {
+        Some(b) => <[u8; 8]>::try_from(b.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| {
+                crate::StoreError::corrupt("kv", format!("group {group} session"), "bad watermark")
+            })?,
+        None => 0,
+    };
+    if session.seq < watermark {
+        return Ok(Err(KvError::StaleRetry {
+            client: session.client,
+            seq: session.seq,
+        }));
+    }
+    let result = execute(view, op, revision, limits)?;
+    view.raw_set(
+        result_key,
+        Some(postcard::to_stdvec(&result).unwrap_or_default()),
+    );
+    if session.first_incomplete > watermark {
+        // Forget the results the client no longer waits for.
+        let lo = session_result_key(group, session.client, 0);
+        let hi = session_result_key(group, session.client, session.first_incomplete);
+        for k in view.raw_keys_in(&lo, &hi)? {
+            view.raw_set(k, None);
+        }
+        view.raw_set(
+            wm_key,
+            Some(session.first_incomplete.to_be_bytes().to_vec()),
+        );
+    }
+    Ok(result)
 }
 
 /// Executes one operation at `revision` against `view`. Storage errors abort the apply; a

@@ -32,7 +32,7 @@ pub use apply::{ApplyEntry, ApplyOp};
 pub use backend::{Backend, BackendBatch, Scan, TreeId};
 pub use error::{Result, StoreError};
 pub use group::{ApplyState, GroupStorage};
-pub use kv::{CasAction, Compare, KvError, KvOp, KvOutcome, KvRecord, KvResult, Limits};
+pub use kv::{CasAction, Compare, KvError, KvOp, KvOutcome, KvRecord, KvResult, Limits, Session};
 pub use log_batch::{CommitStats, LogBatch};
 pub use mem_backend::MemBackend;
 pub use sled_backend::{SledBackend, SledConfig};

@@ -14,6 +14,11 @@ use crate::snapshot::{
 };
 use crate::store::Store;
 
+/// The end of a group's Kv records: `[group][0xff]`, past every family tag.
+fn partition_end(group: u64) -> Vec<u8> {
+    keys::group_tag(group, u8::MAX)
+}
+
 /// Keys of `tree` that start with `prefix`.
 fn keys_with_prefix<B: Backend>(backend: &B, tree: TreeId, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
     let end = keys::prefix_end(prefix);
@@ -85,8 +90,9 @@ impl<B: Backend> Store<B> {
         // same data): the first counts chunks, the second writes them one by one, so memory
         // stays at one chunk whatever the partition's size.
         let target = self.inner.config.snapshot_chunk_bytes.max(1);
+        // Everything of the partition but its apply state: data and sessions.
         let lo = keys::group_tag(group, keys::TAG_DATA);
-        let hi = keys::group_tag(group, keys::TAG_DATA + 1);
+        let hi = partition_end(group);
         let mut total = 0u32;
         let mut filled = 0usize;
         backend.scan(
@@ -95,7 +101,7 @@ impl<B: Backend> Store<B> {
             Bound::Excluded(&hi),
             false,
             &mut |k, v| {
-                filled += k.len() - 9 + v.len();
+                filled += k.len() - 8 + v.len();
                 if filled >= target {
                     total += 1;
                     filled = 0;
@@ -122,8 +128,8 @@ impl<B: Backend> Store<B> {
                 Bound::Excluded(&hi),
                 false,
                 &mut |k, v| {
-                    size += k.len() - 9 + v.len();
-                    chunk.push((k[9..].to_vec(), v.to_vec()));
+                    size += k.len() - 8 + v.len();
+                    chunk.push((k[8..].to_vec(), v.to_vec()));
                     Ok(if size >= target {
                         Scan::Stop
                     } else {
@@ -132,7 +138,9 @@ impl<B: Backend> Store<B> {
                 },
             )?;
             if let Some((k, _)) = chunk.last() {
-                cursor = Some(keys::data_key(group, k));
+                let mut c = group.to_be_bytes().to_vec();
+                c.extend_from_slice(k);
+                cursor = Some(c);
             }
             records += chunk.len() as u64;
             bytes += size as u64;
@@ -285,7 +293,7 @@ impl<B: Backend> Store<B> {
         }
         // Replace the partition: remove what is there, write the snapshot's records.
         let lo = keys::group_tag(group, keys::TAG_DATA);
-        let hi = keys::group_tag(group, keys::TAG_DATA + 1);
+        let hi = partition_end(group);
         let mut old = Vec::new();
         backend.scan(
             TreeId::Kv,
@@ -300,9 +308,23 @@ impl<B: Backend> Store<B> {
         for k in old {
             bb.delete(TreeId::Kv, k);
         }
-        for (k, v) in records {
-            crate::kv::decode_record(group, &k, &v)?;
-            bb.put(TreeId::Kv, keys::data_key(group, &k), v);
+        for (suffix, v) in records {
+            match suffix.split_first() {
+                Some((&keys::TAG_DATA, user_key)) => {
+                    crate::kv::decode_record(group, user_key, &v)?;
+                }
+                Some((&keys::TAG_SESSION, _)) => {}
+                _ => {
+                    return Err(StoreError::SnapshotInvalid {
+                        group,
+                        index: sm.index,
+                        detail: "a record outside the partition's families".into(),
+                    })
+                }
+            }
+            let mut key = group.to_be_bytes().to_vec();
+            key.extend_from_slice(&suffix);
+            bb.put(TreeId::Kv, key, v);
         }
         let apply = ApplyState {
             index: sm.index,

@@ -406,3 +406,67 @@ fn applied_index_and_data_survive_reopen_together() {
         }
     );
 }
+
+both!(a_retried_write_applies_once_per_session, |store: &Store<
+    _,
+>| {
+    use swarmkv_store::Session;
+    let op = put_prev("k", "v1");
+    let s1 = Session {
+        client: 42,
+        seq: 1,
+        first_incomplete: 1,
+    };
+    let once = |index: u64, op: &KvOp, s: Session| {
+        store
+            .apply(
+                G,
+                &[ApplyEntry {
+                    index,
+                    term: 1,
+                    op: ApplyOp::KvOnce(op, s),
+                }],
+            )
+            .unwrap()
+            .remove(0)
+            .unwrap()
+    };
+    let first = once(1, &op, s1);
+    assert_eq!(
+        first,
+        Ok(KvOutcome::Put {
+            revision: 1,
+            prev: None
+        })
+    );
+    // The same request again (a client retry after a timeout): same answer, not re-applied.
+    let again = once(2, &op, s1);
+    assert_eq!(again, first);
+    assert_eq!(get(store, "k"), Some(rec("v1", 1, 1, 1)));
+    // The next write of the session says seq 1 is answered: its memory is dropped, and a
+    // late duplicate of seq 1 is refused instead of re-applied.
+    let s2 = Session {
+        client: 42,
+        seq: 2,
+        first_incomplete: 2,
+    };
+    assert!(matches!(
+        once(3, &put("k", "v2"), s2),
+        Ok(KvOutcome::Put { revision: 3, .. })
+    ));
+    assert_eq!(
+        once(4, &op, s1),
+        Err(KvError::StaleRetry { client: 42, seq: 1 })
+    );
+    assert_eq!(get(store, "k").unwrap().value, b"v2");
+    // Another client's numbering is independent.
+    let other = Session {
+        client: 7,
+        seq: 1,
+        first_incomplete: 1,
+    };
+    assert!(matches!(
+        once(5, &put("j", "x"), other),
+        Ok(KvOutcome::Put { revision: 5, .. })
+    ));
+});

@@ -98,6 +98,64 @@ fn snapshot_round_trip_between_two_stores_in_chunks() {
 }
 
 #[test]
+fn sessions_travel_with_the_snapshot() {
+    use swarmkv_store::{ApplyEntry, ApplyOp, KvError, Session};
+    let src = mem_harness(small_chunks());
+    fill(&src.store, 20);
+    let op = put("dedup", "1");
+    let s = Session {
+        client: 9,
+        seq: 5,
+        first_incomplete: 5,
+    };
+    let next = src.store.apply_state(G).unwrap().index + 1;
+    let first = src
+        .store
+        .apply(
+            G,
+            &[ApplyEntry {
+                index: next,
+                term: 1,
+                op: ApplyOp::KvOnce(&op, s),
+            }],
+        )
+        .unwrap();
+    let (snap, chunks) = take_snapshot(&src.store);
+    let dst = mem_harness(small_chunks());
+    for c in &chunks {
+        dst.store.receive_chunk(c).unwrap();
+    }
+    install(&dst.store, &snap).unwrap();
+    // On the new replica the retry is still recognised.
+    let at = dst.store.apply_state(G).unwrap().index + 1;
+    let retry = dst
+        .store
+        .apply(
+            G,
+            &[ApplyEntry {
+                index: at,
+                term: 1,
+                op: ApplyOp::KvOnce(&op, s),
+            }],
+        )
+        .unwrap();
+    assert_eq!(retry, first);
+    let stale = Session { seq: 4, ..s };
+    let r = dst
+        .store
+        .apply(
+            G,
+            &[ApplyEntry {
+                index: at + 1,
+                term: 1,
+                op: ApplyOp::KvOnce(&op, stale),
+            }],
+        )
+        .unwrap();
+    assert_eq!(r[0], Some(Err(KvError::StaleRetry { client: 9, seq: 4 })));
+}
+
+#[test]
 fn crash_between_chunks_discards_the_partial_snapshot() {
     let src = mem_harness(small_chunks());
     fill(&src.store, 200);
