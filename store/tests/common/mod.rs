@@ -46,7 +46,20 @@ impl Harness<SledBackend> {
         } = self;
         drop(store);
         let path = dir.as_ref().expect("sled harness").path().to_path_buf();
-        let store = Store::open(&path, config.clone()).expect("reopen");
+        // sled's background threads may hold the directory lock for a moment after the last
+        // handle is dropped, especially on a loaded machine: retry briefly.
+        let mut attempt = 0;
+        let store = loop {
+            match Store::open(&path, config.clone()) {
+                Ok(s) => break s,
+                Err(e) if attempt < 50 => {
+                    eprintln!("reopen attempt {attempt}: {e}");
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
         Harness {
             store,
             dir,
