@@ -22,6 +22,19 @@ pub(crate) enum Frame {
     Data(Vec<u8>),
     /// A frame announcing more bytes than the limit; its body was not read.
     Oversized(OversizedFrame),
+    /// An outbound frame given as consecutive parts, written without joining them.
+    Parts(Vec<Vec<u8>>),
+}
+
+impl Frame {
+    /// The bytes of a frame, or why they were not read.
+    pub(crate) fn into_bytes(self) -> Result<Vec<u8>, OversizedFrame> {
+        match self {
+            Frame::Data(bytes) => Ok(bytes),
+            Frame::Oversized(o) => Err(o),
+            Frame::Parts(parts) => Ok(parts.concat()),
+        }
+    }
 }
 
 /// Frame codec with separate limits for requests and responses.
@@ -76,6 +89,40 @@ where
     io.write_all(frame).await
 }
 
+/// Parts at least this large are written as they are; smaller ones are gathered into writes
+/// of about this size, since every write becomes a yamux frame and a noise message.
+const GATHER: usize = 64 << 10;
+
+pub(crate) async fn write_parts<T>(io: &mut T, parts: &[Vec<u8>]) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    let total: usize = parts.iter().map(Vec::len).sum();
+    let len = u32::try_from(total)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame larger than 4 GiB"))?;
+    let mut buf = Vec::with_capacity(GATHER.min(total + 4));
+    buf.extend_from_slice(&len.to_be_bytes());
+    for part in parts {
+        if part.len() >= GATHER {
+            if !buf.is_empty() {
+                io.write_all(&buf).await?;
+                buf.clear();
+            }
+            io.write_all(part).await?;
+        } else {
+            buf.extend_from_slice(part);
+            if buf.len() >= GATHER {
+                io.write_all(&buf).await?;
+                buf.clear();
+            }
+        }
+    }
+    if !buf.is_empty() {
+        io.write_all(&buf).await?;
+    }
+    Ok(())
+}
+
 impl request_response::Codec for FrameCodec {
     type Protocol = StreamProtocol;
     type Request = Frame;
@@ -112,6 +159,7 @@ impl request_response::Codec for FrameCodec {
     {
         match req {
             Frame::Data(bytes) => write_frame(io, &bytes).await,
+            Frame::Parts(parts) => write_parts(io, &parts).await,
             Frame::Oversized(o) => Err(io::Error::new(io::ErrorKind::InvalidInput, o)),
         }
     }
@@ -151,6 +199,13 @@ mod tests {
                 matches!(oversized, Some(OversizedFrame { size: 5, limit: 4 })),
                 "{err:?}"
             );
+            // A frame written as parts (small ones gathered, large ones as they are) reads back
+            // as one frame.
+            let parts = vec![b"ab".to_vec(), vec![7u8; GATHER + 1], b"c".to_vec()];
+            let mut wire2 = Vec::new();
+            write_parts(&mut futures::io::Cursor::new(&mut wire2), &parts).await?;
+            let got = read_frame(&mut futures::io::Cursor::new(&wire2), 1 << 20).await?;
+            assert_eq!(got, parts.concat());
             // A truncated frame is an error, not a hang or a panic.
             let truncated = read_frame(&mut futures::io::Cursor::new(&wire[..6]), 64).await;
             assert!(truncated.is_err());

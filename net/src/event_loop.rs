@@ -290,6 +290,18 @@ impl EventLoop {
     }
 
     fn queue_raft(&mut self, peer: PeerId, batch: RaftBatch) {
+        // Encoded now, while an earlier frame may be on the wire (see `outbox`).
+        let encoded = match encode(&batch) {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                self.emit(NetEvent::RaftSendFailed {
+                    peer,
+                    batches: 1,
+                    reason: e.to_string(),
+                });
+                return;
+            }
+        };
         let limit = self.config.raft_queue_limit;
         let reachable = self.dialer.knows(&peer);
         let entry = self.peers.entry(peer).or_default();
@@ -299,7 +311,7 @@ impl EventLoop {
             Some(NetError::ForeignPeer(peer).to_string())
         } else if entry.connections.is_empty() && !reachable {
             Some(NetError::NotConnected(peer).to_string())
-        } else if !entry.outbox.push(batch, limit) {
+        } else if !entry.outbox.push(encoded, limit) {
             Some(NetError::QueueFull { peer, limit }.to_string())
         } else {
             None
@@ -326,26 +338,16 @@ impl EventLoop {
         if !p.ready() || p.outbox.busy() {
             return;
         }
-        let Some(batches) = p.outbox.next_frame(self.config.max_raft_frame) else {
+        let Some((parts, n)) = p.outbox.next_frame(self.config.max_raft_frame) else {
             return;
         };
-        let n = batches.len();
-        match encode(&RaftFrame::V1 { batches }) {
-            Ok(frame) => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .raft
-                    .send_request(&peer, Frame::Data(frame));
-                p.outbox.sent(id, n);
-                self.raft_in_flight.insert(id, peer);
-            }
-            Err(e) => self.out.push_back(NetEvent::RaftSendFailed {
-                peer,
-                batches: n,
-                reason: e.to_string(),
-            }),
-        }
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .raft
+            .send_request(&peer, Frame::Parts(parts));
+        p.outbox.sent(id, n);
+        self.raft_in_flight.insert(id, peer);
     }
 
     fn send_or_park(&mut self, peer: PeerId, request: Outbound) {
@@ -595,9 +597,9 @@ impl EventLoop {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => match request {
-                    Frame::Data(frame) => self.on_inbound(peer, Held::Raft(frame, channel)),
-                    Frame::Oversized(o) => {
+                } => match request.into_bytes() {
+                    Ok(frame) => self.on_inbound(peer, Held::Raft(frame, channel)),
+                    Err(o) => {
                         let reason = self.oversized(peer, "/swarmkv/raft/1", o);
                         let _ = self
                             .swarm
@@ -685,9 +687,9 @@ impl EventLoop {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => match request {
-                    Frame::Data(frame) => self.on_inbound(peer, Held::Kv(frame, channel)),
-                    Frame::Oversized(o) => {
+                } => match request.into_bytes() {
+                    Ok(frame) => self.on_inbound(peer, Held::Kv(frame, channel)),
+                    Err(o) => {
                         let reason = self.oversized(peer, "/swarmkv/kv/1", o);
                         let answer = encode(&KvResponseFrame::V1(Err(reason))).unwrap_or_default();
                         let _ = self.swarm.behaviour_mut().kv.send_response(channel, answer);
@@ -739,9 +741,9 @@ impl EventLoop {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => match request {
-                    Frame::Data(frame) => self.on_inbound(peer, Held::Snapshot(frame, channel)),
-                    Frame::Oversized(o) => {
+                } => match request.into_bytes() {
+                    Ok(frame) => self.on_inbound(peer, Held::Snapshot(frame, channel)),
+                    Err(o) => {
                         let reason = self.oversized(peer, "/swarmkv/snapshot/1", o);
                         let _ = self
                             .swarm
@@ -791,7 +793,7 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    let Frame::Data(request) = request else {
+                    let Ok(request) = request.into_bytes() else {
                         // Dropping the channel closes the stream: no answer to a giant hello.
                         log::debug!("oversized hello from {peer}");
                         return;

@@ -6,30 +6,56 @@
 //! frame in flight: while it travels, new batches queue up, and when its ack arrives everything
 //! queued (up to the frame limit) leaves as the next frame. This keeps order, and the
 //! coalescing makes the throughput independent of the round trip once batches are small.
+//!
+//! Batches are encoded when queued (while the previous frame is on the wire) and a frame is
+//! written as its parts, so the ack of one frame is followed by the next without a large copy.
 
 use std::collections::VecDeque;
 
 use libp2p::request_response::OutboundRequestId;
 
-use crate::protocol::{raft_batch_size_bound, RaftBatch, RAFT_FRAME_OVERHEAD};
+use crate::protocol::RAFT_FRAME_OVERHEAD;
 
-/// The queue of one peer.
+/// The queue of one peer: postcard-encoded `RaftBatch`es.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
-    queue: VecDeque<(RaftBatch, usize)>,
+    queue: VecDeque<Vec<u8>>,
     queued_bytes: usize,
     in_flight: Option<(OutboundRequestId, usize)>,
 }
 
+/// Appends `n` as a postcard (LEB128) varint.
+fn push_varint(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// The bytes that precede `n` encoded batches in a `RaftFrame::V1`: the variant index (0)
+/// and the sequence length, as postcard writes them.
+pub(crate) fn raft_frame_header(n: usize) -> Vec<u8> {
+    let mut header = Vec::with_capacity(RAFT_FRAME_OVERHEAD);
+    push_varint(&mut header, 0);
+    push_varint(&mut header, n as u64);
+    header
+}
+
 impl Outbox {
-    /// Queues a batch unless that would exceed `limit` bytes; returns false if it was refused.
-    pub(crate) fn push(&mut self, batch: RaftBatch, limit: usize) -> bool {
-        let size = raft_batch_size_bound(&batch);
-        if self.queued_bytes + size > limit && !self.queue.is_empty() {
+    /// Queues an encoded batch unless that would exceed `limit` bytes; returns false if it was
+    /// refused. An empty queue always takes one batch, so a batch up to the frame limit can
+    /// always be sent.
+    pub(crate) fn push(&mut self, encoded: Vec<u8>, limit: usize) -> bool {
+        if self.queued_bytes + encoded.len() > limit && !self.queue.is_empty() {
             return false;
         }
-        self.queued_bytes += size;
-        self.queue.push_back((batch, size));
+        self.queued_bytes += encoded.len();
+        self.queue.push_back(encoded);
         true
     }
 
@@ -38,25 +64,27 @@ impl Outbox {
         self.in_flight.is_some()
     }
 
-    /// Takes the next frame's batches (at least one, at most `max_frame` bytes in total) if no
-    /// frame is in flight.
-    pub(crate) fn next_frame(&mut self, max_frame: usize) -> Option<Vec<RaftBatch>> {
+    /// Takes the next frame if no frame is in flight: its parts (header first, then at least
+    /// one batch, at most `max_frame` bytes in total) and its number of batches.
+    pub(crate) fn next_frame(&mut self, max_frame: usize) -> Option<(Vec<Vec<u8>>, usize)> {
         if self.in_flight.is_some() || self.queue.is_empty() {
             return None;
         }
         let mut total = RAFT_FRAME_OVERHEAD;
-        let mut batches = Vec::new();
-        while let Some((_, size)) = self.queue.front() {
-            if !batches.is_empty() && total + size > max_frame {
+        let mut parts = vec![Vec::new()];
+        while let Some(size) = self.queue.front().map(Vec::len) {
+            if parts.len() > 1 && total + size > max_frame {
                 break;
             }
             total += size;
             self.queued_bytes -= size;
-            if let Some((batch, _)) = self.queue.pop_front() {
-                batches.push(batch);
+            if let Some(batch) = self.queue.pop_front() {
+                parts.push(batch);
             }
         }
-        Some(batches)
+        let n = parts.len() - 1;
+        parts[0] = raft_frame_header(n);
+        Some((parts, n))
     }
 
     /// Records the request carrying the frame just taken.
@@ -93,29 +121,53 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{decode, encode, RaftBatch, RaftFrame};
+
+    fn encoded(i: u8) -> anyhow::Result<Vec<u8>> {
+        let batch: RaftBatch = vec![(u64::from(i), vec![i; 100])];
+        Ok(encode(&batch)?)
+    }
 
     #[test]
-    fn frames_coalesce_queued_batches_in_order_within_the_limit() {
+    fn frames_coalesce_queued_batches_in_order_and_decode_as_one_frame() -> anyhow::Result<()> {
         let mut o = Outbox::default();
         for i in 0..10u8 {
-            assert!(o.push(vec![(1, vec![i; 100])], 1 << 20));
+            assert!(o.push(encoded(i)?, 1 << 20));
         }
-        // 130 bytes per batch bound; 400-byte frames hold 2 batches after the overhead.
-        let first = o.next_frame(400).unwrap_or_default();
-        assert_eq!(first.len(), 2);
-        assert_eq!(first[0][0].1[0], 0);
-        assert_eq!(first[1][0].1[0], 1);
-        let rest = o.next_frame(1 << 20).unwrap_or_default();
-        assert_eq!(rest.len(), 8);
-        assert_eq!(rest[7][0].1[0], 9);
+        // 103 bytes per batch; 250-byte frames hold 2 batches after the overhead.
+        let (parts, n) = o.next_frame(250).unwrap_or_default();
+        assert_eq!(n, 2);
+        let frame: Vec<u8> = parts.concat();
+        match decode::<RaftFrame>(&frame) {
+            Ok(RaftFrame::V1 { batches }) => {
+                assert_eq!(
+                    batches,
+                    vec![vec![(0, vec![0; 100])], vec![(1, vec![1; 100])]]
+                );
+            }
+            Err(e) => anyhow::bail!(e),
+        }
+        let (_, rest) = o.next_frame(1 << 20).unwrap_or_default();
+        assert_eq!(rest, 8);
         assert!(o.next_frame(1 << 20).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn the_header_matches_postcard_for_large_counts() -> anyhow::Result<()> {
+        let batches: Vec<RaftBatch> = vec![Vec::new(); 300];
+        let whole = encode(&RaftFrame::V1 { batches })?;
+        let mut assembled = raft_frame_header(300);
+        assembled.extend(std::iter::repeat_n(0u8, 300));
+        assert_eq!(whole, assembled);
+        Ok(())
     }
 
     #[test]
     fn queue_limit_refuses_new_batches_but_always_takes_one() {
         let mut o = Outbox::default();
-        assert!(o.push(vec![(1, vec![0; 1000])], 10));
-        assert!(!o.push(vec![(1, vec![0; 1])], 10));
+        assert!(o.push(vec![0; 1000], 10));
+        assert!(!o.push(vec![0; 1], 10));
         assert_eq!(o.clear(), 1);
         assert!(o.is_idle());
     }
