@@ -162,8 +162,16 @@ async fn ten_thousand_messages_arrive_in_order_per_peer_pair() -> Result<()> {
 #[tokio::test]
 async fn oversized_and_garbage_frames_are_rejected_and_the_connection_keeps_working() -> Result<()>
 {
-    let mut a = spawn(config()).await?;
-    let mut small = config();
+    // Generous liveness timers: this test asserts that nobody is suspected, and a loaded CI
+    // machine must not make that fail.
+    let patient = || {
+        let mut c = config();
+        c.suspect_timeout = Duration::from_secs(10);
+        c.down_timeout = Duration::from_secs(20);
+        c
+    };
+    let mut a = spawn(patient()).await?;
+    let mut small = patient();
     small.max_raft_frame = 64 << 10;
     small.max_kv_frame = 4 << 10;
     let mut b = spawn(small).await?;
@@ -429,5 +437,46 @@ async fn join_addresses_connect_and_heartbeats_spread_membership() -> Result<()>
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn undeliverable_sends_are_reported_not_lost_silently() -> Result<()> {
+    let mut nodes = cluster(2).await?;
+    // A peer nobody knows: the batch is reported as failed at once.
+    let stranger = PeerId::random();
+    nodes[0]
+        .handle
+        .send_raft(stranger, vec![(1, b"x".to_vec())])
+        .await?;
+    let failed = nodes[0]
+        .wait_for("RaftSendFailed", |e| match e {
+            NetEvent::RaftSendFailed { peer, batches, .. } => Some((peer, batches)),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(failed, (stranger, 1));
+    let kv = nodes[0].handle.kv_request(stranger, b"x".to_vec()).await;
+    ensure!(
+        matches!(kv, Err(NetError::NotConnected(p)) if p == stranger),
+        "{kv:?}"
+    );
+
+    // A request whose responder is dropped by the application fails for the requester.
+    let client = nodes[0].handle.clone();
+    let server = nodes[1].peer;
+    let request = tokio::spawn(async move { client.kv_request(server, b"q".to_vec()).await });
+    let responder = nodes[1]
+        .wait_for("kv request", |e| match e {
+            NetEvent::KvRequest { responder, .. } => Some(responder),
+            _ => None,
+        })
+        .await?;
+    drop(responder);
+    let answer = request.await?;
+    ensure!(
+        answer.is_err(),
+        "dropped responder still answered: {answer:?}"
+    );
     Ok(())
 }
