@@ -64,6 +64,9 @@ impl Behaviour {
             .heartbeat_interval(config.heartbeat_interval.min(Duration::from_secs(1)))
             .max_transmit_size(config.max_heartbeat_size)
             .validation_mode(ValidationMode::Strict)
+            // The event loop accepts a heartbeat (and so lets gossipsub forward it) only from
+            // members of our cluster.
+            .validate_messages()
             .build()
             .map_err(|e| NetError::Setup(format!("gossipsub config: {e}")))?;
         let mut gossipsub =

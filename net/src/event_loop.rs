@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
-use libp2p::gossipsub::{self, IdentTopic};
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::request_response::{self, InboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
@@ -542,9 +542,18 @@ impl EventLoop {
             BehaviourEvent::Hello(event) => self.on_hello_event(event),
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
+                message_id,
                 message,
-                ..
-            }) => self.on_gossip(propagation_source, message),
+            }) => {
+                // Gossipsub forwards a message only once we accept it, so nothing a member
+                // would refuse travels further through this node.
+                let verdict = self.on_gossip(propagation_source, message);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, verdict);
+            }
             BehaviourEvent::Gossipsub(_) => {}
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let now = Instant::now();
@@ -1048,20 +1057,21 @@ impl EventLoop {
         }
     }
 
-    fn on_gossip(&mut self, via: PeerId, message: gossipsub::Message) {
+    /// Handles a membership heartbeat and says whether gossipsub may forward it.
+    fn on_gossip(&mut self, via: PeerId, message: gossipsub::Message) -> MessageAcceptance {
         if message.topic != self.topic.hash() {
-            return;
+            return MessageAcceptance::Ignore;
         }
         let Some(source) = message.source else {
-            return;
+            return MessageAcceptance::Reject;
         };
         if source == self.local {
-            return;
+            return MessageAcceptance::Ignore;
         }
         // Only members relay membership: a stranger cannot inject heartbeats.
         if !self.peers.get(&via).is_some_and(|p| p.ready()) {
             log::debug!("ignoring heartbeat relayed by unverified peer {via}");
-            return;
+            return MessageAcceptance::Ignore;
         }
         let info = match decode::<HeartbeatFrame>(&message.data).and_then(|f| f.into_info()) {
             Ok(info) if info.peer == source => info,
@@ -1071,7 +1081,7 @@ impl EventLoop {
                     protocol: "heartbeat",
                     reason: format!("heartbeat signed by {source} names another peer"),
                 });
-                return;
+                return MessageAcceptance::Reject;
             }
             Err(reason) => {
                 self.emit(NetEvent::FrameRejected {
@@ -1079,7 +1089,7 @@ impl EventLoop {
                     protocol: "heartbeat",
                     reason,
                 });
-                return;
+                return MessageAcceptance::Reject;
             }
         };
         if !same_cluster(
@@ -1095,7 +1105,7 @@ impl EventLoop {
             {
                 self.mark_foreign(source, info.cluster_name, info.cluster_id);
             }
-            return;
+            return MessageAcceptance::Ignore;
         }
         let now = Instant::now();
         if self.detector.heard(source, now) == Some(Liveness::Up) {
@@ -1105,6 +1115,7 @@ impl EventLoop {
             self.dialer.learn(source, addr.clone(), now, Duration::ZERO);
         }
         self.emit(NetEvent::Heartbeat { info });
+        MessageAcceptance::Accept
     }
 
     // ---------------------------------------------------------------- housekeeping
