@@ -210,3 +210,42 @@ impl std::fmt::Debug for NetConfig {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn product_and_loopback_defaults_are_valid_and_tests_never_use_mdns() -> anyhow::Result<()> {
+        let product = NetConfig::new(Keypair::generate_ed25519());
+        product.validate()?;
+        assert!(product.enable_mdns);
+        let loopback = NetConfig::loopback(Keypair::generate_ed25519());
+        loopback.validate()?;
+        assert!(!loopback.enable_mdns);
+        assert!(loopback
+            .listen_addrs
+            .iter()
+            .all(|a| a.to_string().starts_with("/ip4/127.0.0.1/")));
+        Ok(())
+    }
+
+    #[test]
+    fn inconsistent_timers_are_refused() {
+        let mut config = NetConfig::loopback(Keypair::generate_ed25519());
+        config.down_timeout = config.suspect_timeout / 2;
+        assert!(matches!(config.validate(), Err(NetError::Config(_))));
+        let mut config = NetConfig::loopback(Keypair::generate_ed25519());
+        config.max_raft_frame = 10;
+        assert!(matches!(config.validate(), Err(NetError::Config(_))));
+    }
+
+    #[test]
+    fn debug_output_hides_the_keys() {
+        let mut config = NetConfig::new(Keypair::generate_ed25519());
+        config.psk = Some(PreSharedKey::new([7; 32]));
+        let shown = format!("{config:?}");
+        assert!(shown.contains("peer_id"));
+        assert!(!shown.contains("0707070707"), "{shown}");
+    }
+}
