@@ -172,7 +172,7 @@ impl Sim {
             lease: 0,
             prev_kv: false,
         };
-        match self.call(key.as_bytes(), RequestBody::Write { op }) {
+        match self.call(key.as_bytes(), RequestBody::Write { op, session: None }) {
             Ok(Response::Write(KvOutcome::Put { revision, .. })) => revision,
             other => panic!("put {key}: {other:?}"),
         }

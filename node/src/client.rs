@@ -5,11 +5,14 @@
 //! the typed error. Reads are linearizable unless asked otherwise. Multi-partition calls
 //! (scan, delete-range) run on every partition; a scan merges the answers in key order.
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use swarmkv_net::{Keypair, Multiaddr, NetConfig, NetHandle, PeerId};
-use swarmkv_store::{CasAction, Compare, KvOp, KvOutcome, KvRecord};
+use swarmkv_store::{CasAction, Compare, KvOp, KvOutcome, KvRecord, Session};
 use tokio::task::JoinHandle;
 
 use crate::core::routing::partition_of;
@@ -50,11 +53,49 @@ impl Drop for Transport {
     }
 }
 
+/// Numbers this client's writes so that resending one after an ambiguous failure (timeout,
+/// leader change, lost connection) is recognised by the partition and never applied twice.
+struct Sessions {
+    client: u64,
+    next: AtomicU64,
+    in_flight: Mutex<BTreeSet<u64>>,
+}
+
+impl Sessions {
+    fn new() -> Sessions {
+        Sessions {
+            client: rand::random::<u64>().max(1),
+            next: AtomicU64::new(1),
+            in_flight: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn begin(&self) -> Session {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        f.insert(seq);
+        let first_incomplete = f.first().copied().unwrap_or(seq);
+        Session {
+            client: self.client,
+            seq,
+            first_incomplete,
+        }
+    }
+
+    fn end(&self, seq: u64) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq);
+    }
+}
+
 /// A swarmkv client.
 pub struct Client {
     transport: Transport,
     partitions: u32,
     deadline: Duration,
+    sessions: Sessions,
 }
 
 fn unavailable(reason: impl Into<String>) -> ClientError {
@@ -88,6 +129,7 @@ impl Client {
             transport: Transport::Local(handle),
             partitions,
             deadline: Duration::from_secs(10),
+            sessions: Sessions::new(),
         })
     }
 
@@ -124,6 +166,7 @@ impl Client {
             },
             partitions: 0,
             deadline: Duration::from_secs(10),
+            sessions: Sessions::new(),
         };
         let until = Instant::now() + client.deadline;
         loop {
@@ -188,17 +231,21 @@ impl Client {
         }
     }
 
-    /// Sends `req`, retrying what is safe to retry until the deadline.
+    /// Sends `req`, retrying what is safe to retry until the deadline: refusals that did
+    /// nothing, any failure of a read, and ambiguous failures of a write that carries a session
+    /// (the partition recognises the resend).
     pub async fn call(&self, req: Request) -> Reply {
         let until = Instant::now() + self.deadline;
-        let is_read = !matches!(req.body, RequestBody::Write { .. });
+        let resendable = match &req.body {
+            RequestBody::Write { session, .. } => session.is_some(),
+            _ => true,
+        };
         let mut backoff = Duration::from_millis(20);
         loop {
             let reply = self.send_once(req.clone()).await;
             let retry = match &reply {
                 Err(e) if e.is_retryable() => true,
-                // A read never changes anything: any failure can be retried.
-                Err(ClientError::Disconnected(_)) | Err(ClientError::Timeout) => is_read,
+                Err(e) if e.is_ambiguous() => resendable,
                 _ => false,
             };
             if !retry {
@@ -224,14 +271,25 @@ impl Client {
         }
     }
 
-    async fn write(&self, key: &[u8], op: KvOp) -> Result<KvOutcome, ClientError> {
-        match self
-            .call(self.route(key, RequestBody::Write { op }))
-            .await?
-        {
+    async fn write_to(&self, partition: u32, op: KvOp) -> Result<KvOutcome, ClientError> {
+        let session = self.sessions.begin();
+        let req = Request {
+            partition,
+            body: RequestBody::Write {
+                op,
+                session: Some(session),
+            },
+        };
+        let reply = self.call(req).await;
+        self.sessions.end(session.seq);
+        match reply? {
             Response::Write(o) => Ok(o),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn write(&self, key: &[u8], op: KvOp) -> Result<KvOutcome, ClientError> {
+        self.write_to(partition_of(key, self.partitions), op).await
     }
 
     /// Reads a key, linearizably.
@@ -325,16 +383,13 @@ impl Client {
                 start: start.to_vec(),
                 end: end.map(<[u8]>::to_vec),
             };
-            self.call(Request {
-                partition: p,
-                body: RequestBody::Write { op },
-            })
+            self.write_to(p, op)
         });
         let mut total = 0;
         for r in join_all(calls).await {
             match r? {
-                Response::Write(KvOutcome::DeleteRange { deleted, .. }) => total += deleted,
-                other => return Err(unexpected(other)),
+                KvOutcome::DeleteRange { deleted, .. } => total += deleted,
+                other => return Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
             }
         }
         Ok(total)

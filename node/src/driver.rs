@@ -27,6 +27,9 @@ use crate::wire::{Answer, Call, ClusterInfo, KvAnswer, KvCall};
 const PEERS_META: &str = "peers";
 /// Raft batches to one peer are split so that no frame nears the transport's limit.
 const MAX_BATCH_BYTES: usize = 8 << 20;
+/// How long a forwarded request may take before the caller hears `Disconnected` (and, for a
+/// write with a session, resends it).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The Raft id a PeerId maps to: stable, so a node keeps it across restarts.
 pub fn node_id_of(peer: &PeerId) -> NodeId {
@@ -311,6 +314,7 @@ impl Node {
             addrs: table.peers.into_iter().map(|(id, _, a)| (id, a)).collect(),
             start,
             isolated: false,
+            unreachable: Default::default(),
         };
         let driver = tokio::spawn(driver.run());
         Ok(Node {
@@ -373,6 +377,8 @@ struct Driver {
     addrs: HashMap<NodeId, Vec<String>>,
     start: Instant,
     isolated: bool,
+    /// Peers the network reports suspect or down: requests are not forwarded to them.
+    unreachable: std::collections::HashSet<NodeId>,
 }
 
 impl Driver {
@@ -533,6 +539,7 @@ impl Driver {
             NetEvent::Raft { peer, batch } => {
                 let from = node_id_of(&peer);
                 self.peers.entry(from).or_insert(peer);
+                self.unreachable.remove(&from);
                 if self.isolated {
                     return;
                 }
@@ -574,8 +581,16 @@ impl Driver {
             NetEvent::PeerUp { peer } => {
                 let id = node_id_of(&peer);
                 self.peers.insert(id, peer);
+                self.unreachable.remove(&id);
             }
-            NetEvent::PeerDown { peer } => self.core.report_unreachable(node_id_of(&peer)),
+            NetEvent::PeerDown { peer } => {
+                let id = node_id_of(&peer);
+                self.unreachable.insert(id);
+                self.core.report_unreachable(id)
+            }
+            NetEvent::PeerSuspect { peer } => {
+                self.unreachable.insert(node_id_of(&peer));
+            }
             NetEvent::RaftSendFailed { peer, .. } => {
                 self.core.report_unreachable(node_id_of(&peer))
             }
@@ -600,7 +615,6 @@ impl Driver {
                 reason,
             } => log::warn!("{protocol} frame from {peer} rejected: {reason}"),
             NetEvent::Listening { addr } => log::info!("listening on {addr}"),
-            NetEvent::PeerSuspect { .. } => {}
         }
     }
 
@@ -672,6 +686,19 @@ impl Driver {
                 continue;
             };
             if let Err(ClientError::NotLeader { leader: Some(l) }) = &reply {
+                if !p.no_forward && *l != self.node && self.unreachable.contains(l) {
+                    // The hint names a node that is gone: its followers will elect another
+                    // leader shortly; the caller retries meanwhile.
+                    deliver(
+                        p.origin,
+                        Err(ClientError::Unavailable {
+                            reason: format!(
+                                "the partition's last known leader {l:x} is unreachable"
+                            ),
+                        }),
+                    );
+                    continue;
+                }
                 if !p.no_forward && *l != self.node {
                     if let Some(peer) = self.peers.get(l).copied() {
                         let net = self.net.clone();
@@ -720,7 +747,13 @@ async fn forward(net: &NetHandle, peer: PeerId, req: Request) -> Reply {
         req,
         forwarded: true,
     });
-    match net.kv_request(peer, call.encode()).await {
+    let answer = tokio::time::timeout(FORWARD_TIMEOUT, net.kv_request(peer, call.encode())).await;
+    let Ok(answer) = answer else {
+        return Err(ClientError::Disconnected(format!(
+            "no answer from {peer} in time"
+        )));
+    };
+    match answer {
         Ok(bytes) => match KvAnswer::decode(&bytes)? {
             KvAnswer::V1(Answer::Reply(r)) => r,
             KvAnswer::V1(other) => Err(ClientError::Disconnected(format!(

@@ -1,7 +1,7 @@
 //! The payload of a data group's Raft entries.
 
 use serde::{Deserialize, Serialize};
-use swarmkv_store::KvOp;
+use swarmkv_store::{KvOp, Session};
 
 /// Version byte in front of every encoded command; part of the on-disk format (entries live in
 /// the Raft log) and of the wire format.
@@ -10,8 +10,8 @@ pub const COMMAND_FORMAT: u8 = 1;
 /// What a normal entry of a data group asks the state machine to do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// A key-value operation.
-    Kv(KvOp),
+    /// A key-value operation; with a session, a retry of it is applied at most once.
+    Kv { op: KvOp, session: Option<Session> },
 }
 
 /// Why an entry's payload could not be read.
@@ -51,10 +51,17 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let c = Command::Kv(KvOp::Delete {
-            key: b"k".to_vec(),
-            prev_kv: true,
-        });
+        let c = Command::Kv {
+            op: KvOp::Delete {
+                key: b"k".to_vec(),
+                prev_kv: true,
+            },
+            session: Some(Session {
+                client: 1,
+                seq: 2,
+                first_incomplete: 2,
+            }),
+        };
         assert_eq!(Command::decode(&c.encode()), Ok(c));
         assert_eq!(Command::decode(&[]), Err(CommandError::Empty));
         assert_eq!(Command::decode(&[9, 1]), Err(CommandError::Format(9)));

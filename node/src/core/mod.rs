@@ -362,12 +362,12 @@ impl<B: Backend> Core<B> {
         }
         let deadline_ms = self.now_ms + self.config.request_timeout_ms;
         match req.body {
-            RequestBody::Write { op } => {
+            RequestBody::Write { op, session } => {
                 if let Err(e) = op.validate(&self.store.config().limits) {
                     self.replies.push_back((id, Err(ClientError::Rejected(e))));
                     return;
                 }
-                let data = Command::Kv(op).encode();
+                let data = Command::Kv { op, session }.encode();
                 match r.node.propose(Vec::new(), data) {
                     Ok(()) => {
                         let index = r.node.raft.raft_log.last_index();
@@ -515,6 +515,19 @@ impl<B: Backend> Core<B> {
                 r.leader = Some(ss.leader_id).filter(|l| *l != 0);
                 r.is_leader = ss.raft_state == StateRole::Leader;
                 if was_leader && !r.is_leader {
+                    // Writes in flight may still commit through the next leader, or not: tell
+                    // their callers now (ambiguous; a session makes the resend safe) rather
+                    // than let them wait for a timeout.
+                    let writes: Vec<RequestId> = std::mem::take(&mut r.proposals)
+                        .into_values()
+                        .map(|p| p.request)
+                        .collect();
+                    for id in writes {
+                        if self.in_flight.remove(&id).is_some() {
+                            self.replies
+                                .push_back((id, Err(ClientError::LeaderChanged)));
+                        }
+                    }
                     // Reads in flight can no longer be confirmed here; they are safe to retry.
                     let hint = r.leader_hint();
                     let reads: Vec<RequestId> = r.reads_pending.drain().map(|(id, _)| id).collect();
@@ -593,7 +606,7 @@ impl<B: Backend> Core<B> {
         let applied = r.node.store().apply_state().index;
         enum Decoded {
             Noop,
-            Kv(swarmkv_store::KvOp),
+            Kv(swarmkv_store::KvOp, Option<swarmkv_store::Session>),
             Bad(String),
             Conf(raft::eraftpb::ConfState),
         }
@@ -606,7 +619,7 @@ impl<B: Backend> Core<B> {
             let d = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => Decoded::Noop,
                 EntryType::EntryNormal => match Command::decode(&e.data) {
-                    Ok(Command::Kv(op)) => Decoded::Kv(op),
+                    Ok(Command::Kv { op, session }) => Decoded::Kv(op, session),
                     Err(err) => Decoded::Bad(err.to_string()),
                 },
                 EntryType::EntryConfChange => {
@@ -628,7 +641,8 @@ impl<B: Backend> Core<B> {
                 term: *term,
                 op: match d {
                     Decoded::Noop | Decoded::Bad(_) => ApplyOp::Noop,
-                    Decoded::Kv(op) => ApplyOp::Kv(op),
+                    Decoded::Kv(op, None) => ApplyOp::Kv(op),
+                    Decoded::Kv(op, Some(s)) => ApplyOp::KvOnce(op, *s),
                     Decoded::Conf(cs) => ApplyOp::ConfChange(cs),
                 },
             })

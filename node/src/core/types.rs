@@ -2,7 +2,7 @@
 //! `/swarmkv/kv/1` (postcard-encoded), so every variant is serde.
 
 use serde::{Deserialize, Serialize};
-use swarmkv_store::{KvError, KvOp, KvOutcome, KvRecord};
+use swarmkv_store::{KvError, KvOp, KvOutcome, KvRecord, Session};
 
 /// A node's Raft id, derived from its PeerId.
 pub type NodeId = u64;
@@ -47,8 +47,9 @@ pub enum RequestBody {
         key: Vec<u8>,
         consistency: Consistency,
     },
-    /// Put, delete, compare-and-swap or delete-range, through Raft.
-    Write { op: KvOp },
+    /// Put, delete, compare-and-swap or delete-range, through Raft. With a session, sending
+    /// the same write again after an ambiguous failure cannot apply it twice.
+    Write { op: KvOp, session: Option<Session> },
     /// Ordered scan of `[start, end)` within the partition.
     Scan {
         start: Vec<u8>,
@@ -90,6 +91,10 @@ pub enum ClientError {
     /// No answer within the deadline. A write may or may not have happened (ambiguous).
     #[error("timed out; a write may or may not have been applied")]
     Timeout,
+    /// The leader that took the write lost its leadership before the write was confirmed; it
+    /// may or may not apply (ambiguous). Resending it with the same session is safe.
+    #[error("leadership changed before the write was confirmed; it may or may not apply")]
+    LeaderChanged,
     /// The operation was refused by the state machine (limits); it applied as a no-op.
     #[error("rejected: {0}")]
     Rejected(KvError),
@@ -114,6 +119,14 @@ impl ClientError {
             ClientError::NotLeader { .. }
                 | ClientError::Unavailable { .. }
                 | ClientError::ProposalDropped
+        )
+    }
+
+    /// True when a write may or may not have happened: resend it with the same session.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Timeout | ClientError::LeaderChanged | ClientError::Disconnected(_)
         )
     }
 }
