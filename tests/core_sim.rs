@@ -54,7 +54,7 @@ impl Sim {
             let mem = MemBackend::new();
             let store = Store::with_backend(mem.clone(), StoreConfig::default()).unwrap();
             let mut core = Core::new(*id, store, sim.config.clone(), 0).unwrap();
-            core.bootstrap(layout.clone()).unwrap();
+            core.bootstrap(layout.clone(), 1).unwrap();
             sim.nodes.insert(*id, core);
             sim.backends.insert(*id, mem);
         }

@@ -117,8 +117,8 @@ impl Client {
                 .status()
                 .await
                 .map_err(|e| ClientError::Disconnected(e.to_string()))?;
-            if let Some(l) = status.layout {
-                break l.partitions;
+            if let Some(s) = status.settings {
+                break s.partitions;
             }
             if Instant::now() > deadline {
                 return Err(unavailable("the node is not part of a cluster"));
@@ -225,7 +225,7 @@ impl Client {
                 {
                     Answer::Reply(r) => r,
                     Answer::Malformed(m) => Err(ClientError::BadRequest(m)),
-                    Answer::Info(_) => Err(ClientError::Disconnected("unexpected info".into())),
+                    other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
                 }
             }
         }

@@ -19,10 +19,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::core::{
-    ClientError, ClusterLayout, Core, CoreConfig, CoreError, GroupStatus, NodeId, Reply, Request,
+    ClientError, ClusterSettings, Core, CoreConfig, CoreError, GroupStatus, NodeId, Reply, Request,
     RequestId,
 };
-use crate::wire::{Answer, Call, ClusterInfo, KvAnswer, KvCall};
+use crate::wire::{Announce, Answer, Call, ClusterInfo, KvAnswer, KvCall};
+
+mod control;
+use control::Control;
+pub use control::ControlConfig;
 
 const PEERS_META: &str = "peers";
 /// Raft batches to one peer are split so that no frame nears the transport's limit.
@@ -76,6 +80,8 @@ pub struct NodeConfig {
     pub fast_timers: bool,
     pub core: CoreConfig,
     pub store: StoreConfig,
+    /// Formation and coordination.
+    pub control: ControlConfig,
 }
 
 impl NodeConfig {
@@ -93,6 +99,7 @@ impl NodeConfig {
             fast_timers: false,
             core: CoreConfig::default(),
             store: StoreConfig::default(),
+            control: ControlConfig::default(),
         }
     }
 
@@ -105,6 +112,10 @@ impl NodeConfig {
         c.mdns = false;
         c.fast_timers = true;
         c.core.tick_ms = 50;
+        // In-process tests bootstrap explicitly unless they ask for zero-config formation.
+        c.control.auto_form = false;
+        c.control.discovery = Duration::from_millis(600);
+        c.control.dead_after = Duration::from_secs(3);
         c
     }
 
@@ -133,7 +144,8 @@ impl NodeConfig {
 pub struct NodeStatus {
     pub node: NodeId,
     pub peer: PeerId,
-    pub layout: Option<ClusterLayout>,
+    pub settings: Option<ClusterSettings>,
+    pub meta_leader: bool,
     pub groups: Vec<GroupStatus>,
     pub peers: Vec<(NodeId, PeerId)>,
 }
@@ -155,10 +167,15 @@ enum Cmd {
     Isolate {
         isolated: bool,
     },
+    Decommission {
+        node: NodeId,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 enum Internal {
     SnapshotDone { group: u64, to: NodeId, ok: bool },
+    Joined(Option<ClusterSettings>),
 }
 
 enum Origin {
@@ -249,6 +266,17 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// Drains `node` (any node's handle works if it is the meta leader; others answer an
+    /// error naming the problem).
+    pub async fn decommission(&self, node: NodeId) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Decommission { node, reply: tx })
+            .await
+            .map_err(|_| "the node has stopped".to_string())?;
+        rx.await.map_err(|_| "the node has stopped".to_string())?
+    }
+
     /// Test hook: drop all Raft traffic to and from this node (a network partition that
     /// leaves client access to it intact), or restore it.
     #[doc(hidden)]
@@ -315,6 +343,7 @@ impl Node {
             start,
             isolated: false,
             unreachable: Default::default(),
+            control: Control::new(config.control.clone()),
         };
         let driver = tokio::spawn(driver.run());
         Ok(Node {
@@ -379,6 +408,7 @@ struct Driver {
     isolated: bool,
     /// Peers the network reports suspect or down: requests are not forwarded to them.
     unreachable: std::collections::HashSet<NodeId>,
+    control: Control,
 }
 
 impl Driver {
@@ -395,6 +425,7 @@ impl Driver {
                 _ = ticker.tick() => {
                     let now = self.now_ms();
                     self.core.handle_tick(now);
+                    self.control_tick().await;
                 }
                 cmd = self.cmds.recv() => match cmd {
                     Some(cmd) => self.on_cmd(cmd),
@@ -469,12 +500,16 @@ impl Driver {
                 let _ = reply.send(NodeStatus {
                     node: self.node,
                     peer: self.net.local_peer_id(),
-                    layout: self.core.layout().cloned(),
+                    settings: self.core.settings().cloned(),
+                    meta_leader: self.core.is_leader(crate::core::META_GROUP),
                     groups,
                     peers: self.peers.iter().map(|(n, p)| (*n, *p)).collect(),
                 });
             }
             Cmd::Isolate { isolated } => self.isolated = isolated,
+            Cmd::Decommission { node, reply } => {
+                let _ = reply.send(self.decommission(node));
+            }
         }
     }
 
@@ -492,12 +527,9 @@ impl Driver {
         }
         nodes.sort_unstable();
         nodes.dedup();
-        self.core.bootstrap(ClusterLayout {
-            nodes,
-            partitions,
-            replication,
-        })?;
-        self.save_peers()?;
+        let (layout, cluster_id) = Driver::layout_for(nodes, partitions, replication);
+        self.core.bootstrap(layout, cluster_id)?;
+        self.formed(cluster_id);
         Ok(())
     }
 
@@ -561,9 +593,27 @@ impl Driver {
                 Ok(KvCall::V1(Call::Info)) => {
                     let info = ClusterInfo {
                         node: self.node,
-                        partitions: self.core.layout().map(|l| l.partitions),
+                        partitions: self.core.settings().map(|s| s.partitions),
                     };
                     respond(responder, Answer::Info(info));
+                }
+                Ok(KvCall::V1(Call::Join { record })) => self.on_join(record, responder),
+                Ok(KvCall::V1(Call::Bootstrap { layout, cluster_id })) => {
+                    let answer = match self.core.bootstrap(layout, cluster_id) {
+                        Ok(()) => {
+                            self.formed(cluster_id);
+                            Answer::Ok
+                        }
+                        Err(e) => Answer::Malformed(e.to_string()),
+                    };
+                    respond(responder, answer);
+                }
+                Ok(KvCall::V1(Call::Decommission { node })) => {
+                    let answer = match self.decommission(node) {
+                        Ok(()) => Answer::Ok,
+                        Err(e) => Answer::Malformed(e),
+                    };
+                    respond(responder, answer);
                 }
                 Err(e) => {
                     log::warn!("bad kv call from {peer}: {e}");
@@ -595,6 +645,9 @@ impl Driver {
                 self.core.report_unreachable(node_id_of(&peer))
             }
             NetEvent::Heartbeat { info } => {
+                if let Some(a) = Announce::decode(&info.app) {
+                    self.on_announce(info.peer, &info.listen_addrs, a);
+                }
                 let id = node_id_of(&info.peer);
                 let addrs: Vec<String> = info.listen_addrs.iter().map(|a| a.to_string()).collect();
                 self.peers.insert(id, info.peer);
@@ -621,6 +674,7 @@ impl Driver {
     fn on_internal(&mut self, i: Internal) {
         match i {
             Internal::SnapshotDone { group, to, ok } => self.core.report_snapshot(group, to, ok),
+            Internal::Joined(settings) => self.on_joined(settings),
         }
     }
 

@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{ClientError, NodeId, Reply, Request};
+use crate::core::{
+    ClientError, ClusterLayout, ClusterSettings, GroupId, NodeId, NodeRecord, Reply, Request,
+    Target,
+};
 
 /// A call on `/swarmkv/kv/1`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +22,15 @@ pub enum Call {
     Request { req: Request, forwarded: bool },
     /// The cluster's shape, which a client needs to route keys.
     Info,
+    /// A new node asks to join the cluster (answered by, or forwarded to, the meta leader).
+    Join { record: NodeRecord },
+    /// The node forming a cluster with `--expect N` tells the other initial members.
+    Bootstrap {
+        layout: ClusterLayout,
+        cluster_id: u64,
+    },
+    /// Drain a node: move every replica off it, then mark it decommissioned.
+    Decommission { node: NodeId },
 }
 
 /// An answer on `/swarmkv/kv/1`.
@@ -32,6 +44,10 @@ pub enum KvAnswer {
 pub enum Answer {
     Reply(Reply),
     Info(ClusterInfo),
+    /// Registered: the settings of the cluster joined.
+    Joined(ClusterSettings),
+    /// Done.
+    Ok,
     /// The call could not be decoded.
     Malformed(String),
 }
@@ -63,5 +79,28 @@ impl KvAnswer {
     pub fn decode(bytes: &[u8]) -> Result<KvAnswer, ClientError> {
         postcard::from_bytes(bytes)
             .map_err(|e| ClientError::Disconnected(format!("undecodable kv answer: {e}")))
+    }
+}
+
+/// What a node says about itself in its membership heartbeats (the opaque app payload of the
+/// network layer): its cluster, the groups it leads with their voters (routing and the
+/// coordinator's progress tracking), and, from the meta leader, every group's target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Announce {
+    pub cluster_id: Option<u64>,
+    pub node: NodeId,
+    pub meta_leader: bool,
+    pub led: Vec<(GroupId, Vec<NodeId>)>,
+    /// (epoch, targets): only the meta leader sends them.
+    pub targets: Option<(u64, Vec<(GroupId, Target)>)>,
+}
+
+impl Announce {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Announce> {
+        postcard::from_bytes(bytes).ok()
     }
 }

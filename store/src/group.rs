@@ -410,12 +410,18 @@ impl<B: Backend> GroupStorage<B> {
 }
 
 impl<B: Backend> raft::Storage for GroupStorage<B> {
+    /// raft-rs applies configuration changes when the application applies their entries, and
+    /// on restart replays only entries after the applied index: so the configuration to start
+    /// from is the one recorded with the applied index (the apply state), when there is one.
     fn initial_state(&self) -> raft::Result<RaftState> {
         let st = read(&self.state);
-        Ok(RaftState::new(
-            st.meta.hard_state.clone(),
-            st.meta.conf_state.clone(),
-        ))
+        let apply_cs = &st.meta.apply.conf_state;
+        let conf_state = if apply_cs.voters.is_empty() && apply_cs.learners.is_empty() {
+            st.meta.conf_state.clone()
+        } else {
+            apply_cs.clone()
+        };
+        Ok(RaftState::new(st.meta.hard_state.clone(), conf_state))
     }
 
     fn entries(

@@ -6,7 +6,9 @@
 //! # Layout
 //! - [`types`]: requests, responses, typed client errors (also the kv wire payload).
 //! - [`routing`]: key to partition (stable hash).
-//! - [`placement`]: which nodes hold which partitions (static layout).
+//! - [`placement`]: which nodes hold which groups (static layout, coordinator planning).
+//! - [`meta`]: the meta group's records (registry, targets, settings).
+//! - `reconcile`: a group leader's steps toward its target replica set (conf changes).
 //! - [`command`]: the payload of Raft entries.
 //! - [`config`]: timing and sizing.
 //! - `replica`: one local Raft group and the requests waiting on it.
@@ -14,7 +16,9 @@
 
 pub mod command;
 pub mod config;
+pub mod meta;
 pub mod placement;
+mod reconcile;
 mod replica;
 pub mod routing;
 pub mod types;
@@ -30,7 +34,8 @@ use swarmkv_store::{ApplyEntry, ApplyOp, Backend, LogBatch, Store, StoreError};
 
 pub use command::{Command, CommandError};
 pub use config::CoreConfig;
-pub use placement::ClusterLayout;
+pub use meta::{ClusterSettings, MetaState, NodeRecord, NodeState, Target, META_GROUP};
+pub use placement::{plan_targets, ClusterLayout, DEFAULT_PARTITIONS, DEFAULT_REPLICATION};
 pub use types::*;
 
 use replica::{Proposal, ReadyRead, Replica};
@@ -39,7 +44,7 @@ use replica::{Proposal, ReadyRead, Replica};
 /// initial configuration, as TiKV does), so that no replica ever needs an empty log.
 pub const INITIAL_INDEX: u64 = 5;
 pub const INITIAL_TERM: u64 = 5;
-const LAYOUT_META: &str = "layout";
+const SETTINGS_META: &str = "cluster";
 
 /// Errors that stop the core: storage failures (the node must stop acknowledging) and bad
 /// setup calls.
@@ -90,8 +95,12 @@ pub struct Core<B: Backend> {
     id: NodeId,
     store: Store<B>,
     config: CoreConfig,
-    layout: Option<ClusterLayout>,
+    settings: Option<ClusterSettings>,
+    /// Where every group's replicas should be, as last learned from the meta group.
+    targets: BTreeMap<GroupId, Target>,
     replicas: BTreeMap<GroupId, Replica<B>>,
+    /// Groups this node was removed from, to destroy at the end of the turn.
+    removed: Vec<GroupId>,
     rng: StdRng,
     logger: slog::Logger,
     now_ms: u64,
@@ -109,17 +118,17 @@ fn logger() -> slog::Logger {
 
 impl<B: Backend> Core<B> {
     /// Opens the core of node `id` on `store`, recreating every replica the store holds
-    /// (a restart) and the layout it was bootstrapped with.
+    /// (a restart) and the cluster settings it was formed or joined with.
     pub fn new(
         id: NodeId,
         store: Store<B>,
         config: CoreConfig,
         now_ms: u64,
     ) -> Result<Core<B>, CoreError> {
-        let layout = match store.get_meta(LAYOUT_META)? {
+        let settings: Option<ClusterSettings> = match store.get_meta(SETTINGS_META)? {
             Some(b) => Some(
                 postcard::from_bytes(&b)
-                    .map_err(|e| CoreError::CorruptMeta(format!("layout: {e}")))?,
+                    .map_err(|e| CoreError::CorruptMeta(format!("cluster settings: {e}")))?,
             ),
             None => None,
         };
@@ -128,8 +137,10 @@ impl<B: Backend> Core<B> {
             id,
             store,
             config,
-            layout,
+            settings,
+            targets: BTreeMap::new(),
             replicas: BTreeMap::new(),
+            removed: Vec::new(),
             rng,
             logger: logger(),
             now_ms,
@@ -140,8 +151,11 @@ impl<B: Backend> Core<B> {
             in_flight: HashMap::new(),
         };
         for g in core.store.groups()? {
-            if g != 0 {
-                core.open_replica(g)?;
+            core.open_replica(g)?;
+        }
+        if core.settings.is_some() {
+            if let Ok(m) = core.meta_state() {
+                core.targets = m.targets;
             }
         }
         Ok(core)
@@ -162,9 +176,70 @@ impl<B: Backend> Core<B> {
         self.config.tick_ms
     }
 
-    /// The layout the cluster was bootstrapped with, once known.
-    pub fn layout(&self) -> Option<&ClusterLayout> {
-        self.layout.as_ref()
+    /// The cluster's settings, once this node formed or joined one.
+    pub fn settings(&self) -> Option<&ClusterSettings> {
+        self.settings.as_ref()
+    }
+
+    /// Records the settings of the cluster this node joined (durably).
+    pub fn join(&mut self, settings: ClusterSettings) -> Result<(), CoreError> {
+        if let Some(existing) = &self.settings {
+            if existing.cluster_id != settings.cluster_id {
+                return Err(CoreError::BadLayout(format!(
+                    "this node belongs to cluster {:x}, not {:x}",
+                    existing.cluster_id, settings.cluster_id
+                )));
+            }
+            return Ok(());
+        }
+        let encoded =
+            postcard::to_stdvec(&settings).map_err(|e| CoreError::BadLayout(e.to_string()))?;
+        self.store.put_meta(SETTINGS_META, &encoded)?;
+        self.settings = Some(settings);
+        Ok(())
+    }
+
+    /// Replaces the cached target replica sets (learned from the meta group or its gossip);
+    /// used for routing hints and by [`Core::reconcile`].
+    pub fn set_targets(&mut self, targets: BTreeMap<GroupId, Target>) {
+        self.targets = targets;
+    }
+
+    /// The cached target replica sets.
+    pub fn targets(&self) -> &BTreeMap<GroupId, Target> {
+        &self.targets
+    }
+
+    /// The meta group's state as this node's replica of it has applied it (empty when the
+    /// node holds no meta replica). Only the meta leader's copy is guaranteed current.
+    pub fn meta_state(&self) -> Result<MetaState, CoreError> {
+        if !self.replicas.contains_key(&META_GROUP) {
+            return Ok(MetaState::default());
+        }
+        let page = self.store.scan_prefix(META_GROUP, MetaState::prefix(), 0)?;
+        Ok(MetaState::from_records(
+            page.records
+                .iter()
+                .map(|(k, r)| (k.as_slice(), r.value.as_slice())),
+        ))
+    }
+
+    /// True when this node leads `group`.
+    pub fn is_leader(&self, group: GroupId) -> bool {
+        self.replicas.get(&group).is_some_and(|r| r.is_leader)
+    }
+
+    /// Proposes a write to the meta group (fire and forget: the coordinator re-reads the
+    /// applied state). Returns false when this node does not lead the meta group.
+    pub fn propose_meta(&mut self, op: swarmkv_store::KvOp) -> bool {
+        let Some(r) = self.replicas.get_mut(&META_GROUP) else {
+            return false;
+        };
+        if !r.is_leader {
+            return false;
+        }
+        let data = Command::Kv { op, session: None }.encode();
+        r.node.propose(Vec::new(), data).is_ok()
     }
 
     fn raft_config(&mut self, applied: u64) -> raft::Config {
@@ -194,36 +269,32 @@ impl<B: Backend> Core<B> {
         Ok(())
     }
 
-    /// Creates this node's replicas of a new cluster. Every initial node calls it with the
-    /// same layout; calling it again (or after a restart) changes nothing.
-    pub fn bootstrap(&mut self, layout: ClusterLayout) -> Result<(), CoreError> {
+    /// Creates this node's replicas of a new cluster (the meta group and the partitions the
+    /// layout places here). Every initial node calls it with the same layout; calling it again
+    /// (or after a restart) changes nothing.
+    pub fn bootstrap(&mut self, layout: ClusterLayout, cluster_id: u64) -> Result<(), CoreError> {
         if layout.nodes.is_empty() || layout.partitions == 0 || layout.replication == 0 {
             return Err(CoreError::BadLayout(format!("{layout:?}")));
         }
-        if let Some(existing) = &self.layout {
-            if *existing != layout {
-                return Err(CoreError::BadLayout(
-                    "this node was bootstrapped with another layout".into(),
-                ));
-            }
-        }
-        let encoded =
-            postcard::to_stdvec(&layout).map_err(|e| CoreError::BadLayout(e.to_string()))?;
-        self.store.put_meta(LAYOUT_META, &encoded)?;
+        self.join(ClusterSettings {
+            cluster_id,
+            partitions: layout.partitions,
+            replication: layout.replication,
+        })?;
+        let targets = layout.targets();
         let mut batch = LogBatch::new();
         let mut new_groups = Vec::new();
-        for p in layout.partitions_of(self.id) {
-            let g = group_of_partition(p);
-            if self.replicas.contains_key(&g) {
+        for (g, t) in &targets {
+            if !t.replicas.contains(&self.id) || self.replicas.contains_key(g) {
                 continue;
             }
             let mut snap = Snapshot::default();
             let m = snap.mut_metadata();
             m.index = INITIAL_INDEX;
             m.term = INITIAL_TERM;
-            m.mut_conf_state().voters = layout.replicas(p);
-            batch.apply_snapshot(g, snap);
-            new_groups.push((g, layout.replicas(p)[0] == self.id));
+            m.mut_conf_state().voters = t.replicas.clone();
+            batch.apply_snapshot(*g, snap);
+            new_groups.push((*g, t.replicas[0] == self.id));
         }
         self.store.commit(&batch)?;
         for (g, preferred) in new_groups {
@@ -236,7 +307,9 @@ impl<B: Backend> Core<B> {
                 }
             }
         }
-        self.layout = Some(layout);
+        if self.targets.is_empty() {
+            self.targets = targets;
+        }
         Ok(())
     }
 
@@ -280,6 +353,18 @@ impl<B: Backend> Core<B> {
     /// Steps a Raft message from a peer. Messages for groups this node does not hold, and
     /// messages raft-rs refuses, are dropped (Raft tolerates loss).
     pub fn handle_raft(&mut self, from: NodeId, group: GroupId, msg: Message) {
+        if !self.replicas.contains_key(&group) && self.may_create(group, &msg) {
+            // A leader added this node to the group: start an empty replica, which the
+            // leader fills with a snapshot.
+            if let Err(e) = self.open_replica(group) {
+                log::warn!("cannot create a replica of group {group}: {e}");
+                return;
+            }
+            log::info!(
+                "node {:x}: new replica of group {group} (leader {from:x})",
+                self.id
+            );
+        }
         let Some(r) = self.replicas.get_mut(&group) else {
             log::debug!("dropping a message from {from} for group {group}, not held here");
             return;
@@ -304,10 +389,25 @@ impl<B: Backend> Core<B> {
         }
     }
 
+    fn may_create(&self, group: GroupId, msg: &Message) -> bool {
+        let Some(settings) = &self.settings else {
+            return false;
+        };
+        let valid_group = group == META_GROUP
+            || partition_of_group(group).is_some_and(|p| p < settings.partitions);
+        valid_group
+            && msg.to == self.id
+            && msg.term > 0
+            && matches!(
+                msg.get_msg_type(),
+                MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+            )
+    }
+
     /// Takes a client request. The answer comes out of [`Core::poll_reply`], at once for
     /// refusals and serializable reads, after apply for writes and linearizable reads.
     pub fn handle_request(&mut self, id: RequestId, req: Request) {
-        let Some(layout) = &self.layout else {
+        let Some(settings) = &self.settings else {
             self.replies.push_back((
                 id,
                 Err(ClientError::Unavailable {
@@ -316,12 +416,12 @@ impl<B: Backend> Core<B> {
             ));
             return;
         };
-        if req.partition >= layout.partitions {
+        if req.partition >= settings.partitions {
             self.replies.push_back((
                 id,
                 Err(ClientError::BadRequest(format!(
                     "partition {} of {}",
-                    req.partition, layout.partitions
+                    req.partition, settings.partitions
                 ))),
             ));
             return;
@@ -329,9 +429,17 @@ impl<B: Backend> Core<B> {
         let group = group_of_partition(req.partition);
         let Some(r) = self.replicas.get_mut(&group) else {
             // Not a replica here: point at one that is.
-            let hint = layout.replicas(req.partition).first().copied();
-            self.replies
-                .push_back((id, Err(ClientError::NotLeader { leader: hint })));
+            let hint = self
+                .targets
+                .get(&group)
+                .and_then(|t| t.replicas.iter().find(|n| **n != self.id).copied());
+            let err = match hint {
+                Some(_) => ClientError::NotLeader { leader: hint },
+                None => ClientError::Unavailable {
+                    reason: format!("no replica of partition {} is known", req.partition),
+                },
+            };
+            self.replies.push_back((id, Err(err)));
             return;
         };
         let serializable = matches!(
@@ -593,6 +701,19 @@ impl<B: Backend> Core<B> {
                 r.node.advance_apply();
             }
         }
+        for g in std::mem::take(&mut self.removed) {
+            if let Some(mut r) = self.replicas.remove(&g) {
+                log::info!(
+                    "node {:x}: removed from group {g}, dropping its replica",
+                    self.id
+                );
+                for (_, p) in std::mem::take(&mut r.proposals) {
+                    self.reply(p.request, Err(ClientError::LeaderChanged));
+                }
+                drop(r);
+                self.store.destroy_group(g)?;
+            }
+        }
         Ok(())
     }
 
@@ -629,7 +750,15 @@ impl<B: Backend> Core<B> {
                 EntryType::EntryConfChangeV2 => {
                     // Includes the empty entry that leaves a joint configuration.
                     let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(raft::Error::from)?;
-                    Decoded::Conf(r.node.apply_conf_change(&cc)?)
+                    match r.node.apply_conf_change(&cc) {
+                        Ok(cs) => Decoded::Conf(cs),
+                        Err(err) => {
+                            // Refused (e.g. it no longer fits the configuration): a no-op on
+                            // every replica alike.
+                            log::warn!("group {g}: conf change at {} refused: {err}", e.index);
+                            Decoded::Noop
+                        }
+                    }
                 }
             };
             decoded.push((e.index, e.term, d));
@@ -648,6 +777,22 @@ impl<B: Backend> Core<B> {
             })
             .collect();
         let results = self.store.apply(g, &apply)?;
+        let me = self.id;
+        let still_member = |cs: &raft::eraftpb::ConfState| {
+            cs.voters.contains(&me)
+                || cs.learners.contains(&me)
+                || cs.voters_outgoing.contains(&me)
+                || cs.learners_next.contains(&me)
+        };
+        if let Some((_, _, Decoded::Conf(cs))) = decoded
+            .iter()
+            .rev()
+            .find(|(_, _, d)| matches!(d, Decoded::Conf(_)))
+        {
+            if !still_member(cs) {
+                self.removed.push(g);
+            }
+        }
         let mut answers = Vec::new();
         for ((index, term, d), result) in decoded.iter().zip(results) {
             // Every proposal at or below this index is settled now.

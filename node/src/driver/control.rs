@@ -1,0 +1,516 @@
+//! The control plane as the node loop runs it: zero-config formation (discover, then join a
+//! formed cluster or, as the lowest unformed PeerId, form one), the coordinator duties of the
+//! meta group's leader (register nodes, mark the silent dead, plan targets), spreading targets
+//! through heartbeats, and letting every group leader reconcile toward its target.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use swarmkv_net::PeerId;
+
+use super::{node_id_of, respond, Driver, Internal};
+use crate::core::{
+    plan_targets, ClusterLayout, ClusterSettings, GroupId, MetaState, NodeId, NodeRecord,
+    NodeState, Target, META_GROUP,
+};
+use crate::wire::{Announce, Answer, Call, KvAnswer, KvCall};
+
+/// How many groups may be moving toward a new target at once, cluster-wide.
+const MAX_MOVES: usize = 4;
+const COORDINATOR_PERIOD: Duration = Duration::from_millis(300);
+const RECONCILE_PERIOD: Duration = Duration::from_millis(200);
+
+/// Formation and coordination settings.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// Form or join a cluster on its own (zero-config). Off: wait for an explicit bootstrap.
+    pub auto_form: bool,
+    /// Wait for this many nodes (this one included) and start them all as voters.
+    pub expect: Option<usize>,
+    /// How long a new node listens for peers before it decides to join or form.
+    pub discovery: Duration,
+    /// Partitions of a cluster this node forms.
+    pub partitions: u32,
+    /// Replication factor of a cluster this node forms.
+    pub replication: usize,
+    /// A node silent this long is marked dead and its replicas are replaced.
+    pub dead_after: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> ControlConfig {
+        ControlConfig {
+            auto_form: true,
+            expect: None,
+            discovery: Duration::from_secs(3),
+            partitions: crate::core::DEFAULT_PARTITIONS,
+            replication: crate::core::DEFAULT_REPLICATION,
+            dead_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The control plane's memory.
+pub(crate) struct Control {
+    pub config: ControlConfig,
+    started: Instant,
+    /// Latest announcement of each peer.
+    pub seen: HashMap<PeerId, Announce>,
+    /// When each node was last heard from.
+    pub last_seen: HashMap<NodeId, Instant>,
+    /// A join or formation is in flight.
+    pub forming: bool,
+    last_coordination: Instant,
+    last_reconcile: Instant,
+    /// The newest targets epoch adopted.
+    pub targets_epoch: u64,
+    dialed: HashSet<PeerId>,
+}
+
+impl Control {
+    pub fn new(config: ControlConfig) -> Control {
+        let now = Instant::now();
+        Control {
+            config,
+            started: now,
+            seen: HashMap::new(),
+            last_seen: HashMap::new(),
+            forming: false,
+            last_coordination: now,
+            last_reconcile: now,
+            targets_epoch: 0,
+            dialed: HashSet::new(),
+        }
+    }
+}
+
+fn epoch(targets: &BTreeMap<GroupId, Target>) -> u64 {
+    targets.values().map(|t| t.version).sum()
+}
+
+/// The cluster id of a cluster bootstrapped explicitly from a list of peers: the same on
+/// every initial node.
+pub(crate) fn static_cluster_id(nodes: &[NodeId]) -> u64 {
+    let mut bytes = Vec::new();
+    for n in nodes {
+        bytes.extend_from_slice(&n.to_be_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_64(&bytes).max(1)
+}
+
+impl Driver {
+    /// Called on every tick of the node loop.
+    pub(crate) async fn control_tick(&mut self) {
+        let now = Instant::now();
+        if self.core.settings().is_none() {
+            if self.control.config.auto_form && !self.control.forming {
+                self.try_form(now);
+            }
+        } else {
+            if now.duration_since(self.control.last_coordination) >= COORDINATOR_PERIOD {
+                self.control.last_coordination = now;
+                self.coordinate(now);
+                self.announce().await;
+            }
+            if now.duration_since(self.control.last_reconcile) >= RECONCILE_PERIOD {
+                self.control.last_reconcile = now;
+                self.core.reconcile();
+            }
+        }
+    }
+
+    fn try_form(&mut self, now: Instant) {
+        let c = &self.control;
+        // A formed cluster is around: join it.
+        if let Some((peer, a)) = c.seen.iter().find(|(_, a)| a.cluster_id.is_some()) {
+            let peer = *peer;
+            let _ = a;
+            self.control.forming = true;
+            let record = self.my_record();
+            let net = self.net.clone();
+            let done = self.internal_tx.clone();
+            tokio::spawn(async move {
+                let call = KvCall::V1(Call::Join { record });
+                let settings = match net.kv_request(peer, call.encode()).await {
+                    Ok(bytes) => match KvAnswer::decode(&bytes) {
+                        Ok(KvAnswer::V1(Answer::Joined(s))) => Some(s),
+                        other => {
+                            log::info!("join through {peer} not accepted yet: {other:?}");
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        log::info!("join through {peer} failed: {e}");
+                        None
+                    }
+                };
+                let _ = done.send(Internal::Joined(settings)).await;
+            });
+            return;
+        }
+        if now.duration_since(c.started) < c.config.discovery {
+            return;
+        }
+        // Nobody has formed: the lowest PeerId among the unformed forms.
+        let me = self.net.local_peer_id();
+        let mut unformed: Vec<PeerId> = c
+            .seen
+            .iter()
+            .filter(|(_, a)| a.cluster_id.is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        unformed.push(me);
+        unformed.sort_by_key(|p| p.to_bytes());
+        unformed.dedup();
+        if unformed.first() != Some(&me) {
+            return;
+        }
+        let members: Vec<PeerId> = match c.config.expect {
+            Some(n) if unformed.len() < n => return,
+            Some(n) => unformed.into_iter().take(n).collect(),
+            None => vec![me],
+        };
+        let cluster_id = rand::random::<u64>().max(1);
+        let mut nodes: Vec<NodeId> = members.iter().map(node_id_of).collect();
+        nodes.sort_unstable();
+        let layout = ClusterLayout {
+            nodes,
+            partitions: c.config.partitions,
+            replication: c.config.replication,
+        };
+        log::info!(
+            "forming cluster {cluster_id:x} with {} node(s), {} partitions",
+            members.len(),
+            layout.partitions
+        );
+        for p in &members {
+            self.peers.insert(node_id_of(p), *p);
+        }
+        if let Err(e) = self.core.bootstrap(layout.clone(), cluster_id) {
+            log::error!("cannot form a cluster: {e}");
+            return;
+        }
+        self.formed(cluster_id);
+        for p in members.into_iter().filter(|p| *p != me) {
+            let net = self.net.clone();
+            let call = KvCall::V1(Call::Bootstrap {
+                layout: layout.clone(),
+                cluster_id,
+            });
+            tokio::spawn(async move {
+                if let Err(e) = net.kv_request(p, call.encode()).await {
+                    log::warn!("telling {p} to bootstrap failed: {e}");
+                }
+            });
+        }
+    }
+
+    /// After forming or joining: the network refuses other clusters from now on.
+    pub(crate) fn formed(&mut self, cluster_id: u64) {
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            if let Err(e) = net.set_cluster_id(Some(cluster_id)).await {
+                log::warn!("cannot set the cluster id: {e}");
+            }
+        });
+        if let Err(e) = self.save_peers() {
+            log::warn!("cannot record peers: {e}");
+        }
+    }
+
+    pub(crate) fn on_joined(&mut self, settings: Option<ClusterSettings>) {
+        self.control.forming = false;
+        let Some(s) = settings else { return };
+        let id = s.cluster_id;
+        match self.core.join(s) {
+            Ok(()) => {
+                log::info!("joined cluster {id:x}");
+                self.formed(id);
+            }
+            Err(e) => log::warn!("cannot join cluster {id:x}: {e}"),
+        }
+    }
+
+    fn my_record(&self) -> NodeRecord {
+        let peer = self.net.local_peer_id();
+        NodeRecord {
+            id: self.node,
+            peer: peer.to_bytes(),
+            addrs: self.addrs.get(&self.node).cloned().unwrap_or_default(),
+            state: NodeState::Live,
+        }
+    }
+
+    /// A peer asks to join: the meta leader registers it; others forward to the meta leader.
+    pub(crate) fn on_join(&mut self, record: NodeRecord, responder: swarmkv_net::KvResponder) {
+        let Some(settings) = self.core.settings().cloned() else {
+            respond(
+                responder,
+                Answer::Malformed("this node has no cluster yet".into()),
+            );
+            return;
+        };
+        if self.core.is_leader(META_GROUP) {
+            if let Ok(peer) = PeerId::from_bytes(&record.peer) {
+                self.peers.insert(record.id, peer);
+            }
+            self.control.last_seen.insert(record.id, Instant::now());
+            let known = self
+                .core
+                .meta_state()
+                .map(|m| {
+                    m.nodes
+                        .get(&record.id)
+                        .is_some_and(|n| n.state == NodeState::Live)
+                })
+                .unwrap_or(false);
+            if !known && !self.core.propose_meta(MetaState::put_node(&record)) {
+                respond(responder, Answer::Malformed("registration refused".into()));
+                return;
+            }
+            respond(responder, Answer::Joined(settings));
+            return;
+        }
+        let leader = self
+            .control
+            .seen
+            .iter()
+            .find(|(_, a)| a.meta_leader)
+            .map(|(p, _)| *p);
+        match leader {
+            Some(peer) => {
+                let net = self.net.clone();
+                tokio::spawn(async move {
+                    let call = KvCall::V1(Call::Join { record });
+                    let answer = match net.kv_request(peer, call.encode()).await {
+                        Ok(bytes) => match KvAnswer::decode(&bytes) {
+                            Ok(KvAnswer::V1(a)) => a,
+                            Err(e) => Answer::Malformed(e.to_string()),
+                        },
+                        Err(e) => Answer::Malformed(format!("meta leader unreachable: {e}")),
+                    };
+                    respond(responder, answer);
+                });
+            }
+            None => respond(
+                responder,
+                Answer::Malformed("no meta leader known yet".into()),
+            ),
+        }
+    }
+
+    /// Heartbeat from a peer: remember its announcement, adopt newer targets, dial it.
+    pub(crate) fn on_announce(
+        &mut self,
+        peer: PeerId,
+        addrs: &[swarmkv_net::Multiaddr],
+        a: Announce,
+    ) {
+        let id = node_id_of(&peer);
+        self.control.last_seen.insert(id, Instant::now());
+        if let Some((ep, targets)) = &a.targets {
+            if *ep > self.control.targets_epoch
+                && self.core.settings().is_some()
+                && !self.core.is_leader(META_GROUP)
+            {
+                self.control.targets_epoch = *ep;
+                self.core.set_targets(targets.iter().cloned().collect());
+            }
+        }
+        if self.control.dialed.insert(peer) {
+            for addr in addrs.iter().cloned() {
+                let net = self.net.clone();
+                tokio::spawn(async move {
+                    let _ = net.dial(addr).await;
+                });
+            }
+        }
+        self.control.seen.insert(peer, a);
+    }
+
+    /// The coordinator: only on the meta group's leader.
+    fn coordinate(&mut self, now: Instant) {
+        if !self.core.is_leader(META_GROUP) {
+            return;
+        }
+        let Some(settings) = self.core.settings().cloned() else {
+            return;
+        };
+        let meta = match self.core.meta_state() {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("cannot read the meta state: {e}");
+                return;
+            }
+        };
+        if meta.settings.is_none() {
+            // A cluster that just formed: write down what every initial node agreed on.
+            self.core.propose_meta(MetaState::put_settings(&settings));
+            for (g, t) in self.core.targets().clone() {
+                self.core.propose_meta(MetaState::put_target(g, &t));
+            }
+            let initial: Vec<NodeId> = self
+                .core
+                .targets()
+                .values()
+                .flat_map(|t| t.replicas.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            for id in initial {
+                let peer = self
+                    .peers
+                    .get(&id)
+                    .map(|p| p.to_bytes())
+                    .unwrap_or_default();
+                let record = NodeRecord {
+                    id,
+                    peer,
+                    addrs: self.addrs.get(&id).cloned().unwrap_or_default(),
+                    state: NodeState::Live,
+                };
+                self.core.propose_meta(MetaState::put_node(&record));
+            }
+            return;
+        }
+        // Liveness: a registered node silent for longer than the grace period is dead; one
+        // that speaks again is live.
+        let dead_after = self.control.config.dead_after;
+        for n in meta.nodes.values() {
+            let heard = if n.id == self.node {
+                Some(now)
+            } else {
+                self.control.last_seen.get(&n.id).copied()
+            };
+            // A node never heard from since this coordinator took over gets the full grace
+            // period, counted from now.
+            let heard = heard.unwrap_or_else(|| {
+                self.control.last_seen.insert(n.id, now);
+                now
+            });
+            let silent = now.duration_since(heard) > dead_after;
+            let new_state = match (n.state, silent) {
+                (NodeState::Live, true) => Some(NodeState::Dead),
+                (NodeState::Dead, false) => Some(NodeState::Live),
+                _ => None,
+            };
+            if let Some(state) = new_state {
+                log::info!("node {:x} is now {state:?}", n.id);
+                let mut r = n.clone();
+                r.state = state;
+                self.core.propose_meta(MetaState::put_node(&r));
+            }
+            if n.state == NodeState::Decommissioning
+                && !meta.targets.values().any(|t| t.replicas.contains(&n.id))
+            {
+                let mut r = n.clone();
+                r.state = NodeState::Decommissioned;
+                self.core.propose_meta(MetaState::put_node(&r));
+            }
+        }
+        // Placement: a bounded number of groups move at a time.
+        let moving = meta
+            .targets
+            .iter()
+            .filter(|(g, t)| !self.group_matches_target(**g, t))
+            .count();
+        let budget = MAX_MOVES.saturating_sub(moving);
+        if budget > 0 {
+            let live = meta.live_nodes();
+            for (g, t) in plan_targets(&meta.targets, &live, settings.replication, budget) {
+                log::info!("target of group {g}: {:?} (v{})", t.replicas, t.version);
+                self.core.propose_meta(MetaState::put_target(g, &t));
+            }
+        }
+        self.control.targets_epoch = epoch(&meta.targets);
+        self.core.set_targets(meta.targets);
+    }
+
+    /// Whether a group's current voters (as its leader announces them) equal its target.
+    fn group_matches_target(&self, group: GroupId, target: &Target) -> bool {
+        let mut want = target.replicas.clone();
+        want.sort_unstable();
+        if let Some(s) = self.core.group_status(group) {
+            if s.leader == Some(self.node) {
+                let mut v = s.voters.clone();
+                v.sort_unstable();
+                return v == want;
+            }
+        }
+        self.control.seen.values().any(|a| {
+            a.led.iter().any(|(g, voters)| {
+                let mut v = voters.clone();
+                v.sort_unstable();
+                *g == group && v == want
+            })
+        })
+    }
+
+    /// Publishes this node's announcement in its heartbeats.
+    async fn announce(&mut self) {
+        let meta_leader = self.core.is_leader(META_GROUP);
+        let led = self
+            .core
+            .groups()
+            .into_iter()
+            .filter_map(|g| self.core.group_status(g))
+            .filter(|s| s.leader == Some(self.node))
+            .map(|s| (s.group, s.voters))
+            .collect();
+        let targets = meta_leader.then(|| {
+            (
+                epoch(self.core.targets()),
+                self.core
+                    .targets()
+                    .iter()
+                    .map(|(g, t)| (*g, t.clone()))
+                    .collect(),
+            )
+        });
+        let a = Announce {
+            cluster_id: self.core.settings().map(|s| s.cluster_id),
+            node: self.node,
+            meta_leader,
+            led,
+            targets,
+        };
+        if let Err(e) = self.net.set_app_payload(a.encode()).await {
+            log::debug!("cannot publish the announcement: {e}");
+        }
+    }
+
+    /// An operator asks to drain `node`.
+    pub(crate) fn decommission(&mut self, node: NodeId) -> Result<(), String> {
+        if !self.core.is_leader(META_GROUP) {
+            return Err("not the meta leader".into());
+        }
+        let meta = self.core.meta_state().map_err(|e| e.to_string())?;
+        let Some(n) = meta.nodes.get(&node) else {
+            return Err(format!("unknown node {node:x}"));
+        };
+        let mut r = n.clone();
+        r.state = NodeState::Decommissioning;
+        if self.core.propose_meta(MetaState::put_node(&r)) {
+            Ok(())
+        } else {
+            Err("proposal refused".into())
+        }
+    }
+
+    /// When the static bootstrap is used, the cluster id is derived from the members.
+    pub(crate) fn layout_for(
+        nodes: Vec<NodeId>,
+        partitions: u32,
+        replication: usize,
+    ) -> (ClusterLayout, u64) {
+        let id = static_cluster_id(&nodes);
+        (
+            ClusterLayout {
+                nodes,
+                partitions,
+                replication,
+            },
+            id,
+        )
+    }
+}
