@@ -58,7 +58,10 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     for i in 0..500 {
         client
-            .put(format!("demo/{i:04}").as_bytes(), format!("value {i}").as_bytes())
+            .put(
+                format!("demo/{i:04}").as_bytes(),
+                format!("value {i}").as_bytes(),
+            )
             .await?;
     }
     println!("500 writes acknowledged in {:?}", started.elapsed());
@@ -83,7 +86,10 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::in_process(nodes[survivor].as_ref().context("survivor")?.handle()).await?;
     let killed = Instant::now();
     client.put(b"demo/after-kill", b"still writable").await?;
-    println!("first write after the kill acknowledged in {:?}", killed.elapsed());
+    println!(
+        "first write after the kill acknowledged in {:?}",
+        killed.elapsed()
+    );
 
     let mut missing = 0;
     for i in 0..500 {
@@ -96,7 +102,9 @@ async fn main() -> anyhow::Result<()> {
     if missing > 0 {
         bail!("{missing} acknowledged writes are missing");
     }
-    let all = client.scan(b"demo/", None, 0, Consistency::Linearizable).await?;
+    let all = client
+        .scan(b"demo/", None, 0, Consistency::Linearizable)
+        .await?;
     println!(
         "all 500 acknowledged writes read back linearizably ({} keys under demo/); done",
         all.len()
