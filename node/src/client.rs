@@ -216,13 +216,7 @@ impl Client {
         match &self.transport {
             Transport::Local(h) => h.request(req).await,
             Transport::Remote { .. } => {
-                match self
-                    .remote_call(Call::Request {
-                        req,
-                        forwarded: false,
-                    })
-                    .await?
-                {
+                match self.remote_call(Call::Request { req, hops: 0 }).await? {
                     Answer::Reply(r) => r,
                     Answer::Malformed(m) => Err(ClientError::BadRequest(m)),
                     other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),

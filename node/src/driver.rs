@@ -186,8 +186,8 @@ enum Origin {
 struct Pending {
     origin: Origin,
     req: Request,
-    /// Came from another node: answer, never forward again.
-    no_forward: bool,
+    /// How many nodes passed it on already.
+    hops: u8,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -480,7 +480,7 @@ impl Driver {
 
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Request { req, reply } => self.submit(req, Origin::Local(reply), false),
+            Cmd::Request { req, reply } => self.submit(req, Origin::Local(reply), 0),
             Cmd::Bootstrap {
                 peers,
                 partitions,
@@ -508,7 +508,27 @@ impl Driver {
             }
             Cmd::Isolate { isolated } => self.isolated = isolated,
             Cmd::Decommission { node, reply } => {
-                let _ = reply.send(self.decommission(node));
+                if self.core.is_leader(crate::core::META_GROUP) {
+                    let _ = reply.send(self.decommission(node));
+                    return;
+                }
+                let Some(peer) = self.control.meta_leader_peer() else {
+                    let _ = reply.send(Err("no meta leader known yet; retry".into()));
+                    return;
+                };
+                let net = self.net.clone();
+                tokio::spawn(async move {
+                    let call = KvCall::V1(Call::Decommission { node });
+                    let r = match net.kv_request(peer, call.encode()).await {
+                        Ok(b) => match KvAnswer::decode(&b) {
+                            Ok(KvAnswer::V1(Answer::Ok)) => Ok(()),
+                            Ok(KvAnswer::V1(other)) => Err(format!("{other:?}")),
+                            Err(e) => Err(e.to_string()),
+                        },
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let _ = reply.send(r);
+                });
             }
         }
     }
@@ -552,7 +572,7 @@ impl Driver {
         Ok(())
     }
 
-    fn submit(&mut self, req: Request, origin: Origin, no_forward: bool) {
+    fn submit(&mut self, req: Request, origin: Origin, hops: u8) {
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(
@@ -560,7 +580,7 @@ impl Driver {
             Pending {
                 origin,
                 req: req.clone(),
-                no_forward,
+                hops,
             },
         );
         self.core.handle_request(id, req);
@@ -587,8 +607,8 @@ impl Driver {
                 payload,
                 responder,
             } => match KvCall::decode(&payload) {
-                Ok(KvCall::V1(Call::Request { req, forwarded })) => {
-                    self.submit(req, Origin::Remote(responder), forwarded)
+                Ok(KvCall::V1(Call::Request { req, hops })) => {
+                    self.submit(req, Origin::Remote(responder), hops)
                 }
                 Ok(KvCall::V1(Call::Info)) => {
                     let info = ClusterInfo {
@@ -634,6 +654,7 @@ impl Driver {
                 self.unreachable.remove(&id);
             }
             NetEvent::PeerDown { peer } => {
+                self.control.forget(&peer);
                 let id = node_id_of(&peer);
                 self.unreachable.insert(id);
                 self.core.report_unreachable(id)
@@ -739,8 +760,19 @@ impl Driver {
             let Some(p) = self.pending.remove(&id) else {
                 continue;
             };
+            let can_forward = p.hops < crate::wire::MAX_HOPS;
+            let mut reply = reply;
+            if let Err(ClientError::NotLeader { leader }) = &reply {
+                // Gossip may know the leader better than a hint pointing at any replica.
+                let group = crate::core::group_of_partition(p.req.partition);
+                if let Some(l) = self.gossip_leader(group) {
+                    if Some(l) != *leader && l != self.node {
+                        reply = Err(ClientError::NotLeader { leader: Some(l) });
+                    }
+                }
+            }
             if let Err(ClientError::NotLeader { leader: Some(l) }) = &reply {
-                if !p.no_forward && *l != self.node && self.unreachable.contains(l) {
+                if can_forward && *l != self.node && self.unreachable.contains(l) {
                     // The hint names a node that is gone: its followers will elect another
                     // leader shortly; the caller retries meanwhile.
                     deliver(
@@ -753,11 +785,12 @@ impl Driver {
                     );
                     continue;
                 }
-                if !p.no_forward && *l != self.node {
+                if can_forward && *l != self.node {
                     if let Some(peer) = self.peers.get(l).copied() {
                         let net = self.net.clone();
+                        let hops = p.hops + 1;
                         tokio::spawn(async move {
-                            let reply = forward(&net, peer, p.req).await;
+                            let reply = forward(&net, peer, p.req, hops).await;
                             deliver(p.origin, reply);
                         });
                         continue;
@@ -796,11 +829,8 @@ async fn send_snapshot(
         .map_err(|e| e.to_string())
 }
 
-async fn forward(net: &NetHandle, peer: PeerId, req: Request) -> Reply {
-    let call = KvCall::V1(Call::Request {
-        req,
-        forwarded: true,
-    });
+async fn forward(net: &NetHandle, peer: PeerId, req: Request, hops: u8) -> Reply {
+    let call = KvCall::V1(Call::Request { req, hops });
     let answer = tokio::time::timeout(FORWARD_TIMEOUT, net.kv_request(peer, call.encode())).await;
     let Ok(answer) = answer else {
         return Err(ClientError::Disconnected(format!(

@@ -8,6 +8,10 @@ use crate::core::{
     Target,
 };
 
+/// How many times a request may be passed from node to node toward its partition's leader
+/// (a node without a replica points at a replica, which points at the leader).
+pub const MAX_HOPS: u8 = 2;
+
 /// A call on `/swarmkv/kv/1`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvCall {
@@ -17,9 +21,9 @@ pub enum KvCall {
 /// What a caller asks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Call {
-    /// A request for one partition. `forwarded` marks a request one node passed to another:
-    /// it is not forwarded again (a loop cannot form).
-    Request { req: Request, forwarded: bool },
+    /// A request for one partition. `hops` counts the nodes that already passed it on: a
+    /// request is forwarded at most [`MAX_HOPS`] times, so a loop cannot form.
+    Request { req: Request, hops: u8 },
     /// The cluster's shape, which a client needs to route keys.
     Info,
     /// A new node asks to join the cluster (answered by, or forwarded to, the meta leader).

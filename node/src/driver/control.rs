@@ -19,6 +19,8 @@ use crate::wire::{Announce, Answer, Call, KvAnswer, KvCall};
 const MAX_MOVES: usize = 4;
 const COORDINATOR_PERIOD: Duration = Duration::from_millis(300);
 const RECONCILE_PERIOD: Duration = Duration::from_millis(200);
+/// An announcement older than this is ignored for routing.
+const ANNOUNCE_TTL: Duration = Duration::from_secs(3);
 
 /// Formation and coordination settings.
 #[derive(Clone, Debug)]
@@ -54,8 +56,9 @@ impl Default for ControlConfig {
 pub(crate) struct Control {
     pub config: ControlConfig,
     started: Instant,
-    /// Latest announcement of each peer.
+    /// Latest announcement of each peer, with when it arrived.
     pub seen: HashMap<PeerId, Announce>,
+    pub seen_at: HashMap<PeerId, Instant>,
     /// When each node was last heard from.
     pub last_seen: HashMap<NodeId, Instant>,
     /// A join or formation is in flight.
@@ -68,12 +71,34 @@ pub(crate) struct Control {
 }
 
 impl Control {
+    /// Announcements heard recently enough to trust (a dead peer's last words are not).
+    pub fn fresh(&self) -> impl Iterator<Item = (&PeerId, &Announce)> {
+        let now = Instant::now();
+        self.seen.iter().filter(move |(p, _)| {
+            self.seen_at
+                .get(*p)
+                .is_some_and(|t| now.duration_since(*t) < ANNOUNCE_TTL)
+        })
+    }
+
+    /// Forgets what a peer that went down announced.
+    pub fn forget(&mut self, peer: &PeerId) {
+        self.seen.remove(peer);
+        self.seen_at.remove(peer);
+    }
+
+    /// The peer that announces itself as the meta group's leader.
+    pub fn meta_leader_peer(&self) -> Option<PeerId> {
+        self.fresh().find(|(_, a)| a.meta_leader).map(|(p, _)| *p)
+    }
+
     pub fn new(config: ControlConfig) -> Control {
         let now = Instant::now();
         Control {
             config,
             started: now,
             seen: HashMap::new(),
+            seen_at: HashMap::new(),
             last_seen: HashMap::new(),
             forming: false,
             last_coordination: now,
@@ -102,16 +127,19 @@ impl Driver {
     /// Called on every tick of the node loop.
     pub(crate) async fn control_tick(&mut self) {
         let now = Instant::now();
+        if now.duration_since(self.control.last_coordination) >= COORDINATOR_PERIOD {
+            self.control.last_coordination = now;
+            if self.core.settings().is_some() {
+                self.coordinate(now);
+            }
+            // Unformed nodes announce too: that is how they find each other.
+            self.announce().await;
+        }
         if self.core.settings().is_none() {
             if self.control.config.auto_form && !self.control.forming {
                 self.try_form(now);
             }
         } else {
-            if now.duration_since(self.control.last_coordination) >= COORDINATOR_PERIOD {
-                self.control.last_coordination = now;
-                self.coordinate(now);
-                self.announce().await;
-            }
             if now.duration_since(self.control.last_reconcile) >= RECONCILE_PERIOD {
                 self.control.last_reconcile = now;
                 self.core.reconcile();
@@ -122,9 +150,11 @@ impl Driver {
     fn try_form(&mut self, now: Instant) {
         let c = &self.control;
         // A formed cluster is around: join it.
-        if let Some((peer, a)) = c.seen.iter().find(|(_, a)| a.cluster_id.is_some()) {
-            let peer = *peer;
-            let _ = a;
+        let formed_peer = c
+            .fresh()
+            .find(|(_, a)| a.cluster_id.is_some())
+            .map(|(p, _)| *p);
+        if let Some(peer) = formed_peer {
             self.control.forming = true;
             let record = self.my_record();
             let net = self.net.clone();
@@ -154,8 +184,7 @@ impl Driver {
         // Nobody has formed: the lowest PeerId among the unformed forms.
         let me = self.net.local_peer_id();
         let mut unformed: Vec<PeerId> = c
-            .seen
-            .iter()
+            .fresh()
             .filter(|(_, a)| a.cluster_id.is_none())
             .map(|(p, _)| *p)
             .collect();
@@ -271,13 +300,7 @@ impl Driver {
             respond(responder, Answer::Joined(settings));
             return;
         }
-        let leader = self
-            .control
-            .seen
-            .iter()
-            .find(|(_, a)| a.meta_leader)
-            .map(|(p, _)| *p);
-        match leader {
+        match self.control.meta_leader_peer() {
             Some(peer) => {
                 let net = self.net.clone();
                 tokio::spawn(async move {
@@ -326,6 +349,7 @@ impl Driver {
             }
         }
         self.control.seen.insert(peer, a);
+        self.control.seen_at.insert(peer, Instant::now());
     }
 
     /// The coordinator: only on the meta group's leader.
@@ -343,34 +367,37 @@ impl Driver {
                 return;
             }
         };
+        // A cluster that just formed writes down what every initial node agreed on. Each
+        // record is checked every round, so a proposal lost to a leader change is redone.
         if meta.settings.is_none() {
-            // A cluster that just formed: write down what every initial node agreed on.
             self.core.propose_meta(MetaState::put_settings(&settings));
-            for (g, t) in self.core.targets().clone() {
-                self.core.propose_meta(MetaState::put_target(g, &t));
+        }
+        let targets = self.core.targets().clone();
+        for (g, t) in &targets {
+            if !meta.targets.contains_key(g) {
+                self.core.propose_meta(MetaState::put_target(*g, t));
             }
-            let initial: Vec<NodeId> = self
-                .core
-                .targets()
-                .values()
-                .flat_map(|t| t.replicas.clone())
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            for id in initial {
-                let peer = self
-                    .peers
-                    .get(&id)
-                    .map(|p| p.to_bytes())
-                    .unwrap_or_default();
-                let record = NodeRecord {
-                    id,
-                    peer,
-                    addrs: self.addrs.get(&id).cloned().unwrap_or_default(),
-                    state: NodeState::Live,
-                };
-                self.core.propose_meta(MetaState::put_node(&record));
-            }
+        }
+        let initial: std::collections::BTreeSet<NodeId> =
+            targets.values().flat_map(|t| t.replicas.clone()).collect();
+        for id in initial
+            .into_iter()
+            .filter(|id| !meta.nodes.contains_key(id))
+        {
+            let peer = self
+                .peers
+                .get(&id)
+                .map(|p| p.to_bytes())
+                .unwrap_or_default();
+            let record = NodeRecord {
+                id,
+                peer,
+                addrs: self.addrs.get(&id).cloned().unwrap_or_default(),
+                state: NodeState::Live,
+            };
+            self.core.propose_meta(MetaState::put_node(&record));
+        }
+        if meta.settings.is_none() || meta.targets.len() < targets.len() {
             return;
         }
         // Liveness: a registered node silent for longer than the grace period is dead; one
@@ -437,7 +464,7 @@ impl Driver {
                 return v == want;
             }
         }
-        self.control.seen.values().any(|a| {
+        self.control.fresh().any(|(_, a)| {
             a.led.iter().any(|(g, voters)| {
                 let mut v = voters.clone();
                 v.sort_unstable();
@@ -479,16 +506,45 @@ impl Driver {
         }
     }
 
+    /// The leader of `group` according to the peers' announcements.
+    pub(crate) fn gossip_leader(&self, group: GroupId) -> Option<NodeId> {
+        self.control
+            .fresh()
+            .map(|(_, a)| a)
+            .filter(|a| !self.unreachable.contains(&a.node))
+            .find(|a| a.led.iter().any(|(g, _)| *g == group))
+            .map(|a| a.node)
+    }
+
     /// An operator asks to drain `node`.
     pub(crate) fn decommission(&mut self, node: NodeId) -> Result<(), String> {
         if !self.core.is_leader(META_GROUP) {
             return Err("not the meta leader".into());
         }
         let meta = self.core.meta_state().map_err(|e| e.to_string())?;
-        let Some(n) = meta.nodes.get(&node) else {
+        let known = meta.nodes.get(&node).cloned().or_else(|| {
+            // An initial member whose registration is still being written.
+            self.core
+                .targets()
+                .values()
+                .any(|t| t.replicas.contains(&node))
+                .then(|| NodeRecord {
+                    id: node,
+                    peer: self
+                        .peers
+                        .get(&node)
+                        .map(|p| p.to_bytes())
+                        .unwrap_or_default(),
+                    addrs: self.addrs.get(&node).cloned().unwrap_or_default(),
+                    state: NodeState::Live,
+                })
+        });
+        let Some(mut r) = known else {
             return Err(format!("unknown node {node:x}"));
         };
-        let mut r = n.clone();
+        if matches!(r.state, NodeState::Decommissioned) {
+            return Ok(());
+        }
         r.state = NodeState::Decommissioning;
         if self.core.propose_meta(MetaState::put_node(&r)) {
             Ok(())
