@@ -188,6 +188,73 @@ impl Client {
         }
     }
 
+    /// A light client for administration: like [`Client::connect`] but it does not wait for
+    /// the node to be part of a cluster (so it can ask an unformed node for its status).
+    pub async fn connect_admin(
+        addr: Multiaddr,
+        cluster_name: &str,
+        psk: Option<swarmkv_net::PreSharedKey>,
+    ) -> Result<Client, ClientError> {
+        let mut config = NetConfig::loopback(Keypair::generate_ed25519());
+        config.cluster_name = cluster_name.to_string();
+        config.psk = psk;
+        let (net, mut events, event_loop) =
+            swarmkv_net::new(config).map_err(|e| ClientError::Disconnected(e.to_string()))?;
+        let event_loop = tokio::spawn(event_loop.run());
+        let events = tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let peer = match net.dial(addr.clone()).await {
+            Ok(p) => p,
+            Err(e) => {
+                event_loop.abort();
+                events.abort();
+                return Err(ClientError::Disconnected(format!("dialing {addr}: {e}")));
+            }
+        };
+        Ok(Client {
+            transport: Transport::Remote {
+                net,
+                peer,
+                event_loop,
+                events,
+            },
+            partitions: 0,
+            deadline: Duration::from_secs(10),
+            sessions: Sessions::new(),
+        })
+    }
+
+    /// The status report of the node this client talks to.
+    pub async fn status(&self) -> Result<crate::wire::StatusReport, ClientError> {
+        match &self.transport {
+            Transport::Local(h) => h
+                .report()
+                .await
+                .map_err(|e| ClientError::Disconnected(e.to_string())),
+            Transport::Remote { .. } => match self.remote_call(Call::Status).await? {
+                Answer::Status(r) => Ok(r),
+                other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
+            },
+        }
+    }
+
+    /// Asks the cluster to drain `node` (the node passes it to the meta leader).
+    pub async fn decommission(&self, node: crate::core::NodeId) -> Result<(), ClientError> {
+        match &self.transport {
+            Transport::Local(h) => h
+                .decommission(node)
+                .await
+                .map_err(|e| ClientError::Unavailable { reason: e }),
+            Transport::Remote { .. } => {
+                match self.remote_call(Call::Decommission { node }).await? {
+                    Answer::Ok => Ok(()),
+                    other => Err(ClientError::Unavailable {
+                        reason: format!("{other:?}"),
+                    }),
+                }
+            }
+        }
+    }
+
     /// How long a call may keep retrying before it fails (default 10 s).
     pub fn with_deadline(mut self, deadline: Duration) -> Client {
         self.deadline = deadline;

@@ -164,6 +164,9 @@ enum Cmd {
     Status {
         reply: oneshot::Sender<NodeStatus>,
     },
+    Report {
+        reply: oneshot::Sender<crate::wire::StatusReport>,
+    },
     Isolate {
         isolated: bool,
     },
@@ -266,6 +269,16 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// The node's status report (what `swarmkv status` prints).
+    pub async fn report(&self) -> Result<crate::wire::StatusReport, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Report { reply: tx })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
     /// Drains `node` (any node's handle works if it is the meta leader; others answer an
     /// error naming the problem).
     pub async fn decommission(&self, node: NodeId) -> Result<(), String> {
@@ -344,6 +357,7 @@ impl Node {
             isolated: false,
             unreachable: Default::default(),
             control: Control::new(config.control.clone()),
+            foreign: Vec::new(),
         };
         let driver = tokio::spawn(driver.run());
         Ok(Node {
@@ -409,9 +423,42 @@ struct Driver {
     /// Peers the network reports suspect or down: requests are not forwarded to them.
     unreachable: std::collections::HashSet<NodeId>,
     control: Control,
+    /// Peers of other clusters seen (reported in the status).
+    foreign: Vec<(PeerId, String, Option<u64>)>,
 }
 
 impl Driver {
+    fn report(&self) -> crate::wire::StatusReport {
+        crate::wire::StatusReport {
+            node: self.node,
+            peer: self.net.local_peer_id().to_string(),
+            cluster_id: self.core.settings().map(|s| s.cluster_id),
+            partitions: self.core.settings().map(|s| s.partitions),
+            meta_leader: self.core.is_leader(crate::core::META_GROUP),
+            groups: self
+                .core
+                .groups()
+                .into_iter()
+                .filter_map(|g| self.core.group_status(g))
+                .map(|g| crate::wire::GroupReport {
+                    group: g.group,
+                    role: g.role,
+                    term: g.term,
+                    leader: g.leader,
+                    voters: g.voters,
+                    commit: g.commit,
+                    applied: g.applied,
+                })
+                .collect(),
+            peers: self.control.fresh().map(|(_, a)| a.node).collect(),
+            foreign: self
+                .foreign
+                .iter()
+                .map(|(p, n, id)| (p.to_string(), n.clone(), *id))
+                .collect(),
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
@@ -508,29 +555,43 @@ impl Driver {
             }
             Cmd::Isolate { isolated } => self.isolated = isolated,
             Cmd::Decommission { node, reply } => {
-                if self.core.is_leader(crate::core::META_GROUP) {
-                    let _ = reply.send(self.decommission(node));
-                    return;
-                }
-                let Some(peer) = self.control.meta_leader_peer() else {
-                    let _ = reply.send(Err("no meta leader known yet; retry".into()));
-                    return;
-                };
-                let net = self.net.clone();
-                tokio::spawn(async move {
-                    let call = KvCall::V1(Call::Decommission { node });
-                    let r = match net.kv_request(peer, call.encode()).await {
-                        Ok(b) => match KvAnswer::decode(&b) {
-                            Ok(KvAnswer::V1(Answer::Ok)) => Ok(()),
-                            Ok(KvAnswer::V1(other)) => Err(format!("{other:?}")),
-                            Err(e) => Err(e.to_string()),
-                        },
-                        Err(e) => Err(e.to_string()),
-                    };
+                self.decommission_anywhere(node, move |r| {
                     let _ = reply.send(r);
                 });
             }
+            Cmd::Report { reply } => {
+                let _ = reply.send(self.report());
+            }
         }
+    }
+
+    /// Decommissions `node` here if this node is the meta leader, else through it.
+    fn decommission_anywhere(
+        &mut self,
+        node: NodeId,
+        done: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) {
+        if self.core.is_leader(crate::core::META_GROUP) {
+            done(self.decommission(node));
+            return;
+        }
+        let Some(peer) = self.control.meta_leader_peer() else {
+            done(Err("no meta leader known yet; retry".into()));
+            return;
+        };
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let call = KvCall::V1(Call::Decommission { node });
+            let r = match net.kv_request(peer, call.encode()).await {
+                Ok(b) => match KvAnswer::decode(&b) {
+                    Ok(KvAnswer::V1(Answer::Ok)) => Ok(()),
+                    Ok(KvAnswer::V1(other)) => Err(format!("{other:?}")),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            done(r);
+        });
     }
 
     fn bootstrap(
@@ -618,6 +679,10 @@ impl Driver {
                     respond(responder, Answer::Info(info));
                 }
                 Ok(KvCall::V1(Call::Join { record })) => self.on_join(record, responder),
+                Ok(KvCall::V1(Call::Status)) => {
+                    let report = self.report();
+                    respond(responder, Answer::Status(report));
+                }
                 Ok(KvCall::V1(Call::Bootstrap { layout, cluster_id })) => {
                     let answer = match self.core.bootstrap(layout, cluster_id) {
                         Ok(()) => {
@@ -629,11 +694,13 @@ impl Driver {
                     respond(responder, answer);
                 }
                 Ok(KvCall::V1(Call::Decommission { node })) => {
-                    let answer = match self.decommission(node) {
-                        Ok(()) => Answer::Ok,
-                        Err(e) => Answer::Malformed(e),
-                    };
-                    respond(responder, answer);
+                    self.decommission_anywhere(node, move |r| {
+                        let answer = match r {
+                            Ok(()) => Answer::Ok,
+                            Err(e) => Answer::Malformed(e),
+                        };
+                        respond(responder, answer);
+                    });
                 }
                 Err(e) => {
                     log::warn!("bad kv call from {peer}: {e}");
@@ -681,8 +748,17 @@ impl Driver {
                 }
             }
             NetEvent::ForeignPeer {
-                peer, cluster_name, ..
-            } => log::info!("ignoring {peer} of cluster {cluster_name}"),
+                peer,
+                cluster_name,
+                cluster_id,
+            } => {
+                if !self.foreign.iter().any(|(p, _, _)| *p == peer) {
+                    log::warn!(
+                        "refusing {peer}: it belongs to cluster {cluster_name} ({cluster_id:x?}), not ours"
+                    );
+                    self.foreign.push((peer, cluster_name, cluster_id));
+                }
+            }
             NetEvent::FrameRejected {
                 peer,
                 protocol,

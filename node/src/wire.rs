@@ -35,6 +35,8 @@ pub enum Call {
     },
     /// Drain a node: move every replica off it, then mark it decommissioned.
     Decommission { node: NodeId },
+    /// The answering node's view of itself and its groups.
+    Status,
 }
 
 /// An answer on `/swarmkv/kv/1`.
@@ -52,6 +54,7 @@ pub enum Answer {
     Joined(ClusterSettings),
     /// Done.
     Ok,
+    Status(StatusReport),
     /// The call could not be decoded.
     Malformed(String),
 }
@@ -107,4 +110,32 @@ impl Announce {
     pub fn decode(bytes: &[u8]) -> Option<Announce> {
         postcard::from_bytes(bytes).ok()
     }
+}
+
+/// A node's report on itself (`swarmkv status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub node: NodeId,
+    /// PeerId, as text.
+    pub peer: String,
+    pub cluster_id: Option<u64>,
+    pub partitions: Option<u32>,
+    pub meta_leader: bool,
+    pub groups: Vec<GroupReport>,
+    /// Peers this node currently hears from (fresh announcements), by node id.
+    pub peers: Vec<NodeId>,
+    /// Peers of other clusters that tried to connect: (PeerId text, cluster name, cluster id).
+    pub foreign: Vec<(String, String, Option<u64>)>,
+}
+
+/// One local replica in a [`StatusReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupReport {
+    pub group: GroupId,
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub voters: Vec<NodeId>,
+    pub commit: u64,
+    pub applied: u64,
 }
