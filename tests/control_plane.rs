@@ -509,3 +509,108 @@ async fn decommission_drains_a_node_while_clients_write() {
     }
     println!("{n} writes during the drain, none lost");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_spread_and_a_graceful_shutdown_hands_them_over() {
+    let mut swarm = Swarm::new(Some(3));
+    for _ in 0..3 {
+        swarm.add().await;
+    }
+    wait_for_placement(
+        swarm.live_handles(),
+        swarm.live_ids(),
+        3,
+        Duration::from_secs(40),
+    )
+    .await;
+    // 13 groups (meta + 12 partitions) over 3 nodes: nobody should lead more than 5.
+    let handles = swarm.live_handles();
+    wait_for("leaders balanced", Duration::from_secs(30), || {
+        let handles = handles.clone();
+        async move {
+            let mut counts = Vec::new();
+            for h in &handles {
+                let s = h.status().await.expect("status");
+                counts.push(s.groups.iter().filter(|g| g.leader == Some(s.node)).count());
+            }
+            counts.iter().sum::<usize>() == P as usize + 1 && counts.iter().all(|c| *c <= 5)
+        }
+    })
+    .await;
+    let client = swarm.client(0).await;
+    client.put(b"before-shutdown", b"1").await.expect("put");
+    // Gracefully stop node 2: its leaderships move before it goes.
+    let node = swarm.nodes[2].take().expect("node 2");
+    let stopping = swarm.handles[2].node_id();
+    node.shutdown().await;
+    let after = Instant::now();
+    let handles = swarm.live_handles();
+    assert!(!swarm.live_ids().contains(&stopping));
+    // Only live nodes are asked: a group counts once one of them reports leading it.
+    wait_for(
+        "every group led by a live node",
+        Duration::from_secs(10),
+        || {
+            let handles = handles.clone();
+            async move { group_voters(&handles).await.len() == P as usize + 1 }
+        },
+    )
+    .await;
+    println!(
+        "all groups led by live nodes {:?} after the graceful shutdown",
+        after.elapsed()
+    );
+    client
+        .put(b"after-shutdown", b"2")
+        .await
+        .expect("put after shutdown");
+    assert_eq!(
+        client.get(b"before-shutdown").await.unwrap().unwrap().value,
+        b"1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_formed_apart_never_merge() {
+    let mut a = Swarm::new(None);
+    let mut b = Swarm::new(None);
+    a.add().await;
+    b.add().await;
+    let both = vec![a.handles[0].clone(), b.handles[0].clone()];
+    wait_for("both formed", Duration::from_secs(20), || {
+        let both = both.clone();
+        async move { !cluster_ids(&both).await.contains(&None) }
+    })
+    .await;
+    let ids = cluster_ids(&both).await;
+    assert_eq!(ids.len(), 2, "two separate clusters");
+    // Now they meet.
+    let addr_a = listen_addr(&a.handles[0]).await;
+    let _ = b.handles[0].net().dial(addr_a).await;
+    wait_for(
+        "each reports the other as foreign",
+        Duration::from_secs(10),
+        || {
+            let both = both.clone();
+            async move {
+                for h in &both {
+                    if h.report()
+                        .await
+                        .map(|r| r.foreign.is_empty())
+                        .unwrap_or(true)
+                    {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster_ids(&both).await, ids, "the clusters must not merge");
+    let ca = a.client(0).await;
+    let cb = b.client(0).await;
+    ca.put(b"only-in-a", b"x").await.expect("put a");
+    assert!(cb.get(b"only-in-a").await.expect("get b").is_none());
+}

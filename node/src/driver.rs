@@ -34,6 +34,8 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 /// How long a forwarded request may take before the caller hears `Disconnected` (and, for a
 /// write with a session, resends it).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a graceful shutdown waits for leaderships to move away.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// The Raft id a PeerId maps to: stable, so a node keeps it across restarts.
 pub fn node_id_of(peer: &PeerId) -> NodeId {
@@ -166,6 +168,9 @@ enum Cmd {
     },
     Report {
         reply: oneshot::Sender<crate::wire::StatusReport>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
     },
     Isolate {
         isolated: bool,
@@ -358,6 +363,8 @@ impl Node {
             unreachable: Default::default(),
             control: Control::new(config.control.clone()),
             foreign: Vec::new(),
+            draining: None,
+            stopped: Vec::new(),
         };
         let driver = tokio::spawn(driver.run());
         Ok(Node {
@@ -375,6 +382,24 @@ impl Node {
     /// A handle for clients and tests.
     pub fn handle(&self) -> NodeHandle {
         self.handle.clone()
+    }
+
+    /// Stops the node gracefully: hands every leadership it holds to another replica (so
+    /// clients see no election timeout), makes everything durable, then stops.
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .handle
+            .cmds
+            .send(Cmd::Shutdown { reply: tx })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+        let _ = self.driver.await;
+        self.net_loop.abort();
+        let _ = self.net_loop.await;
     }
 
     /// Stops the node abruptly (as a crash would, minus the OS): tasks are aborted, nothing
@@ -425,6 +450,9 @@ struct Driver {
     control: Control,
     /// Peers of other clusters seen (reported in the status).
     foreign: Vec<(PeerId, String, Option<u64>)>,
+    /// A graceful shutdown in progress: leaderships are handed away until this deadline.
+    draining: Option<Instant>,
+    stopped: Vec<oneshot::Sender<()>>,
 }
 
 impl Driver {
@@ -507,8 +535,20 @@ impl Driver {
                 break;
             }
             self.flush().await;
+            if self.draining.is_some() && self.drain_step() {
+                // Let the transfers' messages leave before the network stops.
+                let _ = self.turn();
+                self.flush().await;
+                break;
+            }
+        }
+        if let Err(e) = self.store.sync() {
+            log::warn!("final sync failed: {e}");
         }
         let _ = self.net.shutdown().await;
+        for s in self.stopped.drain(..) {
+            let _ = s.send(());
+        }
     }
 
     fn turn(&mut self) -> Result<(), CoreError> {
@@ -561,6 +601,13 @@ impl Driver {
             }
             Cmd::Report { reply } => {
                 let _ = reply.send(self.report());
+            }
+            Cmd::Shutdown { reply } => {
+                if self.draining.is_none() {
+                    log::info!("shutting down: handing leaderships away");
+                    self.draining = Some(Instant::now() + SHUTDOWN_GRACE);
+                }
+                self.stopped.push(reply);
             }
         }
     }

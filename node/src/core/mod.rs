@@ -513,6 +513,18 @@ impl<B: Backend> Core<B> {
         }
     }
 
+    /// Asks the leader of `group` (this node) to hand leadership to `to` (a voter). Raft waits
+    /// until `to` has caught up; proposals pause meanwhile (at most an election timeout).
+    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> bool {
+        match self.replicas.get_mut(&group) {
+            Some(r) if r.is_leader && to != self.id => {
+                r.node.transfer_leader(to);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Tells Raft that `to` could not be reached, so replication to it slows to probing.
     pub fn report_unreachable(&mut self, to: NodeId) {
         for r in self.replicas.values_mut() {

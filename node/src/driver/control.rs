@@ -65,6 +65,7 @@ pub(crate) struct Control {
     pub forming: bool,
     last_coordination: Instant,
     last_reconcile: Instant,
+    last_transfer: Instant,
     /// The newest targets epoch adopted.
     pub targets_epoch: u64,
     dialed: HashSet<PeerId>,
@@ -103,6 +104,7 @@ impl Control {
             forming: false,
             last_coordination: now,
             last_reconcile: now,
+            last_transfer: now,
             targets_epoch: 0,
             dialed: HashSet::new(),
         }
@@ -134,6 +136,9 @@ impl Driver {
             }
             // Unformed nodes announce too: that is how they find each other.
             self.announce().await;
+            if self.core.settings().is_some() && self.draining.is_none() {
+                self.balance_leaders(now);
+            }
         }
         if self.core.settings().is_none() {
             if self.control.config.auto_form && !self.control.forming {
@@ -506,6 +511,77 @@ impl Driver {
         }
     }
 
+    /// Leader balancing: a node leading clearly more groups than its share hands one
+    /// leadership per round to a voter of that group that leads fewer.
+    fn balance_leaders(&mut self, now: Instant) {
+        if now.duration_since(self.control.last_transfer) < Duration::from_secs(1) {
+            return;
+        }
+        let mut led: HashMap<NodeId, usize> = HashMap::new();
+        for (_, a) in self.control.fresh() {
+            if !self.unreachable.contains(&a.node) {
+                led.insert(a.node, a.led.len());
+            }
+        }
+        let mine: Vec<GroupId> = self
+            .core
+            .groups()
+            .into_iter()
+            .filter(|g| self.core.is_leader(*g))
+            .collect();
+        led.insert(self.node, mine.len());
+        let total: usize = led.values().sum();
+        let nodes = led.len().max(1);
+        let share = total.div_ceil(nodes);
+        if mine.len() <= share {
+            return;
+        }
+        for g in mine {
+            let Some(status) = self.core.group_status(g) else {
+                continue;
+            };
+            let target = status
+                .voters
+                .iter()
+                .filter(|v| **v != self.node && !self.unreachable.contains(v))
+                .filter_map(|v| led.get(v).map(|l| (*l, *v)))
+                .filter(|(l, _)| l + 1 < mine_len(&led, self.node))
+                .min();
+            if let Some((_, to)) = target {
+                if self.core.transfer_leader(g, to) {
+                    log::info!("group {g}: handing leadership to {to:x} to balance leaders");
+                    self.control.last_transfer = now;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Graceful shutdown, step by step: hand every leadership away, then stop.
+    /// Returns true when the node may stop.
+    pub(crate) fn drain_step(&mut self) -> bool {
+        let Some(deadline) = self.draining else {
+            return false;
+        };
+        let mut leading = 0;
+        for g in self.core.groups() {
+            if !self.core.is_leader(g) {
+                continue;
+            }
+            leading += 1;
+            if let Some(s) = self.core.group_status(g) {
+                if let Some(to) = s
+                    .voters
+                    .iter()
+                    .find(|v| **v != self.node && !self.unreachable.contains(v))
+                {
+                    self.core.transfer_leader(g, *to);
+                }
+            }
+        }
+        leading == 0 || Instant::now() >= deadline
+    }
+
     /// The leader of `group` according to the peers' announcements.
     pub(crate) fn gossip_leader(&self, group: GroupId) -> Option<NodeId> {
         self.control
@@ -569,4 +645,8 @@ impl Driver {
             id,
         )
     }
+}
+
+fn mine_len(led: &HashMap<NodeId, usize>, me: NodeId) -> usize {
+    led.get(&me).copied().unwrap_or(0)
 }
