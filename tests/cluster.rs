@@ -25,6 +25,7 @@ fn fast_core() -> CoreConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crud_cas_and_scan_match_a_single_node_model() {
+    let _serial = serial().await;
     let cluster = TestCluster::start(3, P, fast_core()).await;
     let clients = [
         cluster.client(0).await,
@@ -114,6 +115,7 @@ async fn crud_cas_and_scan_match_a_single_node_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_busiest_leader_fails_over_and_keeps_every_acknowledged_write() {
+    let _serial = serial().await;
     let mut cluster = TestCluster::start(3, P, fast_core()).await;
     let (victim, led) = cluster.busiest_leader().await;
     let survivor = (victim + 1) % 3;
@@ -161,6 +163,7 @@ async fn killing_the_busiest_leader_fails_over_and_keeps_every_acknowledged_writ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_catches_up_through_snapshots() {
+    let _serial = serial().await;
     let mut cluster = TestCluster::start(3, P, fast_core()).await;
     let client = cluster.client(0).await;
     for i in 0..50 {
@@ -170,16 +173,25 @@ async fn a_restarted_node_catches_up_through_snapshots() {
             .expect("put");
     }
     cluster.kill(2).await;
-    // Enough writes that every partition compacts past what node 2 has.
-    for i in 0..(P as u64 * 250) {
-        client
-            .put(
-                format!("late/{}", i % 400).as_bytes(),
-                format!("{i}").as_bytes(),
-            )
-            .await
-            .expect("put while node 2 is down");
-    }
+    // Enough writes that every partition compacts past what node 2 has: 16 writers, each
+    // owning the keys `late/{w + 16k}` so the last value of every key is known.
+    let writers = (0..16u64).map(|w| {
+        let client = &client;
+        async move {
+            let mut i = w;
+            while i < P as u64 * 250 {
+                client
+                    .put(
+                        format!("late/{}", i % 400).as_bytes(),
+                        format!("{i}").as_bytes(),
+                    )
+                    .await
+                    .expect("put while node 2 is down");
+                i += 16;
+            }
+        }
+    });
+    futures::future::join_all(writers).await;
     cluster.restart(2).await;
     let restarted = cluster.client(2).await;
     let expected: BTreeMap<String, Vec<u8>> = (0..(P as u64 * 250))
@@ -210,6 +222,7 @@ async fn a_restarted_node_catches_up_through_snapshots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_minority_never_serves_stale_reads_and_converges_after_healing() {
+    let _serial = serial().await;
     let cluster = TestCluster::start(3, P, fast_core()).await;
     let majority = cluster.client(0).await;
     let isolated = cluster
@@ -290,6 +303,7 @@ async fn an_isolated_minority_never_serves_stale_reads_and_converges_after_heali
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cas_increments_survive_a_leader_kill() {
+    let _serial = serial().await;
     let mut cluster = TestCluster::start(3, P, fast_core()).await;
     let keys: Vec<Vec<u8>> = (0..8)
         .map(|i| format!("counter/{i}").into_bytes())

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::wait_for;
+use common::{serial, wait_for};
 use swarmkv::core::{GroupId, NodeId};
 use swarmkv::{Client, Node, NodeConfig, NodeHandle};
 use swarmkv_net::Multiaddr;
@@ -175,6 +175,7 @@ async fn cluster_ids(handles: &[NodeHandle]) -> BTreeSet<Option<u64>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_one_cluster_without_configuration_and_up_replicate() {
+    let _serial = serial().await;
     let mut swarm = Swarm::new(None);
     for _ in 0..3 {
         swarm.add().await;
@@ -217,6 +218,7 @@ async fn three_nodes_form_one_cluster_without_configuration_and_up_replicate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joining_nodes_rebalance_a_loaded_cluster_without_losing_keys() {
+    let _serial = serial().await;
     let mut swarm = Swarm::new(Some(3));
     for _ in 0..3 {
         swarm.add().await;
@@ -286,12 +288,22 @@ async fn joining_nodes_rebalance_a_loaded_cluster_without_losing_keys() {
                         }
                     }
                 }
+                // Leaders spread too: nobody leads more than its share plus one.
+                let mut leading = Vec::new();
+                for h in &handles {
+                    let Ok(s) = h.status().await else {
+                        return false;
+                    };
+                    leading.push(s.groups.iter().filter(|g| g.leader == Some(s.node)).count());
+                }
+                let lead_limit = (P as usize + 1).div_ceil(live.len()) + 1;
                 voters.len() == P as usize + 1
                     && voters
                         .iter()
                         .filter(|(g, _)| **g != 0)
                         .all(|(_, v)| v.len() == 3)
                     && load.values().all(|l| *l <= limit && *l > 0)
+                    && leading.iter().all(|l| *l <= lead_limit)
             }
         },
     )
@@ -317,6 +329,7 @@ async fn joining_nodes_rebalance_a_loaded_cluster_without_losing_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_is_replaced_and_the_coordinator_role_moves() {
+    let _serial = serial().await;
     let mut swarm = Swarm::new(Some(4));
     for _ in 0..4 {
         swarm.add().await;
@@ -402,6 +415,7 @@ async fn a_dead_node_is_replaced_and_the_coordinator_role_moves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_restarted_from_its_data_dirs_comes_back_whole() {
+    let _serial = serial().await;
     let mut swarm = Swarm::new(Some(3));
     for _ in 0..3 {
         swarm.add().await;
@@ -451,6 +465,7 @@ async fn a_cluster_restarted_from_its_data_dirs_comes_back_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decommission_drains_a_node_while_clients_write() {
+    let _serial = serial().await;
     let mut swarm = Swarm::new(Some(4));
     for _ in 0..4 {
         swarm.add().await;
@@ -512,6 +527,7 @@ async fn decommission_drains_a_node_while_clients_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaders_spread_and_a_graceful_shutdown_hands_them_over() {
+    let _serial = serial().await;
     let mut swarm = Swarm::new(Some(3));
     for _ in 0..3 {
         swarm.add().await;
@@ -572,6 +588,7 @@ async fn leaders_spread_and_a_graceful_shutdown_hands_them_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clusters_formed_apart_never_merge() {
+    let _serial = serial().await;
     let mut a = Swarm::new(None);
     let mut b = Swarm::new(None);
     a.add().await;

@@ -177,3 +177,12 @@ impl TestCluster {
         self.connect_all().await;
     }
 }
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs the calling test alone among the tests of its binary that take this guard: each of
+/// them runs several nodes with real timers, and on a 2-core machine running them all at once
+/// turns election timeouts into noise.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
