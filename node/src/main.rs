@@ -1,18 +1,49 @@
-//! The `swarmkv` command line.
+//! The `swarmkv` command line: `swarmkv start` runs a node; the other verbs are light clients
+//! that talk to a running node over `/swarmkv/kv/1`. The commands themselves live in
+//! [`cli`], one file each; this file only parses, sets up logging and maps errors to the exit
+//! status.
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
-/// swarmkv: a zero-config, peer-to-peer, Raft-replicated key-value store.
-#[derive(Parser, Debug)]
-#[command(name = "swarmkv", version = swarmkv::VERSION, about)]
-struct Cli {}
+mod cli;
 
-fn main() -> anyhow::Result<()> {
-    env_logger::init();
-    let _cli = Cli::parse();
-    println!(
-        "swarmkv {}: the node is not built yet; this binary only answers --version and --help",
-        swarmkv::VERSION
-    );
-    Ok(())
+fn main() -> ExitCode {
+    // clap prints its own message and exits 2 on a bad argument (and 0 for --help/--version).
+    let args = cli::Cli::parse();
+    init_logging(args.command.is_node());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(args.command.run()) {
+        Ok(code) => code,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line: "cannot read the PSK file
+            // /x: No such file or directory".
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A node logs what it does at `info`; a client verb stays quiet unless something is wrong,
+/// because its stderr is read by a person (or a script) waiting for one answer. `RUST_LOG`
+/// overrides both.
+fn init_logging(node: bool) {
+    let default = if node {
+        "warn,swarmkv=info,swarmkv_net=info,swarmkv_store=info"
+    } else {
+        "warn,swarmkv=warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp_millis()
+        .init();
 }
