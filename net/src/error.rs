@@ -87,6 +87,15 @@ pub enum NetError {
     /// The peer belongs to another cluster (name or id); nothing is exchanged with it.
     #[error("peer {0} belongs to another cluster")]
     ForeignPeer(PeerId),
+    /// The request never left this node (the peer could not be reached or does not speak the
+    /// protocol): the peer certainly did not process it, so it is safe to retry elsewhere.
+    #[error("request to {peer} not sent: {reason}")]
+    Unreachable {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
     /// The request was sent but did not complete (timeout, connection closed, stream reset).
     /// Whether the peer processed it is unknown.
     #[error("request to {peer} failed: {reason}")]

@@ -639,10 +639,7 @@ impl EventLoop {
                 ..
             } => {
                 if let Some(reply) = self.pending_raw_raft.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::RequestFailed {
-                        peer,
-                        reason: error.to_string(),
-                    }));
+                    let _ = reply.send(Err(outbound_error(peer, &error)));
                     return;
                 }
                 self.raft_frame_done(request_id, Err(error.to_string()));
@@ -728,10 +725,7 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                let err = NetError::RequestFailed {
-                    peer,
-                    reason: error.to_string(),
-                };
+                let err = outbound_error(peer, &error);
                 if let Some(reply) = self.pending_raw_kv.remove(&request_id) {
                     let _ = reply.send(Err(err));
                 } else if let Some((_, reply)) = self.pending_kv.remove(&request_id) {
@@ -783,10 +777,7 @@ impl EventLoop {
                 ..
             } => {
                 if let Some((_, reply)) = self.pending_snapshot.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::RequestFailed {
-                        peer,
-                        reason: error.to_string(),
-                    }));
+                    let _ = reply.send(Err(outbound_error(peer, &error)));
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -1166,7 +1157,7 @@ impl EventLoop {
             .partition(|(_, since, _)| now.saturating_duration_since(*since) >= timeout);
         self.parked = waiting;
         for (peer, _, request) in expired {
-            request.fail(NetError::RequestFailed {
+            request.fail(NetError::Unreachable {
                 peer,
                 reason: "peer did not become reachable in time".to_string(),
             });
@@ -1204,5 +1195,21 @@ impl EventLoop {
                 || p.foreign_since
                     .is_some_and(|t| now.saturating_duration_since(t) < FOREIGN_MEMORY)
         });
+    }
+}
+
+/// Whether an outbound failure means the request never left (safe to retry) or may have been
+/// processed by the peer.
+fn outbound_error(peer: PeerId, error: &request_response::OutboundFailure) -> NetError {
+    use request_response::OutboundFailure as F;
+    match error {
+        F::DialFailure | F::UnsupportedProtocols => NetError::Unreachable {
+            peer,
+            reason: error.to_string(),
+        },
+        _ => NetError::RequestFailed {
+            peer,
+            reason: error.to_string(),
+        },
     }
 }

@@ -967,6 +967,15 @@ async fn forward(net: &NetHandle, peer: PeerId, req: Request, hops: u8) -> Reply
                 "unexpected answer {other:?}"
             ))),
         },
+        // Never sent: nothing happened, the caller may retry at once.
+        Err(
+            e @ (swarmkv_net::NetError::Unreachable { .. }
+            | swarmkv_net::NetError::NotConnected(_)
+            | swarmkv_net::NetError::ForeignPeer(_)
+            | swarmkv_net::NetError::QueueFull { .. }),
+        ) => Err(ClientError::Unavailable {
+            reason: format!("forwarding to {peer}: {e}"),
+        }),
         Err(e) => Err(ClientError::Disconnected(format!(
             "forwarding to {peer}: {e}"
         ))),
