@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{serial, wait_for};
+use common::{listen_addr, serial, wait_for};
 use swarmkv::core::{GroupId, NodeId};
 use swarmkv::{Client, Node, NodeConfig, NodeHandle};
 use swarmkv_net::Multiaddr;
@@ -32,19 +32,6 @@ fn config(dir: &std::path::Path, join: Option<Multiaddr>, expect: Option<usize>)
     c.control.expect = expect;
     c.join = join.into_iter().collect();
     c
-}
-
-async fn listen_addr(h: &NodeHandle) -> Multiaddr {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(a) = h.net().listen_addrs().await {
-            if let Some(a) = a.into_iter().next() {
-                return a;
-            }
-        }
-        assert!(Instant::now() < until, "node never listened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 impl Swarm {

@@ -140,34 +140,7 @@ impl Client {
         cluster_name: &str,
         psk: Option<swarmkv_net::PreSharedKey>,
     ) -> Result<Client, ClientError> {
-        let mut config = NetConfig::loopback(Keypair::generate_ed25519());
-        config.cluster_name = cluster_name.to_string();
-        config.psk = psk;
-        config.max_kv_frame = 4 << 20;
-        let (net, mut events, event_loop) =
-            swarmkv_net::new(config).map_err(|e| ClientError::Disconnected(e.to_string()))?;
-        let event_loop = tokio::spawn(event_loop.run());
-        // Nobody reads a light client's events but they must not back up.
-        let events = tokio::spawn(async move { while events.recv().await.is_some() {} });
-        let peer = match net.dial(addr.clone()).await {
-            Ok(p) => p,
-            Err(e) => {
-                event_loop.abort();
-                events.abort();
-                return Err(ClientError::Disconnected(format!("dialing {addr}: {e}")));
-            }
-        };
-        let mut client = Client {
-            transport: Transport::Remote {
-                net,
-                peer,
-                event_loop,
-                events,
-            },
-            partitions: 0,
-            deadline: Duration::from_secs(10),
-            sessions: Sessions::new(),
-        };
+        let mut client = Client::connect_admin(addr, cluster_name, psk).await?;
         let until = Instant::now() + client.deadline;
         loop {
             match client.remote_call(Call::Info).await? {
@@ -195,12 +168,15 @@ impl Client {
         cluster_name: &str,
         psk: Option<swarmkv_net::PreSharedKey>,
     ) -> Result<Client, ClientError> {
+        // A light client listens on loopback only and never multicasts: it only dials out.
         let mut config = NetConfig::loopback(Keypair::generate_ed25519());
         config.cluster_name = cluster_name.to_string();
         config.psk = psk;
+        config.max_kv_frame = 4 << 20;
         let (net, mut events, event_loop) =
             swarmkv_net::new(config).map_err(|e| ClientError::Disconnected(e.to_string()))?;
         let event_loop = tokio::spawn(event_loop.run());
+        // Nobody reads a light client's events but they must not back up.
         let events = tokio::spawn(async move { while events.recv().await.is_some() {} });
         let peer = match net.dial(addr.clone()).await {
             Ok(p) => p,

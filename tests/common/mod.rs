@@ -37,7 +37,7 @@ where
     }
 }
 
-async fn listen_addr(h: &NodeHandle) -> Multiaddr {
+pub async fn listen_addr(h: &NodeHandle) -> Multiaddr {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(a) = h.net().listen_addrs().await {

@@ -568,15 +568,17 @@ impl Driver {
             if !self.core.is_leader(g) {
                 continue;
             }
-            leading += 1;
-            if let Some(s) = self.core.group_status(g) {
-                if let Some(to) = s
-                    .voters
-                    .iter()
-                    .find(|v| **v != self.node && !self.unreachable.contains(v))
-                {
-                    self.core.transfer_leader(g, *to);
-                }
+            let Some(s) = self.core.group_status(g) else {
+                continue;
+            };
+            // A group with no other live voter has nobody to hand over to: don't wait for it.
+            if let Some(to) = s
+                .voters
+                .iter()
+                .find(|v| **v != self.node && !self.unreachable.contains(v))
+            {
+                leading += 1;
+                self.core.transfer_leader(g, *to);
             }
         }
         leading == 0 || Instant::now() >= deadline
