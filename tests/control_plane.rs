@@ -352,10 +352,25 @@ async fn a_dead_node_is_replaced_and_the_coordinator_role_moves() {
     )
     .await;
     println!("back to 3 replicas on the 3 live nodes");
-    // Now kill the coordinator itself.
-    if meta_leader == 0 {
-        // keep the client's node alive: pick the client from another live node
-    }
+    // Now kill the coordinator itself (leader balancing may have moved it meanwhile: look
+    // again, and wait until exactly one live node claims the role).
+    let meta_leader = loop {
+        let mut claims = Vec::new();
+        for i in swarm.live() {
+            if swarm.handles[i]
+                .status()
+                .await
+                .map(|s| s.meta_leader)
+                .unwrap_or(false)
+            {
+                claims.push(i);
+            }
+        }
+        if claims.len() == 1 {
+            break claims[0];
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let survivor = swarm
         .live()
         .into_iter()

@@ -15,8 +15,10 @@ use crate::core::{
 };
 use crate::wire::{Announce, Answer, Call, KvAnswer, KvCall};
 
-/// How many groups may be moving toward a new target at once, cluster-wide.
-const MAX_MOVES: usize = 4;
+/// How many groups may be moving toward a new target at once, cluster-wide: enough that a
+/// new cluster of 64 partitions reaches full replication in seconds, few enough that a
+/// rebalance of a loaded cluster copies a bounded amount of data at a time.
+const MAX_MOVES: usize = 16;
 const COORDINATOR_PERIOD: Duration = Duration::from_millis(300);
 const RECONCILE_PERIOD: Duration = Duration::from_millis(200);
 /// An announcement older than this is ignored for routing.
