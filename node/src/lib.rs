@@ -6,12 +6,14 @@
 //! - [`client`]: the Rust client (in-process or remote), with routing and retries.
 //! - [`driver`]: the async node loop around the core (the only place that awaits).
 //! - [`wire`]: the client protocol payload.
+//! - [`http`]: the HTTP/JSON gateway (axum) over a [`Client`]: KV, scan, CAS, status, health.
 //! - `swarmkv_store` (crate `store/`): everything durable. `swarmkv_net` (crate `net/`): the
 //!   libp2p swarm.
 
 pub mod client;
 pub mod core;
 pub mod driver;
+pub mod http;
 pub mod wire;
 
 pub use client::{CasResult, Client};

@@ -9,12 +9,13 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use swarmkv::core::META_GROUP;
-use swarmkv::{Node, NodeConfig, NodeHandle};
+use swarmkv::core::{ClientError, META_GROUP};
+use swarmkv::{Client, Node, NodeConfig, NodeHandle};
 use swarmkv_net::Multiaddr;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -64,6 +65,24 @@ pub struct Start {
     #[arg(long, env = "SWARMKV_DEAD_AFTER", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub dead_after: u64,
+    /// Address of the HTTP/JSON gateway (see README "HTTP API"), or `off` [default:
+    /// 127.0.0.1:7380, or a free loopback port if 7380 is taken]. Loopback by default: the
+    /// API has no authentication. An address given here is used as given or refused.
+    #[arg(long, env = "SWARMKV_HTTP", value_parser = parse_http)]
+    pub http: Option<HttpListen>,
+}
+
+/// Where the HTTP gateway listens: `None` when turned off with `--http off`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpListen(pub Option<SocketAddr>);
+
+fn parse_http(text: &str) -> Result<HttpListen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(HttpListen(None));
+    }
+    text.parse::<SocketAddr>()
+        .map(|a| HttpListen(Some(a)))
+        .map_err(|e| format!("expected IP:PORT or off ({e})"))
 }
 
 impl Start {
@@ -81,6 +100,23 @@ impl Start {
         for addr in listen_addrs(&handle).await {
             let _ = say(format!("listening {addr}"));
         }
+        // Bound now, so a taken port stops the start with a clear error; served from the
+        // moment the node is part of a cluster (the gateway's client needs the partition
+        // count to route keys), until the stop signal below.
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let gateway = match http_listener(self.http.as_ref()).await? {
+            Some(listener) => {
+                if let Ok(local) = listener.local_addr() {
+                    let _ = say(format!("http      http://{local}"));
+                }
+                Some(tokio::spawn(serve_http(
+                    handle.clone(),
+                    listener,
+                    http_stopped,
+                )))
+            }
+            None => None,
+        };
 
         let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
         let outcome = tokio::select! {
@@ -89,6 +125,9 @@ impl Start {
             r = watch(handle) => r,
         };
         log::info!("stopping (a second Ctrl-C or SIGTERM stops at once)");
+        // The gateway stops accepting first; requests in flight finish while the node is
+        // still up.
+        let _ = stop_http.send(());
         // Graceful: the node hands its leaderships to other replicas first, so clients see no
         // election timeout. Bounded all the same: an impatient operator, or a shutdown that
         // cannot finish, ends in the abrupt stop, which is safe too (every acknowledged write
@@ -100,6 +139,9 @@ impl Start {
             _ = tokio::time::sleep(SHUTDOWN_LIMIT) => {
                 log::warn!("shutdown took longer than {} s; stopping now", SHUTDOWN_LIMIT.as_secs());
             }
+        }
+        if let Some(gateway) = gateway {
+            gateway.abort();
         }
         outcome.map(|()| ExitCode::SUCCESS)
     }
@@ -134,6 +176,56 @@ impl Start {
         config.control.replication = self.replicas as usize;
         config.control.dead_after = Duration::from_secs(self.dead_after);
         Ok(config)
+    }
+}
+
+/// The gateway's listener: none with `--http off`; the address given, or an error; by
+/// default the fixed loopback port, or (a second node on this machine) a free one, as for
+/// the peer-to-peer port.
+async fn http_listener(flag: Option<&HttpListen>) -> Result<Option<tokio::net::TcpListener>> {
+    match flag {
+        Some(HttpListen(None)) => Ok(None),
+        Some(HttpListen(Some(addr))) => Ok(Some(swarmkv::http::bind(*addr).await?)),
+        None => {
+            let fixed: SocketAddr = swarmkv::http::DEFAULT_ADDR.parse()?;
+            match swarmkv::http::bind(fixed).await {
+                Ok(l) => Ok(Some(l)),
+                Err(swarmkv::http::HttpError::Bind { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    log::warn!("HTTP port {} is not available ({source}); serving HTTP on a free port instead", fixed.port());
+                    let any = SocketAddr::new(fixed.ip(), 0);
+                    Ok(Some(swarmkv::http::bind(any).await?))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Serves the HTTP gateway on an in-process client of the node, once the node is part of a
+/// cluster, until `stop` fires.
+async fn serve_http(
+    handle: NodeHandle,
+    listener: tokio::net::TcpListener,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let client = loop {
+        match Client::in_process(handle.clone()).await {
+            Ok(c) => break c,
+            // Not in a cluster yet (it waited a while already): keep waiting.
+            Err(ClientError::Unavailable { .. }) => continue,
+            Err(e) => {
+                log::warn!("the HTTP gateway does not start: {e}");
+                return;
+            }
+        }
+    };
+    let stop = async {
+        let _ = stop.await;
+    };
+    if let Err(e) = swarmkv::http::serve_on(listener, Arc::new(client), stop).await {
+        log::error!("{e}");
     }
 }
 
@@ -250,5 +342,15 @@ mod tests {
         let dns: Multiaddr = "/dns4/example.com/tcp/7379".parse()?;
         assert_eq!(fixed_tcp_port(&dns), None);
         Ok(())
+    }
+
+    #[test]
+    fn http_is_an_address_or_off() {
+        assert_eq!(
+            parse_http("127.0.0.1:7380"),
+            Ok(HttpListen(Some(([127, 0, 0, 1], 7380).into())))
+        );
+        assert_eq!(parse_http("off"), Ok(HttpListen(None)));
+        assert!(parse_http("localhost").is_err());
     }
 }

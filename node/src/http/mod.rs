@@ -1,0 +1,127 @@
+//! The HTTP gateway: JSON over HTTP/1.1 (axum) in front of a [`Client`], so anything that
+//! speaks curl can use the store. `swarmkv start` serves it on `127.0.0.1:7380` by default.
+//!
+//! # Layout
+//! - [`kv`]: one key: `GET`/`PUT`/`DELETE /v1/kv/{key}`, `POST /v1/kv/{key}/cas`.
+//! - [`scan`]: `GET /v1/kv?prefix=&start=&end=&limit=`.
+//! - [`status`]: `GET /v1/status`, the node's report and a replica-health summary.
+//! - [`health`]: `GET /healthz` (liveness) and `GET /readyz` (readiness).
+//! - [`encoding`]: bytes in and out: percent-decoded paths and queries, UTF-8 + base64 JSON.
+//! - [`error`]: [`ClientError`](crate::core::ClientError) to HTTP status and
+//!   `{"error": {"code", "message"}}`.
+//!
+//! The API is described in `docs/openapi.yaml` and, with curl examples, in the README.
+//!
+//! The gateway holds no state of its own: every request is one or a few calls on the
+//! [`Client`] (an in-process client on the node's handle in `swarmkv start`), which routes,
+//! forwards and retries; the gateway only translates.
+
+pub mod encoding;
+pub mod error;
+pub mod health;
+pub mod kv;
+pub mod scan;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::routing::{any, get};
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::Client;
+
+pub use error::ApiError;
+
+/// The address `swarmkv start` serves the gateway on: loopback only, because the API has no
+/// authentication; exposing it is an explicit choice (`--http 0.0.0.0:7380`).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7380";
+
+/// The largest value the store accepts (1 MiB, the store's default limit).
+pub const MAX_VALUE: usize = 1024 * 1024;
+
+/// The largest `PUT` body read: the largest value plus a margin, so a value slightly over the
+/// limit still reaches the store and gets its precise `value_too_large` answer, while a huge
+/// upload is cut off (413 `body_too_large`) before it is buffered, let alone replicated.
+pub const MAX_PUT_BODY: usize = MAX_VALUE + 64 * 1024;
+
+/// The largest `POST .../cas` body: base64 makes a value 4/3 larger, and a swap may carry
+/// both the expected and the new value.
+pub const MAX_CAS_BODY: usize = 2 * (MAX_VALUE * 4 / 3) + 64 * 1024;
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The address is taken, not local, or not allowed.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server stopped on an I/O error.
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The gateway's routes, serving `client`.
+pub fn router(client: Arc<Client>) -> Router {
+    Router::new()
+        .route("/v1/kv", get(scan::scan))
+        // `{*key}` does not match an empty key: say so rather than 404.
+        .route(
+            "/v1/kv/",
+            any(|| async {
+                ApiError::new(StatusCode::BAD_REQUEST, "empty_key", "the key is empty")
+            }),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete).post(kv::cas),
+        )
+        .route("/v1/status", get(status::status))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this method is not allowed on this path",
+            )
+        })
+        .with_state(client)
+}
+
+/// Binds the gateway's listener. Separate from [`serve_on`] so a caller learns the address
+/// (port 0 in tests) and reports a taken port before anything else starts.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })
+}
+
+/// Serves the gateway on `listener` until `shutdown` completes; requests in flight then
+/// finish before this returns.
+pub async fn serve_on(
+    listener: TcpListener,
+    client: Arc<Client>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    axum::serve(listener, router(client))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(HttpError::Serve)
+}
+
+/// Binds `addr` and serves the gateway until `shutdown` completes.
+pub async fn serve(
+    addr: SocketAddr,
+    client: Arc<Client>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    serve_on(bind(addr).await?, client, shutdown).await
+}

@@ -1,0 +1,140 @@
+//! `GET /v1/status`: the serving node's report on itself and its replicas, plus a summary of
+//! replica health.
+//!
+//! It is the local node's view (as `swarmkv status`): the groups listed are the replicas this
+//! node holds. Node ids and the cluster id are 16-hex-digit strings, as the CLI prints them.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+
+use crate::core::{partition_of_group, META_GROUP};
+use crate::wire::StatusReport;
+use crate::Client;
+
+use super::error::{node_hex, ApiError};
+
+/// Fewer voters than this and a group is reported as under-replicated: with three, a group
+/// survives the loss of any one replica.
+pub const HEALTHY_VOTERS: usize = 3;
+
+/// The JSON of `/v1/status`.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    pub node: String,
+    pub peer: String,
+    pub cluster_id: Option<String>,
+    /// `unformed` (not part of a cluster yet), `ready` (every local group knows a leader) or
+    /// `degraded`.
+    pub state: &'static str,
+    pub partitions: Option<u32>,
+    /// The meta group's leader as this node knows it (the coordinator).
+    pub meta_leader: Option<String>,
+    /// Whether this node is that leader.
+    pub is_meta_leader: bool,
+    pub peers: Vec<String>,
+    /// Peers of other clusters that tried to connect.
+    pub foreign: Vec<ForeignJson>,
+    pub groups: Vec<GroupJson>,
+    pub summary: SummaryJson,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ForeignJson {
+    pub peer: String,
+    pub cluster_name: String,
+    pub cluster_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GroupJson {
+    pub group: u64,
+    /// The partition the group serves; absent for the meta group (0).
+    pub partition: Option<u32>,
+    pub role: String,
+    pub leader: Option<String>,
+    pub voters: Vec<String>,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SummaryJson {
+    /// Replicas on this node.
+    pub groups: usize,
+    /// Those whose leader is known.
+    pub with_leader: usize,
+    /// Those with fewer than three voters.
+    pub under_replicated: usize,
+}
+
+impl StatusJson {
+    pub fn new(r: &StatusReport) -> StatusJson {
+        let with_leader = r.groups.iter().filter(|g| g.leader.is_some()).count();
+        let under_replicated = r
+            .groups
+            .iter()
+            .filter(|g| g.voters.len() < HEALTHY_VOTERS)
+            .count();
+        let state = match r.cluster_id {
+            None => "unformed",
+            Some(_) if with_leader == r.groups.len() => "ready",
+            Some(_) => "degraded",
+        };
+        let meta_leader = if r.meta_leader {
+            Some(r.node)
+        } else {
+            r.groups
+                .iter()
+                .find(|g| g.group == META_GROUP)
+                .and_then(|g| g.leader)
+        };
+        StatusJson {
+            node: node_hex(r.node),
+            peer: r.peer.clone(),
+            cluster_id: r.cluster_id.map(node_hex),
+            state,
+            partitions: r.partitions,
+            meta_leader: meta_leader.map(node_hex),
+            is_meta_leader: r.meta_leader,
+            peers: r.peers.iter().copied().map(node_hex).collect(),
+            foreign: r
+                .foreign
+                .iter()
+                .map(|(peer, name, id)| ForeignJson {
+                    peer: peer.clone(),
+                    cluster_name: name.clone(),
+                    cluster_id: id.map(node_hex),
+                })
+                .collect(),
+            groups: r
+                .groups
+                .iter()
+                .map(|g| GroupJson {
+                    group: g.group,
+                    partition: partition_of_group(g.group),
+                    role: g.role.clone(),
+                    leader: g.leader.map(node_hex),
+                    voters: g.voters.iter().copied().map(node_hex).collect(),
+                    term: g.term,
+                    commit: g.commit,
+                    applied: g.applied,
+                })
+                .collect(),
+            summary: SummaryJson {
+                groups: r.groups.len(),
+                with_leader,
+                under_replicated,
+            },
+        }
+    }
+}
+
+/// `GET /v1/status`.
+pub async fn status(State(client): State<Arc<Client>>) -> Result<Json<StatusJson>, ApiError> {
+    let report = client.status().await?;
+    Ok(Json(StatusJson::new(&report)))
+}

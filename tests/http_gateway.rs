@@ -1,0 +1,639 @@
+//! The HTTP gateway in front of a 3-node in-process cluster on 127.0.0.1: every endpoint,
+//! every documented error, and a partition without a leader answering 503 then recovering.
+//!
+//! The requests go over a real TCP connection through a minimal HTTP/1.1 client written
+//! here (one request per connection, `Connection: close`, `Expect: 100-continue` for large
+//! bodies): it is enough for a JSON API, shows exactly which bytes cross the wire (raw
+//! percent-encoded paths included), and adds no HTTP client stack to the build.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use common::*;
+use serde_json::{json, Value};
+use swarmkv::core::CoreConfig;
+use swarmkv::http::HttpError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+const P: u32 = 8;
+
+fn fast_core() -> CoreConfig {
+    CoreConfig {
+        tick_ms: 50,
+        ..CoreConfig::default()
+    }
+}
+
+/// The gateway of one node, on a free loopback port, stopped when dropped.
+struct Gateway {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), HttpError>>,
+}
+
+impl Gateway {
+    async fn start(cluster: &TestCluster, node: usize, deadline: Duration) -> Result<Gateway> {
+        let client = cluster.client(node).await.with_deadline(deadline);
+        let listener = swarmkv::http::bind(([127, 0, 0, 1], 0).into()).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(swarmkv::http::serve_on(
+            listener,
+            Arc::new(client),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(Gateway {
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    async fn call(&self, method: &str, target: &str, body: &[u8]) -> Result<Reply> {
+        request(self.addr, method, target, body).await
+    }
+
+    async fn get(&self, target: &str) -> Result<Reply> {
+        self.call("GET", target, b"").await
+    }
+
+    async fn put(&self, target: &str, body: &[u8]) -> Result<Reply> {
+        self.call("PUT", target, body).await
+    }
+
+    async fn cas(&self, key_path: &str, body: Value) -> Result<Reply> {
+        let target = format!("/v1/kv/{key_path}/cas");
+        self.call("POST", &target, body.to_string().as_bytes())
+            .await
+    }
+
+    /// Stops accepting and waits for the server to return.
+    async fn shutdown(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await??;
+        Ok(())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Result<Value> {
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!(
+                "status {} with a body that is not JSON: {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The body, after checking the status.
+    fn expect(self, status: u16) -> Result<Value> {
+        let json = self.json()?;
+        if self.status != status {
+            bail!("expected status {status}, got {}: {json}", self.status);
+        }
+        Ok(json)
+    }
+
+    /// The error code, after checking the status and the error shape.
+    fn error(self, status: u16) -> Result<String> {
+        let json = self.expect(status)?;
+        let code = json["error"]["code"].as_str().context("no error.code")?;
+        if json["error"]["message"].as_str().is_none_or(str::is_empty) {
+            bail!("no error.message in {json}");
+        }
+        Ok(code.to_string())
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection. Bodies over 64 KiB are announced with
+/// `Expect: 100-continue` and sent only if the server asks for them, so a server that refuses
+/// a too-large body from its headers answers cleanly instead of resetting a half-sent upload.
+async fn request(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> Result<Reply> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let expect = body.len() > 64 * 1024;
+    let mut head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if expect {
+        head.push_str("Expect: 100-continue\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    if !expect {
+        stream.write_all(body).await?;
+    }
+    let mut buf = Vec::new();
+    loop {
+        let (status, headers, rest) = read_head(&mut stream, &mut buf).await?;
+        if status == 100 {
+            buf = rest;
+            stream.write_all(body).await?;
+            continue;
+        }
+        let mut body = rest;
+        stream.read_to_end(&mut body).await?;
+        let chunked = headers
+            .iter()
+            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+        let body = if chunked { dechunk(&body)? } else { body };
+        return Ok(Reply { status, body });
+    }
+}
+
+/// Reads a response head; returns the status, lower-cased headers and the bytes after it.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buf[..end].to_vec())?;
+            let rest = buf[end + 4..].to_vec();
+            let mut lines = head.split("\r\n");
+            let status_line = lines.next().context("empty response")?;
+            let status = status_line
+                .split(' ')
+                .nth(1)
+                .context("no status")?
+                .parse()?;
+            let headers = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
+            return Ok((status, headers, rest));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed before the response head");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("bad chunk")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end])?.trim(), 16)?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(data.get(..size).context("short chunk")?);
+        data = data.get(size + 2..).context("short chunk")?;
+    }
+}
+
+/// Percent-encodes every byte but unreserved ASCII letters and digits.
+fn enc(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (*b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+async fn cluster_and_gateway(deadline: Duration) -> Result<(TestCluster, Gateway)> {
+    let cluster = TestCluster::start(3, P, fast_core()).await;
+    let gateway = Gateway::start(&cluster, 0, deadline).await?;
+    Ok((cluster, gateway))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_round_trips_bytes_slashes_and_revisions() -> Result<()> {
+    let _serial = serial().await;
+    let (_cluster, gw) = cluster_and_gateway(Duration::from_secs(10)).await?;
+
+    // A key with '/' inside, as in Consul: the path after /v1/kv/ is the key.
+    let put = gw.put("/v1/kv/config/db/host", b"db1.local").await?;
+    let rev = put.expect(200)?["rev"].as_u64().context("rev")?;
+    let got = gw.get("/v1/kv/config/db/host").await?.expect(200)?;
+    assert_eq!(got["key"], "config/db/host");
+    assert_eq!(got["value"], "db1.local");
+    assert_eq!(got["value_b64"], b64(b"db1.local"));
+    assert_eq!(got["mod_rev"], rev);
+    assert_eq!(got["create_rev"], rev);
+    assert_eq!(got["version"], 1);
+
+    // An overwrite bumps mod_rev and version, keeps create_rev.
+    let rev2 = gw
+        .put("/v1/kv/config/db/host", b"db2.local")
+        .await?
+        .expect(200)?["rev"]
+        .as_u64()
+        .context("rev")?;
+    assert!(rev2 > rev);
+    let got = gw
+        .get("/v1/kv/config/db/host?serializable=true")
+        .await?
+        .expect(200)?;
+    // A serializable read may lag: it shows the first or the second write, never neither.
+    assert!(got["value"] == "db1.local" || got["value"] == "db2.local");
+    let got = gw.get("/v1/kv/config/db/host").await?.expect(200)?;
+    assert_eq!(
+        (got["value"].clone(), got["version"].clone()),
+        (json!("db2.local"), json!(2))
+    );
+    assert_eq!(got["create_rev"], rev);
+
+    // Non-UTF-8 key and value: the key reaches every byte through percent-encoding; JSON
+    // carries them only as base64.
+    let key = [0x00u8, 0xff, b'/', 0x80, b'k'];
+    let value = [0xc3u8, 0x28, 0x00, 0xfe];
+    let path = format!("/v1/kv/{}", enc(&key));
+    gw.put(&path, &value).await?.expect(200)?;
+    let got = gw.get(&path).await?.expect(200)?;
+    assert!(got.get("value").is_none(), "no text for non-UTF-8: {got}");
+    assert!(got.get("key").is_none(), "no text for non-UTF-8: {got}");
+    assert_eq!(got["value_b64"], b64(&value));
+    assert_eq!(got["key_b64"], b64(&key));
+
+    // The last segment `cas` is part of the key for GET/PUT/DELETE.
+    gw.put("/v1/kv/jobs/cas", b"x").await?.expect(200)?;
+    assert_eq!(gw.get("/v1/kv/jobs/cas").await?.expect(200)?["value"], "x");
+
+    // An empty value is a value.
+    gw.put("/v1/kv/empty", b"").await?.expect(200)?;
+    let got = gw.get("/v1/kv/empty").await?.expect(200)?;
+    assert_eq!(
+        (got["value"].clone(), got["value_b64"].clone()),
+        (json!(""), json!(""))
+    );
+
+    // Delete: {deleted}, then 404; deleting again says it did not exist.
+    let del = gw.call("DELETE", &path, b"").await?.expect(200)?;
+    assert_eq!(del["deleted"], true);
+    assert_eq!(gw.get(&path).await?.error(404)?, "not_found");
+    let del = gw.call("DELETE", &path, b"").await?.expect(200)?;
+    assert_eq!(del["deleted"], false);
+    assert_eq!(
+        gw.get("/v1/kv/never/written").await?.error(404)?,
+        "not_found"
+    );
+
+    gw.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_400_and_oversized_input_is_413() -> Result<()> {
+    let _serial = serial().await;
+    let (_cluster, gw) = cluster_and_gateway(Duration::from_secs(10)).await?;
+
+    // Keys.
+    assert_eq!(gw.get("/v1/kv/").await?.error(400)?, "empty_key");
+    assert_eq!(gw.put("/v1/kv/", b"v").await?.error(400)?, "empty_key");
+    for bad in ["/v1/kv/a%2", "/v1/kv/%zz", "/v1/kv/a%"] {
+        assert_eq!(gw.get(bad).await?.error(400)?, "bad_encoding", "{bad}");
+    }
+    assert_eq!(
+        gw.get("/v1/kv?prefix=%4").await?.error(400)?,
+        "bad_encoding"
+    );
+    let long_key = "k".repeat(5000);
+    let code = gw
+        .put(&format!("/v1/kv/{long_key}"), b"v")
+        .await?
+        .error(413)?;
+    assert_eq!(code, "key_too_large");
+
+    // Query parameters.
+    assert_eq!(
+        gw.get("/v1/kv/a?serialisable=1").await?.error(400)?,
+        "bad_request"
+    );
+    assert_eq!(
+        gw.get("/v1/kv/a?serializable=maybe").await?.error(400)?,
+        "bad_request"
+    );
+    assert_eq!(gw.get("/v1/kv?limit=0").await?.error(400)?, "bad_request");
+    assert_eq!(
+        gw.get("/v1/kv?limit=10001").await?.error(400)?,
+        "bad_request"
+    );
+    assert_eq!(
+        gw.get("/v1/kv?prefix=a&start=b").await?.error(400)?,
+        "bad_request"
+    );
+
+    // CAS bodies.
+    let bad_json = gw.call("POST", "/v1/kv/c/cas", b"{not json").await?;
+    assert_eq!(bad_json.error(400)?, "bad_request");
+    let bad_b64 = gw
+        .cas("c", json!({"expect_absent": true, "value_b64": "***"}))
+        .await?;
+    assert_eq!(bad_b64.error(400)?, "bad_request");
+    let two = gw
+        .cas(
+            "c",
+            json!({"expect_absent": true, "expect_mod_rev": 3, "value": "v"}),
+        )
+        .await?;
+    assert_eq!(two.error(400)?, "bad_request");
+    let none = gw.cas("c", json!({"value": "v"})).await?;
+    assert_eq!(none.error(400)?, "bad_request");
+    let unknown = gw
+        .cas("c", json!({"expect_absent": true, "value": "v", "ttl": 5}))
+        .await?;
+    assert_eq!(unknown.error(400)?, "bad_request");
+    // POST without the /cas verb is not a write.
+    let post = gw.call("POST", "/v1/kv/c", b"{}").await?;
+    assert_eq!(post.error(405)?, "method_not_allowed");
+
+    // Sizes: a body over the gateway's limit is refused from its headers (the body is never
+    // sent); a value just over the store's 1 MiB limit is refused by the store.
+    let huge = vec![b'x'; 3 << 20];
+    assert_eq!(
+        gw.put("/v1/kv/big", &huge).await?.error(413)?,
+        "body_too_large"
+    );
+    let over = vec![b'x'; (1 << 20) + 1];
+    assert_eq!(
+        gw.put("/v1/kv/big", &over).await?.error(413)?,
+        "value_too_large"
+    );
+    assert_eq!(gw.get("/v1/kv/big").await?.error(404)?, "not_found");
+    let at_limit = vec![b'y'; 1 << 20];
+    gw.put("/v1/kv/big", &at_limit).await?.expect(200)?;
+    let got = gw.get("/v1/kv/big").await?.expect(200)?;
+    assert_eq!(got["value"].as_str().map(str::len), Some(1 << 20));
+
+    // Routes and methods.
+    assert_eq!(gw.get("/v2/kv/a").await?.error(404)?, "not_found");
+    let patch = gw.call("PATCH", "/v1/kv/a", b"").await?;
+    assert_eq!(patch.error(405)?, "method_not_allowed");
+
+    gw.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_applies_on_a_matching_compare_and_conflicts_with_the_current_record() -> Result<()> {
+    let _serial = serial().await;
+    let (_cluster, gw) = cluster_and_gateway(Duration::from_secs(10)).await?;
+
+    // Create if absent; a second create conflicts and shows what is there.
+    let created = gw
+        .cas("lock/a", json!({"expect_absent": true, "value": "owner-1"}))
+        .await?
+        .expect(200)?;
+    assert_eq!(created["succeeded"], true);
+    assert!(created["current"].is_null(), "nothing before: {created}");
+    let rev = created["rev"].as_u64().context("rev")?;
+    let conflict = gw
+        .cas("lock/a", json!({"expect_absent": true, "value": "owner-2"}))
+        .await?
+        .expect(409)?;
+    assert_eq!(conflict["succeeded"], false);
+    assert_eq!(conflict["error"]["code"], "cas_conflict");
+    assert_eq!(conflict["current"]["value"], "owner-1");
+    assert_eq!(conflict["current"]["mod_rev"], rev);
+
+    // By revision: the current one wins, a stale one conflicts.
+    let swapped = gw
+        .cas("lock/a", json!({"expect_mod_rev": rev, "value": "owner-2"}))
+        .await?
+        .expect(200)?;
+    assert_eq!(
+        swapped["current"]["value"], "owner-1",
+        "current is the record before"
+    );
+    let stale = gw
+        .cas("lock/a", json!({"expect_mod_rev": rev, "value": "owner-3"}))
+        .await?
+        .expect(409)?;
+    assert_eq!(stale["current"]["value"], "owner-2");
+
+    // By value, in base64 (bytes), writing bytes; then a delete by value.
+    let bytes = [0xffu8, 0x00, 0x01];
+    gw.cas(
+        "lock/a",
+        json!({"expect_value": "owner-2", "value_b64": b64(&bytes)}),
+    )
+    .await?
+    .expect(200)?;
+    let wrong = gw
+        .cas("lock/a", json!({"expect_value": "owner-2", "delete": true}))
+        .await?
+        .expect(409)?;
+    assert_eq!(wrong["current"]["value_b64"], b64(&bytes));
+    gw.cas(
+        "lock/a",
+        json!({"expect_value_b64": b64(&bytes), "delete": true}),
+    )
+    .await?
+    .expect(200)?;
+    assert_eq!(gw.get("/v1/kv/lock/a").await?.error(404)?, "not_found");
+
+    // A key whose last segment is `cas`: POST always takes the last segment as the verb.
+    gw.cas("jobs/cas", json!({"expect_absent": true, "value": "j"}))
+        .await?
+        .expect(200)?;
+    assert_eq!(gw.get("/v1/kv/jobs/cas").await?.expect(200)?["value"], "j");
+
+    gw.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_returns_keys_in_order_by_prefix_or_range_and_says_when_there_are_more() -> Result<()>
+{
+    let _serial = serial().await;
+    let (_cluster, gw) = cluster_and_gateway(Duration::from_secs(10)).await?;
+    for i in 0..15 {
+        gw.put(&format!("/v1/kv/user/{i:02}"), format!("u{i}").as_bytes())
+            .await?
+            .expect(200)?;
+    }
+    gw.put("/v1/kv/userz", b"outside").await?.expect(200)?;
+    gw.put("/v1/kv/app/1", b"a").await?.expect(200)?;
+
+    let keys = |page: &Value| -> Vec<String> {
+        page["records"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|x| x["key"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let first = gw
+        .get("/v1/kv?prefix=user%2F&limit=10")
+        .await?
+        .expect(200)?;
+    let want: Vec<String> = (0..10).map(|i| format!("user/{i:02}")).collect();
+    assert_eq!(keys(&first), want);
+    assert_eq!(first["more"], true);
+    assert_eq!(first["records"][3]["value"], "u3");
+    assert_eq!(first["records"][3]["value_b64"], b64(b"u3"));
+    assert!(first["records"][3]["mod_rev"].as_u64().is_some());
+
+    // The next page: after the last key (last key + a zero byte), within the prefix.
+    let second = gw
+        .get("/v1/kv?start=user%2F09%00&end=user0&limit=10")
+        .await?
+        .expect(200)?;
+    let want: Vec<String> = (10..15).map(|i| format!("user/{i:02}")).collect();
+    assert_eq!(keys(&second), want);
+    assert_eq!(second["more"], false);
+
+    // A range; the whole keyspace; the default limit.
+    let range = gw
+        .get("/v1/kv?start=app&end=user%2F01")
+        .await?
+        .expect(200)?;
+    assert_eq!(keys(&range), vec!["app/1", "user/00"]);
+    let all = gw.get("/v1/kv?serializable=true").await?.expect(200)?;
+    assert_eq!(keys(&all).len(), 17);
+    assert_eq!(all["more"], false);
+    let empty = gw.get("/v1/kv?prefix=nothing").await?.expect(200)?;
+    assert_eq!(keys(&empty), Vec::<String>::new());
+
+    gw.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_health_and_readiness_describe_the_serving_node() -> Result<()> {
+    let _serial = serial().await;
+    let (cluster, gw) = cluster_and_gateway(Duration::from_secs(10)).await?;
+
+    assert_eq!(gw.get("/healthz").await?.expect(200)?["status"], "ok");
+    assert_eq!(gw.get("/readyz").await?.expect(200)?["ready"], true);
+
+    let s = gw.get("/v1/status").await?.expect(200)?;
+    let me = format!("{:016x}", cluster.handles[0].node_id());
+    assert_eq!(s["node"], me);
+    assert_eq!(s["peer"], cluster.handles[0].peer_id().to_string());
+    assert_eq!(s["partitions"], P);
+    assert_eq!(s["state"], "ready");
+    assert!(s["cluster_id"].as_str().is_some_and(|c| c.len() == 16));
+    assert!(
+        s["meta_leader"].as_str().is_some(),
+        "meta leader known: {s}"
+    );
+    let groups = s["groups"].as_array().context("groups")?;
+    // Every partition and the meta group have a replica on each of the 3 nodes.
+    assert_eq!(groups.len(), P as usize + 1);
+    for g in groups {
+        assert_eq!(g["voters"].as_array().map(Vec::len), Some(3), "{g}");
+        assert!(g["leader"].as_str().is_some(), "{g}");
+        assert!(g["applied"].as_u64() <= g["commit"].as_u64(), "{g}");
+    }
+    assert_eq!(s["summary"]["groups"], P + 1);
+    assert_eq!(s["summary"]["with_leader"], P + 1);
+    assert_eq!(s["summary"]["under_replicated"], 0);
+    // Peers are listed once their membership heartbeats arrive (gossip, about a second).
+    wait_for(
+        "node 0 to list its two peers",
+        Duration::from_secs(15),
+        || async {
+            match gw.get("/v1/status").await.and_then(|r| r.expect(200)) {
+                Ok(s) => s["peers"].as_array().map(Vec::len) == Some(2),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+
+    gw.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_without_a_leader_answers_503_and_the_gateway_recovers_with_the_cluster(
+) -> Result<()> {
+    let _serial = serial().await;
+    let (mut cluster, gw) = cluster_and_gateway(Duration::from_secs(2)).await?;
+    gw.put("/v1/kv/before", b"kept").await?.expect(200)?;
+
+    // Two of three replicas gone: no partition can elect a leader or commit a write.
+    cluster.kill(1).await;
+    cluster.kill(2).await;
+    let during = gw.put("/v1/kv/during", b"x").await?;
+    let status = during.status;
+    let body = during.json()?;
+    println!("write right after the kill: {status} {body}");
+    // Depending on where the write was when the leaders vanished, the client's deadline ends
+    // it as "no leader" (503, nothing happened) or as ambiguous (503/504, and the message
+    // says so).
+    assert!(status == 503 || status == 504, "{status} {body}");
+    let code = body["error"]["code"].as_str().context("code")?;
+    if code != "unavailable" && code != "not_leader" {
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains("may or may not"), "{body}");
+    }
+
+    // Once node 0 knows no leader for any of its groups, a write is a plain 503 and the node
+    // is not ready; liveness is unaffected.
+    wait_for(
+        "node 0 to know no leader",
+        Duration::from_secs(30),
+        || async {
+            match gw.get("/v1/status").await.and_then(|r| r.expect(200)) {
+                Ok(s) => s["summary"]["with_leader"] == 0 && s["state"] == "degraded",
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    let refused = gw.put("/v1/kv/during", b"x").await?;
+    assert_eq!(refused.error(503)?, "unavailable");
+    let read = gw.get("/v1/kv/before").await?;
+    assert_eq!(read.status, 503, "a linearizable read needs a leader too");
+    let ready = gw.get("/readyz").await?;
+    assert_eq!(ready.error(503)?, "not_ready");
+    assert_eq!(gw.get("/healthz").await?.expect(200)?["status"], "ok");
+
+    // The two nodes come back: the same gateway serves again and lost nothing.
+    cluster.restart(1).await;
+    cluster.restart(2).await;
+    cluster.wait_for_leaders(Duration::from_secs(30)).await;
+    wait_for(
+        "the gateway to take writes again",
+        Duration::from_secs(30),
+        || async { matches!(gw.put("/v1/kv/after", b"y").await, Ok(r) if r.status == 200) },
+    )
+    .await;
+    assert_eq!(gw.get("/v1/kv/before").await?.expect(200)?["value"], "kept");
+    assert_eq!(gw.get("/v1/kv/after").await?.expect(200)?["value"], "y");
+    assert_eq!(gw.get("/readyz").await?.expect(200)?["ready"], true);
+
+    gw.shutdown().await
+}
