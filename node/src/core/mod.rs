@@ -369,6 +369,16 @@ impl<B: Backend> Core<B> {
             log::debug!("dropping a message from {from} for group {group}, not held here");
             return;
         };
+        let mut msg = msg;
+        if msg.get_msg_type() == MessageType::MsgHeartbeat {
+            // A leader's heartbeat carries min(what it believes we have, its commit). After this
+            // replica was dropped and recreated empty, that belief is stale and raft-rs would
+            // panic committing past our log; knowing less commit is always safe.
+            let last = r.node.raft.raft_log.last_index();
+            if msg.commit > last {
+                msg.commit = last;
+            }
+        }
         if msg.get_msg_type() == MessageType::MsgSnapshot {
             match self.store.snapshot_ready(group, &msg.get_snapshot().data) {
                 Ok(true) => {}
@@ -801,7 +811,14 @@ impl<B: Backend> Core<B> {
             .rev()
             .find(|(_, _, d)| matches!(d, Decoded::Conf(_)))
         {
-            if !still_member(cs) {
+            // Removed: drop the replica, unless the current target wants this node back (a
+            // node replayed its own removal after a restart and is being re-added): keeping
+            // its log then saves a snapshot.
+            let wanted = self
+                .targets
+                .get(&g)
+                .is_some_and(|t| t.replicas.contains(&me));
+            if !still_member(cs) && !wanted {
                 self.removed.push(g);
             }
         }
