@@ -637,3 +637,68 @@ async fn a_partition_without_a_leader_answers_503_and_the_gateway_recovers_with_
 
     gw.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_outside_a_cluster_is_live_not_ready_and_serves_keys_once_it_forms() -> Result<()> {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir()?;
+    let node = swarmkv::Node::start(node_config(dir.path(), &fast_core())).await?;
+    let handle = node.handle();
+    // What `swarmkv start` runs: the gateway comes up with the node, before any cluster.
+    let listener = swarmkv::http::bind(([127, 0, 0, 1], 0).into()).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(swarmkv::http::serve_node(
+        listener,
+        handle.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    assert_eq!(
+        request(addr, "GET", "/healthz", b"").await?.expect(200)?["status"],
+        "ok"
+    );
+    let ready = request(addr, "GET", "/readyz", b"").await?;
+    assert_eq!(ready.error(503)?, "not_ready");
+    let status = request(addr, "GET", "/v1/status", b"").await?.expect(200)?;
+    assert_eq!(status["state"], "unformed");
+    assert!(status["cluster_id"].is_null(), "{status}");
+    let get = request(addr, "GET", "/v1/kv/a", b"").await?;
+    assert_eq!(get.error(503)?, "unavailable");
+    // Bad input is still bad input: 400 before 503.
+    assert_eq!(
+        request(addr, "GET", "/v1/kv/%zz", b"").await?.error(400)?,
+        "bad_encoding"
+    );
+
+    // The node forms a cluster of one: the same gateway starts serving keys.
+    handle.bootstrap(vec![handle.peer_id()], 2, 1).await?;
+    wait_for(
+        "the gateway to serve keys",
+        Duration::from_secs(30),
+        || async {
+            matches!(request(addr, "PUT", "/v1/kv/a", b"1").await, Ok(r) if r.status == 200)
+        },
+    )
+    .await;
+    let got = request(addr, "GET", "/v1/kv/a", b"").await?.expect(200)?;
+    assert_eq!(got["value"], "1");
+    let status = request(addr, "GET", "/v1/status", b"").await?.expect(200)?;
+    assert_eq!(status["partitions"], 2);
+    // One voter per group: every group is reported under-replicated.
+    assert_eq!(
+        status["summary"]["under_replicated"],
+        status["summary"]["groups"]
+    );
+    wait_for("readiness", Duration::from_secs(30), || async {
+        matches!(request(addr, "GET", "/readyz", b"").await, Ok(r) if r.status == 200)
+    })
+    .await;
+
+    let _ = stop.send(());
+    server.await??;
+    node.shutdown().await;
+    Ok(())
+}

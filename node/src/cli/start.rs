@@ -9,13 +9,12 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use swarmkv::core::{ClientError, META_GROUP};
-use swarmkv::{Client, Node, NodeConfig, NodeHandle};
+use swarmkv::core::META_GROUP;
+use swarmkv::{Node, NodeConfig, NodeHandle};
 use swarmkv_net::Multiaddr;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -100,19 +99,22 @@ impl Start {
         for addr in listen_addrs(&handle).await {
             let _ = say(format!("listening {addr}"));
         }
-        // Bound now, so a taken port stops the start with a clear error; served from the
-        // moment the node is part of a cluster (the gateway's client needs the partition
-        // count to route keys), until the stop signal below.
+        // Bound now, so a taken port stops the start with a clear error; served at once
+        // (health and status; keys once the node is part of a cluster) until the stop
+        // signal below.
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let gateway = match http_listener(self.http.as_ref()).await? {
             Some(listener) => {
                 if let Ok(local) = listener.local_addr() {
                     let _ = say(format!("http      http://{local}"));
                 }
-                Some(tokio::spawn(serve_http(
-                    handle.clone(),
+                let stop = async {
+                    let _ = http_stopped.await;
+                };
+                Some(tokio::spawn(swarmkv::http::serve_node(
                     listener,
-                    http_stopped,
+                    handle.clone(),
+                    stop,
                 )))
             }
             None => None,
@@ -200,32 +202,6 @@ async fn http_listener(flag: Option<&HttpListen>) -> Result<Option<tokio::net::T
                 Err(e) => Err(e.into()),
             }
         }
-    }
-}
-
-/// Serves the HTTP gateway on an in-process client of the node, once the node is part of a
-/// cluster, until `stop` fires.
-async fn serve_http(
-    handle: NodeHandle,
-    listener: tokio::net::TcpListener,
-    stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    let client = loop {
-        match Client::in_process(handle.clone()).await {
-            Ok(c) => break c,
-            // Not in a cluster yet (it waited a while already): keep waiting.
-            Err(ClientError::Unavailable { .. }) => continue,
-            Err(e) => {
-                log::warn!("the HTTP gateway does not start: {e}");
-                return;
-            }
-        }
-    };
-    let stop = async {
-        let _ = stop.await;
-    };
-    if let Err(e) = swarmkv::http::serve_on(listener, Arc::new(client), stop).await {
-        log::error!("{e}");
     }
 }
 

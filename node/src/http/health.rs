@@ -14,9 +14,9 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::wire::StatusReport;
-use crate::Client;
 
 use super::error::ApiError;
+use super::state::Gateway;
 
 /// `GET /healthz`: always `200 {"status": "ok"}` while the gateway runs.
 pub async fn healthz() -> Json<Value> {
@@ -24,8 +24,8 @@ pub async fn healthz() -> Json<Value> {
 }
 
 /// `GET /readyz`: `200 {"ready": true}`, or 503 `not_ready` with the reason.
-pub async fn readyz(State(client): State<Arc<Client>>) -> Result<Json<Value>, ApiError> {
-    let report = client.status().await?;
+pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Result<Json<Value>, ApiError> {
+    let report = gw.report().await?;
     match not_ready_reason(&report) {
         None => Ok(Json(json!({ "ready": true }))),
         Some(reason) => Err(ApiError::new(

@@ -26,14 +26,16 @@ use crate::Client;
 
 use super::encoding::{flag, from_b64, parse_query, percent_decode, RecordJson};
 use super::error::{ApiError, CasConflict};
+use super::state::Gateway;
 use super::{MAX_CAS_BODY, MAX_PUT_BODY};
 
 /// The path prefix of single-key routes.
 pub const KV_PREFIX: &str = "/v1/kv/";
 
 /// `GET /v1/kv/{key}[?serializable=true]`: the record, or 404.
-pub async fn get(State(client): State<Arc<Client>>, uri: Uri) -> Result<Response, ApiError> {
+pub async fn get(State(gw): State<Arc<Gateway>>, uri: Uri) -> Result<Response, ApiError> {
     let key = key_of(&uri, false)?;
+    let client = gw.client()?;
     let mut consistency = Consistency::Linearizable;
     for (name, value) in parse_query(uri.query())? {
         match name.as_str() {
@@ -45,13 +47,13 @@ pub async fn get(State(client): State<Arc<Client>>, uri: Uri) -> Result<Response
     match client.get_with(&key, consistency).await {
         Ok(Some(record)) => Ok(Json(RecordJson::new(&key, &record)).into_response()),
         Ok(None) => Err(ApiError::not_found("no such key")),
-        Err(e) => Err(with_leader_hint(&client, &key, e).await),
+        Err(e) => Err(with_leader_hint(client, &key, e).await),
     }
 }
 
 /// `PUT /v1/kv/{key}`: the body, whatever its content type, is the value. Answers `{rev}`.
 pub async fn put(
-    State(client): State<Arc<Client>>,
+    State(gw): State<Arc<Gateway>>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -59,20 +61,22 @@ pub async fn put(
     let key = key_of(&uri, false)?;
     no_parameters(&uri)?;
     let value = read_body(&headers, body, MAX_PUT_BODY).await?;
+    let client = gw.client()?;
     match client.put(&key, &value).await {
         Ok(rev) => Ok(Json(serde_json::json!({ "rev": rev })).into_response()),
-        Err(e) => Err(with_leader_hint(&client, &key, e).await),
+        Err(e) => Err(with_leader_hint(client, &key, e).await),
     }
 }
 
 /// `DELETE /v1/kv/{key}`: answers `{deleted}`, whether the key existed (200 either way: the
 /// key is absent afterwards, which is what was asked).
-pub async fn delete(State(client): State<Arc<Client>>, uri: Uri) -> Result<Response, ApiError> {
+pub async fn delete(State(gw): State<Arc<Gateway>>, uri: Uri) -> Result<Response, ApiError> {
     let key = key_of(&uri, false)?;
     no_parameters(&uri)?;
+    let client = gw.client()?;
     match client.delete(&key).await {
         Ok(deleted) => Ok(Json(serde_json::json!({ "deleted": deleted })).into_response()),
-        Err(e) => Err(with_leader_hint(&client, &key, e).await),
+        Err(e) => Err(with_leader_hint(client, &key, e).await),
     }
 }
 
@@ -140,7 +144,7 @@ impl CasRequest {
 /// `POST /v1/kv/{key}/cas`: `{succeeded: true, rev, current}`, or 409 with `current` when the
 /// comparison did not hold.
 pub async fn cas(
-    State(client): State<Arc<Client>>,
+    State(gw): State<Arc<Gateway>>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -151,6 +155,7 @@ pub async fn cas(
     let request: CasRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
     let (compare, action) = request.decode()?;
+    let client = gw.client()?;
     match client.cas(&key, compare, action).await {
         Ok(r) => {
             let current = r.current.as_ref().map(|rec| RecordJson::new(&key, rec));
@@ -165,7 +170,7 @@ pub async fn cas(
                 Ok(CasConflict { current }.into_response())
             }
         }
-        Err(e) => Err(with_leader_hint(&client, &key, e).await),
+        Err(e) => Err(with_leader_hint(client, &key, e).await),
     }
 }
 

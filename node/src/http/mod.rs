@@ -6,6 +6,7 @@
 //! - [`scan`]: `GET /v1/kv?prefix=&start=&end=&limit=`.
 //! - [`status`]: `GET /v1/status`, the node's report and a replica-health summary.
 //! - [`health`]: `GET /healthz` (liveness) and `GET /readyz` (readiness).
+//! - [`state`]: what handlers share: the client, made once the node is part of a cluster.
 //! - [`encoding`]: bytes in and out: percent-decoded paths and queries, UTF-8 + base64 JSON.
 //! - [`error`]: [`ClientError`](crate::core::ClientError) to HTTP status and
 //!   `{"error": {"code", "message"}}`.
@@ -21,20 +22,24 @@ pub mod error;
 pub mod health;
 pub mod kv;
 pub mod scan;
+pub mod state;
 pub mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::routing::{any, get};
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::driver::NodeHandle;
 use crate::Client;
 
 pub use error::ApiError;
+pub use state::Gateway;
 
 /// The address `swarmkv start` serves the gateway on: loopback only, because the API has no
 /// authentication; exposing it is an explicit choice (`--http 0.0.0.0:7380`).
@@ -67,8 +72,23 @@ pub enum HttpError {
     Serve(#[source] std::io::Error),
 }
 
+/// How long the gateway's client of a node keeps retrying one request (no leader yet, a
+/// leader change) before answering 503/504: long enough to ride out an election.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
 /// The gateway's routes, serving `client`.
 pub fn router(client: Arc<Client>) -> Router {
+    routes(Gateway::new(client))
+}
+
+/// The gateway's routes for a node that may not be part of a cluster yet: health, readiness
+/// and status answer at once; key requests answer 503 until the node is in a cluster. Must be
+/// called inside a tokio runtime.
+pub fn router_for_node(node: NodeHandle) -> Router {
+    routes(Gateway::for_node(node, REQUEST_DEADLINE))
+}
+
+fn routes(gateway: Gateway) -> Router {
     Router::new()
         .route("/v1/kv", get(scan::scan))
         // `{*key}` does not match an empty key: say so rather than 404.
@@ -93,7 +113,7 @@ pub fn router(client: Arc<Client>) -> Router {
                 "this method is not allowed on this path",
             )
         })
-        .with_state(client)
+        .with_state(Arc::new(gateway))
 }
 
 /// Binds the gateway's listener. Separate from [`serve_on`] so a caller learns the address
@@ -112,6 +132,19 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
     axum::serve(listener, router(client))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(HttpError::Serve)
+}
+
+/// Serves [`router_for_node`] on `listener` until `shutdown` completes: what `swarmkv start`
+/// runs, from the moment the node starts.
+pub async fn serve_node(
+    listener: TcpListener,
+    node: NodeHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    axum::serve(listener, router_for_node(node))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(HttpError::Serve)

@@ -15,11 +15,11 @@ use axum::Json;
 use serde::Serialize;
 
 use crate::core::Consistency;
-use crate::Client;
 
 use super::encoding::{flag, parse_query, RecordJson};
 use super::error::ApiError;
 use super::kv::unknown_parameter;
+use super::state::Gateway;
 
 /// Records per scan unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -96,8 +96,9 @@ impl ScanQuery {
 }
 
 /// `GET /v1/kv`: `{records: [...], more}`.
-pub async fn scan(State(client): State<Arc<Client>>, uri: Uri) -> Result<Json<ScanJson>, ApiError> {
+pub async fn scan(State(gw): State<Arc<Gateway>>, uri: Uri) -> Result<Json<ScanJson>, ApiError> {
     let q = ScanQuery::parse(uri.query())?;
+    let client = gw.client()?;
     // One record more than asked tells whether the scan was cut.
     let mut records = client
         .scan(&q.start, q.end.as_deref(), q.limit + 1, q.consistency)

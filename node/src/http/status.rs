@@ -12,9 +12,9 @@ use serde::Serialize;
 
 use crate::core::{partition_of_group, META_GROUP};
 use crate::wire::StatusReport;
-use crate::Client;
 
 use super::error::{node_hex, ApiError};
+use super::state::Gateway;
 
 /// Fewer voters than this and a group is reported as under-replicated: with three, a group
 /// survives the loss of any one replica.
@@ -134,7 +134,7 @@ impl StatusJson {
 }
 
 /// `GET /v1/status`.
-pub async fn status(State(client): State<Arc<Client>>) -> Result<Json<StatusJson>, ApiError> {
-    let report = client.status().await?;
+pub async fn status(State(gw): State<Arc<Gateway>>) -> Result<Json<StatusJson>, ApiError> {
+    let report = gw.report().await?;
     Ok(Json(StatusJson::new(&report)))
 }
