@@ -13,7 +13,7 @@
 //!
 //! The API is described in `docs/openapi.yaml` and, with curl examples, in the README.
 //!
-//! The gateway holds no state of its own: every request is one or a few calls on the
+//! The gateway keeps no data of its own: every request is one or a few calls on the
 //! [`Client`] (an in-process client on the node's handle in `swarmkv start`), which routes,
 //! forwards and retries; the gateway only translates.
 
