@@ -633,3 +633,73 @@ async fn two_clusters_formed_apart_never_merge() {
     ca.put(b"only-in-a", b"x").await.expect("put a");
     assert!(cb.get(b"only-in-a").await.expect("get b").is_none());
 }
+
+/// Regression: a node removed from its groups while it was down replays its own removal when
+/// it comes back and is re-added; raft-rs must not be handed a commit index past its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_down_comes_back_and_takes_replicas_again() {
+    let _serial = serial().await;
+    let mut swarm = Swarm::new(Some(4));
+    for _ in 0..4 {
+        swarm.add().await;
+    }
+    wait_for_placement(
+        swarm.live_handles(),
+        swarm.live_ids(),
+        3,
+        Duration::from_secs(40),
+    )
+    .await;
+    let client = swarm.client(0).await;
+    for i in 0..100 {
+        client
+            .put(format!("back/{i}").as_bytes(), b"1")
+            .await
+            .expect("put");
+    }
+    let victim = 3;
+    let addr = listen_addr(&swarm.handles[victim]).await;
+    let seed = listen_addr(&swarm.handles[0]).await;
+    swarm.kill(victim).await;
+    // Marked dead and removed from every group.
+    wait_for_placement(
+        swarm.live_handles(),
+        swarm.live_ids(),
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
+    for i in 0..100 {
+        client
+            .put(format!("back/{i}").as_bytes(), b"2")
+            .await
+            .expect("put while down");
+    }
+    swarm.restart(victim, addr, seed).await;
+    let back = swarm.handles[victim].node_id();
+    let handles = swarm.live_handles();
+    wait_for(
+        "the returning node to hold replicas again",
+        Duration::from_secs(60),
+        || {
+            let handles = handles.clone();
+            async move {
+                let voters = group_voters(&handles).await;
+                voters.len() == P as usize + 1 && voters.values().any(|v| v.contains(&back))
+            }
+        },
+    )
+    .await;
+    let returned = swarm.client(victim).await;
+    for i in 0..100 {
+        let got = returned
+            .get(format!("back/{i}").as_bytes())
+            .await
+            .expect("get");
+        assert_eq!(got.map(|r| r.value), Some(b"2".to_vec()), "back/{i}");
+    }
+    assert!(
+        swarm.handles[victim].status().await.is_ok(),
+        "the returning node must be running"
+    );
+}

@@ -468,7 +468,13 @@ impl<B: Backend> Core<B> {
             return;
         }
         if !r.is_leader {
-            let leader = r.leader_hint();
+            // No leader known here (an election, or this replica is a leftover the group has
+            // moved on from): point at another replica the target names.
+            let leader = r.leader_hint().or_else(|| {
+                self.targets
+                    .get(&group)
+                    .and_then(|t| t.replicas.iter().find(|n| **n != self.id).copied())
+            });
             let err = match leader {
                 Some(_) => ClientError::NotLeader { leader },
                 None => ClientError::Unavailable {
@@ -533,6 +539,27 @@ impl<B: Backend> Core<B> {
             }
             _ => false,
         }
+    }
+
+    /// Drops this node's replica of `group` and its data, because the group's leader reports
+    /// a configuration without this node (a replica removed while its node was down never
+    /// hears of its removal). The caller must know that from the leader, not guess it.
+    pub fn drop_replica(&mut self, group: GroupId) -> Result<(), CoreError> {
+        if self.replicas.get(&group).is_some_and(|r| r.is_leader) {
+            return Ok(());
+        }
+        if let Some(mut r) = self.replicas.remove(&group) {
+            log::info!(
+                "node {:x}: dropping leftover replica of group {group}",
+                self.id
+            );
+            for (_, p) in std::mem::take(&mut r.proposals) {
+                self.reply(p.request, Err(ClientError::LeaderChanged));
+            }
+            drop(r);
+            self.store.destroy_group(group)?;
+        }
+        Ok(())
     }
 
     /// Tells Raft that `to` could not be reached, so replication to it slows to probing.

@@ -150,6 +150,7 @@ impl Driver {
             if now.duration_since(self.control.last_reconcile) >= RECONCILE_PERIOD {
                 self.control.last_reconcile = now;
                 self.core.reconcile();
+                self.collect_leftovers();
             }
         }
     }
@@ -584,6 +585,39 @@ impl Driver {
             }
         }
         leading == 0 || Instant::now() >= deadline
+    }
+
+    /// Drops local replicas of groups whose leader announces a configuration without this
+    /// node, when the target does not want this node either.
+    fn collect_leftovers(&mut self) {
+        let me = self.node;
+        let mut leftovers = Vec::new();
+        for g in self.core.groups() {
+            if self.core.is_leader(g) {
+                continue;
+            }
+            let wanted = self
+                .core
+                .targets()
+                .get(&g)
+                .is_none_or(|t| t.replicas.contains(&me));
+            if wanted {
+                continue;
+            }
+            let removed = self.control.fresh().any(|(_, a)| {
+                a.led
+                    .iter()
+                    .any(|(lg, voters)| *lg == g && !voters.contains(&me))
+            });
+            if removed {
+                leftovers.push(g);
+            }
+        }
+        for g in leftovers {
+            if let Err(e) = self.core.drop_replica(g) {
+                log::warn!("cannot drop leftover replica of group {g}: {e}");
+            }
+        }
     }
 
     /// The leader of `group` according to the peers' announcements.
