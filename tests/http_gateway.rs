@@ -702,3 +702,90 @@ async fn a_node_outside_a_cluster_is_live_not_ready_and_serves_keys_once_it_form
     node.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_proposals_fsyncs_and_request_latency() -> Result<()> {
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, P, fast_core()).await;
+    let listener = swarmkv::http::bind(([127, 0, 0, 1], 0).into()).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(swarmkv::http::serve_node(
+        listener,
+        cluster.handles[0].clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // The gateway makes its client once the node is in a cluster: wait for keys to serve.
+    let mut ready = false;
+    for _ in 0..100 {
+        if request(addr, "PUT", "/v1/kv/metrics/probe", b"1")
+            .await?
+            .status
+            == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the gateway never served a write");
+    for i in 0..5 {
+        request(addr, "PUT", &format!("/v1/kv/metrics/{i}"), b"v")
+            .await?
+            .expect(200)?;
+        request(addr, "GET", &format!("/v1/kv/metrics/{i}"), b"")
+            .await?
+            .expect(200)?;
+    }
+    let reply = request(addr, "GET", "/metrics", b"").await?;
+    assert_eq!(reply.status, 200);
+    let text = String::from_utf8(reply.body)?;
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    for family in [
+        "swarmkv_proposals_total",
+        "swarmkv_applies_total",
+        "swarmkv_raft_messages_sent_total",
+        "swarmkv_raft_messages_received_total",
+        "swarmkv_fsync_seconds_count",
+        "swarmkv_peers_up",
+    ] {
+        assert!(value(family).is_some(), "{family} missing from:\n{text}");
+    }
+    assert!(value("swarmkv_applies_total").unwrap_or(0.0) > 0.0);
+    assert!(value("swarmkv_fsync_seconds_count").unwrap_or(0.0) > 0.0);
+    assert!(
+        value("swarmkv_request_seconds_count{op=\"put\"}").unwrap_or(0.0) >= 6.0,
+        "{text}"
+    );
+    assert!(
+        value("swarmkv_request_seconds_count{op=\"get\"}").unwrap_or(0.0) >= 5.0,
+        "{text}"
+    );
+    // Peers count once their heartbeats (every 200 ms here) have been heard.
+    let mut peers = 0.0;
+    for _ in 0..50 {
+        let reply = request(addr, "GET", "/metrics", b"").await?;
+        let text = String::from_utf8(reply.body)?;
+        peers = text
+            .lines()
+            .find(|l| l.starts_with("swarmkv_peers_up "))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if peers >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(peers, 2.0, "both other nodes should count as up");
+    let _ = stop.send(());
+    server.await??;
+    Ok(())
+}

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -22,6 +23,7 @@ use crate::core::{
     ClientError, ClusterSettings, Core, CoreConfig, CoreError, GroupStatus, NodeId, Reply, Request,
     RequestId,
 };
+use crate::metrics::{op_of, Metrics};
 use crate::wire::{Announce, Answer, Call, ClusterInfo, KvAnswer, KvCall};
 
 mod control;
@@ -196,6 +198,7 @@ struct Pending {
     req: Request,
     /// How many nodes passed it on already.
     hops: u8,
+    started: Instant,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -207,12 +210,18 @@ struct PeerTable {
 #[derive(Clone)]
 pub struct NodeHandle {
     cmds: mpsc::Sender<Cmd>,
+    metrics: Arc<Metrics>,
     net: NetHandle,
     peer: PeerId,
     node: NodeId,
 }
 
 impl NodeHandle {
+    /// The node's metrics (what the gateway serves at `/metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The node's PeerId.
     pub fn peer_id(&self) -> PeerId {
         self.peer
@@ -321,6 +330,11 @@ impl Node {
         let peer = keypair.public().to_peer_id();
         let node = node_id_of(&peer);
         let store = open_store(&config.data_dir, config.store.clone()).await?;
+        let metrics = Arc::new(Metrics::new());
+        {
+            let m = metrics.clone();
+            store.set_sync_observer(Arc::new(move |d| m.observe_sync(d)));
+        }
         let start = Instant::now();
         let core = Core::new(node, store.clone(), config.core.clone(), 0)?;
         let (net, events, event_loop) = swarmkv_net::new(config.net_config(keypair))?;
@@ -362,6 +376,7 @@ impl Node {
             isolated: false,
             unreachable: Default::default(),
             control: Control::new(config.control.clone()),
+            metrics: metrics.clone(),
             foreign: Vec::new(),
             draining: None,
             stopped: Vec::new(),
@@ -370,6 +385,7 @@ impl Node {
         Ok(Node {
             handle: NodeHandle {
                 cmds: cmd_tx,
+                metrics,
                 net,
                 peer,
                 node,
@@ -448,6 +464,7 @@ struct Driver {
     /// Peers the network reports suspect or down: requests are not forwarded to them.
     unreachable: std::collections::HashSet<NodeId>,
     control: Control,
+    metrics: Arc<Metrics>,
     /// Peers of other clusters seen (reported in the status).
     foreign: Vec<(PeerId, String, Option<u64>)>,
     /// A graceful shutdown in progress: leaderships are handed away until this deadline.
@@ -527,7 +544,9 @@ impl Driver {
                     break;
                 }
             }
-            if let Err(e) = self.turn() {
+            let turn = self.turn();
+            self.metrics.observe_core(self.core.stats());
+            if let Err(e) = turn {
                 log::error!("node {:x}: storage failed, stopping: {e}", self.node);
                 for (_, p) in self.pending.drain() {
                     deliver(p.origin, Err(ClientError::Storage(e.to_string())));
@@ -689,6 +708,7 @@ impl Driver {
                 origin,
                 req: req.clone(),
                 hops,
+                started: Instant::now(),
             },
         );
         self.core.handle_request(id, req);
@@ -912,14 +932,19 @@ impl Driver {
                     if let Some(peer) = self.peers.get(l).copied() {
                         let net = self.net.clone();
                         let hops = p.hops + 1;
+                        let metrics = self.metrics.clone();
                         tokio::spawn(async move {
+                            let op = op_of(&p.req.body);
                             let reply = forward(&net, peer, p.req, hops).await;
+                            metrics.observe_request(op, p.started.elapsed());
                             deliver(p.origin, reply);
                         });
                         continue;
                     }
                 }
             }
+            self.metrics
+                .observe_request(op_of(&p.req.body), p.started.elapsed());
             deliver(p.origin, reply);
         }
     }

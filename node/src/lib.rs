@@ -4,6 +4,7 @@
 //! - [`core`]: the sans-IO multi-Raft engine (no tokio, libp2p or sled): replicas, routing,
 //!   placement, proposals, reads, replies.
 //! - [`client`]: the Rust client (in-process or remote), with routing and retries.
+//! - [`metrics`]: the node's Prometheus metrics.
 //! - [`driver`]: the async node loop around the core (the only place that awaits).
 //! - [`wire`]: the client protocol payload.
 //! - [`http`]: the HTTP/JSON gateway (axum) over a [`Client`]: KV, scan, CAS, status, health.
@@ -14,6 +15,7 @@ pub mod client;
 pub mod core;
 pub mod driver;
 pub mod http;
+pub mod metrics;
 pub mod wire;
 
 pub use client::{CasResult, Client};

@@ -37,7 +37,7 @@ pub use log_batch::{CommitStats, LogBatch};
 pub use mem_backend::MemBackend;
 pub use sled_backend::{SledBackend, SledConfig};
 pub use snapshot::{ChunkProgress, DiscardedSnapshot, SnapshotChunk, SnapshotDescriptor};
-pub use store::{MemStore, ScanPage, SledStore, Store, StoreConfig, FORMAT_VERSION};
+pub use store::{MemStore, ScanPage, SledStore, Store, StoreConfig, SyncObserver, FORMAT_VERSION};
 
 /// Re-exported so callers name the same raft-rs types the store uses.
 pub use raft;

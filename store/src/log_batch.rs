@@ -151,7 +151,11 @@ impl<B: Backend> Store<B> {
         }
         let bytes = bb.bytes();
         self.inner.backend.write(&bb)?;
+        let started = std::time::Instant::now();
         self.inner.backend.sync()?;
+        if let Some(observe) = self.inner.sync_observer.get() {
+            observe(started.elapsed());
+        }
 
         // Durable: now let raft-rs see it.
         let budget = self.inner.config.entry_cache_bytes;

@@ -45,8 +45,12 @@ impl Default for StoreConfig {
     }
 }
 
+/// Called with the duration of every sync a commit makes (metrics hook).
+pub type SyncObserver = std::sync::Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
 pub(crate) struct Inner<B> {
     pub backend: B,
+    pub sync_observer: std::sync::OnceLock<SyncObserver>,
     pub config: StoreConfig,
     pub groups: Mutex<HashMap<u64, SharedGroup>>,
     pub discarded: Vec<DiscardedSnapshot>,
@@ -145,11 +149,18 @@ impl<B: Backend> Store<B> {
         Ok(Store {
             inner: Arc::new(Inner {
                 backend,
+                sync_observer: std::sync::OnceLock::new(),
                 config,
                 groups: Mutex::new(HashMap::new()),
                 discarded,
             }),
         })
+    }
+
+    /// Registers the function told how long each commit's sync took (at most one; later
+    /// calls are ignored). The store stays free of any metrics library.
+    pub fn set_sync_observer(&self, observer: SyncObserver) {
+        let _ = self.inner.sync_observer.set(observer);
     }
 
     /// The engine underneath.

@@ -86,6 +86,21 @@ pub struct GroupStatus {
     pub voters: Vec<NodeId>,
 }
 
+/// Counters of what the core did since it started (the driver exports them as metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Writes proposed to Raft.
+    pub proposals: u64,
+    /// Committed entries applied to state machines.
+    pub applied: u64,
+    /// Times a local replica became leader or stopped being leader.
+    pub leader_changes: u64,
+    /// Raft messages handed to the driver for sending.
+    pub messages_out: u64,
+    /// Raft messages stepped.
+    pub messages_in: u64,
+}
+
 struct InFlight {
     deadline_ms: u64,
 }
@@ -109,6 +124,7 @@ pub struct Core<B: Backend> {
     snapshots_out: VecDeque<SnapshotSend>,
     replies: VecDeque<(RequestId, Reply)>,
     in_flight: HashMap<RequestId, InFlight>,
+    stats: CoreStats,
 }
 
 fn logger() -> slog::Logger {
@@ -149,6 +165,7 @@ impl<B: Backend> Core<B> {
             snapshots_out: VecDeque::new(),
             replies: VecDeque::new(),
             in_flight: HashMap::new(),
+            stats: CoreStats::default(),
         };
         for g in core.store.groups()? {
             core.open_replica(g)?;
@@ -169,6 +186,11 @@ impl<B: Backend> Core<B> {
     /// The store the core persists to (the driver reads snapshot chunks from it).
     pub fn store(&self) -> &Store<B> {
         &self.store
+    }
+
+    /// What the core did so far.
+    pub fn stats(&self) -> CoreStats {
+        self.stats
     }
 
     /// Length of one Raft tick: the driver calls [`Core::handle_tick`] at this period.
@@ -394,6 +416,7 @@ impl<B: Backend> Core<B> {
                 }
             }
         }
+        self.stats.messages_in += 1;
         if let Err(e) = r.node.step(msg) {
             log::debug!("group {group}: message from {from} refused: {e}");
         }
@@ -497,6 +520,7 @@ impl<B: Backend> Core<B> {
                         let index = r.node.raft.raft_log.last_index();
                         let term = r.node.raft.term;
                         r.proposals.insert(index, Proposal { term, request: id });
+                        self.stats.proposals += 1;
                         self.in_flight.insert(id, InFlight { deadline_ms });
                     }
                     Err(e) => {
@@ -624,6 +648,7 @@ impl<B: Backend> Core<B> {
     }
 
     fn queue_messages(&mut self, group: GroupId, msgs: Vec<Message>) {
+        self.stats.messages_out += msgs.len() as u64;
         for m in msgs {
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 let data = &m.get_snapshot().data;
@@ -671,6 +696,9 @@ impl<B: Backend> Core<B> {
                 let was_leader = r.is_leader;
                 r.leader = Some(ss.leader_id).filter(|l| *l != 0);
                 r.is_leader = ss.raft_state == StateRole::Leader;
+                if was_leader != r.is_leader {
+                    self.stats.leader_changes += 1;
+                }
                 if was_leader && !r.is_leader {
                     // Writes in flight may still commit through the next leader, or not: tell
                     // their callers now (ambiguous; a session makes the resend safe) rather
@@ -826,6 +854,7 @@ impl<B: Backend> Core<B> {
             })
             .collect();
         let results = self.store.apply(g, &apply)?;
+        self.stats.applied += apply.len() as u64;
         let me = self.id;
         let still_member = |cs: &raft::eraftpb::ConfState| {
             cs.voters.contains(&me)

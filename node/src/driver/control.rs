@@ -138,6 +138,8 @@ impl Driver {
             }
             // Unformed nodes announce too: that is how they find each other.
             self.announce().await;
+            let up = self.control.fresh().count();
+            self.metrics.set_peers_up(up);
             if self.core.settings().is_some() && self.draining.is_none() {
                 self.balance_leaders(now);
             }

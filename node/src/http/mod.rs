@@ -6,6 +6,7 @@
 //! - [`scan`]: `GET /v1/kv?prefix=&start=&end=&limit=`.
 //! - [`status`]: `GET /v1/status`, the node's report and a replica-health summary.
 //! - [`health`]: `GET /healthz` (liveness) and `GET /readyz` (readiness).
+//! - [`metrics`]: `GET /metrics`, the node's Prometheus metrics.
 //! - [`state`]: what handlers share: the client, made once the node is part of a cluster.
 //! - [`encoding`]: bytes in and out: percent-decoded paths and queries, UTF-8 + base64 JSON.
 //! - [`error`]: [`ClientError`](crate::core::ClientError) to HTTP status and
@@ -21,6 +22,7 @@ pub mod encoding;
 pub mod error;
 pub mod health;
 pub mod kv;
+pub mod metrics;
 pub mod scan;
 pub mod state;
 pub mod status;
@@ -105,6 +107,7 @@ fn routes(gateway: Gateway) -> Router {
         .route("/v1/status", get(status::status))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -62,6 +62,11 @@ impl Gateway {
     }
 
     /// The client, or 503 while the node is not part of a cluster yet.
+    /// The node this gateway serves, when it was made for one.
+    pub fn node(&self) -> Option<&NodeHandle> {
+        self.node.as_ref()
+    }
+
     pub fn client(&self) -> Result<&Arc<Client>, ApiError> {
         self.client.get().ok_or_else(not_in_cluster)
     }

@@ -1,0 +1,171 @@
+//! The node's Prometheus metrics (prometheus-client), served by the gateway at `/metrics`.
+//!
+//! The sans-IO core only counts ([`crate::core::CoreStats`]); the driver turns those counts,
+//! the store's sync timings and its own request timings into metrics here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::core::{CoreStats, RequestBody};
+
+/// The operation a request latency belongs to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+/// Every metric of a node.
+pub struct Metrics {
+    registry: Registry,
+    proposals: Counter,
+    applies: Counter,
+    leader_changes: Counter,
+    raft_messages_out: Counter,
+    raft_messages_in: Counter,
+    fsync: Histogram,
+    requests: Family<OpLabel, Histogram>,
+    peers_up: Gauge,
+    last: [AtomicU64; 5],
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 us .. ~26 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("swarmkv");
+        let proposals = Counter::default();
+        let applies = Counter::default();
+        let leader_changes = Counter::default();
+        let raft_messages_out = Counter::default();
+        let raft_messages_in = Counter::default();
+        let fsync = latency_histogram();
+        let requests = Family::<OpLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let peers_up = Gauge::default();
+        registry.register("proposals", "Writes proposed to Raft", proposals.clone());
+        registry.register(
+            "applies",
+            "Committed entries applied to state machines",
+            applies.clone(),
+        );
+        registry.register(
+            "leader_changes",
+            "Times a local replica gained or lost leadership",
+            leader_changes.clone(),
+        );
+        registry.register(
+            "raft_messages_sent",
+            "Raft messages sent to peers",
+            raft_messages_out.clone(),
+        );
+        registry.register(
+            "raft_messages_received",
+            "Raft messages received from peers",
+            raft_messages_in.clone(),
+        );
+        registry.register(
+            "fsync_seconds",
+            "Duration of the one sync each group commit makes",
+            fsync.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "Client request latency at this node, by operation",
+            requests.clone(),
+        );
+        registry.register(
+            "peers_up",
+            "Cluster peers heard from recently",
+            peers_up.clone(),
+        );
+        Metrics {
+            registry,
+            proposals,
+            applies,
+            leader_changes,
+            raft_messages_out,
+            raft_messages_in,
+            fsync,
+            requests,
+            peers_up,
+            last: Default::default(),
+        }
+    }
+
+    /// Adds what the core did since the last call.
+    pub fn observe_core(&self, s: CoreStats) {
+        let values = [
+            s.proposals,
+            s.applied,
+            s.leader_changes,
+            s.messages_out,
+            s.messages_in,
+        ];
+        let counters = [
+            &self.proposals,
+            &self.applies,
+            &self.leader_changes,
+            &self.raft_messages_out,
+            &self.raft_messages_in,
+        ];
+        for ((value, counter), last) in values.iter().zip(counters).zip(&self.last) {
+            let before = last.swap(*value, Ordering::Relaxed);
+            counter.inc_by(value.saturating_sub(before));
+        }
+    }
+
+    pub fn observe_sync(&self, d: Duration) {
+        self.fsync.observe(d.as_secs_f64());
+    }
+
+    pub fn observe_request(&self, op: &'static str, d: Duration) {
+        self.requests
+            .get_or_create(&OpLabel { op })
+            .observe(d.as_secs_f64());
+    }
+
+    pub fn set_peers_up(&self, n: usize) {
+        self.peers_up.set(n as i64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// The operation label of a request.
+pub fn op_of(body: &RequestBody) -> &'static str {
+    use swarmkv_store::KvOp;
+    match body {
+        RequestBody::Get { .. } => "get",
+        RequestBody::Scan { .. } => "scan",
+        RequestBody::Write { op, .. } => match op {
+            KvOp::Put { .. } => "put",
+            KvOp::Delete { .. } => "delete",
+            KvOp::Cas { .. } => "cas",
+            KvOp::DeleteRange { .. } => "delete_range",
+        },
+    }
+}
