@@ -45,6 +45,23 @@ impl Swarm {
         }
     }
 
+    /// `n` nodes started with `expect n`, once every group has 3 replicas (the meta group
+    /// min(n, 5)) on them.
+    async fn formed(n: usize) -> Swarm {
+        let mut swarm = Swarm::new(Some(n));
+        for _ in 0..n {
+            swarm.add().await;
+        }
+        wait_for_placement(
+            swarm.live_handles(),
+            swarm.live_ids(),
+            3,
+            Duration::from_secs(40),
+        )
+        .await;
+        swarm
+    }
+
     async fn add(&mut self) -> usize {
         let dir = tempfile::tempdir().expect("tempdir");
         let node = Node::start(config(dir.path(), self.seed_addr.clone(), self.expect))
@@ -206,17 +223,7 @@ async fn three_nodes_form_one_cluster_without_configuration_and_up_replicate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joining_nodes_rebalance_a_loaded_cluster_without_losing_keys() {
     let _serial = serial().await;
-    let mut swarm = Swarm::new(Some(3));
-    for _ in 0..3 {
-        swarm.add().await;
-    }
-    wait_for_placement(
-        swarm.live_handles(),
-        swarm.live_ids(),
-        3,
-        Duration::from_secs(40),
-    )
-    .await;
+    let mut swarm = Swarm::formed(3).await;
     let client = Arc::new(swarm.client(0).await);
     // Load 10,000 keys with 64 concurrent writers.
     let mut tasks = Vec::new();
@@ -317,17 +324,7 @@ async fn joining_nodes_rebalance_a_loaded_cluster_without_losing_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_is_replaced_and_the_coordinator_role_moves() {
     let _serial = serial().await;
-    let mut swarm = Swarm::new(Some(4));
-    for _ in 0..4 {
-        swarm.add().await;
-    }
-    wait_for_placement(
-        swarm.live_handles(),
-        swarm.live_ids(),
-        3,
-        Duration::from_secs(40),
-    )
-    .await;
+    let mut swarm = Swarm::formed(4).await;
     let client = swarm.client(0).await;
     for i in 0..200 {
         client
@@ -418,17 +415,7 @@ async fn a_dead_node_is_replaced_and_the_coordinator_role_moves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_restarted_from_its_data_dirs_comes_back_whole() {
     let _serial = serial().await;
-    let mut swarm = Swarm::new(Some(3));
-    for _ in 0..3 {
-        swarm.add().await;
-    }
-    wait_for_placement(
-        swarm.live_handles(),
-        swarm.live_ids(),
-        3,
-        Duration::from_secs(40),
-    )
-    .await;
+    let mut swarm = Swarm::formed(3).await;
     let before = cluster_ids(&swarm.live_handles()).await;
     let client = swarm.client(1).await;
     for i in 0..100 {
@@ -468,17 +455,7 @@ async fn a_cluster_restarted_from_its_data_dirs_comes_back_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decommission_drains_a_node_while_clients_write() {
     let _serial = serial().await;
-    let mut swarm = Swarm::new(Some(4));
-    for _ in 0..4 {
-        swarm.add().await;
-    }
-    wait_for_placement(
-        swarm.live_handles(),
-        swarm.live_ids(),
-        3,
-        Duration::from_secs(40),
-    )
-    .await;
+    let swarm = Swarm::formed(4).await;
     let client = Arc::new(swarm.client(0).await);
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
@@ -530,17 +507,7 @@ async fn decommission_drains_a_node_while_clients_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaders_spread_and_a_graceful_shutdown_hands_them_over() {
     let _serial = serial().await;
-    let mut swarm = Swarm::new(Some(3));
-    for _ in 0..3 {
-        swarm.add().await;
-    }
-    wait_for_placement(
-        swarm.live_handles(),
-        swarm.live_ids(),
-        3,
-        Duration::from_secs(40),
-    )
-    .await;
+    let mut swarm = Swarm::formed(3).await;
     // 13 groups (meta + 12 partitions) over 3 nodes: nobody should lead more than 5.
     let handles = swarm.live_handles();
     wait_for("leaders balanced", Duration::from_secs(30), || {
@@ -639,17 +606,7 @@ async fn two_clusters_formed_apart_never_merge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_removed_while_down_comes_back_and_takes_replicas_again() {
     let _serial = serial().await;
-    let mut swarm = Swarm::new(Some(4));
-    for _ in 0..4 {
-        swarm.add().await;
-    }
-    wait_for_placement(
-        swarm.live_handles(),
-        swarm.live_ids(),
-        3,
-        Duration::from_secs(40),
-    )
-    .await;
+    let mut swarm = Swarm::formed(4).await;
     let client = swarm.client(0).await;
     for i in 0..100 {
         client
