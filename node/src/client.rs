@@ -214,20 +214,19 @@ impl Client {
     }
 
     /// Asks the cluster to drain `node` (the node passes it to the meta leader).
-    pub async fn decommission(&self, node: crate::core::NodeId) -> Result<(), ClientError> {
+    pub async fn decommission(
+        &self,
+        node: crate::core::NodeId,
+    ) -> Result<(), crate::driver::DecommissionError> {
+        use crate::driver::DecommissionError;
         match &self.transport {
-            Transport::Local(h) => h
-                .decommission(node)
-                .await
-                .map_err(|e| ClientError::Unavailable { reason: e }),
-            Transport::Remote { .. } => {
-                match self.remote_call(Call::Decommission { node }).await? {
-                    Answer::Ok => Ok(()),
-                    other => Err(ClientError::Unavailable {
-                        reason: format!("{other:?}"),
-                    }),
-                }
-            }
+            Transport::Local(h) => h.decommission(node).await,
+            Transport::Remote { .. } => match self.remote_call(Call::Decommission { node }).await {
+                Ok(Answer::Ok) => Ok(()),
+                Ok(Answer::UnknownNode(n)) => Err(DecommissionError::UnknownNode(n)),
+                Ok(other) => Err(DecommissionError::Unavailable(format!("{other:?}"))),
+                Err(e) => Err(DecommissionError::Unavailable(e.to_string())),
+            },
         }
     }
 
@@ -277,6 +276,11 @@ impl Client {
             RequestBody::Write { session, .. } => session.is_some(),
             _ => true,
         };
+        let is_write = matches!(req.body, RequestBody::Write { .. });
+        // The first ambiguous failure of a write: once an attempt may have applied, a later
+        // attempt's refusal ("not the leader", "unavailable") no longer proves that nothing
+        // happened, so the caller must hear "maybe" and not "no".
+        let mut maybe_applied: Option<ClientError> = None;
         let mut backoff = Duration::from_millis(20);
         loop {
             let reply = self.send_once(req.clone()).await;
@@ -285,15 +289,25 @@ impl Client {
                 Err(e) if e.is_ambiguous() => resendable,
                 _ => false,
             };
+            if let Err(e) = &reply {
+                if is_write && e.is_ambiguous() && maybe_applied.is_none() {
+                    maybe_applied = Some(e.clone());
+                }
+            }
             if !retry {
-                return reply;
+                return match (reply, maybe_applied) {
+                    (Err(e), Some(earlier)) if e.is_retryable() => Err(earlier),
+                    (reply, _) => reply,
+                };
             }
             if Instant::now() + backoff > until {
-                return match reply {
-                    Err(ClientError::NotLeader { .. }) | Err(ClientError::ProposalDropped) => Err(
-                        unavailable("no leader could take the request before the deadline"),
-                    ),
-                    other => other,
+                return match (reply, maybe_applied) {
+                    (Err(e), Some(earlier)) if e.is_retryable() => Err(earlier),
+                    (Err(ClientError::NotLeader { .. }), None)
+                    | (Err(ClientError::ProposalDropped), None) => Err(unavailable(
+                        "no leader could take the request before the deadline",
+                    )),
+                    (other, _) => other,
                 };
             }
             tokio::time::sleep(backoff).await;
