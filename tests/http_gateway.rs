@@ -639,6 +639,61 @@ async fn a_partition_without_a_leader_answers_503_and_the_gateway_recovers_with_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decommission_drains_a_member_refuses_bad_or_unknown_ids_and_is_503_without_a_meta_leader(
+) -> Result<()> {
+    let _serial = serial().await;
+    let (mut cluster, gw) = cluster_and_gateway(Duration::from_secs(10)).await?;
+    let post = |id: String| {
+        let target = format!("/v1/nodes/{id}/decommission");
+        let gw = &gw;
+        async move { gw.call("POST", &target, b"").await }
+    };
+
+    for bad in ["zz", "0", "0x", "1ffffffffffffffff"] {
+        assert_eq!(post(bad.into()).await?.error(400)?, "bad_node_id", "{bad}");
+    }
+    let members: Vec<u64> = cluster.handles.iter().map(|h| h.node_id()).collect();
+    let stranger = (1..)
+        .find(|id| !members.contains(id))
+        .context("an unused id")?;
+    let unknown = post(format!("{stranger:016x}")).await?;
+    assert_eq!(unknown.error(404)?, "unknown_node");
+    let get = gw
+        .get(&format!("/v1/nodes/{:016x}/decommission", members[2]))
+        .await?;
+    assert_eq!(get.error(405)?, "method_not_allowed");
+
+    // A member: accepted (node 0 passes it to the meta leader), and again (idempotent).
+    let target = format!("{:016x}", members[2]);
+    for _ in 0..2 {
+        let body = post(target.clone()).await?.expect(200)?;
+        assert_eq!(body["decommissioning"], target.as_str());
+    }
+
+    // Two of three nodes gone: no meta leader can be reached, so nothing can be decided.
+    cluster.kill(1).await;
+    cluster.kill(2).await;
+    let one = format!("{:016x}", members[1]);
+    wait_for(
+        "decommission to answer 503 without a meta leader",
+        Duration::from_secs(60),
+        || async {
+            match post(one.clone()).await {
+                Ok(r) if r.status == 503 => {
+                    let code = r.error(503).unwrap_or_default();
+                    assert_eq!(code, "unavailable");
+                    true
+                }
+                _ => false,
+            }
+        },
+    )
+    .await;
+
+    gw.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_outside_a_cluster_is_live_not_ready_and_serves_keys_once_it_forms() -> Result<()> {
     let _serial = serial().await;
     let dir = tempfile::tempdir()?;

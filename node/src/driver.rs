@@ -65,6 +65,20 @@ pub enum NodeError {
     },
 }
 
+/// Why a node could not be decommissioned. Nothing was decided against the caller: an
+/// unknown node is a wrong request; anything else may be retried (decommissioning is
+/// idempotent, so a retry after an ambiguous failure is safe).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecommissionError {
+    /// The cluster has no member with this id: a typo, or a node that never joined.
+    #[error("unknown node {0:016x}: not a member of the cluster")]
+    UnknownNode(NodeId),
+    /// The request could not be carried out now: no meta leader known, leadership moving,
+    /// the node stopping or the meta leader unreachable. Retrying is safe.
+    #[error("cannot decommission now: {0}")]
+    Unavailable(String),
+}
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -179,7 +193,7 @@ enum Cmd {
     },
     Decommission {
         node: NodeId,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), DecommissionError>>,
     },
 }
 
@@ -295,13 +309,14 @@ impl NodeHandle {
 
     /// Drains `node` (any node's handle works if it is the meta leader; others answer an
     /// error naming the problem).
-    pub async fn decommission(&self, node: NodeId) -> Result<(), String> {
+    pub async fn decommission(&self, node: NodeId) -> Result<(), DecommissionError> {
+        let stopped = || DecommissionError::Unavailable("the node has stopped".into());
         let (tx, rx) = oneshot::channel();
         self.cmds
             .send(Cmd::Decommission { node, reply: tx })
             .await
-            .map_err(|_| "the node has stopped".to_string())?;
-        rx.await.map_err(|_| "the node has stopped".to_string())?
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Test hook: drop all Raft traffic to and from this node (a network partition that
@@ -635,14 +650,16 @@ impl Driver {
     fn decommission_anywhere(
         &mut self,
         node: NodeId,
-        done: impl FnOnce(Result<(), String>) + Send + 'static,
+        done: impl FnOnce(Result<(), DecommissionError>) + Send + 'static,
     ) {
         if self.core.is_leader(crate::core::META_GROUP) {
             done(self.decommission(node));
             return;
         }
         let Some(peer) = self.control.meta_leader_peer() else {
-            done(Err("no meta leader known yet; retry".into()));
+            done(Err(DecommissionError::Unavailable(
+                "no meta leader known yet".into(),
+            )));
             return;
         };
         let net = self.net.clone();
@@ -651,10 +668,15 @@ impl Driver {
             let r = match net.kv_request(peer, call.encode()).await {
                 Ok(b) => match KvAnswer::decode(&b) {
                     Ok(KvAnswer::V1(Answer::Ok)) => Ok(()),
-                    Ok(KvAnswer::V1(other)) => Err(format!("{other:?}")),
-                    Err(e) => Err(e.to_string()),
+                    Ok(KvAnswer::V1(Answer::UnknownNode(n))) => {
+                        Err(DecommissionError::UnknownNode(n))
+                    }
+                    Ok(KvAnswer::V1(other)) => {
+                        Err(DecommissionError::Unavailable(format!("{other:?}")))
+                    }
+                    Err(e) => Err(DecommissionError::Unavailable(e.to_string())),
                 },
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(DecommissionError::Unavailable(e.to_string())),
             };
             done(r);
         });
@@ -764,7 +786,8 @@ impl Driver {
                     self.decommission_anywhere(node, move |r| {
                         let answer = match r {
                             Ok(()) => Answer::Ok,
-                            Err(e) => Answer::Malformed(e),
+                            Err(DecommissionError::UnknownNode(n)) => Answer::UnknownNode(n),
+                            Err(e) => Answer::Malformed(e.to_string()),
                         };
                         respond(responder, answer);
                     });

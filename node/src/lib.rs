@@ -19,7 +19,9 @@ pub mod metrics;
 pub mod wire;
 
 pub use client::{CasResult, Client};
-pub use driver::{ControlConfig, Node, NodeConfig, NodeError, NodeHandle, NodeStatus};
+pub use driver::{
+    ControlConfig, DecommissionError, Node, NodeConfig, NodeError, NodeHandle, NodeStatus,
+};
 
 /// The software version, announced to peers and printed by `swarmkv --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

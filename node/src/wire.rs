@@ -57,6 +57,9 @@ pub enum Answer {
     Status(StatusReport),
     /// The call could not be decoded.
     Malformed(String),
+    /// A decommission named a node the cluster does not know (last, so the encoding of the
+    /// other answers is unchanged).
+    UnknownNode(NodeId),
 }
 
 /// What a client needs to know about the cluster.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use swarmkv_net::PeerId;
 
-use super::{node_id_of, respond, Driver, Internal};
+use super::{node_id_of, respond, DecommissionError, Driver, Internal};
 use crate::core::{
     plan_targets, ClusterLayout, ClusterSettings, GroupId, MetaState, NodeId, NodeRecord,
     NodeState, Target, META_GROUP,
@@ -633,11 +633,14 @@ impl Driver {
     }
 
     /// An operator asks to drain `node`.
-    pub(crate) fn decommission(&mut self, node: NodeId) -> Result<(), String> {
+    pub(crate) fn decommission(&mut self, node: NodeId) -> Result<(), DecommissionError> {
         if !self.core.is_leader(META_GROUP) {
-            return Err("not the meta leader".into());
+            return Err(DecommissionError::Unavailable("not the meta leader".into()));
         }
-        let meta = self.core.meta_state().map_err(|e| e.to_string())?;
+        let meta = self
+            .core
+            .meta_state()
+            .map_err(|e| DecommissionError::Unavailable(e.to_string()))?;
         let known = meta.nodes.get(&node).cloned().or_else(|| {
             // An initial member whose registration is still being written.
             self.core
@@ -656,7 +659,7 @@ impl Driver {
                 })
         });
         let Some(mut r) = known else {
-            return Err(format!("unknown node {node:x}"));
+            return Err(DecommissionError::UnknownNode(node));
         };
         if matches!(r.state, NodeState::Decommissioned) {
             return Ok(());
@@ -665,7 +668,7 @@ impl Driver {
         if self.core.propose_meta(MetaState::put_node(&r)) {
             Ok(())
         } else {
-            Err("proposal refused".into())
+            Err(DecommissionError::Unavailable("proposal refused".into()))
         }
     }
 

@@ -23,7 +23,7 @@ pub struct ApiError {
     /// Machine-readable, stable: `bad_request`, `bad_encoding`, `empty_key`, `not_found`,
     /// `cas_conflict`, `key_too_large`, `value_too_large`, `body_too_large`, `unavailable`,
     /// `not_leader`, `timeout`, `leader_changed`, `disconnected`, `storage`, `stale_retry`,
-    /// `not_ready`, `method_not_allowed`.
+    /// `not_ready`, `method_not_allowed`, `bad_node_id`, `unknown_node`.
     pub code: &'static str,
     pub message: String,
     /// The node believed to lead the key's partition, when known (16 hex digits, as the CLI

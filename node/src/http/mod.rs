@@ -5,6 +5,7 @@
 //! - [`kv`]: one key: `GET`/`PUT`/`DELETE /v1/kv/{key}`, `POST /v1/kv/{key}/cas`.
 //! - [`scan`]: `GET /v1/kv?prefix=&start=&end=&limit=`.
 //! - [`status`]: `GET /v1/status`, the node's report and a replica-health summary.
+//! - [`nodes`]: `POST /v1/nodes/{node}/decommission`, draining a node out of the cluster.
 //! - [`health`]: `GET /healthz` (liveness) and `GET /readyz` (readiness).
 //! - [`metrics`]: `GET /metrics`, the node's Prometheus metrics.
 //! - [`state`]: what handlers share: the client, made once the node is part of a cluster.
@@ -23,6 +24,7 @@ pub mod error;
 pub mod health;
 pub mod kv;
 pub mod metrics;
+pub mod nodes;
 pub mod scan;
 pub mod state;
 pub mod status;
@@ -33,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -105,6 +107,7 @@ fn routes(gateway: Gateway) -> Router {
             get(kv::get).put(kv::put).delete(kv::delete).post(kv::cas),
         )
         .route("/v1/status", get(status::status))
+        .route("/v1/nodes/{node}/decommission", post(nodes::decommission))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
