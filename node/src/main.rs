@@ -1,7 +1,7 @@
-//! The `swarmkv` command line: `swarmkv start` runs a node; the other verbs are light clients
-//! that talk to a running node over `/swarmkv/kv/1`. The commands themselves live in
-//! [`cli`], one file each; this file only parses, sets up logging and maps errors to the exit
-//! status.
+//! The `swarmkv` command line: `swarmkv start` runs a node; the other verbs are clients that
+//! talk to a running node, over its HTTP gateway or over libp2p. The commands themselves
+//! live in [`cli`], one file each; this file only parses, sets up logging and maps errors to
+//! the exit status (0 done, 1 not found / compare failed / refused, 2 usage, 3 unavailable).
 
 use std::process::ExitCode;
 
@@ -26,10 +26,9 @@ fn main() -> ExitCode {
     match runtime.block_on(args.command.run()) {
         Ok(code) => code,
         Err(e) => {
-            // `{:#}` prints the whole context chain on one line: "cannot read the PSK file
-            // /x: No such file or directory".
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // One line, whatever the cause: "error: get \"k\": cannot connect to ...".
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

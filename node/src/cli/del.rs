@@ -1,37 +1,33 @@
-//! `swarmkv delete KEY`: deletes one key.
+//! `swarmkv del KEY` (or `delete`): deletes one key.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt as _;
-use std::process::ExitCode;
 
-use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{say, ConnectArgs};
+use super::transport::{Need, TransportArgs};
+use super::{say, CliError};
 
 /// Delete a key
 ///
-/// Deleting a missing key is not an error: the end state is the one asked for.
+/// Deleting a missing key is not an error (exit 0): the end state is the one asked for. Prints
+/// `deleted`, or `not found (nothing to delete)`.
 #[derive(Args, Debug)]
-pub struct Delete {
+pub struct Del {
     /// The key.
     pub key: OsString,
     #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub transport: TransportArgs,
 }
 
-impl Delete {
-    pub async fn run(self) -> Result<ExitCode> {
-        let client = self.connect.client().await?;
-        let existed = client
-            .delete(self.key.as_bytes())
-            .await
-            .with_context(|| format!("delete {:?}", self.key))?;
-        if existed {
+impl Del {
+    pub async fn run(self) -> Result<(), CliError> {
+        let target = self.transport.connect(Need::Keys).await?;
+        if target.delete(self.key.as_bytes()).await? {
             say("deleted")?;
         } else {
             say("not found (nothing to delete)")?;
         }
-        Ok(ExitCode::SUCCESS)
+        Ok(())
     }
 }

@@ -2,18 +2,17 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt as _;
-use std::process::ExitCode;
 
-use anyhow::{Context, Result};
 use clap::Args;
-use swarmkv::core::Consistency;
 
-use super::{say, show, ConnectArgs};
+use super::transport::{Need, TransportArgs};
+use super::{say, say_json, show, CliError};
 
 /// Read a key
 ///
-/// Prints its value (as text if it is UTF-8, else as 0x and hex). A missing key prints nothing
-/// on stdout and exits 1, so a script can tell "absent" from "empty".
+/// Prints its value (as text if it is UTF-8, else as 0x and hex), or with --json the whole
+/// record. A missing key prints nothing on stdout and exits 1, so a script can tell "absent"
+/// from "empty".
 #[derive(Args, Debug)]
 pub struct Get {
     /// The key.
@@ -21,31 +20,23 @@ pub struct Get {
     /// Answer from the nearest replica without confirming leadership: faster, may be stale.
     #[arg(long)]
     pub serializable: bool,
+    /// Print the record as JSON: {key, key_b64, value, value_b64, create_rev, mod_rev,
+    /// version}, the value exact in value_b64 (value only when it is UTF-8).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub transport: TransportArgs,
 }
 
 impl Get {
-    pub async fn run(self) -> Result<ExitCode> {
-        let client = self.connect.client().await?;
-        let consistency = if self.serializable {
-            Consistency::Serializable
-        } else {
-            Consistency::Linearizable
-        };
-        let record = client
-            .get_with(self.key.as_bytes(), consistency)
-            .await
-            .with_context(|| format!("get {:?}", self.key))?;
-        match record {
-            Some(r) => {
-                say(show(&r.value))?;
-                Ok(ExitCode::SUCCESS)
-            }
-            None => {
-                eprintln!("{:?}: no such key", self.key);
-                Ok(ExitCode::FAILURE)
-            }
+    pub async fn run(self) -> Result<(), CliError> {
+        let target = self.transport.connect(Need::Keys).await?;
+        let key = self.key.as_bytes();
+        match target.get(key, self.serializable).await? {
+            Some(record) if self.json => say_json(&record.json())?,
+            Some(record) => say(show(&record.value))?,
+            None => return Err(CliError::NotFound(format!("key {} not found", show(key)))),
         }
+        Ok(())
     }
 }

@@ -2,38 +2,49 @@
 //!
 //! # Layout
 //! - [`start`]: run a node (zero-config formation, until Ctrl-C or SIGTERM).
-//! - [`status`]: a node's report on itself and its groups, readable or as JSON.
-//! - [`put`], [`get`], [`delete`], [`scan`]: the key-value verbs.
+//! - [`status`]: a node's report on itself and its groups, as a table or as JSON.
+//! - [`put`], [`get`], [`del`], [`cas`], [`scan`]: the key-value verbs.
 //! - [`decommission`]: drain a node out of the cluster.
+//! - [`transport`]: how a client verb reaches the cluster, chosen by its flags: a node's HTTP
+//!   gateway ([`endpoint`], the default) or a node's libp2p port (`--peer`).
+//! - [`error`]: why a verb failed, and the exit status (0, 1, 2 or 3) that tells a script.
 //!
-//! Every verb but `start` is a light client: it dials one node (`--peer`, default the local
-//! node on the default port) with a throwaway identity, and that node forwards requests to
-//! partition leaders. Settings can also come from `SWARMKV_*` environment variables, so a
-//! shell or a service unit can set them once.
+//! Every verb but `start` is a client: by default it sends HTTP requests to the local node's
+//! gateway (`http://127.0.0.1:7380`; `--endpoint` for another), or with `--peer` it dials a
+//! node over libp2p with a throwaway identity. Either way the node forwards to partition
+//! leaders. Settings can also come from `SWARMKV_*` environment variables, so a shell or a
+//! service unit can set them once.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
-use swarmkv::Client;
-use swarmkv_net::{Multiaddr, PreSharedKey};
+use clap::{Parser, Subcommand};
+use swarmkv_net::PreSharedKey;
 
+mod cas;
 mod decommission;
-mod delete;
+mod del;
+mod endpoint;
+mod error;
 mod get;
 mod put;
 mod scan;
 mod start;
 mod status;
+mod transport;
+
+pub use error::CliError;
 
 /// The port a node listens on unless told otherwise. Fixed, so that the addresses peers
-/// remember (and `--peer` defaults) stay valid across restarts.
+/// remember stay valid across restarts.
 pub const DEFAULT_PORT: u16 = 7379;
 
-/// Where a client verb looks for a node: this machine's, on the default port.
-const DEFAULT_PEER: &str = "/ip4/127.0.0.1/tcp/7379";
+/// The exit statuses, shown under `swarmkv --help`.
+const EXIT_STATUS_HELP: &str =
+    "Exit status of the client verbs: 0 done; 1 not found, compare failed, \
+refused by the server or other failure; 2 usage; 3 unavailable (no node reachable, 503/504, \
+no leader, timeout).";
 
 /// How long a client verb may take in all, connection included: a node that is down or
 /// unreachable must give an error, not a hung shell.
@@ -41,7 +52,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// swarmkv: a zero-config, peer-to-peer, Raft-replicated key-value store.
 #[derive(Parser, Debug)]
-#[command(name = "swarmkv", version = swarmkv::VERSION, about)]
+#[command(name = "swarmkv", version = swarmkv::VERSION, about, after_help = EXIT_STATUS_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -54,7 +65,9 @@ pub enum Command {
     Status(status::Status),
     Put(put::Put),
     Get(get::Get),
-    Delete(delete::Delete),
+    #[command(alias = "delete")]
+    Del(del::Del),
+    Cas(cas::Cas),
     Scan(scan::Scan),
     Decommission(decommission::Decommission),
 }
@@ -65,58 +78,31 @@ impl Command {
         matches!(self, Command::Start(_))
     }
 
-    /// Runs the command; the exit code says whether it did what was asked.
-    pub async fn run(self) -> Result<ExitCode> {
-        match self {
-            Command::Start(c) => c.run().await,
+    /// Runs the command; `Ok` with the exit code of `start`, or `Ok(SUCCESS)` for a client
+    /// verb that did what was asked.
+    pub async fn run(self) -> Result<ExitCode, CliError> {
+        let verb = match self {
+            Command::Start(c) => return c.run().await.map_err(CliError::Other),
             Command::Status(c) => with_timeout(c.run()).await,
             Command::Put(c) => with_timeout(c.run()).await,
             Command::Get(c) => with_timeout(c.run()).await,
-            Command::Delete(c) => with_timeout(c.run()).await,
+            Command::Del(c) => with_timeout(c.run()).await,
+            Command::Cas(c) => with_timeout(c.run()).await,
             Command::Scan(c) => with_timeout(c.run()).await,
             Command::Decommission(c) => with_timeout(c.run()).await,
-        }
+        };
+        verb.map(|()| ExitCode::SUCCESS)
     }
 }
 
 async fn with_timeout(
-    verb: impl std::future::Future<Output = Result<ExitCode>>,
-) -> Result<ExitCode> {
+    verb: impl std::future::Future<Output = Result<(), CliError>>,
+) -> Result<(), CliError> {
     tokio::time::timeout(CLIENT_TIMEOUT, verb)
         .await
-        .with_context(|| format!("no answer within {} s", CLIENT_TIMEOUT.as_secs()))?
-}
-
-/// How a client verb reaches the cluster.
-#[derive(Args, Debug, Clone)]
-pub struct ConnectArgs {
-    /// Address of any node of the cluster.
-    #[arg(long, env = "SWARMKV_PEER", default_value = DEFAULT_PEER)]
-    pub peer: Multiaddr,
-    /// Cluster name: a node of another name refuses the connection.
-    #[arg(long, env = "SWARMKV_CLUSTER", default_value = swarmkv_net::DEFAULT_CLUSTER_NAME)]
-    pub cluster: String,
-    /// Pre-shared key file of a private cluster (the one its nodes were started with).
-    #[arg(long, env = "SWARMKV_PSK_FILE")]
-    pub psk_file: Option<PathBuf>,
-}
-
-impl ConnectArgs {
-    /// A client of a node that is part of a cluster (waits until it is).
-    pub async fn client(&self) -> Result<Client> {
-        let psk = load_psk(self.psk_file.as_deref())?;
-        Client::connect(self.peer.clone(), &self.cluster, psk)
-            .await
-            .with_context(|| format!("cannot reach a cluster node at {}", self.peer))
-    }
-
-    /// A client of a node whatever its state (for `status` and administration).
-    pub async fn admin(&self) -> Result<Client> {
-        let psk = load_psk(self.psk_file.as_deref())?;
-        Client::connect_admin(self.peer.clone(), &self.cluster, psk)
-            .await
-            .with_context(|| format!("cannot reach a node at {}", self.peer))
-    }
+        .map_err(|_| {
+            CliError::Unavailable(format!("no answer within {} s", CLIENT_TIMEOUT.as_secs()))
+        })?
 }
 
 /// Reads the PSK file if one is named; a missing or malformed file is an error the user sees.
@@ -127,7 +113,7 @@ pub fn load_psk(path: Option<&std::path::Path>) -> Result<Option<PreSharedKey>> 
         .transpose()
 }
 
-/// Writes one line to stdout. A closed stdout (`swarmkv scan "" | head -1`) ends the output
+/// Writes one line to stdout. A closed stdout (`swarmkv scan | head -1`) ends the output
 /// quietly, where `println!` would panic.
 pub fn say(line: impl std::fmt::Display) -> Result<()> {
     use std::io::Write as _;
@@ -136,6 +122,11 @@ pub fn say(line: impl std::fmt::Display) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("cannot write to stdout"),
     }
+}
+
+/// Writes a value as pretty JSON on stdout, for `--json`.
+pub fn say_json(value: &impl serde::Serialize) -> Result<()> {
+    say(serde_json::to_string_pretty(value)?)
 }
 
 /// A value for a terminal: the text if it is UTF-8, else `0x` and its bytes in hex.
@@ -159,6 +150,55 @@ pub fn node_hex(id: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::error::ErrorKind;
+    use std::sync::Mutex;
+
+    /// Parsing reads `SWARMKV_*` variables, and one test sets some: every parse in this
+    /// module holds this lock so that none sees another's variables.
+    static ENV: Mutex<()> = Mutex::new(());
+
+    const TRANSPORT_VARS: [&str; 4] = [
+        "SWARMKV_ENDPOINT",
+        "SWARMKV_PEER",
+        "SWARMKV_CLUSTER",
+        "SWARMKV_PSK_FILE",
+    ];
+
+    /// Parses `args` with exactly the variables `env` set among the transport ones.
+    pub(super) fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Cli, clap::Error> {
+        let _guard = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let saved: Vec<_> = TRANSPORT_VARS
+            .iter()
+            .map(|v| (*v, std::env::var_os(v)))
+            .collect();
+        for v in TRANSPORT_VARS {
+            std::env::remove_var(v);
+        }
+        for (k, v) in env {
+            std::env::set_var(k, v);
+        }
+        let parsed = Cli::try_parse_from(std::iter::once("swarmkv").chain(args.iter().copied()));
+        for (k, v) in saved {
+            match v {
+                Some(v) => std::env::set_var(k, v),
+                None => std::env::remove_var(k),
+            }
+        }
+        parsed
+    }
+
+    fn transport_of(cli: &Cli) -> Option<&transport::TransportArgs> {
+        match &cli.command {
+            Command::Status(c) => Some(&c.transport),
+            Command::Put(c) => Some(&c.transport),
+            Command::Get(c) => Some(&c.transport),
+            Command::Del(c) => Some(&c.transport),
+            Command::Cas(c) => Some(&c.transport),
+            Command::Scan(c) => Some(&c.transport),
+            Command::Decommission(c) => Some(&c.transport),
+            Command::Start(_) => None,
+        }
+    }
 
     #[test]
     fn values_print_as_text_when_utf8_else_as_hex() {
@@ -167,19 +207,149 @@ mod tests {
     }
 
     #[test]
-    fn client_verbs_default_to_the_local_node_on_the_fixed_port() -> Result<()> {
-        let cli = Cli::try_parse_from(["swarmkv", "get", "k"])?;
-        let Command::Get(get) = cli.command else {
-            anyhow::bail!("parsed as {:?}", cli.command);
-        };
-        assert_eq!(get.connect.peer.to_string(), "/ip4/127.0.0.1/tcp/7379");
-        assert_eq!(get.connect.cluster, "swarmkv");
+    fn every_client_verb_defaults_to_the_local_gateway() -> Result<()> {
+        for args in [
+            &["get", "k"][..],
+            &["put", "k", "v"],
+            &["del", "k"],
+            &["cas", "k", "v", "--expect-absent"],
+            &["scan"],
+            &["status"],
+            &["decommission", "ab"],
+        ] {
+            let cli = parse(args, &[])?;
+            let t = transport_of(&cli).context("a client verb")?;
+            assert_eq!(t.endpoint.to_string(), "http://127.0.0.1:7380", "{args:?}");
+            assert!(t.peer.is_none(), "{args:?}");
+            assert_eq!(t.cluster, "swarmkv");
+        }
         Ok(())
     }
 
     #[test]
-    fn an_unparsable_multiaddr_is_a_usage_error() {
-        let err = Cli::try_parse_from(["swarmkv", "status", "--peer", "127.0.0.1:7379"]);
-        assert!(err.is_err(), "a host:port is not a multiaddr");
+    fn peer_and_endpoint_conflict_as_a_usage_error() -> Result<()> {
+        let err = parse(
+            &[
+                "get",
+                "k",
+                "--peer",
+                "/ip4/127.0.0.1/tcp/7379",
+                "--endpoint",
+                "http://127.0.0.1:7380",
+            ],
+            &[],
+        )
+        .err()
+        .context("both transports were accepted")?;
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        assert_eq!(err.exit_code(), 2);
+        // --peer alone replaces the default endpoint.
+        let cli = parse(&["get", "k", "--peer", "/ip4/127.0.0.1/tcp/7379"], &[])?;
+        let t = transport_of(&cli).context("a client verb")?;
+        assert_eq!(
+            t.peer.as_ref().map(ToString::to_string).as_deref(),
+            Some("/ip4/127.0.0.1/tcp/7379")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn transports_come_from_the_environment_too() -> Result<()> {
+        let cli = parse(
+            &["get", "k"],
+            &[("SWARMKV_ENDPOINT", "http://10.0.0.5:7380")],
+        )?;
+        let t = transport_of(&cli).context("a client verb")?;
+        assert_eq!(t.endpoint.to_string(), "http://10.0.0.5:7380");
+
+        let cli = parse(
+            &["status"],
+            &[
+                ("SWARMKV_PEER", "/ip4/127.0.0.1/tcp/7001"),
+                ("SWARMKV_CLUSTER", "prod"),
+            ],
+        )?;
+        let t = transport_of(&cli).context("a client verb")?;
+        assert_eq!(
+            t.peer.as_ref().map(ToString::to_string).as_deref(),
+            Some("/ip4/127.0.0.1/tcp/7001")
+        );
+        assert_eq!(t.cluster, "prod");
+
+        // A flag beats its own variable.
+        let cli = parse(
+            &["get", "k", "--endpoint", "http://127.0.0.1:9"],
+            &[("SWARMKV_ENDPOINT", "http://10.0.0.5:7380")],
+        )?;
+        let t = transport_of(&cli).context("a client verb")?;
+        assert_eq!(t.endpoint.to_string(), "http://127.0.0.1:9");
+
+        // Both transports set, from anywhere, is ambiguous.
+        let both = parse(
+            &["get", "k", "--peer", "/ip4/127.0.0.1/tcp/7001"],
+            &[("SWARMKV_ENDPOINT", "http://10.0.0.5:7380")],
+        );
+        assert!(both.is_err(), "an endpoint from the environment and --peer");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_transport_values_are_usage_errors() {
+        for args in [
+            &["status", "--peer", "127.0.0.1:7379"][..],
+            &["status", "--endpoint", "https://127.0.0.1:7380"],
+            &["status", "--endpoint", "http://127.0.0.1"],
+        ] {
+            let err = parse(args, &[]);
+            assert!(
+                matches!(&err, Err(e) if e.exit_code() == 2),
+                "{args:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn delete_is_an_alias_of_del() -> Result<()> {
+        let cli = parse(&["delete", "k"], &[])?;
+        assert!(matches!(cli.command, Command::Del(_)), "{:?}", cli.command);
+        Ok(())
+    }
+
+    #[test]
+    fn cas_takes_exactly_one_expectation() -> Result<()> {
+        for args in [
+            &["cas", "k", "v", "--expect-mod-rev", "7"][..],
+            &["cas", "k", "v", "--expect-value", "old"],
+            &["cas", "k", "v", "--expect-absent"],
+        ] {
+            let cli = parse(args, &[])?;
+            assert!(matches!(cli.command, Command::Cas(_)), "{args:?}");
+        }
+        for args in [
+            &["cas", "k", "v"][..],
+            &["cas", "k", "v", "--expect-absent", "--expect-mod-rev", "7"],
+            &["cas", "k", "v", "--expect-value", "a", "--expect-absent"],
+            &["cas", "k", "--expect-absent"],
+            &["cas", "k", "v", "--expect-mod-rev", "x"],
+        ] {
+            let err = parse(args, &[]);
+            assert!(
+                matches!(&err, Err(e) if e.exit_code() == 2),
+                "{args:?}: {err:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn scan_takes_a_prefix_or_a_range_not_both() -> Result<()> {
+        parse(
+            &["scan", "--prefix", "user/", "--limit", "10", "--json"],
+            &[],
+        )?;
+        parse(&["scan", "--start", "a", "--end", "m"], &[])?;
+        let err = parse(&["scan", "--prefix", "a", "--start", "b"], &[]);
+        assert!(matches!(&err, Err(e) if e.exit_code() == 2), "{err:?}");
+        Ok(())
     }
 }

@@ -2,16 +2,16 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt as _;
-use std::process::ExitCode;
 
-use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{say, ConnectArgs};
+use super::transport::{Need, TransportArgs};
+use super::{say, CliError};
 
 /// Write a key
 ///
-/// Acknowledged once a quorum of the key's replicas has it on disk.
+/// Acknowledged once a quorum of the key's replicas has it on disk. Prints `rev N`, the
+/// write's revision.
 #[derive(Args, Debug)]
 pub struct Put {
     /// The key (the argument's bytes as given).
@@ -19,17 +19,16 @@ pub struct Put {
     /// The value (the argument's bytes as given).
     pub value: OsString,
     #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub transport: TransportArgs,
 }
 
 impl Put {
-    pub async fn run(self) -> Result<ExitCode> {
-        let client = self.connect.client().await?;
-        let revision = client
+    pub async fn run(self) -> Result<(), CliError> {
+        let target = self.transport.connect(Need::Keys).await?;
+        let rev = target
             .put(self.key.as_bytes(), self.value.as_bytes())
-            .await
-            .with_context(|| format!("put {:?}", self.key))?;
-        say(format!("OK (revision {revision})"))?;
-        Ok(ExitCode::SUCCESS)
+            .await?;
+        say(format!("rev {rev}"))?;
+        Ok(())
     }
 }

@@ -1,38 +1,102 @@
-//! `swarmkv scan PREFIX`: lists the keys that start with a prefix, in key order.
+//! `swarmkv scan [--prefix P | --start S --end E] [--limit N]`: lists keys in key order.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt as _;
-use std::process::ExitCode;
 
-use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{say, show, ConnectArgs};
+use super::transport::{KeyRange, Need, Record, TransportArgs};
+use super::{say, say_json, show, CliError};
 
-/// List the keys that start with a prefix
+/// List keys in order
 ///
-/// One "KEY<TAB>VALUE" line per key, in key order, read linearizably from every partition.
+/// The keys that start with --prefix, or those in [--start, --end), or every key; read
+/// linearizably from every partition. One "KEY<TAB>VALUE" line per key (as text if UTF-8,
+/// else 0x and hex), or with --json an array of records.
 #[derive(Args, Debug)]
 pub struct Scan {
-    /// The prefix ("" for every key).
-    pub prefix: OsString,
+    /// Only keys that start with these bytes.
+    #[arg(long, conflicts_with_all = ["start", "end"])]
+    pub prefix: Option<OsString>,
+    /// The first key (included).
+    #[arg(long)]
+    pub start: Option<OsString>,
+    /// The key to stop before (excluded).
+    #[arg(long)]
+    pub end: Option<OsString>,
     /// At most this many keys (0: all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
+    /// Print a JSON array of records, as `get --json` prints one.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub transport: TransportArgs,
 }
 
 impl Scan {
-    pub async fn run(self) -> Result<ExitCode> {
-        let client = self.connect.client().await?;
-        let records = client
-            .scan_prefix(self.prefix.as_bytes(), self.limit)
-            .await
-            .with_context(|| format!("scan {:?}", self.prefix))?;
-        for (key, record) in &records {
-            say(format!("{}\t{}", show(key), show(&record.value)))?;
+    fn range(&self) -> KeyRange {
+        match &self.prefix {
+            Some(prefix) => KeyRange {
+                start: prefix.as_bytes().to_vec(),
+                end: swarmkv_store::keys::prefix_end(prefix.as_bytes()),
+            },
+            None => KeyRange {
+                start: self
+                    .start
+                    .as_ref()
+                    .map(|s| s.as_bytes().to_vec())
+                    .unwrap_or_default(),
+                end: self.end.as_ref().map(|e| e.as_bytes().to_vec()),
+            },
         }
-        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn run(self) -> Result<(), CliError> {
+        let target = self.transport.connect(Need::Keys).await?;
+        let records = target.scan(&self.range(), self.limit).await?;
+        if self.json {
+            let json: Vec<_> = records.iter().map(Record::json).collect();
+            say_json(&json)?;
+        } else {
+            for r in &records {
+                say(format!("{}\t{}", show(&r.key), show(&r.value)))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::parse;
+    use super::super::Command;
+    use super::*;
+
+    fn range_of(args: &[&str]) -> anyhow::Result<KeyRange> {
+        match parse(args, &[])?.command {
+            Command::Scan(scan) => Ok(scan.range()),
+            other => anyhow::bail!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_prefix_becomes_the_range_of_its_keys() -> anyhow::Result<()> {
+        assert_eq!(
+            range_of(&["scan", "--prefix", "user/"])?,
+            KeyRange {
+                start: b"user/".to_vec(),
+                end: Some(b"user0".to_vec())
+            }
+        );
+        assert_eq!(
+            range_of(&["scan", "--start", "b"])?,
+            KeyRange {
+                start: b"b".to_vec(),
+                end: None
+            }
+        );
+        assert_eq!(range_of(&["scan"])?, KeyRange::default());
+        Ok(())
     }
 }

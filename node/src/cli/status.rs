@@ -1,43 +1,42 @@
 //! `swarmkv status`: what one node says about itself, its cluster and its replicas.
 
 use std::fmt::Write as _;
-use std::process::ExitCode;
 
-use anyhow::{Context, Result};
 use clap::Args;
 use swarmkv::core::{partition_of_group, META_GROUP};
+use swarmkv::http::status::StatusJson;
 use swarmkv::wire::StatusReport;
 
-use super::{node_hex, say, ConnectArgs};
+use super::transport::{Need, TransportArgs};
+use super::{node_hex, say, say_json, CliError};
 
 /// Show a node's status
 ///
-/// Its cluster, whether it coordinates the cluster (meta leader), the peers it hears from and
-/// one row per local replica. Works on a node that has not formed or joined a cluster yet.
+/// Its cluster, its state, whether it coordinates the cluster (meta leader), the peers it
+/// hears from and one row per local replica. Works on a node that has not formed or joined a
+/// cluster yet.
 #[derive(Args, Debug)]
 pub struct Status {
     #[command(flatten)]
-    pub connect: ConnectArgs,
-    /// Print the report as JSON (node and cluster ids as numbers), for scripts and tests.
+    pub transport: TransportArgs,
+    /// Print the report as JSON, for scripts: the body of GET /v1/status over HTTP (ids as
+    /// hex strings), the node's report as it is with --peer (ids as numbers).
     #[arg(long)]
     pub json: bool,
 }
 
 impl Status {
-    pub async fn run(self) -> Result<ExitCode> {
+    pub async fn run(self) -> Result<(), CliError> {
         // The admin connection works on a node that is not in a cluster yet: that is
         // exactly when an operator wants to know what it sees.
-        let client = self.connect.admin().await?;
-        let report = client
-            .status()
-            .await
-            .with_context(|| format!("{} did not report its status", self.connect.peer))?;
+        let target = self.transport.connect(Need::Admin).await?;
+        let view = target.status().await?;
         if self.json {
-            say(serde_json::to_string_pretty(&report)?)?;
+            say_json(&view.json)?;
         } else {
-            say(render(&report).trim_end())?;
+            say(render(&view.report).trim_end())?;
         }
-        Ok(ExitCode::SUCCESS)
+        Ok(())
     }
 }
 
@@ -57,6 +56,8 @@ fn render(r: &StatusReport) -> String {
             let _ = writeln!(out, "cluster      none yet (discovering peers)");
         }
     }
+    // The same judgement as the gateway's `state`, whichever transport brought the report.
+    let _ = writeln!(out, "state        {}", StatusJson::new(r).state);
     let _ = writeln!(
         out,
         "meta leader  {}",
@@ -156,6 +157,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("meta leader  yes"), "{text}");
+        assert!(text.contains("state        ready"), "{text}");
         assert!(text.contains("0000000000000def"), "{text}");
         let meta = text.find("\nmeta ").unwrap_or(usize::MAX);
         let p2 = text.find("\np2 ").unwrap_or(usize::MAX);

@@ -1,0 +1,290 @@
+//! How a client verb reaches the cluster: a node's HTTP gateway (`--endpoint`, the default)
+//! or a node's libp2p port (`--peer`). Both give the same operations with the same results
+//! and the same errors, so each verb is written once.
+//!
+//! The gateway is the default because it is what a local node always serves
+//! (`http://127.0.0.1:7380`) and it needs nothing but TCP; `--peer` dials a node over libp2p
+//! with a throwaway identity (and the cluster name and pre-shared key of a private cluster),
+//! for a node whose gateway is off or not reachable.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::Value;
+use swarmkv::core::Consistency;
+use swarmkv::http::encoding::{b64, text, RecordJson};
+use swarmkv::wire::StatusReport;
+use swarmkv::{Client, DecommissionError};
+use swarmkv_net::Multiaddr;
+use swarmkv_store::{CasAction, Compare, KvRecord};
+
+use super::endpoint::{Endpoint, HttpClient, DEFAULT_ENDPOINT};
+use super::error::CliError;
+use super::{node_hex, show};
+
+/// The transport flags every client verb takes.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection")]
+pub struct TransportArgs {
+    /// A node's HTTP gateway. Used unless --peer is given.
+    #[arg(
+        long,
+        env = "SWARMKV_ENDPOINT",
+        value_name = "http://HOST:PORT",
+        default_value = DEFAULT_ENDPOINT,
+        conflicts_with = "peer"
+    )]
+    pub endpoint: Endpoint,
+    /// A node's libp2p address: talk to it over libp2p instead of HTTP.
+    #[arg(long, env = "SWARMKV_PEER", value_name = "MULTIADDR")]
+    pub peer: Option<Multiaddr>,
+    /// With --peer: the cluster name (a node of another name refuses the connection).
+    #[arg(long, env = "SWARMKV_CLUSTER", default_value = swarmkv_net::DEFAULT_CLUSTER_NAME)]
+    pub cluster: String,
+    /// With --peer: the pre-shared key file of a private cluster.
+    #[arg(long, env = "SWARMKV_PSK_FILE", value_name = "FILE")]
+    pub psk_file: Option<PathBuf>,
+}
+
+/// What a verb needs from the node it talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Keys: the node must be part of a cluster (over libp2p the client waits until it is).
+    Keys,
+    /// Status and administration: any node, even one that has not joined a cluster yet.
+    Admin,
+}
+
+/// A connected transport.
+pub enum Target {
+    Http(HttpClient),
+    Peer { client: Client, addr: Multiaddr },
+}
+
+impl TransportArgs {
+    /// Connects as the flags say. Over HTTP nothing is sent yet (each request makes its own
+    /// connection); over libp2p the node is dialled now.
+    pub async fn connect(&self, need: Need) -> Result<Target, CliError> {
+        let Some(addr) = self.peer.clone() else {
+            return Ok(Target::Http(HttpClient::new(self.endpoint.clone())));
+        };
+        // A missing or malformed key file is a local mistake: usage, not a failure of the
+        // cluster. The network error names the file and the cause already.
+        let psk = self
+            .psk_file
+            .as_deref()
+            .map(swarmkv_net::load_psk)
+            .transpose()
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let connected = match need {
+            Need::Keys => Client::connect(addr.clone(), &self.cluster, psk).await,
+            Need::Admin => Client::connect_admin(addr.clone(), &self.cluster, psk).await,
+        };
+        let client =
+            connected.map_err(|e| CliError::from_client(e, format!("cannot use {addr}")))?;
+        Ok(Target::Peer { client, addr })
+    }
+}
+
+/// One key's record, whichever transport brought it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_rev: u64,
+    pub mod_rev: u64,
+    pub version: u64,
+}
+
+impl Record {
+    pub fn from_kv(key: &[u8], r: &KvRecord) -> Record {
+        Record {
+            key: key.to_vec(),
+            value: r.value.clone(),
+            create_rev: r.create_rev,
+            mod_rev: r.mod_rev,
+            version: r.version,
+        }
+    }
+
+    /// The record as the gateway writes it, so `--json` output is the same whichever
+    /// transport was used: `{key, key_b64, value, value_b64, create_rev, mod_rev, version}`.
+    pub fn json(&self) -> RecordJson {
+        RecordJson {
+            key: text(&self.key),
+            key_b64: b64(&self.key),
+            value: text(&self.value),
+            value_b64: b64(&self.value),
+            create_rev: self.create_rev,
+            mod_rev: self.mod_rev,
+            version: self.version,
+        }
+    }
+
+    /// One line for a person: where the key is at and its value.
+    pub fn describe(&self) -> String {
+        format!(
+            "mod_rev {}, version {}, value {}",
+            self.mod_rev,
+            self.version,
+            show(&self.value)
+        )
+    }
+}
+
+/// What a compare-and-swap expects of the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The key was last modified at this revision.
+    ModRev(u64),
+    /// The key holds exactly these bytes.
+    Value(Vec<u8>),
+    /// The key does not exist.
+    Absent,
+}
+
+impl Expect {
+    fn compare(&self) -> Compare {
+        match self {
+            Expect::ModRev(rev) => Compare::ModRevision(*rev),
+            Expect::Value(v) => Compare::Value(v.clone()),
+            Expect::Absent => Compare::Absent,
+        }
+    }
+}
+
+/// How a compare-and-swap ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The comparison held; the new value is written at this revision.
+    Swapped { rev: u64 },
+    /// The comparison failed; nothing was written. The key as it is (`None`: absent).
+    Failed { current: Option<Record> },
+}
+
+/// The keys `[start, end)` of a scan (`end = None`: to the end of the keyspace).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+}
+
+/// A node's status: the report the table is drawn from, and the JSON `--json` prints (the
+/// libp2p report as it is for `--peer`, the gateway's `/v1/status` body for `--endpoint`).
+pub struct StatusView {
+    pub report: StatusReport,
+    pub json: Value,
+}
+
+impl Target {
+    /// The key's record, or `None` when it does not exist.
+    pub async fn get(&self, key: &[u8], serializable: bool) -> Result<Option<Record>, CliError> {
+        match self {
+            Target::Http(h) => h.get(key, serializable).await,
+            Target::Peer { client, .. } => {
+                let consistency = if serializable {
+                    Consistency::Serializable
+                } else {
+                    Consistency::Linearizable
+                };
+                client
+                    .get_with(key, consistency)
+                    .await
+                    .map(|r| r.map(|r| Record::from_kv(key, &r)))
+                    .map_err(|e| CliError::from_client(e, format!("get {}", show(key))))
+            }
+        }
+    }
+
+    /// Writes the key; the write's revision.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, CliError> {
+        match self {
+            Target::Http(h) => h.put(key, value).await,
+            Target::Peer { client, .. } => client
+                .put(key, value)
+                .await
+                .map_err(|e| CliError::from_client(e, format!("put {}", show(key)))),
+        }
+    }
+
+    /// Deletes the key; whether it existed.
+    pub async fn delete(&self, key: &[u8]) -> Result<bool, CliError> {
+        match self {
+            Target::Http(h) => h.delete(key).await,
+            Target::Peer { client, .. } => client
+                .delete(key)
+                .await
+                .map_err(|e| CliError::from_client(e, format!("del {}", show(key)))),
+        }
+    }
+
+    /// Writes `value` if the key is as `expect` says.
+    pub async fn cas(
+        &self,
+        key: &[u8],
+        expect: &Expect,
+        value: &[u8],
+    ) -> Result<CasOutcome, CliError> {
+        match self {
+            Target::Http(h) => h.cas(key, expect, value).await,
+            Target::Peer { client, .. } => {
+                let r = client
+                    .cas(key, expect.compare(), CasAction::Put(value.to_vec()))
+                    .await
+                    .map_err(|e| CliError::from_client(e, format!("cas {}", show(key))))?;
+                Ok(if r.succeeded {
+                    CasOutcome::Swapped { rev: r.revision }
+                } else {
+                    CasOutcome::Failed {
+                        current: r.current.map(|c| Record::from_kv(key, &c)),
+                    }
+                })
+            }
+        }
+    }
+
+    /// The first `limit` records of `range` (0: all), in key order, read linearizably.
+    pub async fn scan(&self, range: &KeyRange, limit: usize) -> Result<Vec<Record>, CliError> {
+        match self {
+            Target::Http(h) => h.scan(range, limit).await,
+            Target::Peer { client, .. } => client
+                .scan(
+                    &range.start,
+                    range.end.as_deref(),
+                    limit,
+                    Consistency::Linearizable,
+                )
+                .await
+                .map(|records| records.iter().map(|(k, r)| Record::from_kv(k, r)).collect())
+                .map_err(|e| CliError::from_client(e, "scan")),
+        }
+    }
+
+    /// The serving node's status.
+    pub async fn status(&self) -> Result<StatusView, CliError> {
+        match self {
+            Target::Http(h) => h.status().await,
+            Target::Peer { client, addr } => {
+                let report = client.status().await.map_err(|e| {
+                    CliError::from_client(e, format!("{addr} did not report its status"))
+                })?;
+                let json = serde_json::to_value(&report).map_err(anyhow::Error::from)?;
+                Ok(StatusView { report, json })
+            }
+        }
+    }
+
+    /// Asks the cluster to drain `node`.
+    pub async fn decommission(&self, node: u64) -> Result<(), CliError> {
+        match self {
+            Target::Http(h) => h.decommission(node).await,
+            Target::Peer { client, .. } => client.decommission(node).await.map_err(|e| {
+                let message = format!("decommission {}: {e}", node_hex(node));
+                match e {
+                    DecommissionError::UnknownNode(_) => CliError::Rejected(message),
+                    DecommissionError::Unavailable(_) => CliError::Unavailable(message),
+                }
+            }),
+        }
+    }
+}

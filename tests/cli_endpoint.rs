@@ -1,0 +1,421 @@
+//! The `swarmkv` binary's client verbs over HTTP (`--endpoint`): the built binary run against
+//! the gateway of a 3-node in-process cluster on 127.0.0.1, checking output and exit status
+//! (0 done, 1 not found / compare failed / refused, 2 usage, 3 unavailable) for every verb.
+
+mod common;
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStringExt as _;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use common::*;
+use serde_json::Value;
+use swarmkv::core::CoreConfig;
+use swarmkv::http::HttpError;
+use swarmkv::NodeHandle;
+use tokio::task::JoinHandle;
+
+fn fast_core() -> CoreConfig {
+    CoreConfig {
+        tick_ms: 50,
+        ..CoreConfig::default()
+    }
+}
+
+/// A node's gateway on a free loopback port, as `swarmkv start` serves it; stopped when
+/// dropped.
+struct Gateway {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), HttpError>>,
+}
+
+impl Gateway {
+    async fn start(node: NodeHandle) -> Result<Gateway> {
+        let listener = swarmkv::http::bind(([127, 0, 0, 1], 0).into()).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(swarmkv::http::serve_node(listener, node, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Gateway {
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn shutdown(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await??;
+        Ok(())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What one run of the binary did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Checks the exit status; on success the stdout as text.
+    fn expect(&self, code: i32) -> Result<String> {
+        if self.code != code {
+            bail!(
+                "exit {} instead of {code}\nstdout: {}\nstderr: {}",
+                self.code,
+                self.stdout(),
+                self.stderr
+            );
+        }
+        if code != 0 {
+            // The contract: one `error: ...` line on stderr saying why.
+            let lines: Vec<&str> = self.stderr.lines().collect();
+            if lines.len() != 1 || !lines[0].starts_with("error: ") {
+                bail!("stderr is not one `error:` line: {:?}", self.stderr);
+            }
+        }
+        Ok(self.stdout())
+    }
+
+    fn json(&self) -> Result<Value> {
+        self.expect(0)?;
+        serde_json::from_slice(&self.stdout)
+            .with_context(|| format!("stdout is not JSON: {}", self.stdout()))
+    }
+}
+
+/// Runs the built `swarmkv` with `args` (any bytes), outside any `SWARMKV_*` setting of the
+/// test's own environment except those in `env`.
+async fn swarmkv(args: Vec<OsString>, env: Vec<(&'static str, String)>) -> Result<Run> {
+    let output = tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_swarmkv"));
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SWARMKV_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(args).envs(env).output()
+    })
+    .await??;
+    Ok(Run {
+        // A run killed by a signal has no code: -1 fails every expectation.
+        code: output.status.code().unwrap_or(-1),
+        stdout: output.stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+fn args(list: &[&str]) -> Vec<OsString> {
+    list.iter().map(OsString::from).collect()
+}
+
+/// `swarmkv VERB ... --endpoint ENDPOINT`.
+async fn at(endpoint: &str, list: &[&str]) -> Result<Run> {
+    let mut a = args(list);
+    a.extend(args(&["--endpoint", endpoint]));
+    swarmkv(a, Vec::new()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_verb_works_over_the_http_gateway() -> Result<()> {
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, 8, fast_core()).await;
+    let gw = Gateway::start(cluster.handles[0].clone()).await?;
+    let ep = gw.endpoint();
+    // The gateway makes its client once it sees the node in a cluster.
+    let mut probe = at(&ep, &["put", "probe", "1"]).await?;
+    for _ in 0..100 {
+        if probe.code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        probe = at(&ep, &["put", "probe", "1"]).await?;
+    }
+    probe.expect(0)?;
+
+    // put / get.
+    let put = at(&ep, &["put", "greeting", "hello"]).await?.expect(0)?;
+    let rev: u64 = put
+        .trim()
+        .strip_prefix("rev ")
+        .and_then(|r| r.parse().ok())
+        .with_context(|| format!("put printed {put:?}"))?;
+    assert_eq!(at(&ep, &["get", "greeting"]).await?.expect(0)?, "hello\n");
+    let rec = at(&ep, &["get", "greeting", "--json"]).await?.json()?;
+    assert_eq!(rec["key"], "greeting");
+    assert_eq!(rec["value"], "hello");
+    assert_eq!(rec["value_b64"], STANDARD.encode("hello"));
+    assert_eq!(rec["mod_rev"], rev);
+    assert_eq!(rec["version"], 1);
+    assert_eq!(
+        at(&ep, &["get", "greeting", "--serializable"])
+            .await?
+            .expect(0)?,
+        "hello\n"
+    );
+
+    // The endpoint can come from the environment.
+    let from_env = swarmkv(
+        args(&["get", "greeting"]),
+        vec![("SWARMKV_ENDPOINT", ep.clone())],
+    )
+    .await?
+    .expect(0)?;
+    assert_eq!(from_env, "hello\n");
+
+    // Both transports read the same record (--peer: libp2p to another node).
+    let over_p2p = swarmkv(
+        args(&[
+            "get",
+            "greeting",
+            "--json",
+            "--peer",
+            &cluster.addrs[1].to_string(),
+        ]),
+        Vec::new(),
+    )
+    .await?
+    .json()?;
+    assert_eq!(over_p2p, rec);
+
+    // Keys and values of any bytes round-trip through the URL and the JSON: slashes (doubled,
+    // leading, trailing), dot segments, URL metacharacters, the CAS suffix, non-UTF-8 (any
+    // byte but NUL, which no command-line argument can hold).
+    let odd_keys: Vec<Vec<u8>> = vec![
+        b"dir/sub//x/".to_vec(),
+        b"/lead".to_vec(),
+        b"a/../b".to_vec(),
+        b"sp ace+plus%25&=?#".to_vec(),
+        b"k/cas".to_vec(),
+        vec![0x01, 0xff, b'/', 0x80],
+    ];
+    let reader = cluster.client(2).await;
+    for (i, key) in odd_keys.iter().enumerate() {
+        let value = vec![0xfe, i as u8 + 1, 0x7f];
+        let put = vec![
+            OsString::from("put"),
+            OsString::from_vec(key.clone()),
+            OsString::from_vec(value.clone()),
+            OsString::from("--endpoint"),
+            OsString::from(&ep),
+        ];
+        swarmkv(put, Vec::new()).await?.expect(0)?;
+        let stored = reader.get(key).await?.context("the key was not stored")?;
+        assert_eq!(stored.value, value, "key {key:?}");
+        let get = vec![
+            OsString::from("get"),
+            OsString::from_vec(key.clone()),
+            OsString::from("--json"),
+            OsString::from("--endpoint"),
+            OsString::from(&ep),
+        ];
+        let json = swarmkv(get, Vec::new()).await?.json()?;
+        assert_eq!(json["key_b64"], STANDARD.encode(key), "key {key:?}");
+        assert_eq!(json["value_b64"], STANDARD.encode(&value), "key {key:?}");
+    }
+
+    // cas: success with each kind of expectation, then conflicts (exit 1, nothing written).
+    let mod_rev = rec["mod_rev"].to_string();
+    let swapped = at(
+        &ep,
+        &["cas", "greeting", "hi", "--expect-mod-rev", &mod_rev],
+    )
+    .await?
+    .expect(0)?;
+    assert!(swapped.starts_with("rev "), "{swapped}");
+    at(&ep, &["cas", "greeting", "hey", "--expect-value", "hi"])
+        .await?
+        .expect(0)?;
+    at(&ep, &["cas", "fresh", "1", "--expect-absent"])
+        .await?
+        .expect(0)?;
+    let stale = at(
+        &ep,
+        &["cas", "greeting", "lost", "--expect-mod-rev", &mod_rev],
+    )
+    .await?;
+    stale.expect(1)?;
+    assert!(stale.stderr.contains("compare failed"), "{}", stale.stderr);
+    assert!(stale.stderr.contains("value hey"), "{}", stale.stderr);
+    at(&ep, &["cas", "fresh", "2", "--expect-absent"])
+        .await?
+        .expect(1)?;
+    let absent = at(&ep, &["cas", "nobody", "x", "--expect-value", "y"]).await?;
+    absent.expect(1)?;
+    assert!(absent.stderr.contains("absent"), "{}", absent.stderr);
+    assert_eq!(at(&ep, &["get", "greeting"]).await?.expect(0)?, "hey\n");
+
+    // scan: prefix, range, limit, JSON; more keys than a page would hold are not needed to
+    // show the shape, the paging is the same loop.
+    for i in 0..5 {
+        at(&ep, &["put", &format!("user/{i}"), &format!("u{i}")])
+            .await?
+            .expect(0)?;
+    }
+    let lines = at(&ep, &["scan", "--prefix", "user/"]).await?.expect(0)?;
+    let expected: String = (0..5).map(|i| format!("user/{i}\tu{i}\n")).collect();
+    assert_eq!(lines, expected);
+    let limited = at(&ep, &["scan", "--prefix", "user/", "--limit", "2"])
+        .await?
+        .expect(0)?;
+    assert_eq!(limited, "user/0\tu0\nuser/1\tu1\n");
+    let range = at(&ep, &["scan", "--start", "user/1", "--end", "user/3"])
+        .await?
+        .expect(0)?;
+    assert_eq!(range, "user/1\tu1\nuser/2\tu2\n");
+    let json = at(&ep, &["scan", "--prefix", "user/", "--json"])
+        .await?
+        .json()?;
+    let records = json.as_array().context("scan --json is an array")?;
+    assert_eq!(records.len(), 5);
+    assert_eq!(records[4]["key"], "user/4");
+    assert_eq!(records[4]["value_b64"], STANDARD.encode("u4"));
+
+    // del: 0 whether or not the key existed; then get says not found, exit 1.
+    assert_eq!(at(&ep, &["del", "greeting"]).await?.expect(0)?, "deleted\n");
+    let again = at(&ep, &["delete", "greeting"]).await?.expect(0)?;
+    assert!(again.contains("not found"), "{again}");
+    let missing = at(&ep, &["get", "greeting"]).await?;
+    assert_eq!(
+        missing.expect(1)?,
+        "",
+        "nothing on stdout for a missing key"
+    );
+    assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
+
+    // A request the gateway refuses (an empty key: 400) is 1, not 3.
+    at(&ep, &["put", "", "v"]).await?.expect(1)?;
+
+    // status: the table and the gateway's JSON.
+    let node0 = format!("{:016x}", cluster.handles[0].node_id());
+    let table = at(&ep, &["status"]).await?.expect(0)?;
+    assert!(table.contains(&node0), "{table}");
+    assert!(table.contains("state        ready"), "{table}");
+    assert!(table.contains("GROUP"), "{table}");
+    let status = at(&ep, &["status", "--json"]).await?.json()?;
+    assert_eq!(status["node"], node0.as_str());
+    assert_eq!(status["partitions"], 8);
+
+    // decommission: an unknown node is refused (1); a member starts draining (0).
+    let unknown = at(&ep, &["decommission", "00000000000000ff"]).await?;
+    unknown.expect(1)?;
+    assert!(unknown.stderr.contains("unknown"), "{}", unknown.stderr);
+    let node2 = format!("{:016x}", cluster.handles[2].node_id());
+    let drain = at(&ep, &["decommission", &node2]).await?.expect(0)?;
+    assert!(
+        drain.contains(&format!("decommissioning {node2}")),
+        "{drain}"
+    );
+
+    gw.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_serve_keys_is_unavailable_but_reports_its_status() -> Result<()> {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir()?;
+    let node = swarmkv::Node::start(node_config(dir.path(), &fast_core())).await?;
+    let gw = Gateway::start(node.handle()).await?;
+    let ep = gw.endpoint();
+    // Not part of a cluster: keys answer 503, which is exit 3.
+    let get = at(&ep, &["get", "k"]).await?;
+    get.expect(3)?;
+    assert!(get.stderr.contains("503"), "{}", get.stderr);
+    at(&ep, &["put", "k", "v"]).await?.expect(3)?;
+    let table = at(&ep, &["status"]).await?.expect(0)?;
+    assert!(table.contains("none yet"), "{table}");
+    assert!(table.contains("state        unformed"), "{table}");
+    gw.shutdown().await?;
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_endpoint_nobody_listens_on_is_unavailable() -> Result<()> {
+    // A port that was free a moment ago: connection refused.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    let ep = format!("http://127.0.0.1:{port}");
+    for verb in [
+        &["get", "k"][..],
+        &["put", "k", "v"],
+        &["del", "k"],
+        &["cas", "k", "v", "--expect-absent"],
+        &["scan"],
+        &["status"],
+        &["decommission", "ab"],
+    ] {
+        let run = at(&ep, verb).await?;
+        run.expect(3)?;
+        assert!(
+            run.stderr.contains("cannot connect"),
+            "{verb:?}: {}",
+            run.stderr
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_usage_exits_2_before_anything_is_sent() -> Result<()> {
+    for list in [
+        &["cas", "k", "v"][..],
+        &["cas", "k", "v", "--expect-absent", "--expect-mod-rev", "3"],
+        &["get"],
+        &["get", "k", "--endpoint", "https://127.0.0.1:7380"],
+        &[
+            "get",
+            "k",
+            "--endpoint",
+            "http://127.0.0.1:7380",
+            "--peer",
+            "/ip4/127.0.0.1/tcp/7379",
+        ],
+        &["scan", "--prefix", "a", "--end", "b"],
+        &["decommission", "not-hex"],
+        &["frobnicate"],
+    ] {
+        let run = swarmkv(args(list), Vec::new()).await?;
+        assert_eq!(run.code, 2, "{list:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{list:?}");
+    }
+    // A usage error found by swarmkv rather than clap: a missing PSK file for --peer.
+    let run = swarmkv(
+        args(&[
+            "status",
+            "--peer",
+            "/ip4/127.0.0.1/tcp/9",
+            "--psk-file",
+            "/nonexistent/swarm.key",
+        ]),
+        Vec::new(),
+    )
+    .await?;
+    run.expect(2)?;
+    Ok(())
+}
