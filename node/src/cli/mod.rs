@@ -65,7 +65,7 @@ pub enum Command {
     Status(status::Status),
     Put(put::Put),
     Get(get::Get),
-    #[command(alias = "delete")]
+    #[command(visible_alias = "delete")]
     Del(del::Del),
     Cas(cas::Cas),
     Scan(scan::Scan),
