@@ -307,8 +307,14 @@ async fn every_client_verb_works_over_the_http_gateway() -> Result<()> {
     );
     assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
 
-    // A request the gateway refuses (an empty key: 400) is 1, not 3.
-    at(&ep, &["put", "", "v"]).await?.expect(1)?;
+    // Requests the gateway refuses are 1, not 3: an empty key (400), a key over the 4 KiB
+    // limit (413).
+    let empty = at(&ep, &["put", "", "v"]).await?;
+    empty.expect(1)?;
+    assert!(empty.stderr.contains("400"), "{}", empty.stderr);
+    let long = at(&ep, &["put", &"k".repeat(5000), "v"]).await?;
+    long.expect(1)?;
+    assert!(long.stderr.contains("key_too_large"), "{}", long.stderr);
 
     // status: the table and the gateway's JSON.
     let node0 = format!("{:016x}", cluster.handles[0].node_id());
