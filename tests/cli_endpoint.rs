@@ -295,6 +295,33 @@ async fn every_client_verb_works_over_the_http_gateway() -> Result<()> {
     assert_eq!(records[4]["key"], "user/4");
     assert_eq!(records[4]["value_b64"], STANDARD.encode("u4"));
 
+    // Over libp2p the same verbs give the same answers and exit statuses.
+    let peer = cluster.addrs[1].to_string();
+    let p2p_scan = swarmkv(
+        args(&["scan", "--prefix", "user/", "--json", "--peer", &peer]),
+        Vec::new(),
+    )
+    .await?
+    .json()?;
+    assert_eq!(p2p_scan, json);
+    let p2p_cas = swarmkv(
+        args(&["cas", "fresh", "3", "--expect-absent", "--peer", &peer]),
+        Vec::new(),
+    )
+    .await?;
+    p2p_cas.expect(1)?;
+    assert!(
+        p2p_cas.stderr.contains("compare failed"),
+        "{}",
+        p2p_cas.stderr
+    );
+    let p2p_unknown = swarmkv(
+        args(&["decommission", "00000000000000ff", "--peer", &peer]),
+        Vec::new(),
+    )
+    .await?;
+    p2p_unknown.expect(1)?;
+
     // del: 0 whether or not the key existed; then get says not found, exit 1.
     assert_eq!(at(&ep, &["del", "greeting"]).await?.expect(0)?, "deleted\n");
     let again = at(&ep, &["delete", "greeting"]).await?.expect(0)?;
