@@ -1,0 +1,1302 @@
+//! The simulated cluster: real `Core`s over `MemBackend` stores, driven turn by turn the way
+//! `node/src/driver.rs` drives them (inputs, tick, control plane, `process`, serve caught-up
+//! reads, then send messages, stream snapshots and answer requests), on a virtual clock and
+//! the virtual network of `net.rs`, with the faults one seed schedules, clients that record a
+//! history, and every invariant checked after every node turn.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use swarmkv::core::routing::partition_of;
+use swarmkv::core::{
+    plan_targets, ClientError, ClusterLayout, ClusterSettings, Core, CoreConfig, GroupId,
+    MetaState, NodeId, NodeRecord, NodeState, Reply, Request, RequestBody, RequestId, Target,
+    META_GROUP,
+};
+use swarmkv_store::{KvRecord, MemBackend, Store, StoreConfig};
+
+use crate::client::{interpret, key_bytes, Client, ClientState, Interpretation, OpRecord, Outcome};
+use crate::invariants::acknowledged_writes::{self, AckedWrite};
+use crate::invariants::{Observer, Violation};
+use crate::linearizability::{self, Input, Operation, Verdict};
+use crate::net::{Net, Packet, Payload};
+use crate::params::Params;
+
+/// Length of one simulation step.
+const QUANTUM_MS: u64 = 10;
+/// Control plane periods (as in `node/src/driver/control.rs`).
+const RECONCILE_MS: u64 = 200;
+const COORDINATE_MS: u64 = 300;
+/// Groups moving toward a new target at once.
+const MAX_MOVES: usize = 4;
+/// After the faults stop, clients keep working this long.
+const HEAL_LOAD_MS: u64 = 2_000;
+/// The cluster must have converged and answered everything this long after the faults stop.
+const HEAL_MAX_MS: u64 = 60_000;
+/// Attempts of one operation (retries follow hints, or resend an ambiguous write with its
+/// session).
+const MAX_ATTEMPTS: u32 = 5;
+/// Search budget of the linearizability checker, per key.
+const CHECK_STEPS: u64 = 2_000_000;
+/// The sender id of client requests (never a node, never cut off).
+const CLIENT: NodeId = 0;
+/// The client that reads every key at the end.
+const FINAL_READER: u64 = 1_000;
+
+/// A broken property, with when it was seen.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub property: &'static str,
+    pub detail: String,
+    pub at_ms: u64,
+}
+
+/// What a passing run did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Digest of the whole history: two runs of a seed must agree.
+    pub fingerprint: u64,
+    pub virtual_ms: u64,
+    pub ops_ok: usize,
+    pub ops_ambiguous: usize,
+    pub ops_failed: usize,
+    pub crashes: usize,
+    pub partitions: usize,
+    pub pauses: usize,
+    pub clock_stalls: usize,
+    pub membership: &'static str,
+    pub unknown_keys: usize,
+    pub nodes: usize,
+    /// (group, term) pairs that had a leader, distinct log entries seen, replica states
+    /// compared: how much the invariants looked at.
+    pub terms_led: usize,
+    pub entries_seen: usize,
+    pub states_compared: u64,
+}
+
+struct Node {
+    backend: MemBackend,
+    core: Option<Core<MemBackend>>,
+    incarnation: u64,
+    /// Replaced: stopped for good.
+    retired: bool,
+    /// Frozen (SIGSTOP): no turns, inbound packets wait.
+    paused_until: u64,
+    /// Its timer stalls: no ticks, then a burst.
+    stall_until: u64,
+    /// When a crashed node comes back.
+    restart_at: Option<u64>,
+    next_reconcile: u64,
+}
+
+impl Node {
+    fn up(&self) -> bool {
+        self.core.is_some() && !self.retired
+    }
+}
+
+/// One seeded run.
+pub struct World {
+    verbose: bool,
+    p: Params,
+    rng: StdRng,
+    now: u64,
+    config: CoreConfig,
+    settings: ClusterSettings,
+    nodes: BTreeMap<NodeId, Node>,
+    net: Net,
+    clients: Vec<Client>,
+    history: Vec<OpRecord>,
+    owners: BTreeMap<RequestId, usize>,
+    next_rid: RequestId,
+    observer: Observer,
+    /// The registry the operator wants (the coordinator writes it to the meta group).
+    wanted: BTreeMap<NodeId, NodeState>,
+    /// Revision at which each value was written, as answers and reads report it.
+    revisions: BTreeMap<u64, u64>,
+    acked: Vec<AckedWrite>,
+    next_crash: u64,
+    next_partition: u64,
+    next_pause: u64,
+    next_clock: u64,
+    partition_until: u64,
+    membership_at: u64,
+    healed: bool,
+    final_script: Vec<usize>,
+    finals: BTreeMap<Vec<u8>, Option<KvRecord>>,
+    next_coordinate: u64,
+    summary: Summary,
+}
+
+fn first_at(rng: &mut StdRng, every: u64) -> u64 {
+    if every == 0 {
+        u64::MAX
+    } else {
+        rng.gen_range(0..2 * every)
+    }
+}
+
+fn epoch(targets: &BTreeMap<GroupId, Target>) -> u64 {
+    targets.values().map(|t| t.version).sum()
+}
+
+impl World {
+    /// Builds the cluster of `seed` (bootstrapped, nothing run yet).
+    pub fn new(seed: u64, verbose: bool) -> Result<World, Failure> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let p = Params::draw(&mut rng);
+        let mut ids = BTreeSet::new();
+        while ids.len() < p.nodes {
+            ids.insert(rng.gen_range(1..u64::MAX >> 8));
+        }
+        let mut ids: Vec<NodeId> = ids.into_iter().collect();
+        ids.shuffle(&mut rng);
+        let config = CoreConfig {
+            tick_ms: p.tick_ms,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_size_per_msg: p.max_size_per_msg,
+            max_inflight_msgs: p.max_inflight_msgs,
+            compact_threshold: p.compact_threshold,
+            compact_keep: p.compact_keep,
+            request_timeout_ms: p.request_timeout_ms,
+            seed: rng.gen(),
+        };
+        let layout = ClusterLayout {
+            nodes: ids.clone(),
+            partitions: p.partitions,
+            replication: p.replication,
+        };
+        let settings = ClusterSettings {
+            cluster_id: seed | 1,
+            partitions: p.partitions,
+            replication: p.replication,
+        };
+        let setup = |e: String| Failure {
+            property: "setup",
+            detail: e,
+            at_ms: 0,
+        };
+        let mut nodes = BTreeMap::new();
+        for id in &ids {
+            let backend = MemBackend::new();
+            let store = Store::with_backend(backend.clone(), StoreConfig::default())
+                .map_err(|e| setup(e.to_string()))?;
+            let mut core =
+                Core::new(*id, store, config.clone(), 0).map_err(|e| setup(e.to_string()))?;
+            core.bootstrap(layout.clone(), settings.cluster_id)
+                .map_err(|e| setup(e.to_string()))?;
+            nodes.insert(
+                *id,
+                Node {
+                    backend,
+                    core: Some(core),
+                    incarnation: 0,
+                    retired: false,
+                    paused_until: 0,
+                    stall_until: 0,
+                    restart_at: None,
+                    next_reconcile: rng.gen_range(0..RECONCILE_MS),
+                },
+            );
+        }
+        let clients = (1..=p.clients as u64).map(Client::new).collect();
+        let net = Net::new(p.loss, p.dup, p.max_delay, p.spike);
+        let next_crash = first_at(&mut rng, p.crash_every);
+        let next_partition = first_at(&mut rng, p.partition_every);
+        let next_pause = first_at(&mut rng, p.pause_every);
+        let next_clock = first_at(&mut rng, p.clock_every);
+        let membership_at = if p.membership == 0 {
+            u64::MAX
+        } else {
+            rng.gen_range(p.fault_ms / 4..p.fault_ms * 3 / 4)
+        };
+        let wanted = ids.iter().map(|id| (*id, NodeState::Live)).collect();
+        let summary = Summary {
+            nodes: p.nodes,
+            membership: "none",
+            ..Summary::default()
+        };
+        let w = World {
+            verbose,
+            p,
+            rng,
+            now: 0,
+            config,
+            settings,
+            nodes,
+            net,
+            clients,
+            history: Vec::new(),
+            owners: BTreeMap::new(),
+            next_rid: 1,
+            observer: Observer::default(),
+            wanted,
+            revisions: BTreeMap::new(),
+            acked: Vec::new(),
+            next_crash,
+            next_partition,
+            next_pause,
+            next_clock,
+            partition_until: 0,
+            membership_at,
+            healed: false,
+            final_script: Vec::new(),
+            finals: BTreeMap::new(),
+            next_coordinate: COORDINATE_MS,
+            summary,
+        };
+        if verbose {
+            eprintln!("seed {seed}: {:?}", w.p);
+            eprintln!("nodes {:x?}", ids);
+        }
+        Ok(w)
+    }
+
+    fn log(&self, what: impl FnOnce() -> String) {
+        if self.verbose {
+            eprintln!("[{:>6} ms] {}", self.now, what());
+        }
+    }
+
+    fn fail(&self, property: &'static str, detail: impl Into<String>) -> Failure {
+        Failure {
+            property,
+            detail: detail.into(),
+            at_ms: self.now,
+        }
+    }
+
+    fn violation(&self, v: Violation) -> Failure {
+        self.fail(v.property, v.detail)
+    }
+
+    fn up_ids(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.up())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn active_ids(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| !n.retired)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Runs the seed to the end: faults, heal, final reads, then the whole-history checks.
+    pub fn run(mut self) -> Result<Summary, Failure> {
+        loop {
+            self.now += QUANTUM_MS;
+            if self.now < self.p.fault_ms {
+                self.inject_faults()?;
+            } else if !self.healed {
+                self.heal()?;
+            }
+            self.restart_due()?;
+            if self.now >= self.partition_until && self.net.has_cuts() && self.healed {
+                self.net.set_cuts(BTreeSet::new());
+            }
+            for packet in self.net.due(self.now) {
+                self.deliver(packet)?;
+            }
+            self.drive_clients()?;
+            let mut order = self.up_ids();
+            order.shuffle(&mut self.rng);
+            for id in order {
+                self.turn(id)?;
+            }
+            if self.now >= self.next_coordinate {
+                self.next_coordinate = self.now + COORDINATE_MS;
+                self.coordinate();
+            }
+            if self.healed && self.finished()? {
+                break;
+            }
+            if self.now > self.p.fault_ms + HEAL_MAX_MS {
+                return Err(self.fail(
+                    "convergence after heal",
+                    format!(
+                        "not converged {} ms after the faults stopped: {}",
+                        HEAL_MAX_MS,
+                        self.convergence_gap()
+                    ),
+                ));
+            }
+        }
+        self.check_history()?;
+        self.summary.virtual_ms = self.now;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for op in &self.history {
+            (op.client, op.key, op.call, op.ret).hash(&mut h);
+            format!("{:?}", op.outcome).hash(&mut h);
+        }
+        self.net.sent.hash(&mut h);
+        self.summary.fingerprint = h.finish();
+        self.summary.terms_led = self.observer.election.terms_led();
+        self.summary.entries_seen = self.observer.log.entries_seen();
+        self.summary.states_compared = self.observer.applied.compared;
+        for op in &self.history {
+            match op.outcome {
+                Outcome::Ok(_) => self.summary.ops_ok += 1,
+                Outcome::Ambiguous(_) => self.summary.ops_ambiguous += 1,
+                _ => self.summary.ops_failed += 1,
+            }
+        }
+        Ok(self.summary)
+    }
+
+    // ----- faults -----
+
+    fn inject_faults(&mut self) -> Result<(), Failure> {
+        let now = self.now;
+        if now >= self.next_crash {
+            self.next_crash = now
+                + self
+                    .rng
+                    .gen_range(self.p.crash_every / 2..self.p.crash_every * 3 / 2);
+            self.crash_one();
+        }
+        if now >= self.next_partition {
+            self.next_partition = now
+                + self
+                    .rng
+                    .gen_range(self.p.partition_every / 2..self.p.partition_every * 3 / 2);
+            self.partition();
+        }
+        if now >= self.partition_until && self.net.has_cuts() {
+            self.log(|| "partition healed".into());
+            self.net.set_cuts(BTreeSet::new());
+        }
+        if now >= self.next_pause {
+            self.next_pause = now
+                + self
+                    .rng
+                    .gen_range(self.p.pause_every / 2..self.p.pause_every * 3 / 2);
+            let up = self.up_ids();
+            if let Some(id) = up.choose(&mut self.rng).copied() {
+                let d = self.rng.gen_range(200..3_000);
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.paused_until = now + d;
+                }
+                self.summary.pauses += 1;
+                self.log(|| format!("pause {id:x} for {d} ms"));
+            }
+        }
+        if now >= self.next_clock {
+            self.next_clock = now
+                + self
+                    .rng
+                    .gen_range(self.p.clock_every / 2..self.p.clock_every * 3 / 2);
+            let up = self.up_ids();
+            if let Some(id) = up.choose(&mut self.rng).copied() {
+                let d = self.rng.gen_range(300..3_000);
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.stall_until = now + d;
+                }
+                self.summary.clock_stalls += 1;
+                self.log(|| format!("clock of {id:x} stalls for {d} ms"));
+            }
+        }
+        if now >= self.membership_at {
+            self.membership_at = u64::MAX;
+            self.change_membership()?;
+        }
+        Ok(())
+    }
+
+    fn crash_one(&mut self) {
+        let up = self.up_ids();
+        let active = self.active_ids().len();
+        // Keep a majority of the nodes up, so that the run makes progress between faults.
+        if active - up.len() >= (active - 1) / 2 {
+            return;
+        }
+        let Some(id) = up.choose(&mut self.rng).copied() else {
+            return;
+        };
+        let down_for = self.rng.gen_range(200..3_000);
+        self.crash(id, Some(self.now + down_for));
+    }
+
+    fn crash(&mut self, id: NodeId, restart_at: Option<u64>) {
+        let keep_all = self.rng.gen_bool(self.p.keep_unsynced);
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        n.core = None;
+        let unsynced = n.backend.unsynced_batches();
+        let keep = if keep_all {
+            self.rng.gen_range(0..=unsynced)
+        } else {
+            0
+        };
+        n.backend.crash(keep);
+        n.incarnation += 1;
+        n.restart_at = restart_at;
+        n.paused_until = 0;
+        n.stall_until = 0;
+        self.summary.crashes += 1;
+        self.log(|| format!("crash {id:x} (kept {keep} of {unsynced} unsynced batches)"));
+    }
+
+    fn restart_due(&mut self) -> Result<(), Failure> {
+        let due: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.retired && n.core.is_none())
+            .filter(|(_, n)| n.restart_at.is_some_and(|t| t <= self.now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.restart(id)?;
+        }
+        Ok(())
+    }
+
+    fn restart(&mut self, id: NodeId) -> Result<(), Failure> {
+        let now = self.now;
+        let config = self.config.clone();
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
+        let store = Store::with_backend(n.backend.clone(), StoreConfig::default());
+        let core = store
+            .map_err(|e| e.to_string())
+            .and_then(|s| Core::new(id, s, config, now).map_err(|e| e.to_string()));
+        match core {
+            Ok(c) => {
+                n.core = Some(c);
+                n.restart_at = None;
+                n.next_reconcile = now + RECONCILE_MS;
+                self.log(|| format!("restart {id:x}"));
+                Ok(())
+            }
+            Err(e) => Err(self.fail("restart", format!("node {id:x} cannot restart: {e}"))),
+        }
+    }
+
+    fn partition(&mut self) {
+        let mut ids = self.active_ids();
+        if ids.len() < 2 {
+            return;
+        }
+        ids.shuffle(&mut self.rng);
+        let k = self.rng.gen_range(1..=ids.len() / 2);
+        let (a, b) = ids.split_at(k);
+        let (a, mut b) = (a.to_vec(), b.to_vec());
+        let kind = self.rng.gen_range(0..3);
+        let mut cuts = BTreeSet::new();
+        let mut bridge = None;
+        if kind == 2 && b.len() >= 2 {
+            bridge = b.pop();
+        }
+        for x in &a {
+            for y in &b {
+                cuts.insert((*x, *y));
+                if kind != 1 {
+                    cuts.insert((*y, *x));
+                }
+            }
+        }
+        let d = self.rng.gen_range(300..4_000);
+        self.partition_until = self.now + d;
+        self.net.set_cuts(cuts);
+        self.summary.partitions += 1;
+        let name = ["symmetric", "one-way", "bridge"][kind];
+        self.log(|| format!("{name} partition {a:x?} | {b:x?} (bridge {bridge:x?}) for {d} ms"));
+    }
+
+    fn add_node(&mut self) -> Result<NodeId, Failure> {
+        let id = loop {
+            let id = self.rng.gen_range(1..u64::MAX >> 8);
+            if !self.nodes.contains_key(&id) {
+                break id;
+            }
+        };
+        let backend = MemBackend::new();
+        let store = Store::with_backend(backend.clone(), StoreConfig::default())
+            .map_err(|e| self.fail("setup", e.to_string()))?;
+        let mut core = Core::new(id, store, self.config.clone(), self.now)
+            .map_err(|e| self.fail("setup", e.to_string()))?;
+        core.join(self.settings.clone())
+            .map_err(|e| self.fail("setup", e.to_string()))?;
+        self.nodes.insert(
+            id,
+            Node {
+                backend,
+                core: Some(core),
+                incarnation: 0,
+                retired: false,
+                paused_until: 0,
+                stall_until: 0,
+                restart_at: None,
+                next_reconcile: self.now + RECONCILE_MS,
+            },
+        );
+        self.wanted.insert(id, NodeState::Live);
+        self.summary.nodes += 1;
+        Ok(id)
+    }
+
+    fn change_membership(&mut self) -> Result<(), Failure> {
+        let active = self.active_ids();
+        let mut kind = self.p.membership;
+        if kind == 1 && active.len() >= 7 {
+            kind = 2;
+        }
+        match kind {
+            1 => {
+                let id = self.add_node()?;
+                self.summary.membership = "add";
+                self.log(|| format!("add node {id:x}"));
+            }
+            2 => {
+                let Some(victim) = active.choose(&mut self.rng).copied() else {
+                    return Ok(());
+                };
+                let id = self.add_node()?;
+                self.crash(victim, None);
+                if let Some(n) = self.nodes.get_mut(&victim) {
+                    n.retired = true;
+                }
+                self.wanted.insert(victim, NodeState::Dead);
+                self.summary.membership = "replace";
+                self.log(|| format!("replace node {victim:x} by {id:x}"));
+            }
+            _ => {
+                if active.len() <= self.p.replication.min(3) {
+                    return Ok(());
+                }
+                let Some(victim) = active.choose(&mut self.rng).copied() else {
+                    return Ok(());
+                };
+                self.wanted.insert(victim, NodeState::Decommissioning);
+                self.summary.membership = "decommission";
+                self.log(|| format!("decommission {victim:x}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn heal(&mut self) -> Result<(), Failure> {
+        self.healed = true;
+        self.net.set_cuts(BTreeSet::new());
+        self.net.loss = 0.0;
+        self.net.spike = 0.0;
+        let down: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.retired && n.core.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for n in self.nodes.values_mut() {
+            n.paused_until = n.paused_until.min(self.now);
+            n.stall_until = n.stall_until.min(self.now);
+        }
+        for id in down {
+            self.restart(id)?;
+        }
+        self.log(|| "heal: faults stop".into());
+        Ok(())
+    }
+
+    // ----- the network -----
+
+    fn deliver(&mut self, p: Packet) -> Result<(), Failure> {
+        let now = self.now;
+        let blocked = p.from != CLIENT && self.net.blocked(p.from, p.to);
+        let (up, paused_until) = match self.nodes.get(&p.to) {
+            Some(n) => (n.up(), n.paused_until),
+            None => (false, 0),
+        };
+        if up && !blocked && paused_until > now {
+            self.net.push(paused_until, p);
+            return Ok(());
+        }
+        let lost = matches!(p.payload, Payload::Snapshot(_)) && self.rng.gen_bool(self.net.loss);
+        if !up || blocked || lost {
+            if let Payload::Snapshot(s) = &p.payload {
+                self.report_snapshot(p.from, p.from_incarnation, s.group, s.to, false);
+            }
+            return Ok(());
+        }
+        match p.payload {
+            Payload::Raft(msgs) => {
+                if let Some(core) = self.nodes.get_mut(&p.to).and_then(|n| n.core.as_mut()) {
+                    for (g, m) in msgs {
+                        core.handle_raft(p.from, g, m);
+                    }
+                }
+            }
+            Payload::Request(rid, req) => {
+                if let Some(core) = self.nodes.get_mut(&p.to).and_then(|n| n.core.as_mut()) {
+                    core.handle_request(rid, req);
+                }
+            }
+            Payload::Snapshot(s) => {
+                let src = self
+                    .nodes
+                    .get(&p.from)
+                    .filter(|n| n.incarnation == p.from_incarnation)
+                    .and_then(|n| n.core.as_ref())
+                    .map(|c| c.store().clone());
+                let Some(src) = src else {
+                    return Ok(());
+                };
+                let mut ok = false;
+                if let Some(dst) = self.nodes.get_mut(&p.to).and_then(|n| n.core.as_mut()) {
+                    ok = true;
+                    for seq in 0..s.chunks {
+                        match src.snapshot_chunk(s.group, s.index, seq) {
+                            Ok(c) => ok &= dst.store().receive_chunk(&c).is_ok(),
+                            Err(_) => ok = false,
+                        }
+                    }
+                    if ok {
+                        dst.handle_raft(p.from, s.group, s.message.clone());
+                    }
+                }
+                self.report_snapshot(p.from, p.from_incarnation, s.group, s.to, ok);
+            }
+        }
+        Ok(())
+    }
+
+    fn report_snapshot(&mut self, from: NodeId, inc: u64, group: GroupId, to: NodeId, ok: bool) {
+        if let Some(core) = self
+            .nodes
+            .get_mut(&from)
+            .filter(|n| n.incarnation == inc)
+            .and_then(|n| n.core.as_mut())
+        {
+            core.report_snapshot(group, to, ok);
+        }
+    }
+
+    // ----- node turns and the control plane -----
+
+    fn turn(&mut self, id: NodeId) -> Result<(), Failure> {
+        let now = self.now;
+        let Some(n) = self.nodes.get(&id) else {
+            return Ok(());
+        };
+        if !n.up() || n.paused_until > now {
+            return Ok(());
+        }
+        let reconcile = now >= n.next_reconcile;
+        let leftovers = if reconcile {
+            self.leftovers(id)
+        } else {
+            Vec::new()
+        };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
+        let inc = n.incarnation;
+        let tick = now >= n.stall_until;
+        if reconcile {
+            n.next_reconcile = now + RECONCILE_MS;
+        }
+        let Some(core) = n.core.as_mut() else {
+            return Ok(());
+        };
+        if tick {
+            core.handle_tick(now);
+        }
+        if reconcile {
+            core.reconcile();
+            for g in leftovers {
+                if let Err(e) = core.drop_replica(g) {
+                    return Err(Failure {
+                        property: "storage",
+                        detail: format!("node {id:x} cannot drop group {g}: {e}"),
+                        at_ms: now,
+                    });
+                }
+            }
+        }
+        if let Err(e) = core.process() {
+            return Err(Failure {
+                property: "storage",
+                detail: format!("node {id:x}: {e}"),
+                at_ms: now,
+            });
+        }
+        core.serve_caught_up_reads();
+        let mut out = Vec::new();
+        while let Some((to, msgs)) = core.poll_transmit() {
+            out.push(Packet {
+                from: id,
+                to,
+                from_incarnation: inc,
+                payload: Payload::Raft(msgs),
+            });
+        }
+        while let Some(s) = core.poll_snapshot() {
+            out.push(Packet {
+                from: id,
+                to: s.to,
+                from_incarnation: inc,
+                payload: Payload::Snapshot(s),
+            });
+        }
+        let mut replies = Vec::new();
+        while let Some(r) = core.poll_reply() {
+            replies.push(r);
+        }
+        if let Err(v) = self.observer.observe(core, inc) {
+            return Err(self.violation(v));
+        }
+        let mut unreachable = Vec::new();
+        for packet in out {
+            let dest_up = self.nodes.get(&packet.to).is_some_and(|n| n.up());
+            if !dest_up {
+                // The connection to a crashed node is gone (as the driver learns from the
+                // network layer).
+                if let Payload::Snapshot(s) = &packet.payload {
+                    unreachable.push((s.group, s.to, true));
+                } else {
+                    unreachable.push((0, packet.to, false));
+                }
+                continue;
+            }
+            self.net.send(&mut self.rng, now, packet);
+        }
+        if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
+            for (g, to, snapshot) in unreachable {
+                if snapshot {
+                    core.report_snapshot(g, to, false);
+                } else {
+                    core.report_unreachable(to);
+                }
+            }
+        }
+        // Answers in request order: the core keeps some requests in hash maps.
+        replies.sort_by_key(|(rid, _)| *rid);
+        for (rid, reply) in replies {
+            self.on_reply(id, rid, reply)?;
+        }
+        Ok(())
+    }
+
+    /// Groups whose replica on `id` is a leftover: the target does not want it and the
+    /// group's leader (reachable from it) reports a configuration without it.
+    fn leftovers(&self, id: NodeId) -> Vec<GroupId> {
+        let Some(core) = self.nodes.get(&id).and_then(|n| n.core.as_ref()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for g in core.groups() {
+            if core.is_leader(g) {
+                continue;
+            }
+            let wanted = core
+                .targets()
+                .get(&g)
+                .is_none_or(|t| t.replicas.contains(&id));
+            if wanted {
+                continue;
+            }
+            let removed = self.nodes.iter().any(|(lid, n)| {
+                *lid != id
+                    && n.paused_until <= self.now
+                    && !self.net.blocked(*lid, id)
+                    && n.core.as_ref().is_some_and(|c| {
+                        c.group_status(g)
+                            .is_some_and(|s| s.leader == Some(*lid) && !s.voters.contains(&id))
+                    })
+            });
+            if removed {
+                out.push(g);
+            }
+        }
+        out
+    }
+
+    fn leader_of(&self, g: GroupId) -> Option<NodeId> {
+        self.nodes.iter().find_map(|(id, n)| {
+            n.core
+                .as_ref()
+                .filter(|c| c.is_leader(g) && n.paused_until <= self.now)
+                .map(|_| *id)
+        })
+    }
+
+    fn group_matches(&self, g: GroupId, t: &Target) -> bool {
+        let Some(l) = self.leader_of(g) else {
+            return false;
+        };
+        let Some(s) = self.nodes[&l].core.as_ref().and_then(|c| c.group_status(g)) else {
+            return false;
+        };
+        let mut v = s.voters.clone();
+        v.sort_unstable();
+        let mut want = t.replicas.clone();
+        want.sort_unstable();
+        v == want
+    }
+
+    /// The coordinator duties of every node that believes it leads the meta group, as in
+    /// `Driver::coordinate`, then the targets gossip (the meta leader's targets reach the
+    /// nodes it can talk to).
+    fn coordinate(&mut self) {
+        let coordinators: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.paused_until <= self.now)
+            .filter(|(_, n)| n.core.as_ref().is_some_and(|c| c.is_leader(META_GROUP)))
+            .map(|(id, _)| *id)
+            .collect();
+        for m in coordinators {
+            let Some(meta) = self.nodes[&m]
+                .core
+                .as_ref()
+                .and_then(|c| c.meta_state().ok())
+            else {
+                continue;
+            };
+            let moving = meta
+                .targets
+                .iter()
+                .filter(|(g, t)| !self.group_matches(**g, t))
+                .count();
+            let wanted = self.wanted.clone();
+            let settings = self.settings.clone();
+            let Some(core) = self.nodes.get_mut(&m).and_then(|n| n.core.as_mut()) else {
+                continue;
+            };
+            if meta.settings.is_none() {
+                core.propose_meta(MetaState::put_settings(&settings));
+            }
+            let targets = core.targets().clone();
+            for (g, t) in &targets {
+                if !meta.targets.contains_key(g) {
+                    core.propose_meta(MetaState::put_target(*g, t));
+                }
+            }
+            for (id, state) in &wanted {
+                if meta.nodes.get(id).map(|r| r.state) != Some(*state) {
+                    let record = NodeRecord {
+                        id: *id,
+                        peer: Vec::new(),
+                        addrs: Vec::new(),
+                        state: *state,
+                    };
+                    core.propose_meta(MetaState::put_node(&record));
+                }
+            }
+            if meta.settings.is_none() || meta.targets.len() < targets.len() {
+                continue;
+            }
+            let budget = MAX_MOVES.saturating_sub(moving);
+            if budget > 0 {
+                let live = meta.live_nodes();
+                for (g, t) in plan_targets(&meta.targets, &live, settings.replication, budget) {
+                    core.propose_meta(MetaState::put_target(g, &t));
+                }
+            }
+            let ep = epoch(&meta.targets);
+            core.set_targets(meta.targets.clone());
+            for (id, n) in self.nodes.iter_mut() {
+                if *id == m || n.paused_until > self.now || self.net.blocked(m, *id) {
+                    continue;
+                }
+                if let Some(c) = n.core.as_mut() {
+                    if ep >= epoch(c.targets()) {
+                        c.set_targets(meta.targets.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- clients -----
+
+    fn drive_clients(&mut self) -> Result<(), Failure> {
+        let now = self.now;
+        let issuing = now < self.p.fault_ms + HEAL_LOAD_MS;
+        for ci in 0..self.clients.len() {
+            match self.clients[ci].state.clone() {
+                ClientState::Idle { next_at } if now >= next_at => {
+                    let is_final = self.clients[ci].id == FINAL_READER;
+                    let (key, input, body) = if is_final {
+                        let Some(&key) = self.final_script.first() else {
+                            continue;
+                        };
+                        let body = RequestBody::Get {
+                            key: key_bytes(key),
+                            consistency: swarmkv::core::Consistency::Linearizable,
+                        };
+                        (key, Input::Get, body)
+                    } else if issuing {
+                        let keys = self.p.keys;
+                        self.clients[ci].next_op(&mut self.rng, keys)
+                    } else {
+                        continue;
+                    };
+                    let op = self.history.len();
+                    self.history.push(OpRecord {
+                        client: self.clients[ci].id,
+                        key,
+                        call: now,
+                        ret: 0,
+                        input,
+                        body,
+                        outcome: Outcome::Pending,
+                        write_revision: None,
+                    });
+                    self.send_attempt(ci, op, 1, false)?;
+                }
+                ClientState::Retrying {
+                    op,
+                    at,
+                    attempt,
+                    ambiguous,
+                } if now >= at => {
+                    self.send_attempt(ci, op, attempt, ambiguous)?;
+                }
+                ClientState::Busy {
+                    op,
+                    rid,
+                    attempt,
+                    attempt_deadline,
+                    ambiguous,
+                    ..
+                } if now >= attempt_deadline => {
+                    self.owners.remove(&rid);
+                    self.after_failure(ci, op, attempt, ambiguous, true, "client timeout".into());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn send_attempt(
+        &mut self,
+        ci: usize,
+        op: usize,
+        attempt: u32,
+        ambiguous: bool,
+    ) -> Result<(), Failure> {
+        let key = key_bytes(self.history[op].key);
+        let partition = partition_of(&key, self.p.partitions);
+        let active = self.active_ids();
+        let hint = self.clients[ci]
+            .hints
+            .get(&partition)
+            .copied()
+            .filter(|h| active.contains(h));
+        let node = match hint {
+            Some(h) => h,
+            None => match active.choose(&mut self.rng) {
+                Some(n) => *n,
+                None => return Err(self.fail("setup", "no node left")),
+            },
+        };
+        if !self.nodes.get(&node).is_some_and(|n| n.up()) {
+            // Connection refused: nothing was sent.
+            self.clients[ci].hints.remove(&partition);
+            self.after_failure(
+                ci,
+                op,
+                attempt,
+                ambiguous,
+                false,
+                "connection refused".into(),
+            );
+            return Ok(());
+        }
+        let rid = self.next_rid;
+        self.next_rid += 1;
+        self.owners.insert(rid, ci);
+        let req = Request {
+            partition,
+            body: self.history[op].body.clone(),
+        };
+        let at = self.now + self.rng.gen_range(1..=3);
+        self.net.push(
+            at,
+            Packet {
+                from: CLIENT,
+                to: node,
+                from_incarnation: 0,
+                payload: Payload::Request(rid, req),
+            },
+        );
+        self.clients[ci].state = ClientState::Busy {
+            op,
+            rid,
+            attempt,
+            attempt_deadline: self.now + self.p.request_timeout_ms + 1_000,
+            ambiguous,
+        };
+        Ok(())
+    }
+
+    /// An attempt failed: definitely (nothing happened) or ambiguously.
+    fn after_failure(
+        &mut self,
+        ci: usize,
+        op: usize,
+        attempt: u32,
+        ambiguous: bool,
+        this_ambiguous: bool,
+        why: String,
+    ) {
+        let is_write = !matches!(self.history[op].input, Input::Get);
+        let is_final = self.clients[ci].id == FINAL_READER;
+        let ambiguous = ambiguous || (is_write && this_ambiguous);
+        let now = self.now;
+        if attempt < MAX_ATTEMPTS || (is_final && now < self.p.fault_ms + HEAL_MAX_MS) {
+            let at = now + self.rng.gen_range(20..200);
+            self.clients[ci].state = ClientState::Retrying {
+                op,
+                at,
+                attempt: attempt + 1,
+                ambiguous,
+            };
+            return;
+        }
+        let rec = &mut self.history[op];
+        rec.ret = now;
+        rec.outcome = if ambiguous {
+            Outcome::Ambiguous(why)
+        } else {
+            Outcome::Failed(why)
+        };
+        let think = self.rng.gen_range(0..2 * self.p.think_ms);
+        self.clients[ci].state = ClientState::Idle {
+            next_at: now + think,
+        };
+    }
+
+    fn on_reply(&mut self, node: NodeId, rid: RequestId, reply: Reply) -> Result<(), Failure> {
+        let Some(ci) = self.owners.remove(&rid) else {
+            return Ok(());
+        };
+        let ClientState::Busy {
+            op,
+            rid: busy_rid,
+            attempt,
+            ambiguous,
+            ..
+        } = self.clients[ci].state.clone()
+        else {
+            return Ok(());
+        };
+        if busy_rid != rid {
+            return Ok(());
+        }
+        let key = key_bytes(self.history[op].key);
+        let partition = partition_of(&key, self.p.partitions);
+        let input = self.history[op].input;
+        match interpret(&input, &reply) {
+            Interpretation::Ok {
+                output,
+                seen,
+                record,
+                wrote,
+                write_revision,
+            } => {
+                self.clients[ci].hints.insert(partition, node);
+                for (v, rev) in seen.iter().chain(wrote.iter()) {
+                    let first = *self.revisions.entry(*v).or_insert(*rev);
+                    if first != *rev {
+                        return Err(self.fail(
+                            "revision consistency",
+                            format!(
+                                "value {v:x} of key {:?} reported at revision {first} and at \
+                                 revision {rev} (a write applied twice?)",
+                                String::from_utf8_lossy(&key)
+                            ),
+                        ));
+                    }
+                }
+                let k = self.history[op].key;
+                match (wrote, record) {
+                    (Some((v, rev)), _) => {
+                        let r = KvRecord {
+                            value: crate::client::value_bytes(v),
+                            create_rev: 0,
+                            mod_rev: rev,
+                            version: 0,
+                            lease: 0,
+                        };
+                        self.clients[ci].saw(k, Some(&r));
+                    }
+                    (None, Some(r)) => self.clients[ci].saw(k, r.as_ref()),
+                    (None, None) => {}
+                }
+                if let (Some(rev), RequestBody::Write { op: kv, .. }) =
+                    (write_revision, &self.history[op].body)
+                {
+                    self.acked.push(AckedWrite {
+                        group: swarmkv::core::group_of_partition(partition),
+                        key: key.clone(),
+                        revision: rev,
+                        op: kv.clone(),
+                    });
+                }
+                if self.clients[ci].id == FINAL_READER {
+                    if let Reply::Ok(swarmkv::core::Response::Get(r)) = &reply {
+                        self.finals.insert(key.clone(), r.clone());
+                    }
+                    if !self.final_script.is_empty() {
+                        self.final_script.remove(0);
+                    }
+                }
+                let now = self.now;
+                let rec = &mut self.history[op];
+                rec.ret = now;
+                rec.outcome = Outcome::Ok(output);
+                rec.write_revision = write_revision;
+                let think = self.rng.gen_range(0..2 * self.p.think_ms);
+                self.clients[ci].state = ClientState::Idle {
+                    next_at: now + think,
+                };
+            }
+            Interpretation::Definite(e) => {
+                match &e {
+                    ClientError::NotLeader { leader: Some(l) } => {
+                        self.clients[ci].hints.insert(partition, *l);
+                    }
+                    _ => {
+                        self.clients[ci].hints.remove(&partition);
+                    }
+                }
+                self.after_failure(ci, op, attempt, ambiguous, false, e.to_string());
+            }
+            Interpretation::Ambiguous(e) => {
+                self.clients[ci].hints.remove(&partition);
+                self.after_failure(ci, op, attempt, ambiguous, true, e.to_string());
+            }
+            Interpretation::Nonsense(why) => {
+                return Err(self.fail(
+                    "well-formed answers",
+                    format!("node {node:x} answered {:?}: {why}", self.history[op].body),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    // ----- the end -----
+
+    /// What keeps the cluster from counting as converged.
+    fn convergence_gap(&self) -> String {
+        let Some(m) = self.leader_of(META_GROUP) else {
+            return "no meta leader".into();
+        };
+        let Some(meta) = self.nodes[&m]
+            .core
+            .as_ref()
+            .and_then(|c| c.meta_state().ok())
+        else {
+            return "meta state unreadable".into();
+        };
+        for (id, state) in &self.wanted {
+            if meta.nodes.get(id).map(|r| r.state) != Some(*state) {
+                return format!("node {id:x} not registered as {state:?}");
+            }
+        }
+        let live = meta.live_nodes();
+        for g in 0..=u64::from(self.p.partitions) {
+            let Some(t) = meta.targets.get(&g) else {
+                return format!("group {g} has no target");
+            };
+            if self.leader_of(g).is_none() {
+                return format!("group {g} has no leader");
+            }
+            if let Some(n) = t.replicas.iter().find(|n| !live.contains(n)) {
+                return format!("group {g} target {:x?} names non-live {n:x}", t.replicas);
+            }
+            if !self.group_matches(g, t) {
+                return format!("group {g} voters differ from target {:x?}", t.replicas);
+            }
+        }
+        if !plan_targets(&meta.targets, &live, self.settings.replication, MAX_MOVES).is_empty() {
+            return "placement still moving".into();
+        }
+        String::new()
+    }
+
+    fn finished(&mut self) -> Result<bool, Failure> {
+        if self.now < self.p.fault_ms + HEAL_LOAD_MS {
+            return Ok(false);
+        }
+        let idle = |c: &Client| matches!(c.state, ClientState::Idle { .. });
+        if self.final_script.is_empty() && self.finals.is_empty() {
+            if !self.clients.iter().all(idle) || !self.convergence_gap().is_empty() {
+                return Ok(false);
+            }
+            self.log(|| "converged; final reads".into());
+            self.final_script = (0..self.p.keys).collect();
+            let mut reader = Client::new(FINAL_READER);
+            reader.state = ClientState::Idle { next_at: self.now };
+            self.clients.push(reader);
+            return Ok(false);
+        }
+        Ok(self.final_script.is_empty() && self.clients.iter().all(idle))
+    }
+
+    fn check_history(&mut self) -> Result<(), Failure> {
+        acknowledged_writes::check(&self.acked, &self.observer.committed, &self.finals)
+            .map_err(|v| self.violation(v))?;
+        for key in 0..self.p.keys {
+            let ops: Vec<Operation> = self
+                .history
+                .iter()
+                .filter(|o| o.key == key)
+                .filter_map(|o| {
+                    let ret = match &o.outcome {
+                        Outcome::Ok(out) => Some((o.ret, *out)),
+                        Outcome::Ambiguous(_) if !matches!(o.input, Input::Get) => None,
+                        _ => return None,
+                    };
+                    Some(Operation {
+                        client: o.client,
+                        call: o.call,
+                        ret,
+                        input: o.input,
+                    })
+                })
+                .collect();
+            match linearizability::check(&ops, None, CHECK_STEPS) {
+                Verdict::Linearizable => {}
+                Verdict::Unknown { steps } => {
+                    self.summary.unknown_keys += 1;
+                    self.log(|| format!("key {key}: checker gave up after {steps} steps"));
+                }
+                Verdict::NotLinearizable { longest } => {
+                    let mut detail = format!(
+                        "key {key}: {} operations, no linearization; the longest found has {}:",
+                        ops.len(),
+                        longest.len()
+                    );
+                    for i in &longest {
+                        detail.push_str(&format!("\n    {:?}", ops[*i]));
+                    }
+                    detail.push_str("\n  history:");
+                    for o in &ops {
+                        detail.push_str(&format!("\n    {o:?}"));
+                    }
+                    return Err(self.fail("linearizability", detail));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one seed.
+pub fn run(seed: u64, verbose: bool) -> Result<Summary, Failure> {
+    World::new(seed, verbose)?.run()
+}
