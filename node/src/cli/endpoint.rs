@@ -539,7 +539,8 @@ fn error_code(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swarmkv::http::encoding::percent_decode;
+    use swarmkv::http::encoding::{parse_query, percent_decode, RecordJson};
+    use swarmkv_store::KvRecord;
 
     #[test]
     fn every_byte_round_trips_through_the_gateways_decoder() -> anyhow::Result<()> {
@@ -657,6 +658,105 @@ mod tests {
             cas_body(&Expect::Absent, b""),
             json!({"expect_absent": true, "value_b64": ""})
         );
+    }
+
+    /// A stand-in for the gateway's `GET /v1/kv` over a fixed set of keys (each its own
+    /// value) that answers at most 7 records a page, whatever the limit asked: the client
+    /// must go on after the last key until it has what it asked for.
+    async fn fake_scan(
+        axum::extract::State(keys): axum::extract::State<std::sync::Arc<Vec<Vec<u8>>>>,
+        uri: hyper::Uri,
+    ) -> axum::Json<Value> {
+        let mut start = Vec::new();
+        let mut end = None;
+        let mut limit = 100;
+        for (name, value) in parse_query(uri.query()).expect("the client's query parses") {
+            match name.as_str() {
+                "start" => start = value,
+                "end" => end = Some(value),
+                "limit" => {
+                    limit = String::from_utf8_lossy(&value)
+                        .parse()
+                        .expect("a numeric limit")
+                }
+                other => panic!("unexpected parameter {other}"),
+            }
+        }
+        let in_range: Vec<&Vec<u8>> = keys
+            .iter()
+            .filter(|k| **k >= start && end.as_ref().is_none_or(|e| *k < e))
+            .collect();
+        let page = limit.min(7);
+        let records: Vec<RecordJson> = in_range
+            .iter()
+            .take(page)
+            .map(|k| {
+                let rec = KvRecord {
+                    value: k.to_vec(),
+                    create_rev: 1,
+                    mod_rev: 1,
+                    version: 1,
+                    lease: 0,
+                };
+                RecordJson::new(k, &rec)
+            })
+            .collect();
+        axum::Json(json!({ "records": records, "more": in_range.len() > page }))
+    }
+
+    #[tokio::test]
+    async fn scan_pages_on_after_the_last_key_until_the_limit_or_the_end() -> anyhow::Result<()> {
+        // Keys that are prefixes of each other (and differ by zero bytes) test the "last key
+        // plus a zero byte" step.
+        let mut keys: Vec<Vec<u8>> = vec![
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"a\0\0".to_vec(),
+            b"ab".to_vec(),
+            vec![0xff, 0x00],
+        ];
+        keys.extend((0..20).map(|i| format!("k/{i:02}").into_bytes()));
+        keys.sort();
+        let app = axum::Router::new()
+            .route("/v1/kv", axum::routing::get(fake_scan))
+            .with_state(std::sync::Arc::new(keys.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = HttpClient::new(
+            format!("http://{addr}")
+                .parse()
+                .map_err(|e: String| anyhow!(e))?,
+        );
+        let got = |records: Vec<Record>| -> Vec<Vec<u8>> {
+            records
+                .into_iter()
+                .map(|r| {
+                    assert_eq!(r.key, r.value);
+                    r.key
+                })
+                .collect()
+        };
+
+        let everything = KeyRange::default();
+        assert_eq!(got(client.scan(&everything, 0).await?), keys);
+        assert_eq!(
+            got(client.scan(&everything, 12).await?),
+            keys[..12].to_vec()
+        );
+        assert_eq!(got(client.scan(&everything, 3).await?), keys[..3].to_vec());
+        let range = KeyRange {
+            start: b"a\0".to_vec(),
+            end: Some(b"k/15".to_vec()),
+        };
+        let expected: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| k.as_slice() >= b"a\0".as_slice() && k.as_slice() < b"k/15".as_slice())
+            .cloned()
+            .collect();
+        assert_eq!(got(client.scan(&range, 0).await?), expected);
+        server.abort();
+        Ok(())
     }
 
     #[test]
