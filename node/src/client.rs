@@ -230,6 +230,15 @@ impl Client {
         }
     }
 
+    /// The node an in-process client runs on (`None` for a remote client): the gateway reads
+    /// the node's cluster view through it.
+    pub fn local_node(&self) -> Option<&NodeHandle> {
+        match &self.transport {
+            Transport::Local(h) => Some(h),
+            Transport::Remote { .. } => None,
+        }
+    }
+
     /// How long a call may keep retrying before it fails (default 10 s).
     pub fn with_deadline(mut self, deadline: Duration) -> Client {
         self.deadline = deadline;

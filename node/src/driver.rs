@@ -27,8 +27,10 @@ use crate::metrics::{op_of, Metrics};
 use crate::wire::{Announce, Answer, Call, ClusterInfo, KvAnswer, KvCall};
 
 mod control;
+mod view;
 use control::Control;
 pub use control::ControlConfig;
+pub use view::{ClusterView, GroupView, NodeView};
 
 const PEERS_META: &str = "peers";
 /// Raft batches to one peer are split so that no frame nears the transport's limit.
@@ -195,6 +197,9 @@ enum Cmd {
         node: NodeId,
         reply: oneshot::Sender<Result<(), DecommissionError>>,
     },
+    View {
+        reply: oneshot::Sender<ClusterView>,
+    },
 }
 
 enum Internal {
@@ -228,9 +233,36 @@ pub struct NodeHandle {
     net: NetHandle,
     peer: PeerId,
     node: NodeId,
+    cluster_name: Arc<str>,
 }
 
 impl NodeHandle {
+    /// The name of the cluster this node belongs to or will form (`--cluster`).
+    pub fn cluster_name(&self) -> &str {
+        &self.cluster_name
+    }
+
+    /// The cluster as this node sees it: nodes with their registry state, groups with their
+    /// leaders (what the status page draws).
+    pub async fn cluster_view(&self) -> Result<ClusterView, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::View { reply: tx })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        let mut view = rx.await.map_err(|_| NodeError::Stopped)?;
+        // The driver learns other nodes' addresses from their heartbeats; its own come from
+        // the network layer.
+        if let Some(me) = view.nodes.iter_mut().find(|n| n.id == self.node) {
+            if me.addrs.is_empty() {
+                if let Ok(addrs) = self.net.listen_addrs().await {
+                    me.addrs = addrs.iter().map(|a| a.to_string()).collect();
+                }
+            }
+        }
+        Ok(view)
+    }
+
     /// The node's metrics (what the gateway serves at `/metrics`).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -404,6 +436,7 @@ impl Node {
                 net,
                 peer,
                 node,
+                cluster_name: config.cluster_name.as_str().into(),
             },
             driver,
             net_loop,
@@ -635,6 +668,9 @@ impl Driver {
             }
             Cmd::Report { reply } => {
                 let _ = reply.send(self.report());
+            }
+            Cmd::View { reply } => {
+                let _ = reply.send(self.cluster_view());
             }
             Cmd::Shutdown { reply } => {
                 if self.draining.is_none() {

@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::state::Gateway;
 
-/// Served only by a gateway made for a node (a gateway on a bare client has no node to
-/// measure).
+/// Served only by a gateway on a node (made for one, or on an in-process client): a gateway
+/// on a remote client has no node to measure.
 pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Result<Response, ApiError> {
     let Some(node) = gw.node() else {
         return Err(ApiError::not_found("this gateway serves no node's metrics"));

@@ -61,12 +61,15 @@ impl Gateway {
         }
     }
 
-    /// The client, or 503 while the node is not part of a cluster yet.
-    /// The node this gateway serves, when it was made for one.
+    /// The node this gateway serves: the one it was made for, or the one its in-process
+    /// client runs on.
     pub fn node(&self) -> Option<&NodeHandle> {
-        self.node.as_ref()
+        self.node
+            .as_ref()
+            .or_else(|| self.client.get().and_then(|c| c.local_node()))
     }
 
+    /// The client, or 503 while the node is not part of a cluster yet.
     pub fn client(&self) -> Result<&Arc<Client>, ApiError> {
         self.client.get().ok_or_else(not_in_cluster)
     }

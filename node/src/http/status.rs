@@ -3,6 +3,8 @@
 //!
 //! It is the local node's view (as `swarmkv status`): the groups listed are the replicas this
 //! node holds. Node ids and the cluster id are 16-hex-digit strings, as the CLI prints them.
+//! A gateway on a node also reports the cluster name and, under `cluster`, every node and
+//! every partition as the node sees them ([`ClusterJson`], what the status page draws).
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use serde::Serialize;
 use crate::core::{partition_of_group, META_GROUP};
 use crate::wire::StatusReport;
 
+use super::cluster::ClusterJson;
 use super::error::{node_hex, ApiError};
 use super::state::Gateway;
 
@@ -23,6 +26,8 @@ pub const HEALTHY_VOTERS: usize = 3;
 /// The JSON of `/v1/status`.
 #[derive(Debug, Serialize)]
 pub struct StatusJson {
+    /// The cluster's name (`--cluster`); null from a gateway on a remote client.
+    pub cluster_name: Option<String>,
     pub node: String,
     pub peer: String,
     pub cluster_id: Option<String>,
@@ -39,6 +44,9 @@ pub struct StatusJson {
     pub foreign: Vec<ForeignJson>,
     pub groups: Vec<GroupJson>,
     pub summary: SummaryJson,
+    /// Every node and partition as this node sees them; null from a gateway on a remote
+    /// client.
+    pub cluster: Option<ClusterJson>,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,6 +101,7 @@ impl StatusJson {
                 .and_then(|g| g.leader)
         };
         StatusJson {
+            cluster_name: None,
             node: node_hex(r.node),
             peer: r.peer.clone(),
             cluster_id: r.cluster_id.map(node_hex),
@@ -129,6 +138,7 @@ impl StatusJson {
                 with_leader,
                 under_replicated,
             },
+            cluster: None,
         }
     }
 }
@@ -136,5 +146,13 @@ impl StatusJson {
 /// `GET /v1/status`.
 pub async fn status(State(gw): State<Arc<Gateway>>) -> Result<Json<StatusJson>, ApiError> {
     let report = gw.report().await?;
-    Ok(Json(StatusJson::new(&report)))
+    let mut json = StatusJson::new(&report);
+    if let Some(node) = gw.node() {
+        json.cluster_name = Some(node.cluster_name().to_string());
+        // A node that stopped between the two questions has no view: the report stands.
+        if let Ok(view) = node.cluster_view().await {
+            json.cluster = Some(ClusterJson::new(&view, report.partitions));
+        }
+    }
+    Ok(Json(json))
 }

@@ -1,0 +1,205 @@
+//! The `cluster` part of `GET /v1/status`: every node and every partition as the serving node
+//! sees them, with each partition's health. It is what the status page draws.
+//!
+//! Unlike the rest of the status (this node's own replicas), it covers the partitions this
+//! node holds no replica of, from the leaders' heartbeats; see
+//! [`ClusterView`](crate::driver::ClusterView) for how fresh each part is.
+
+use serde::Serialize;
+
+use crate::core::{group_of_partition, partition_of_group, NodeState};
+use crate::driver::ClusterView;
+
+use super::error::node_hex;
+use super::status::HEALTHY_VOTERS;
+
+/// The cluster as the serving node sees it.
+#[derive(Debug, Serialize)]
+pub struct ClusterJson {
+    /// Every node known, ordered by id.
+    pub nodes: Vec<NodeJson>,
+    /// One entry per partition, in order (empty before the node is part of a cluster).
+    pub partitions: Vec<PartitionJson>,
+    pub summary: ClusterSummaryJson,
+}
+
+/// One node.
+#[derive(Debug, Serialize)]
+pub struct NodeJson {
+    pub id: String,
+    /// Its PeerId, when known.
+    pub peer: Option<String>,
+    /// Its listen addresses (multiaddrs).
+    pub addrs: Vec<String>,
+    /// Its state in the cluster's registry: `live`, `dead` (silent past the grace period, its
+    /// replicas move away), `decommissioning`, `decommissioned`, or `unknown` (not registered
+    /// yet, or the serving node holds no copy of the registry).
+    pub state: &'static str,
+    /// Whether the serving node hears its heartbeats now.
+    pub reachable: bool,
+    /// Whether it is the serving node.
+    pub is_self: bool,
+    /// Whether it leads the meta group (the coordinator).
+    pub is_meta_leader: bool,
+    /// How many partitions it leads.
+    pub leads: usize,
+}
+
+/// One partition.
+#[derive(Debug, Serialize)]
+pub struct PartitionJson {
+    pub partition: u32,
+    pub leader: Option<String>,
+    pub voters: Vec<String>,
+    /// `healthy` (a leader and at least three voters), `under_replicated` (a leader, fewer
+    /// voters) or `no_leader`.
+    pub health: &'static str,
+}
+
+/// Counts over [`ClusterJson`].
+#[derive(Debug, Serialize)]
+pub struct ClusterSummaryJson {
+    pub nodes: usize,
+    /// Nodes whose heartbeats the serving node hears (itself included).
+    pub reachable: usize,
+    pub partitions: usize,
+    /// Partitions with a known leader.
+    pub with_leader: usize,
+    /// Partitions with a leader but fewer than three voters.
+    pub under_replicated: usize,
+}
+
+impl ClusterJson {
+    /// The JSON of `view` for a cluster of `partitions` partitions (`None`: not in a cluster).
+    pub fn new(view: &ClusterView, partitions: Option<u32>) -> ClusterJson {
+        let partitions: Vec<PartitionJson> = (0..partitions.unwrap_or(0))
+            .map(|p| {
+                let group = view
+                    .groups
+                    .iter()
+                    .find(|g| g.group == group_of_partition(p));
+                let leader = group.and_then(|g| g.leader);
+                let voters = group.map(|g| g.voters.as_slice()).unwrap_or_default();
+                let health = match leader {
+                    None => "no_leader",
+                    Some(_) if voters.len() < HEALTHY_VOTERS => "under_replicated",
+                    Some(_) => "healthy",
+                };
+                PartitionJson {
+                    partition: p,
+                    leader: leader.map(node_hex),
+                    voters: voters.iter().copied().map(node_hex).collect(),
+                    health,
+                }
+            })
+            .collect();
+        let nodes: Vec<NodeJson> = view
+            .nodes
+            .iter()
+            .map(|n| NodeJson {
+                id: node_hex(n.id),
+                peer: n.peer.clone(),
+                addrs: n.addrs.clone(),
+                state: match n.state {
+                    Some(NodeState::Live) => "live",
+                    Some(NodeState::Dead) => "dead",
+                    Some(NodeState::Decommissioning) => "decommissioning",
+                    Some(NodeState::Decommissioned) => "decommissioned",
+                    None => "unknown",
+                },
+                reachable: n.reachable,
+                is_self: n.id == view.node,
+                is_meta_leader: n.meta_leader,
+                leads: view
+                    .groups
+                    .iter()
+                    .filter(|g| partition_of_group(g.group).is_some() && g.leader == Some(n.id))
+                    .count(),
+            })
+            .collect();
+        let summary = ClusterSummaryJson {
+            nodes: nodes.len(),
+            reachable: nodes.iter().filter(|n| n.reachable).count(),
+            partitions: partitions.len(),
+            with_leader: partitions.iter().filter(|p| p.leader.is_some()).count(),
+            under_replicated: partitions
+                .iter()
+                .filter(|p| p.health == "under_replicated")
+                .count(),
+        };
+        ClusterJson {
+            nodes,
+            partitions,
+            summary,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{GroupView, NodeView};
+
+    fn node(id: u64, state: Option<NodeState>, reachable: bool) -> NodeView {
+        NodeView {
+            id,
+            peer: None,
+            addrs: Vec::new(),
+            state,
+            reachable,
+            meta_leader: id == 1,
+        }
+    }
+
+    fn group(group: u64, leader: Option<u64>, voters: &[u64]) -> GroupView {
+        GroupView {
+            group,
+            leader,
+            voters: voters.to_vec(),
+            target: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn every_partition_is_listed_with_its_health_and_leaders_are_counted_per_node() {
+        let view = ClusterView {
+            node: 1,
+            nodes: vec![
+                node(1, Some(NodeState::Live), true),
+                node(2, Some(NodeState::Dead), false),
+                node(3, None, true),
+            ],
+            groups: vec![
+                // The meta group counts for no node's partitions.
+                group(0, Some(1), &[1, 2, 3]),
+                group(group_of_partition(0), Some(1), &[1, 2, 3]),
+                group(group_of_partition(1), Some(1), &[1, 3]),
+                group(group_of_partition(2), None, &[1, 2, 3]),
+                // Partition 3 is not known at all.
+            ],
+        };
+        let json = ClusterJson::new(&view, Some(4));
+        let health: Vec<&str> = json.partitions.iter().map(|p| p.health).collect();
+        assert_eq!(
+            health,
+            ["healthy", "under_replicated", "no_leader", "no_leader"]
+        );
+        let leads: Vec<usize> = json.nodes.iter().map(|n| n.leads).collect();
+        assert_eq!(leads, [2, 0, 0]);
+        let states: Vec<&str> = json.nodes.iter().map(|n| n.state).collect();
+        assert_eq!(states, ["live", "dead", "unknown"]);
+        assert!(json.nodes[0].is_self && json.nodes[0].is_meta_leader);
+        let s = &json.summary;
+        assert_eq!(
+            (
+                s.nodes,
+                s.reachable,
+                s.partitions,
+                s.with_leader,
+                s.under_replicated
+            ),
+            (3, 2, 4, 2, 1)
+        );
+        assert!(ClusterJson::new(&view, None).partitions.is_empty());
+    }
+}
