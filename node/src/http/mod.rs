@@ -2,9 +2,11 @@
 //! speaks curl can use the store. `swarmkv start` serves it on `127.0.0.1:7380` by default.
 //!
 //! # Layout
+//! - [`page`]: `GET /`, the live status page (one embedded HTML file).
 //! - [`kv`]: one key: `GET`/`PUT`/`DELETE /v1/kv/{key}`, `POST /v1/kv/{key}/cas`.
 //! - [`scan`]: `GET /v1/kv?prefix=&start=&end=&limit=`.
 //! - [`status`]: `GET /v1/status`, the node's report and a replica-health summary.
+//! - [`cluster`]: the `cluster` part of the status: every node and partition, with health.
 //! - [`nodes`]: `POST /v1/nodes/{node}/decommission`, draining a node out of the cluster.
 //! - [`health`]: `GET /healthz` (liveness) and `GET /readyz` (readiness).
 //! - [`metrics`]: `GET /metrics`, the node's Prometheus metrics.
@@ -19,12 +21,14 @@
 //! [`Client`] (an in-process client on the node's handle in `swarmkv start`), which routes,
 //! forwards and retries; the gateway only translates.
 
+pub mod cluster;
 pub mod encoding;
 pub mod error;
 pub mod health;
 pub mod kv;
 pub mod metrics;
 pub mod nodes;
+pub mod page;
 pub mod scan;
 pub mod state;
 pub mod status;
@@ -94,6 +98,7 @@ pub fn router_for_node(node: NodeHandle) -> Router {
 
 fn routes(gateway: Gateway) -> Router {
     Router::new()
+        .route("/", get(page::status_page))
         .route("/v1/kv", get(scan::scan))
         // `{*key}` does not match an empty key: say so rather than 404.
         .route(
