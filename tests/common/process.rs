@@ -348,8 +348,8 @@ impl ProcCluster {
         self.nodes[i].spawn()
     }
 
-    /// Waits until node `i` answers `/readyz` 200 and its `/v1/status` is `ready` with every
-    /// other node among its peers.
+    /// Waits until node `i` answers `/readyz` 200 and its `/v1/status` is `ready`, with every
+    /// other node among its peers and every node of the cluster live and reachable.
     pub fn wait_ready(&self, i: usize, timeout: Duration) -> Result<()> {
         let node = &self.nodes[i];
         let others = self.nodes.len() - 1;
@@ -362,8 +362,17 @@ impl ProcCluster {
             }
             let s = http(node.http, "GET", "/v1/status", b"")?.expect(200)?;
             let peers = s["peers"].as_array().map_or(0, Vec::len);
-            last = format!("state {} with {peers} peers", s["state"]);
-            Ok(s["state"] == "ready" && peers == others)
+            let live = s["cluster"]["nodes"].as_array().map_or(0, |nodes| {
+                nodes
+                    .iter()
+                    .filter(|n| n["state"] == "live" && n["reachable"] == true)
+                    .count()
+            });
+            last = format!(
+                "state {} with {peers} peers, {live} live reachable nodes",
+                s["state"]
+            );
+            Ok(s["state"] == "ready" && peers == others && live == others + 1)
         })
         .with_context(|| format!("last seen: {last}"))
     }
