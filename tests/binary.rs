@@ -728,13 +728,61 @@ fn two_nodes_down_make_writes_answer_503_and_the_cluster_recovers_every_acknowle
     Ok(())
 }
 
+/// A write that takes longer than this under the SIGTERM test's load is printed, with the
+/// time of its answer, to be found in the nodes' logs: a graceful shutdown should leave
+/// clients no election timeout to wait out.
+const SLOW_WRITE: Duration = Duration::from_secs(1);
+
+/// The time of day in UTC as the nodes' logs print it (`HH:MM:SS.mmm`).
+fn utc_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        now.subsec_millis()
+    )
+}
+
 /// What the writers of the SIGTERM test did.
 #[derive(Default)]
 struct LoadStats {
     /// Key -> value of every write answered 200.
     acked: Mutex<BTreeMap<String, String>>,
-    /// Attempts that failed (connection refused, 503, 504, ...) and were retried elsewhere.
-    retries: AtomicU64,
+    /// Attempts that failed and were retried on the next gateway, by cause (`503
+    /// leader_changed`, `connection refused`, ...).
+    failures: Mutex<BTreeMap<String, u64>>,
+    /// The longest time an acknowledged write took, in microseconds.
+    slowest_us: AtomicU64,
+}
+
+impl LoadStats {
+    fn failed(&self, cause: String) {
+        *self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(cause)
+            .or_default() += 1;
+    }
+}
+
+/// A failed attempt's cause, short enough to count by.
+fn cause(reply: &Result<common::process::Reply>) -> String {
+    match reply {
+        Ok(r) => match r.json() {
+            Ok(body) => format!("{} {}", r.status, body["error"]["code"]),
+            Err(_) => format!("{} (not JSON)", r.status),
+        },
+        Err(e) => match e.downcast_ref::<std::io::Error>() {
+            Some(io) => format!("{:?}", io.kind()),
+            None => format!("{e:#}"),
+        },
+    }
 }
 
 /// One writer: distinct keys `load/W/N`, each retried on the next node's gateway until it is
@@ -749,26 +797,34 @@ fn writer(w: usize, gateways: Vec<SocketAddr>, stop: Arc<AtomicBool>, stats: Arc
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            match http(
+            let sent = Instant::now();
+            let reply = http(
                 gateways[target],
                 "PUT",
                 &format!("/v1/kv/{key}"),
                 value.as_bytes(),
-            ) {
-                Ok(r) if r.status == 200 => {
-                    stats
-                        .acked
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(key.clone(), value.clone());
-                    break;
+            );
+            if matches!(&reply, Ok(r) if r.status == 200) {
+                if sent.elapsed() > SLOW_WRITE {
+                    println!(
+                        "slow write: {key} through {} took {:?} (answered at {})",
+                        gateways[target],
+                        sent.elapsed(),
+                        utc_now()
+                    );
                 }
-                _ => {
-                    stats.retries.fetch_add(1, Ordering::Relaxed);
-                    target = (target + 1) % gateways.len();
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                let took = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                stats.slowest_us.fetch_max(took, Ordering::Relaxed);
+                stats
+                    .acked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone(), value.clone());
+                break;
             }
+            stats.failed(cause(&reply));
+            target = (target + 1) % gateways.len();
+            std::thread::sleep(Duration::from_millis(20));
         }
         n += 1;
     }
@@ -837,10 +893,12 @@ fn sigterm_during_a_write_load_loses_no_acknowledged_write_and_the_node_restarts
     }
 
     let acked = std::mem::take(&mut *stats.acked.lock().unwrap_or_else(|e| e.into_inner()));
-    let retries = stats.retries.load(Ordering::Relaxed);
+    let failures = std::mem::take(&mut *stats.failures.lock().unwrap_or_else(|e| e.into_inner()));
+    let retries: u64 = failures.values().sum();
     println!(
-        "{} writes acknowledged ({acked_before} before the SIGTERM), {retries} failed attempts retried",
-        acked.len()
+        "{} writes acknowledged ({acked_before} before the SIGTERM), the slowest in {:?}; {retries} failed attempts retried on another gateway: {failures:?}",
+        acked.len(),
+        Duration::from_micros(stats.slowest_us.load(Ordering::Relaxed))
     );
     ensure!(
         acked.len() > acked_before,

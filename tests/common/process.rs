@@ -411,6 +411,17 @@ impl Drop for ProcCluster {
                 eprint!("{}", node.tails(60));
             }
         }
+        // To read whole logs after a run: SWARMKV_TEST_KEEP_DIRS=1 cargo test --test binary.
+        if std::env::var_os("SWARMKV_TEST_KEEP_DIRS").is_some() {
+            for node in &mut self.nodes {
+                node.dir.disable_cleanup(true);
+                eprintln!(
+                    "kept node {} in {}",
+                    node.node_id,
+                    node.dir.path().display()
+                );
+            }
+        }
     }
 }
 
