@@ -342,3 +342,88 @@ mod checker {
         ));
     }
 }
+
+/// Regression (found by the LAN chaos test): a cluster formed by one node has every group on
+/// that node alone; when the targets then move a group entirely to three other nodes, the
+/// leader cannot hand its leadership to a staying voter (there is none) and must promote the
+/// new replicas first instead of waiting forever.
+#[test]
+fn a_group_formed_on_one_node_moves_entirely_to_three_others() {
+    use swarmkv::core::Target;
+    let seed = seed();
+    let config = CoreConfig {
+        seed,
+        ..CoreConfig::default()
+    };
+    let mut sim = Sim::new(&[11], seed);
+    sim.run(2000);
+    let settings = sim.nodes[&11]
+        .settings()
+        .cloned()
+        .expect("the forming node has the cluster's settings");
+    let mut backends = Vec::new();
+    for id in [22, 33, 44] {
+        let mem = MemBackend::new();
+        let store = Store::with_backend(mem.clone(), StoreConfig::default()).unwrap();
+        let mut core = Core::new(id, store, config.clone(), sim.now).unwrap();
+        // What the driver does when a node joins: it learns the settings, then targets.
+        core.join(settings.clone()).unwrap();
+        sim.nodes.insert(id, core);
+        backends.push((id, mem));
+    }
+    for (id, mem) in backends {
+        sim.backends.insert(id, mem);
+    }
+    let everywhere: Vec<NodeId> = vec![11, 22, 33, 44];
+    let moved: Vec<NodeId> = vec![22, 33, 44];
+    let targets: BTreeMap<GroupId, Target> = (0..=P as u64)
+        .map(|g| {
+            let replicas = if g == 0 {
+                everywhere.clone()
+            } else {
+                moved.clone()
+            };
+            (
+                g,
+                Target {
+                    replicas,
+                    version: 2,
+                },
+            )
+        })
+        .collect();
+    for core in sim.nodes.values_mut() {
+        core.set_targets(targets.clone());
+    }
+    let done = |sim: &Sim| {
+        (1..=P as u64).all(|g| {
+            sim.nodes.values().any(|n| {
+                n.group_status(g).is_some_and(|s| {
+                    s.leader == Some(n.id()) && {
+                        let mut v = s.voters.clone();
+                        v.sort_unstable();
+                        v == moved
+                    }
+                })
+            })
+        })
+    };
+    let mut waited = 0;
+    while !done(&sim) {
+        assert!(
+            waited < 60_000,
+            "groups did not move to {moved:?} within 60 s of virtual time: {:?}",
+            (1..=P as u64)
+                .map(|g| sim.nodes[&11].group_status(g).map(|s| (s.role, s.voters)))
+                .collect::<Vec<_>>()
+        );
+        for core in sim.nodes.values_mut() {
+            core.reconcile();
+        }
+        sim.run(200);
+        waited += 200;
+    }
+    // The moved groups still serve, without the node that formed them.
+    sim.put("after-move", "ok");
+    assert_eq!(sim.get("after-move"), Some(b"ok".to_vec()));
+}
