@@ -15,7 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[path = "common/netns.rs"]
+mod netns;
+
 use anyhow::{anyhow, bail, Context, Result};
+use netns::is_root;
 use swarmkv::core::{group_of_partition, META_GROUP};
 use swarmkv::wire::StatusReport;
 
@@ -39,52 +43,11 @@ const REPLICAS: usize = 3;
 /// machine two such clusters at once would measure the machine, not the formation.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn is_root() -> bool {
-    // The effective uid is the second field of the `Uid:` line.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Runs `ip` with the given arguments and fails with its stderr if it fails.
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .with_context(|| format!("running ip {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// A `swarmkv` command that sees none of the caller's `SWARMKV_*` settings, so that what a
-/// test passes is all the process gets.
-fn swarmkv(ns: &str) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, BIN]);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SWARMKV_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd
-}
-
 /// The namespaces and node processes of one test; dropping it removes them all.
 struct Lan {
-    tag: String,
+    /// The namespaces; dropped after the processes are killed (see `Drop`).
+    net: netns::Lan,
     nodes: usize,
-    namespaces: Vec<String>,
     /// Every `swarmkv start` process, with its log file.
     children: Vec<(Child, PathBuf)>,
     /// Data directories and logs; dropped last, after the processes are dead.
@@ -92,74 +55,25 @@ struct Lan {
 }
 
 impl Lan {
-    fn hub(&self) -> String {
-        format!("{}h", self.tag)
-    }
-
-    fn node(&self, i: usize) -> String {
-        format!("{}n{i}", self.tag)
-    }
-
     fn log(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("node{i}.log"))
     }
 
-    fn add_namespace(&mut self, name: String) -> Result<()> {
-        ip(&["netns", "add", &name])?;
-        self.namespaces.push(name);
-        Ok(())
-    }
-
-    /// Builds the hub with its bridge and one namespace per node (10.77.0.i/24 on eth0),
-    /// wired by veth pairs. `test` tells the tests of this file apart (they share a pid).
+    /// Builds the LAN (tests/common/netns.rs). `test` tells the tests of this file apart
+    /// (they share a pid).
     fn build(test: &str, nodes: usize) -> Result<Lan> {
-        let mut lan = Lan {
-            tag: format!("skvf{}{test}", std::process::id()),
+        Ok(Lan {
+            net: netns::Lan::build(&format!("skvf{test}"), nodes)?,
             nodes,
-            namespaces: Vec::new(),
             children: Vec::new(),
             dir: tempfile::tempdir()?,
-        };
-        // Leftovers of an earlier run that had our pid and was killed before its cleanup.
-        for name in std::iter::once(lan.hub()).chain((1..=nodes).map(|i| lan.node(i))) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &name])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let hub = lan.hub();
-        lan.add_namespace(hub.clone())?;
-        ip(&["-n", &hub, "link", "set", "lo", "up"])?;
-        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
-        for i in 1..=nodes {
-            let ns = lan.node(i);
-            // Interface names are per namespace: the hub's own are enough to tell apart.
-            let veth = format!("vh{i}");
-            lan.add_namespace(ns.clone())?;
-            // Created inside the hub, with its peer created directly as eth0 of the node:
-            // nothing ever appears in the machine's own namespace.
-            ip(&[
-                "-n", &hub, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ])?;
-            ip(&["-n", &hub, "link", "set", &veth, "master", "br0"])?;
-            ip(&["-n", &hub, "link", "set", &veth, "up"])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("10.77.0.{i}/24"),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            // Multicast (mDNS) leaves by the veth, as it would by a LAN card.
-            ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
-        }
-        Ok(lan)
+        })
+    }
+
+    /// A `swarmkv` command in node i's namespace that sees none of the caller's `SWARMKV_*`
+    /// settings, so that what a test passes is all the process gets.
+    fn swarmkv(&self, i: usize) -> Command {
+        self.net.command(i, BIN)
     }
 
     /// Starts `swarmkv start` in node i's namespace with a data directory and nothing else
@@ -174,7 +88,8 @@ impl Lan {
     /// `log`; returns its index in `children`.
     fn spawn(&mut self, i: usize, data: &str, log: PathBuf, extra: &[&str]) -> Result<usize> {
         let file = File::create(&log)?;
-        let child = swarmkv(&self.node(i))
+        let child = self
+            .swarmkv(i)
             .arg("start")
             .arg("--data")
             .arg(self.dir.path().join(data))
@@ -193,7 +108,7 @@ impl Lan {
     fn statuses(&self) -> Vec<Option<StatusReport>> {
         let calls: Vec<_> = (1..=self.nodes)
             .map(|i| {
-                swarmkv(&self.node(i))
+                self.swarmkv(i)
                     .args(["status", "--json", "--peer"])
                     .arg(format!("/ip4/10.77.0.{i}/tcp/7379"))
                     .env_remove("RUST_LOG")
@@ -284,7 +199,8 @@ impl Lan {
     /// Runs a client verb in node i's namespace against node i; returns its stdout. The verb
     /// bounds its own run time (30 s), so this cannot hang.
     fn client(&self, i: usize, args: &[&str]) -> Result<String> {
-        let out = swarmkv(&self.node(i))
+        let out = self
+            .swarmkv(i)
             .args(args)
             .arg("--peer")
             .arg(format!("/ip4/10.77.0.{i}/tcp/7379"))
@@ -340,11 +256,6 @@ impl Drop for Lan {
             // SIGKILL to this child's pid only (`ip netns exec` execs swarmkv in place).
             let _ = child.kill();
             let _ = child.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            if let Err(e) = ip(&["netns", "del", ns]) {
-                eprintln!("cleanup: {e}");
-            }
         }
     }
 }
