@@ -41,7 +41,7 @@ pub struct NodeJson {
     pub is_self: bool,
     /// Whether it leads the meta group (the coordinator).
     pub is_meta_leader: bool,
-    /// How many partitions it leads.
+    /// How many partitions it leads (0 while it is silent).
     pub leads: usize,
 }
 
@@ -49,10 +49,17 @@ pub struct NodeJson {
 #[derive(Debug, Serialize)]
 pub struct PartitionJson {
     pub partition: u32,
+    /// The leader as far as the serving node knows (a node that just went silent may still
+    /// be named until the group elects another: `health` then says `no_leader`).
     pub leader: Option<String>,
     pub voters: Vec<String>,
-    /// `healthy` (a leader and at least three voters), `under_replicated` (a leader, fewer
-    /// voters) or `no_leader`.
+    /// How many of the voters the serving node hears from (itself included): a voter that
+    /// went silent still counts in the Raft configuration until it is replaced, but no longer
+    /// protects the data.
+    pub reachable_voters: usize,
+    /// `healthy` (a reachable leader and at least three reachable voters),
+    /// `under_replicated` (a reachable leader, fewer reachable voters) or `no_leader` (none
+    /// known, or a silent one).
     pub health: &'static str,
 }
 
@@ -63,15 +70,21 @@ pub struct ClusterSummaryJson {
     /// Nodes whose heartbeats the serving node hears (itself included).
     pub reachable: usize,
     pub partitions: usize,
-    /// Partitions with a known leader.
+    /// Partitions with a leader the serving node hears from.
     pub with_leader: usize,
-    /// Partitions with a leader but fewer than three voters.
+    /// Partitions with a leader but fewer than three reachable voters.
     pub under_replicated: usize,
 }
 
 impl ClusterJson {
     /// The JSON of `view` for a cluster of `partitions` partitions (`None`: not in a cluster).
     pub fn new(view: &ClusterView, partitions: Option<u32>) -> ClusterJson {
+        let reachable: Vec<_> = view
+            .nodes
+            .iter()
+            .filter(|n| n.reachable)
+            .map(|n| n.id)
+            .collect();
         let partitions: Vec<PartitionJson> = (0..partitions.unwrap_or(0))
             .map(|p| {
                 let group = view
@@ -80,15 +93,19 @@ impl ClusterJson {
                     .find(|g| g.group == group_of_partition(p));
                 let leader = group.and_then(|g| g.leader);
                 let voters = group.map(|g| g.voters.as_slice()).unwrap_or_default();
-                let health = match leader {
+                let reachable_voters = voters.iter().filter(|v| reachable.contains(v)).count();
+                // A leader this node does not hear from serves nobody: until the group
+                // elects another, the partition has no leader to speak of.
+                let health = match leader.filter(|l| reachable.contains(l)) {
                     None => "no_leader",
-                    Some(_) if voters.len() < HEALTHY_VOTERS => "under_replicated",
+                    Some(_) if reachable_voters < HEALTHY_VOTERS => "under_replicated",
                     Some(_) => "healthy",
                 };
                 PartitionJson {
                     partition: p,
                     leader: leader.map(node_hex),
                     voters: voters.iter().copied().map(node_hex).collect(),
+                    reachable_voters,
                     health,
                 }
             })
@@ -110,18 +127,25 @@ impl ClusterJson {
                 reachable: n.reachable,
                 is_self: n.id == view.node,
                 is_meta_leader: n.meta_leader,
-                leads: view
-                    .groups
-                    .iter()
-                    .filter(|g| partition_of_group(g.group).is_some() && g.leader == Some(n.id))
-                    .count(),
+                // A silent node leads nothing it can serve (see `health`).
+                leads: if n.reachable {
+                    view.groups
+                        .iter()
+                        .filter(|g| partition_of_group(g.group).is_some() && g.leader == Some(n.id))
+                        .count()
+                } else {
+                    0
+                },
             })
             .collect();
         let summary = ClusterSummaryJson {
             nodes: nodes.len(),
             reachable: nodes.iter().filter(|n| n.reachable).count(),
             partitions: partitions.len(),
-            with_leader: partitions.iter().filter(|p| p.leader.is_some()).count(),
+            with_leader: partitions
+                .iter()
+                .filter(|p| p.health != "no_leader")
+                .count(),
             under_replicated: partitions
                 .iter()
                 .filter(|p| p.health == "under_replicated")
@@ -168,38 +192,45 @@ mod tests {
                 node(1, Some(NodeState::Live), true),
                 node(2, Some(NodeState::Dead), false),
                 node(3, None, true),
+                node(4, Some(NodeState::Live), true),
             ],
             groups: vec![
                 // The meta group counts for no node's partitions.
                 group(0, Some(1), &[1, 2, 3]),
-                group(group_of_partition(0), Some(1), &[1, 2, 3]),
-                group(group_of_partition(1), Some(1), &[1, 3]),
-                group(group_of_partition(2), None, &[1, 2, 3]),
-                // Partition 3 is not known at all.
+                group(group_of_partition(0), Some(1), &[1, 3, 4]),
+                group(group_of_partition(1), Some(3), &[1, 3]),
+                // Three voters, but node 2 is silent.
+                group(group_of_partition(2), Some(1), &[1, 2, 3]),
+                group(group_of_partition(3), None, &[1, 2, 3]),
+                // Led by node 2, which went silent.
+                group(group_of_partition(5), Some(2), &[1, 2, 3]),
+                // Partition 4 is not known at all.
             ],
         };
-        let json = ClusterJson::new(&view, Some(4));
+        let json = ClusterJson::new(&view, Some(6));
         let health: Vec<&str> = json.partitions.iter().map(|p| p.health).collect();
         assert_eq!(
             health,
-            ["healthy", "under_replicated", "no_leader", "no_leader"]
+            [
+                "healthy",
+                "under_replicated",
+                "under_replicated",
+                "no_leader",
+                "no_leader",
+                "no_leader"
+            ]
         );
+        let reachable: Vec<usize> = json.partitions.iter().map(|p| p.reachable_voters).collect();
+        assert_eq!(reachable, [3, 2, 2, 2, 0, 2]);
         let leads: Vec<usize> = json.nodes.iter().map(|n| n.leads).collect();
-        assert_eq!(leads, [2, 0, 0]);
+        assert_eq!(leads, [2, 0, 1, 0]);
         let states: Vec<&str> = json.nodes.iter().map(|n| n.state).collect();
-        assert_eq!(states, ["live", "dead", "unknown"]);
+        assert_eq!(states, ["live", "dead", "unknown", "live"]);
         assert!(json.nodes[0].is_self && json.nodes[0].is_meta_leader);
         let s = &json.summary;
-        assert_eq!(
-            (
-                s.nodes,
-                s.reachable,
-                s.partitions,
-                s.with_leader,
-                s.under_replicated
-            ),
-            (3, 2, 4, 2, 1)
-        );
+        let counts = (s.nodes, s.reachable, s.partitions, s.with_leader);
+        assert_eq!(counts, (4, 3, 6, 3));
+        assert_eq!(s.under_replicated, 2);
         assert!(ClusterJson::new(&view, None).partitions.is_empty());
     }
 }
