@@ -7,10 +7,13 @@
 //! namespaces and processes are removed by a drop guard on every exit path.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+#[path = "../../tests/common/netns.rs"]
+mod netns;
+
+use anyhow::{anyhow, Context, Result};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -18,95 +21,12 @@ use tokio::sync::mpsc;
 const NODES: usize = 3;
 const PATIENCE: Duration = Duration::from_secs(40);
 
-/// Runs `ip` with the given arguments and fails with its stderr if it fails.
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .with_context(|| format!("running ip {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// The namespaces and processes of one run; dropping it removes them all.
+/// The namespaces (tests/common/netns.rs of the workspace, shared with the root package's
+/// LAN tests) and the probe processes of one run; dropping it kills the processes, then
+/// removes the namespaces.
 struct Lan {
-    tag: String,
-    namespaces: Vec<String>,
+    net: netns::Lan,
     children: Vec<Child>,
-}
-
-impl Lan {
-    fn hub(&self) -> String {
-        format!("{}h", self.tag)
-    }
-
-    fn node(&self, i: usize) -> String {
-        format!("{}n{i}", self.tag)
-    }
-
-    fn hub_veth(&self, i: usize) -> String {
-        // Interface names are limited to 15 bytes.
-        format!("vh{}{i}", std::process::id())
-    }
-
-    fn add_namespace(&mut self, name: String) -> Result<()> {
-        ip(&["netns", "add", &name])?;
-        self.namespaces.push(name);
-        Ok(())
-    }
-
-    /// Builds the hub with its bridge and one namespace per node, wired by veth pairs.
-    fn build(nodes: usize) -> Result<Lan> {
-        let mut lan = Lan {
-            tag: format!("skvnet{}", std::process::id()),
-            namespaces: Vec::new(),
-            children: Vec::new(),
-        };
-        // Leftovers of an earlier run that had our pid and was killed before its cleanup.
-        for name in std::iter::once(lan.hub()).chain((1..=nodes).map(|i| lan.node(i))) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &name])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let hub = lan.hub();
-        lan.add_namespace(hub.clone())?;
-        ip(&["-n", &hub, "link", "set", "lo", "up"])?;
-        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
-        for i in 1..=nodes {
-            let ns = lan.node(i);
-            let veth = lan.hub_veth(i);
-            lan.add_namespace(ns.clone())?;
-            // Created inside the hub, with its peer created directly as eth0 of the node:
-            // nothing ever appears in the machine's own namespace.
-            ip(&[
-                "-n", &hub, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ])?;
-            ip(&["-n", &hub, "link", "set", &veth, "master", "br0"])?;
-            ip(&["-n", &hub, "link", "set", &veth, "up"])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("10.77.0.{i}/24"),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
-        }
-        Ok(lan)
-    }
 }
 
 impl Drop for Lan {
@@ -114,11 +34,6 @@ impl Drop for Lan {
         for child in &mut self.children {
             // SIGKILL to this child's pid only.
             let _ = child.start_kill();
-        }
-        for ns in self.namespaces.iter().rev() {
-            if let Err(e) = ip(&["netns", "del", ns]) {
-                eprintln!("cleanup: {e}");
-            }
         }
     }
 }
@@ -192,11 +107,14 @@ async fn nodes_in_namespaces_discover_each_other_by_mdns_and_report_a_cut_node_d
         return Ok(());
     }
     let dirs = tempfile::tempdir()?;
-    let mut lan = Lan::build(NODES)?;
+    let mut lan = Lan {
+        net: netns::Lan::build("skvnet", NODES)?,
+        children: Vec::new(),
+    };
     let (tx, mut lines) = mpsc::unbounded_channel();
     for i in 1..=NODES {
         let data = dirs.path().join(format!("node{i}"));
-        let child = spawn_probe(&lan.node(i), &data, i, tx.clone())?;
+        let child = spawn_probe(&lan.net.node(i), &data, i, tx.clone())?;
         lan.children.push(child);
     }
     drop(tx);
@@ -235,7 +153,7 @@ async fn nodes_in_namespaces_discover_each_other_by_mdns_and_report_a_cut_node_d
 
     // Cut node 3 off at the bridge: the others must report it down.
     let cut = NODES;
-    ip(&["-n", &lan.hub(), "link", "set", &lan.hub_veth(cut), "down"])?;
+    lan.net.set_link(cut, false)?;
     let cut_id = ids
         .get(&cut)
         .cloned()
