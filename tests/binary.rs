@@ -822,7 +822,14 @@ fn writer(w: usize, gateways: Vec<SocketAddr>, stop: Arc<AtomicBool>, stats: Arc
                     .insert(key.clone(), value.clone());
                 break;
             }
-            stats.failed(cause(&reply));
+            let why = cause(&reply);
+            println!(
+                "failed attempt: {key} through {} after {:?} (at {}): {why}",
+                gateways[target],
+                sent.elapsed(),
+                utc_now()
+            );
+            stats.failed(why);
             target = (target + 1) % gateways.len();
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -854,7 +861,10 @@ fn sigterm_during_a_write_load_loses_no_acknowledged_write_and_the_node_restarts
         P + 1
     );
     let (status, took) = cluster.nodes[victim].terminate(Duration::from_secs(20))?;
-    println!("node {victim} exited ({status}) {took:?} after SIGTERM");
+    println!(
+        "node {victim} exited ({status}) {took:?} after SIGTERM (at {})",
+        utc_now()
+    );
     let log = cluster.nodes[victim].current_log()?;
     ensure!(status.success(), "exit status {status}");
     ensure!(
