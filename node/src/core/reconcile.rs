@@ -66,10 +66,13 @@ impl<B: Backend> Core<B> {
             let learners: BTreeSet<NodeId> = cs.learners.iter().copied().collect();
             let want: BTreeSet<NodeId> = target.replicas.iter().copied().collect();
             let last = raft.raft_log.last_index();
+            // A learner that never acknowledged anything (matched 0) holds nothing durable,
+            // however short the log is: promoting it would count an empty (or down) node
+            // toward the quorum.
             let caught_up = |n: &NodeId| {
                 raft.prs()
                     .get(*n)
-                    .is_some_and(|p| p.matched + CAUGHT_UP_SLACK >= last)
+                    .is_some_and(|p| p.matched > 0 && p.matched + CAUGHT_UP_SLACK >= last)
             };
             let step = if let Some(n) = want
                 .iter()
