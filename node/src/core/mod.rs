@@ -747,32 +747,35 @@ impl<B: Backend> Core<B> {
             if !rd.snapshot().is_empty() {
                 batch.apply_snapshot(*g, rd.snapshot().clone());
             }
+            // Applied after the Ready is persisted and advanced: a committed configuration
+            // change that removes this leader must not take effect before raft-rs records the
+            // leader's own appends (it looks up the leader's progress, which the removal drops).
             let committed = rd.take_committed_entries();
-            self.apply_committed(*g, committed)?;
             if !rd.entries().is_empty() {
                 batch.append(*g, rd.entries().to_vec());
             }
             if let Some(hs) = rd.hs() {
                 batch.set_hard_state(*g, hs.clone());
             }
-            readies.push((*g, rd));
+            readies.push((*g, rd, committed));
         }
         if !batch.is_empty() {
             self.store.commit(&batch)?;
         }
-        for (g, mut rd) in readies {
+        for (g, mut rd, ready_committed) in readies {
             let persisted = rd.take_persisted_messages();
             self.queue_messages(g, persisted);
             let Some(r) = self.replicas.get_mut(&g) else {
                 continue;
             };
-            let mut light = r.node.advance(rd);
+            let mut light = r.node.advance_append(rd);
             if light.commit_index().is_some() {
                 r.commit_dirty = true;
             }
             let msgs = light.take_messages();
             let committed = light.take_committed_entries();
             self.queue_messages(g, msgs);
+            self.apply_committed(g, ready_committed)?;
             self.apply_committed(g, committed)?;
             if let Some(r) = self.replicas.get_mut(&g) {
                 r.node.advance_apply();
