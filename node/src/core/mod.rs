@@ -45,6 +45,9 @@ use replica::{Proposal, ReadyRead, Replica};
 pub const INITIAL_INDEX: u64 = 5;
 pub const INITIAL_TERM: u64 = 5;
 const SETTINGS_META: &str = "cluster";
+/// The targets of the layout this node was bootstrapped with, kept until the coordinator has
+/// written them to the meta group (a restart before that must not forget them).
+const LAYOUT_TARGETS_META: &str = "layout-targets";
 
 /// Errors that stop the core: storage failures (the node must stop acknowledging) and bad
 /// setup calls.
@@ -173,6 +176,12 @@ impl<B: Backend> Core<B> {
         if core.settings.is_some() {
             if let Ok(m) = core.meta_state() {
                 core.targets = m.targets;
+            }
+            if core.targets.is_empty() {
+                if let Some(b) = core.store.get_meta(LAYOUT_TARGETS_META)? {
+                    core.targets = postcard::from_bytes(&b)
+                        .map_err(|e| CoreError::CorruptMeta(format!("layout targets: {e}")))?;
+                }
             }
         }
         Ok(core)
@@ -304,6 +313,9 @@ impl<B: Backend> Core<B> {
             replication: layout.replication,
         })?;
         let targets = layout.targets();
+        let encoded =
+            postcard::to_stdvec(&targets).map_err(|e| CoreError::BadLayout(e.to_string()))?;
+        self.store.put_meta(LAYOUT_TARGETS_META, &encoded)?;
         let mut batch = LogBatch::new();
         let mut new_groups = Vec::new();
         for (g, t) in &targets {
