@@ -20,6 +20,9 @@ use crate::core::{ClientError, Consistency, Reply, Request, RequestBody, Respons
 use crate::driver::NodeHandle;
 use crate::wire::{Answer, Call, KvAnswer, KvCall};
 
+mod lease;
+pub use lease::{KeepAlive, LeaseLost};
+
 /// Result of a compare-and-swap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CasResult {

@@ -27,6 +27,7 @@ use crate::metrics::{op_of, Metrics};
 use crate::wire::{Announce, Answer, Call, ClusterInfo, KvAnswer, KvCall};
 
 mod control;
+mod lease;
 mod view;
 use control::Control;
 pub use control::ControlConfig;
@@ -200,11 +201,21 @@ enum Cmd {
     View {
         reply: oneshot::Sender<ClusterView>,
     },
+    Lease {
+        req: crate::core::LeaseRequest,
+        reply: oneshot::Sender<Reply>,
+    },
 }
 
 enum Internal {
-    SnapshotDone { group: u64, to: NodeId, ok: bool },
+    SnapshotDone {
+        group: u64,
+        to: NodeId,
+        ok: bool,
+    },
     Joined(Option<ClusterSettings>),
+    /// Every partition deleted the keys of this revoked lease.
+    LeaseCleared(crate::core::LeaseId),
 }
 
 enum Origin {
@@ -351,6 +362,17 @@ impl NodeHandle {
         rx.await.map_err(|_| stopped())?
     }
 
+    /// A lease request, served by the meta leader (this node passes it on when it does not
+    /// lead the meta group).
+    pub async fn lease(&self, req: crate::core::LeaseRequest) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        if self.cmds.send(Cmd::Lease { req, reply: tx }).await.is_err() {
+            return Err(ClientError::Disconnected("the node has stopped".into()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(ClientError::Disconnected("the node has stopped".into())))
+    }
+
     /// Test hook: drop all Raft traffic to and from this node (a network partition that
     /// leaves client access to it intact), or restore it.
     #[doc(hidden)]
@@ -425,6 +447,7 @@ impl Node {
             control: Control::new(config.control.clone()),
             metrics: metrics.clone(),
             foreign: Vec::new(),
+            leases: lease::LeaseDriver::default(),
             draining: None,
             stopped: Vec::new(),
         };
@@ -518,6 +541,8 @@ struct Driver {
     /// A graceful shutdown in progress: leaderships are handed away until this deadline.
     draining: Option<Instant>,
     stopped: Vec<oneshot::Sender<()>>,
+    /// Lease requests in flight and revoked leases being cleaned up.
+    leases: lease::LeaseDriver,
 }
 
 impl Driver {
@@ -666,6 +691,7 @@ impl Driver {
                     let _ = reply.send(r);
                 });
             }
+            Cmd::Lease { req, reply } => self.lease_anywhere(req, Origin::Local(reply), 0),
             Cmd::Report { reply } => {
                 let _ = reply.send(self.report());
             }
@@ -818,6 +844,9 @@ impl Driver {
                     };
                     respond(responder, answer);
                 }
+                Ok(KvCall::V1(Call::Lease { req, hops })) => {
+                    self.lease_anywhere(req, Origin::Remote(responder), hops)
+                }
                 Ok(KvCall::V1(Call::Decommission { node })) => {
                     self.decommission_anywhere(node, move |r| {
                         let answer = match r {
@@ -898,6 +927,7 @@ impl Driver {
         match i {
             Internal::SnapshotDone { group, to, ok } => self.core.report_snapshot(group, to, ok),
             Internal::Joined(settings) => self.on_joined(settings),
+            Internal::LeaseCleared(lease) => self.on_lease_cleared(lease),
         }
     }
 
@@ -959,6 +989,10 @@ impl Driver {
             });
         }
         while let Some((id, reply)) = self.core.poll_reply() {
+            if let Some(origin) = self.leases.take(id) {
+                deliver(origin, reply);
+                continue;
+            }
             let Some(p) = self.pending.remove(&id) else {
                 continue;
             };

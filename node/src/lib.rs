@@ -18,7 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod wire;
 
-pub use client::{CasResult, Client};
+pub use client::{CasResult, Client, KeepAlive, LeaseLost};
 pub use driver::{
     ControlConfig, DecommissionError, Node, NodeConfig, NodeError, NodeHandle, NodeStatus,
 };

@@ -166,6 +166,7 @@ pub fn op_of(body: &RequestBody) -> &'static str {
             KvOp::Delete { .. } => "delete",
             KvOp::Cas { .. } => "cas",
             KvOp::DeleteRange { .. } => "delete_range",
+            KvOp::DeleteLease { .. } => "delete_lease",
         },
     }
 }

@@ -37,6 +37,12 @@ pub enum Call {
     Decommission { node: NodeId },
     /// The answering node's view of itself and its groups.
     Status,
+    /// A lease request for the meta leader; `hops` as for [`Call::Request`]. (Last, so the
+    /// encoding of the other calls is unchanged.)
+    Lease {
+        req: crate::core::LeaseRequest,
+        hops: u8,
+    },
 }
 
 /// An answer on `/swarmkv/kv/1`.

@@ -124,6 +124,16 @@ impl<B: Backend> KvView for Overlay<'_, B> {
     fn raw_set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.raw.insert(key, value);
     }
+
+    fn lease_revoked(&mut self, lease: u64) -> Result<bool> {
+        let key = keys::revoked_lease_key(self.group, lease);
+        Ok(self.raw_get(&key)?.is_some())
+    }
+
+    fn mark_lease_revoked(&mut self, lease: u64) {
+        let key = keys::revoked_lease_key(self.group, lease);
+        self.raw.insert(key, Some(Vec::new()));
+    }
 }
 
 impl<B: Backend> Store<B> {

@@ -19,6 +19,9 @@ pub const TAG_DATA: u8 = 0x02;
 /// Kv tree: client sessions (deduplication of retried writes), followed by the client id and,
 /// for a remembered result, the request's sequence number.
 pub const TAG_SESSION: u8 = 0x03;
+/// Kv tree: leases revoked in this partition, followed by the lease id. A put naming one of
+/// them is refused, so a put racing the lease's revocation cannot leave a key behind.
+pub const TAG_REVOKED_LEASE: u8 = 0x04;
 /// Snapshot trees: descriptor of a snapshot, followed by the snapshot index.
 pub const TAG_SNAP_HEADER: u8 = 0x01;
 /// Snapshot trees: a chunk, followed by snapshot index and chunk sequence number.
@@ -65,6 +68,11 @@ pub fn session_result_key(group: u64, client: u64, seq: u64) -> Vec<u8> {
     let mut k = group_tag_index(group, TAG_SESSION, client);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// `[group][TAG_REVOKED_LEASE][lease]`: present once the partition deleted the lease's keys.
+pub fn revoked_lease_key(group: u64, lease: u64) -> Vec<u8> {
+    group_tag_index(group, TAG_REVOKED_LEASE, lease)
 }
 
 /// `[group][TAG_SNAP_CHUNK][index][seq]`.

@@ -86,6 +86,10 @@ pub enum KvOp {
         start: Vec<u8>,
         end: Option<Vec<u8>>,
     },
+    /// Delete every key attached to `lease` and remember the lease as revoked here, so a later
+    /// put naming it fails with [`KvError::LeaseNotFound`]. Idempotent: the coordinator sends
+    /// it to every partition after the meta group revoked the lease, again after a crash.
+    DeleteLease { lease: u64 },
 }
 
 /// Identifies a write so that a retry of it is recognised and not applied twice.
@@ -120,6 +124,9 @@ pub enum KvError {
     /// duplicate, not applied again.
     #[error("duplicate of an already answered write (client {client:x}, seq {seq})")]
     StaleRetry { client: u64, seq: u64 },
+    /// A put named a lease this partition already deleted the keys of (revoked or expired).
+    #[error("lease {lease:x} not found (revoked or expired)")]
+    LeaseNotFound { lease: u64 },
 }
 
 /// The outcome of an applied operation.
@@ -145,6 +152,8 @@ pub enum KvOutcome {
     },
     /// A range delete: how many keys it removed.
     DeleteRange { revision: u64, deleted: u64 },
+    /// A lease's keys were deleted: how many.
+    DeleteLease { revision: u64, deleted: u64 },
 }
 
 /// Result of one operation.
@@ -210,6 +219,7 @@ impl KvOp {
                 }
                 Ok(())
             }
+            KvOp::DeleteLease { .. } => Ok(()),
         }
     }
 
@@ -217,7 +227,7 @@ impl KvOp {
     pub fn key(&self) -> Option<&[u8]> {
         match self {
             KvOp::Put { key, .. } | KvOp::Delete { key, .. } | KvOp::Cas { key, .. } => Some(key),
-            KvOp::DeleteRange { .. } => None,
+            KvOp::DeleteRange { .. } | KvOp::DeleteLease { .. } => None,
         }
     }
 }
@@ -232,6 +242,10 @@ pub(crate) trait KvView {
     fn raw_get(&mut self, key: &[u8]) -> crate::Result<Option<Vec<u8>>>;
     fn raw_keys_in(&mut self, start: &[u8], end: &[u8]) -> crate::Result<Vec<Vec<u8>>>;
     fn raw_set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>);
+    /// True when this partition deleted `lease`'s keys already (a [`KvOp::DeleteLease`]).
+    fn lease_revoked(&mut self, lease: u64) -> crate::Result<bool>;
+    /// Records that this partition deleted `lease`'s keys.
+    fn mark_lease_revoked(&mut self, lease: u64);
 }
 
 /// Executes `op` at most once for its session: a retry gets the remembered result.
@@ -303,6 +317,9 @@ pub(crate) fn execute(
             lease,
             prev_kv,
         } => {
+            if *lease != 0 && view.lease_revoked(*lease)? {
+                return Ok(Err(KvError::LeaseNotFound { lease: *lease }));
+            }
             let prev = view.get(key)?;
             put(view, key, value.clone(), *lease, prev.as_ref(), revision);
             KvOutcome::Put {
@@ -360,6 +377,20 @@ pub(crate) fn execute(
                 view.set(k, None);
             }
             KvOutcome::DeleteRange { revision, deleted }
+        }
+        KvOp::DeleteLease { lease } => {
+            // A scan of the partition: leases are few and revocations rare, so no index.
+            let mut deleted = 0;
+            if *lease != 0 {
+                for k in view.keys_in(&[], None)? {
+                    if view.get(&k)?.is_some_and(|r| r.lease == *lease) {
+                        view.set(k, None);
+                        deleted += 1;
+                    }
+                }
+                view.mark_lease_revoked(*lease);
+            }
+            KvOutcome::DeleteLease { revision, deleted }
         }
     };
     Ok(Ok(outcome))

@@ -313,7 +313,7 @@ impl<B: Backend> Store<B> {
                 Some((&keys::TAG_DATA, user_key)) => {
                     crate::kv::decode_record(group, user_key, &v)?;
                 }
-                Some((&keys::TAG_SESSION, _)) => {}
+                Some((&keys::TAG_SESSION, _)) | Some((&keys::TAG_REVOKED_LEASE, _)) => {}
                 _ => {
                     return Err(StoreError::SnapshotInvalid {
                         group,

@@ -470,3 +470,81 @@ both!(a_retried_write_applies_once_per_session, |store: &Store<
         Ok(KvOutcome::Put { revision: 5, .. })
     ));
 });
+
+fn put_leased(key: &str, lease: u64) -> KvOp {
+    KvOp::Put {
+        key: key.into(),
+        value: b"v".to_vec(),
+        lease,
+        prev_kv: false,
+    }
+}
+
+both!(
+    delete_lease_removes_its_keys_and_refuses_later_puts,
+    |store: &Store<_>| {
+        apply_ops(
+            store,
+            G,
+            &[
+                put_leased("a", 7),
+                put_leased("b", 8),
+                put_leased("c", 7),
+                put("d", "free"),
+            ],
+        );
+        // Written in the same apply call as the deletion: still deleted.
+        let r = apply_ops(
+            store,
+            G,
+            &[put_leased("e", 7), KvOp::DeleteLease { lease: 7 }],
+        );
+        assert_eq!(
+            r[1],
+            KvOutcome::DeleteLease {
+                revision: 6,
+                deleted: 3
+            }
+        );
+        let keys: Vec<Vec<u8>> = store
+            .scan(G, b"", None, 0)
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![b"b".to_vec(), b"d".to_vec()]);
+        // A put racing the revocation, applied after it, is refused; other leases still work.
+        let late = put_leased("late", 7);
+        let other = put_leased("other", 8);
+        let results = store
+            .apply(
+                G,
+                &[
+                    ApplyEntry {
+                        index: 7,
+                        term: 1,
+                        op: ApplyOp::Kv(&late),
+                    },
+                    ApplyEntry {
+                        index: 8,
+                        term: 1,
+                        op: ApplyOp::Kv(&other),
+                    },
+                ],
+            )
+            .unwrap();
+        assert_eq!(results[0], Some(Err(KvError::LeaseNotFound { lease: 7 })));
+        assert!(matches!(results[1], Some(Ok(KvOutcome::Put { .. }))));
+        assert_eq!(get(store, "late"), None);
+        // Idempotent: a second deletion (a new coordinator redoing it) deletes nothing more.
+        let r = apply_ops(store, G, &[KvOp::DeleteLease { lease: 7 }]);
+        assert_eq!(
+            r[0],
+            KvOutcome::DeleteLease {
+                revision: 9,
+                deleted: 0
+            }
+        );
+    }
+);

@@ -71,6 +71,10 @@ impl CliError {
             | ClientError::Timeout
             | ClientError::LeaderChanged
             | ClientError::Disconnected(_) => CliError::Unavailable(message),
+            ClientError::LeaseNotFound(_)
+            | ClientError::Rejected(swarmkv_store::KvError::LeaseNotFound { .. }) => {
+                CliError::NotFound(message)
+            }
             ClientError::Rejected(_) | ClientError::BadRequest(_) => CliError::Rejected(message),
             ClientError::Storage(_) => CliError::Other(anyhow::anyhow!(message)),
         }
@@ -118,6 +122,7 @@ mod tests {
             ClientError::Rejected(KvError::ValueTooLarge { len: 2, max: 1 }),
             ClientError::BadRequest("no such partition".into()),
             ClientError::Storage("disk".into()),
+            ClientError::LeaseNotFound(7),
         ];
         for e in failed {
             let cli = CliError::from_client(e, "put");

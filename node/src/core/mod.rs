@@ -8,6 +8,8 @@
 //! - [`routing`]: key to partition (stable hash).
 //! - [`placement`]: which nodes hold which groups (static layout, coordinator planning).
 //! - [`meta`]: the meta group's records (registry, targets, settings).
+//! - [`lease`]: leases kept in the meta group and timed by its leader; `lease_core` wires
+//!   them into the turn.
 //! - `reconcile`: a group leader's steps toward its target replica set (conf changes).
 //! - [`command`]: the payload of Raft entries.
 //! - [`config`]: timing and sizing.
@@ -16,6 +18,8 @@
 
 pub mod command;
 pub mod config;
+pub mod lease;
+mod lease_core;
 pub mod meta;
 pub mod placement;
 mod reconcile;
@@ -34,6 +38,7 @@ use swarmkv_store::{ApplyEntry, ApplyOp, Backend, LogBatch, Store, StoreError};
 
 pub use command::{Command, CommandError};
 pub use config::CoreConfig;
+pub use lease::{LeaseId, LeaseInfo, LeaseRecord, LeaseRequest};
 pub use meta::{ClusterSettings, MetaState, NodeRecord, NodeState, Target, META_GROUP};
 pub use placement::{plan_targets, ClusterLayout, DEFAULT_PARTITIONS, DEFAULT_REPLICATION};
 pub use types::*;
@@ -128,6 +133,8 @@ pub struct Core<B: Backend> {
     replies: VecDeque<(RequestId, Reply)>,
     in_flight: HashMap<RequestId, InFlight>,
     stats: CoreStats,
+    /// Leases as this node's meta replica knows them (see [`lease`]).
+    leases: lease::LeaseTable,
 }
 
 fn logger() -> slog::Logger {
@@ -152,6 +159,7 @@ impl<B: Backend> Core<B> {
             None => None,
         };
         let rng = StdRng::seed_from_u64(config.seed ^ id.rotate_left(17));
+        let election_ms = config.election_ticks.max(2) as u64 * config.tick_ms.max(1);
         let mut core = Core {
             id,
             store,
@@ -169,10 +177,12 @@ impl<B: Backend> Core<B> {
             replies: VecDeque::new(),
             in_flight: HashMap::new(),
             stats: CoreStats::default(),
+            leases: lease::LeaseTable::new(election_ms),
         };
         for g in core.store.groups()? {
             core.open_replica(g)?;
         }
+        core.reload_leases()?;
         if core.settings.is_some() {
             if let Ok(m) = core.meta_state() {
                 core.targets = m.targets;
@@ -382,6 +392,7 @@ impl<B: Backend> Core<B> {
         for id in expired {
             self.reply(id, Err(ClientError::Timeout));
         }
+        self.propose_due_leases();
     }
 
     /// Steps a Raft message from a peer. Messages for groups this node does not hold, and
@@ -654,6 +665,7 @@ impl<B: Backend> Core<B> {
     }
 
     fn reply(&mut self, id: RequestId, reply: Reply) {
+        let reply = self.lease_reply(id, reply);
         if self.in_flight.remove(&id).is_some() {
             self.replies.push_back((id, reply));
         }
@@ -688,6 +700,7 @@ impl<B: Backend> Core<B> {
     pub fn process(&mut self) -> Result<(), CoreError> {
         let mut batch = LogBatch::new();
         let mut readies = Vec::new();
+        let mut reload_leases = false;
         let groups: Vec<GroupId> = self.replicas.keys().copied().collect();
         for g in &groups {
             let Some(r) = self.replicas.get_mut(g) else {
@@ -710,6 +723,11 @@ impl<B: Backend> Core<B> {
                 r.is_leader = ss.raft_state == StateRole::Leader;
                 if was_leader != r.is_leader {
                     self.stats.leader_changes += 1;
+                    if *g == META_GROUP && r.is_leader {
+                        self.leases.on_become_leader();
+                    } else if *g == META_GROUP {
+                        self.leases.on_lose_leadership();
+                    }
                 }
                 if was_leader && !r.is_leader {
                     // Writes in flight may still commit through the next leader, or not: tell
@@ -758,6 +776,14 @@ impl<B: Backend> Core<B> {
             }
             if !rd.snapshot().is_empty() {
                 batch.apply_snapshot(*g, rd.snapshot().clone());
+                if *g == META_GROUP {
+                    reload_leases = true;
+                }
+            }
+            if *g == META_GROUP {
+                for e in rd.entries() {
+                    self.leases.note_appended(e.index, self.now_ms);
+                }
             }
             // Applied after the Ready is persisted and advanced: a committed configuration
             // change that removes this leader must not take effect before raft-rs records the
@@ -773,6 +799,9 @@ impl<B: Backend> Core<B> {
         }
         if !batch.is_empty() {
             self.store.commit(&batch)?;
+        }
+        if reload_leases {
+            self.reload_leases()?;
         }
         for (g, mut rd, ready_committed) in readies {
             let persisted = rd.take_persisted_messages();
@@ -870,6 +899,20 @@ impl<B: Backend> Core<B> {
             .collect();
         let results = self.store.apply(g, &apply)?;
         self.stats.applied += apply.len() as u64;
+        if g == META_GROUP {
+            let leader_term = r.is_leader.then(|| r.node.raft.term);
+            for (index, term, d) in &decoded {
+                if let Decoded::Kv(op, _) = d {
+                    lease_core::note_meta_write(
+                        &mut self.leases,
+                        (*index, *term),
+                        op,
+                        self.now_ms,
+                        leader_term,
+                    );
+                }
+            }
+        }
         let me = self.id;
         let still_member = |cs: &raft::eraftpb::ConfState| {
             cs.voters.contains(&me)

@@ -71,6 +71,8 @@ pub enum Response {
         records: Vec<(Vec<u8>, KvRecord)>,
         more: bool,
     },
+    /// A lease request's answer: the lease as the meta leader sees it.
+    Lease(super::lease::LeaseInfo),
 }
 
 /// Why a request failed. Every variant says whether the operation may have happened.
@@ -108,6 +110,9 @@ pub enum ClientError {
     /// or may not have happened (ambiguous).
     #[error("connection lost: {0}")]
     Disconnected(String),
+    /// The lease was never granted, was revoked, or expired. Nothing was done.
+    #[error("lease {0:x} not found (never granted, revoked or expired)")]
+    LeaseNotFound(u64),
 }
 
 impl ClientError {

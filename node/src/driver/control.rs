@@ -149,6 +149,9 @@ impl Driver {
                 self.try_form(now);
             }
         } else {
+            if self.core.is_leader(crate::core::META_GROUP) {
+                self.lease_cleanup();
+            }
             if now.duration_since(self.control.last_reconcile) >= RECONCILE_PERIOD {
                 self.control.last_reconcile = now;
                 self.core.reconcile();

@@ -123,6 +123,10 @@ impl From<ClientError> for ApiError {
             ClientError::Rejected(KvError::StaleRetry { .. }) => {
                 ApiError::new(S::CONFLICT, "stale_retry", message)
             }
+            ClientError::LeaseNotFound(_)
+            | ClientError::Rejected(KvError::LeaseNotFound { .. }) => {
+                ApiError::new(S::NOT_FOUND, "lease_not_found", message)
+            }
             ClientError::BadRequest(_) => ApiError::new(S::BAD_REQUEST, "bad_request", message),
             ClientError::Storage(_) => ApiError::new(S::INTERNAL_SERVER_ERROR, "storage", message),
         }

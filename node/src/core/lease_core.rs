@@ -1,0 +1,199 @@
+//! The core's side of leases: lease requests become proposals to the meta group, applied
+//! lease records update the [`LeaseTable`], and each tick the meta leader proposes the
+//! revocations and checkpoints that are due. The timing rule is in [`super::lease`].
+
+use rand::Rng;
+use swarmkv_store::{Backend, KvOp};
+
+use super::lease::{LeaseInfo, LeaseMiss, LeaseRecord, LeaseRequest, LeaseTable};
+use super::replica::Proposal;
+use super::{ClientError, Command, Core, CoreError, InFlight, Reply, RequestId, Response};
+use super::{LeaseId, META_GROUP};
+
+/// Feeds one applied meta write to the lease table (other meta records are ignored).
+pub(super) fn note_meta_write(
+    table: &mut LeaseTable,
+    (index, term): (u64, u64),
+    op: &KvOp,
+    now: u64,
+    leader_term: Option<u64>,
+) {
+    match op {
+        KvOp::Put { key, value, .. } if key.starts_with(LeaseRecord::prefix()) => {
+            table.on_apply(index, term, key, Some(value), now, leader_term)
+        }
+        KvOp::Delete { key, .. } if key.starts_with(LeaseRecord::prefix()) => {
+            table.on_apply(index, term, key, None, now, leader_term)
+        }
+        // Still moves the table's record of appended-but-unapplied entries forward.
+        _ => table.on_apply(index, term, b"", None, now, leader_term),
+    }
+}
+
+impl<B: Backend> Core<B> {
+    /// Rebuilds the lease table from the meta replica's stored records (at start, and after
+    /// the meta group installed a snapshot).
+    pub(super) fn reload_leases(&mut self) -> Result<(), CoreError> {
+        if !self.replicas.contains_key(&META_GROUP) {
+            self.leases.reload(std::iter::empty(), self.now_ms);
+            return Ok(());
+        }
+        let page = self
+            .store
+            .scan_prefix(META_GROUP, LeaseRecord::prefix(), 0)?;
+        self.leases.reload(
+            page.records
+                .iter()
+                .map(|(k, r)| (k.as_slice(), r.value.as_slice())),
+            self.now_ms,
+        );
+        Ok(())
+    }
+
+    /// Meta leader only: proposes the revocations and checkpoints that are due now.
+    pub(super) fn propose_due_leases(&mut self) {
+        if !self.is_leader(META_GROUP) {
+            return;
+        }
+        for record in self.leases.due(self.now_ms) {
+            if record.revoked {
+                log::info!("lease {:x} expired: revoking it", record.id);
+            }
+            self.propose_meta(record.put());
+        }
+    }
+
+    /// Turns the answer to a lease request's proposal into the lease's state.
+    pub(super) fn lease_reply(&mut self, id: RequestId, reply: Reply) -> Reply {
+        let Some(lease) = self.leases.take_waiting(id) else {
+            return reply;
+        };
+        reply?;
+        let now = self.now_ms;
+        match self.leases.info(lease, now) {
+            Some(info) => Ok(Response::Lease(info)),
+            // A revocation applied (or the lease expired meanwhile).
+            None => Ok(Response::Lease(LeaseInfo {
+                id: lease,
+                ttl_ms: self.leases.record(lease).map_or(0, |r| r.ttl_ms),
+                remaining_ms: 0,
+            })),
+        }
+    }
+
+    /// Takes a lease request. Only the meta leader serves them; the answer comes out of
+    /// [`Core::poll_reply`]: at once for a time-to-live query or a refusal, after the record
+    /// applied for the others.
+    pub fn handle_lease(&mut self, id: RequestId, req: LeaseRequest) {
+        let now = self.now_ms;
+        let Some(r) = self.replicas.get(&META_GROUP) else {
+            self.replies.push_back((
+                id,
+                Err(ClientError::Unavailable {
+                    reason: "no meta replica on this node".into(),
+                }),
+            ));
+            return;
+        };
+        if !r.is_leader {
+            let leader = r.leader_hint();
+            let err = match leader {
+                Some(_) => ClientError::NotLeader { leader },
+                None => ClientError::Unavailable {
+                    reason: "the meta group has no leader right now".into(),
+                },
+            };
+            self.replies.push_back((id, Err(err)));
+            return;
+        }
+        let not_found = |lease| Err(ClientError::LeaseNotFound(lease));
+        let (lease, record) = match req {
+            LeaseRequest::TimeToLive { id: lease } => {
+                let reply = match self.leases.info(lease, now) {
+                    Some(info) => Ok(Response::Lease(info)),
+                    None => not_found(lease),
+                };
+                self.replies.push_back((id, reply));
+                return;
+            }
+            LeaseRequest::Grant { ttl_ms } => {
+                if ttl_ms == 0 {
+                    self.replies.push_back((
+                        id,
+                        Err(ClientError::BadRequest(
+                            "a lease's TTL must be positive".into(),
+                        )),
+                    ));
+                    return;
+                }
+                let mut lease: LeaseId = self.rng.gen::<u64>() >> 1;
+                while lease == 0 || self.leases.contains(lease) {
+                    lease = self.rng.gen::<u64>() >> 1;
+                }
+                (lease, LeaseTable::grant(lease, ttl_ms))
+            }
+            LeaseRequest::KeepAlive { id: lease } => match self.leases.keep_alive(lease, now) {
+                Ok(r) => (lease, r),
+                Err(LeaseMiss::NotFound) => {
+                    self.replies.push_back((id, not_found(lease)));
+                    return;
+                }
+            },
+            LeaseRequest::Revoke { id: lease } => match self.leases.revoke(lease) {
+                Ok(r) => (lease, r),
+                Err(LeaseMiss::NotFound) => {
+                    self.replies.push_back((id, not_found(lease)));
+                    return;
+                }
+            },
+        };
+        let deadline_ms = now + self.config.request_timeout_ms;
+        let Some(r) = self.replicas.get_mut(&META_GROUP) else {
+            return;
+        };
+        let data = Command::Kv {
+            op: record.put(),
+            session: None,
+        }
+        .encode();
+        match r.node.propose(Vec::new(), data) {
+            Ok(()) => {
+                let index = r.node.raft.raft_log.last_index();
+                let term = r.node.raft.term;
+                r.proposals.insert(index, Proposal { term, request: id });
+                self.stats.proposals += 1;
+                self.in_flight.insert(id, InFlight { deadline_ms });
+                self.leases.wait(id, lease);
+            }
+            Err(e) => self.replies.push_back((
+                id,
+                Err(ClientError::Unavailable {
+                    reason: format!("proposal refused: {e}"),
+                }),
+            )),
+        }
+    }
+
+    /// Meta leader only: revoked leases whose keys the coordinator must still delete in every
+    /// partition (then [`Core::forget_lease`]).
+    pub fn revoked_leases(&self) -> Vec<LeaseId> {
+        if !self.is_leader(META_GROUP) {
+            return Vec::new();
+        }
+        self.leases.revoked()
+    }
+
+    /// Meta leader only: every partition deleted the keys of revoked lease `id`; propose to
+    /// forget it. Returns false when this node cannot propose.
+    pub fn forget_lease(&mut self, id: LeaseId) -> bool {
+        if !self.leases.record(id).is_some_and(|r| r.revoked) {
+            return false;
+        }
+        self.propose_meta(LeaseRecord::delete(id))
+    }
+
+    /// The lease as this node's meta replica sees it now (only the meta leader's view counts).
+    pub fn lease_info(&self, id: LeaseId) -> Option<LeaseInfo> {
+        self.leases.info(id, self.now_ms)
+    }
+}
