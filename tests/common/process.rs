@@ -165,7 +165,12 @@ impl NodeProc {
         } else {
             (self.listen.clone(), self.http.to_string())
         };
-        let child = swarmkv()
+        let mut cmd = swarmkv();
+        // For a closer look at a failure: SWARMKV_TEST_NODE_LOG=debug (a RUST_LOG filter).
+        if let Some(filter) = std::env::var_os("SWARMKV_TEST_NODE_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
+        let child = cmd
             .arg("start")
             .arg("--no-mdns")
             .arg("--data")
@@ -331,6 +336,15 @@ impl ProcCluster {
         }
         for i in 0..n {
             cluster.wait_ready(i, Duration::from_secs(60))?;
+        }
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            println!(
+                "node {i}: {} at {} and http://{} (pid {})",
+                node.node_id,
+                node.listen,
+                node.http,
+                node.pid().unwrap_or_default()
+            );
         }
         println!(
             "{n} processes formed a cluster of {partitions} partitions in {:?}",
