@@ -946,3 +946,38 @@ fn sigterm_during_a_write_load_loses_no_acknowledged_write_and_the_node_restarts
     cluster.finish();
     Ok(())
 }
+
+/// A request in flight when the node is told to stop gets an answer (here a 503: the node
+/// stops, and the partition has no quorum anyway), not a connection closed without one.
+///
+/// Fails today: `swarmkv start` stops accepting, runs the node's shutdown and then aborts the
+/// gateway task (node/src/cli/start.rs), so a request still waiting on the node loses its
+/// connection ("Empty reply from server" to curl, about 150 ms after the SIGTERM).
+#[test]
+#[ignore = "known bug: start.rs aborts the gateway with requests in flight; un-ignore once fixed"]
+fn a_request_in_flight_at_sigterm_gets_an_answer() -> Result<()> {
+    let _serial = serial();
+    let mut cluster = ProcCluster::start(3, P)?;
+    let survivor = cluster.nodes[0].http;
+    put(survivor, "before", b"v")?;
+    // No quorum: a write waits out the gateway's deadline (10 s) before its 503.
+    cluster.nodes[1].kill()?;
+    cluster.nodes[2].kill()?;
+    let in_flight = std::thread::spawn(move || http(survivor, "PUT", "/v1/kv/during", b"x"));
+    std::thread::sleep(Duration::from_secs(1));
+    let (status, took) = cluster.nodes[0].terminate(Duration::from_secs(30))?;
+    println!("the node exited ({status}) {took:?} after SIGTERM");
+    let reply = in_flight
+        .join()
+        .map_err(|_| anyhow::anyhow!("the request thread panicked"))?
+        .context("the request in flight got no answer")?;
+    println!("the request in flight: {} {}", reply.status, reply.text());
+    ensure!(
+        reply.status == 503 || reply.status == 504,
+        "{} {}",
+        reply.status,
+        reply.text()
+    );
+    cluster.finish();
+    Ok(())
+}
