@@ -951,11 +951,11 @@ fn sigterm_during_a_write_load_loses_no_acknowledged_write_and_the_node_restarts
 /// A request in flight when the node is told to stop gets an answer (here a 503: the node
 /// stops, and the partition has no quorum anyway), not a connection closed without one.
 ///
-/// Fails today: `swarmkv start` stops accepting, runs the node's shutdown and then aborts the
-/// gateway task (node/src/cli/start.rs), so a request still waiting on the node loses its
-/// connection ("Empty reply from server" to curl, about 150 ms after the SIGTERM).
+/// Regression: `swarmkv start` used to stop accepting, run the node's shutdown and then abort
+/// the gateway task, so a request still waiting on the node lost its connection ("Empty
+/// reply from server" to curl, about 150 ms after the SIGTERM). It now lets the gateway
+/// drain (bounded by the gateway's deadline) before the node stops.
 #[test]
-#[ignore = "known bug: start.rs aborts the gateway with requests in flight; un-ignore once fixed"]
 fn a_request_in_flight_at_sigterm_gets_an_answer() -> Result<()> {
     let _serial = serial();
     let mut cluster = ProcCluster::start(3, P)?;

@@ -23,6 +23,11 @@ use super::{load_psk, node_hex, say, DEFAULT_PORT};
 /// How long a graceful shutdown may take before the process stops anyway.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(15);
 
+/// How long the HTTP requests in flight at a stop may take to finish: the gateway's own
+/// deadline for one request, plus a margin for writing the answer.
+const HTTP_DRAIN_LIMIT: Duration =
+    Duration::from_secs(swarmkv::http::REQUEST_DEADLINE.as_secs() + 2);
+
 /// Run a node until Ctrl-C or SIGTERM
 ///
 /// It forms or joins a cluster with the peers it finds on the LAN by mDNS (or is given with
@@ -127,9 +132,20 @@ impl Start {
             r = watch(handle) => r,
         };
         log::info!("stopping (a second Ctrl-C or SIGTERM stops at once)");
-        // The gateway stops accepting first; requests in flight finish while the node is
-        // still up.
+        // The gateway stops accepting first, and requests in flight finish while the node is
+        // still up: each gets its answer (at worst a 503/504 at the gateway's own deadline)
+        // instead of a closed connection.
         let _ = stop_http.send(());
+        if let Some(gateway) = gateway {
+            tokio::select! {
+                _ = gateway => {}
+                _ = tokio::signal::ctrl_c() => log::warn!("not waiting for HTTP requests in flight"),
+                _ = term.recv() => log::warn!("not waiting for HTTP requests in flight"),
+                _ = tokio::time::sleep(HTTP_DRAIN_LIMIT) => {
+                    log::warn!("HTTP requests still in flight after {} s; stopping anyway", HTTP_DRAIN_LIMIT.as_secs());
+                }
+            }
+        }
         // Graceful: the node hands its leaderships to other replicas first, so clients see no
         // election timeout. Bounded all the same: an impatient operator, or a shutdown that
         // cannot finish, ends in the abrupt stop, which is safe too (every acknowledged write
@@ -141,9 +157,6 @@ impl Start {
             _ = tokio::time::sleep(SHUTDOWN_LIMIT) => {
                 log::warn!("shutdown took longer than {} s; stopping now", SHUTDOWN_LIMIT.as_secs());
             }
-        }
-        if let Some(gateway) = gateway {
-            gateway.abort();
         }
         outcome.map(|()| ExitCode::SUCCESS)
     }
