@@ -820,6 +820,10 @@ impl<B: Backend> Core<B> {
             self.apply_committed(g, committed)?;
             if let Some(r) = self.replicas.get_mut(&g) {
                 r.node.advance_apply();
+                if std::mem::take(&mut r.step_down) && r.node.raft.state == StateRole::Leader {
+                    let term = r.node.raft.term;
+                    r.node.raft.become_follower(term + 1, raft::INVALID_ID);
+                }
             }
         }
         for g in std::mem::take(&mut self.removed) {
@@ -935,6 +939,14 @@ impl<B: Backend> Core<B> {
             if !still_member(cs) && !wanted {
                 self.removed.push(g);
             }
+            // A leader the configuration no longer counts as a voter (it was elected on a
+            // configuration it had not yet seen replaced, e.g. after a restart that lost its
+            // applied state) would lead a group it is not part of for good: raft-rs leaves
+            // that to the application. Step down, as etcd does, so that the voters elect one
+            // of themselves and the leader's reconcile can add this node back.
+            // (After this turn's advance: raft-rs forbids a term change inside a Ready.)
+            let voter = cs.voters.contains(&me) || cs.voters_outgoing.contains(&me);
+            r.step_down = !voter && r.node.raft.state == StateRole::Leader;
         }
         let mut answers = Vec::new();
         for ((index, term, d), result) in decoded.iter().zip(results) {

@@ -35,6 +35,8 @@ pub(crate) struct Replica<B: Backend> {
     pub commit_dirty: bool,
     /// Log compaction to do in the next batch.
     pub compact_to: Option<u64>,
+    /// The configuration no longer counts this leader as a voter: step down after this turn.
+    pub step_down: bool,
 }
 
 impl<B: Backend> Replica<B> {
@@ -48,6 +50,7 @@ impl<B: Backend> Replica<B> {
             is_leader: false,
             commit_dirty: false,
             compact_to: None,
+            step_down: false,
         }
     }
 
