@@ -30,7 +30,9 @@ pub mod types;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, Entry, EntryType, HardState, Message, MessageType, Snapshot,
+};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -401,9 +403,16 @@ impl<B: Backend> Core<B> {
         if !self.replicas.contains_key(&group) && self.may_create(group, &msg) {
             // A leader added this node to the group: start an empty replica, which the
             // leader fills with a snapshot.
-            if let Err(e) = self.open_replica(group) {
-                log::warn!("cannot create a replica of group {group}: {e}");
-                return;
+            match self.create_replica(group, &msg) {
+                Ok(true) => {}
+                Ok(false) => {
+                    log::debug!("group {group}: message of term {} from {from} is older than this node's last replica; dropped", msg.term);
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("cannot create a replica of group {group}: {e}");
+                    return;
+                }
             }
             log::info!(
                 "node {:x}: new replica of group {group} (leader {from:x})",
@@ -443,6 +452,45 @@ impl<B: Backend> Core<B> {
         if let Err(e) = r.node.step(msg) {
             log::debug!("group {group}: message from {from} refused: {e}");
         }
+    }
+
+    /// Creates an empty replica of `group` for `msg`'s leader. If this node held a replica of
+    /// the group before (it was removed, or dropped a leftover), the new one starts from the
+    /// old one's term and vote, and a message of an older term creates nothing (returns
+    /// false): a leader of an older configuration that never learned of the removal must not
+    /// find a blank voter to count toward its quorum, nor may a vote be given twice in a term.
+    fn create_replica(&mut self, group: GroupId, msg: &Message) -> Result<bool, CoreError> {
+        if let Some(b) = self.store.get_meta(&tombstone_meta(group))? {
+            let (term, vote): (u64, u64) = postcard::from_bytes(&b)
+                .map_err(|e| CoreError::CorruptMeta(format!("tombstone of group {group}: {e}")))?;
+            if msg.term < term {
+                return Ok(false);
+            }
+            let mut batch = LogBatch::new();
+            batch.set_hard_state(
+                group,
+                HardState {
+                    term,
+                    vote,
+                    commit: 0,
+                    ..Default::default()
+                },
+            );
+            self.store.commit(&batch)?;
+        }
+        self.open_replica(group)?;
+        Ok(true)
+    }
+
+    /// Destroys a local replica and its data, keeping its term and vote as a tombstone (see
+    /// [`Core::create_replica`]).
+    fn destroy_replica(&mut self, group: GroupId, r: Replica<B>) -> Result<(), CoreError> {
+        let hs = r.node.raft.hard_state();
+        drop(r);
+        let tomb = postcard::to_stdvec(&(hs.term, hs.vote)).unwrap_or_default();
+        self.store.put_meta(&tombstone_meta(group), &tomb)?;
+        self.store.destroy_group(group)?;
+        Ok(())
     }
 
     fn may_create(&self, group: GroupId, msg: &Message) -> bool {
@@ -603,8 +651,7 @@ impl<B: Backend> Core<B> {
             for (_, p) in std::mem::take(&mut r.proposals) {
                 self.reply(p.request, Err(ClientError::LeaderChanged));
             }
-            drop(r);
-            self.store.destroy_group(group)?;
+            self.destroy_replica(group, r)?;
         }
         Ok(())
     }
@@ -835,8 +882,7 @@ impl<B: Backend> Core<B> {
                 for (_, p) in std::mem::take(&mut r.proposals) {
                     self.reply(p.request, Err(ClientError::LeaderChanged));
                 }
-                drop(r);
-                self.store.destroy_group(g)?;
+                self.destroy_replica(g, r)?;
             }
         }
         Ok(())
@@ -1021,6 +1067,11 @@ impl<B: Backend> Core<B> {
             }
         }
     }
+}
+
+/// The store meta record of a dropped replica's last term and vote.
+fn tombstone_meta(group: GroupId) -> String {
+    format!("tombstone/{group}")
 }
 
 fn serve_read<B: Backend>(store: &Store<B>, group: GroupId, body: &RequestBody) -> Reply {
