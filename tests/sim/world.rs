@@ -252,6 +252,10 @@ impl World {
         if verbose {
             eprintln!("seed {seed}: {:?}", w.p);
             eprintln!("nodes {:x?}", ids);
+            for (id, n) in &w.nodes {
+                let groups = n.core.as_ref().map(|c| c.groups()).unwrap_or_default();
+                eprintln!("  {id:x}: groups {groups:?}");
+            }
         }
         Ok(w)
     }
@@ -320,14 +324,15 @@ impl World {
                 break;
             }
             if self.now > self.p.fault_ms + HEAL_MAX_MS {
-                return Err(self.fail(
-                    "convergence after heal",
-                    format!(
-                        "not converged {} ms after the faults stopped: {}",
-                        HEAL_MAX_MS,
-                        self.convergence_gap()
-                    ),
-                ));
+                let mut detail = format!(
+                    "not converged {} ms after the faults stopped: {}",
+                    HEAL_MAX_MS,
+                    self.convergence_gap()
+                );
+                if self.verbose {
+                    detail.push_str(&self.dump());
+                }
+                return Err(self.fail("convergence after heal", detail));
             }
         }
         self.check_history()?;
@@ -475,7 +480,8 @@ impl World {
                 n.core = Some(c);
                 n.restart_at = None;
                 n.next_reconcile = now + RECONCILE_MS;
-                self.log(|| format!("restart {id:x}"));
+                let groups = n.core.as_ref().map(|c| c.groups()).unwrap_or_default();
+                self.log(|| format!("restart {id:x} with groups {groups:?}"));
                 Ok(())
             }
             Err(e) => Err(self.fail("restart", format!("node {id:x} cannot restart: {e}"))),
@@ -488,10 +494,30 @@ impl World {
             return;
         }
         ids.shuffle(&mut self.rng);
-        let k = self.rng.gen_range(1..=ids.len() / 2);
+        let mut k = self.rng.gen_range(1..=ids.len() / 2);
+        let kind = self.rng.gen_range(0..4);
+        if kind == 3 {
+            // Cut a leader off (the case that tests reads: it keeps believing it leads for an
+            // election timeout while the majority elects another).
+            let g = self.rng.gen_range(0..=u64::from(self.p.partitions));
+            if let Some(l) = self.leader_of(g) {
+                if let Some(pos) = ids.iter().position(|n| *n == l) {
+                    ids.swap(0, pos);
+                    k = 1;
+                    if self.rng.gen_bool(0.5) {
+                        // ...and its clock stalls, so it does not notice for a while.
+                        let d = self.rng.gen_range(300..3_000);
+                        if let Some(n) = self.nodes.get_mut(&l) {
+                            n.stall_until = self.now + d;
+                        }
+                        self.summary.clock_stalls += 1;
+                        self.log(|| format!("clock of leader {l:x} stalls for {d} ms"));
+                    }
+                }
+            }
+        }
         let (a, b) = ids.split_at(k);
         let (a, mut b) = (a.to_vec(), b.to_vec());
-        let kind = self.rng.gen_range(0..3);
         let mut cuts = BTreeSet::new();
         let mut bridge = None;
         if kind == 2 && b.len() >= 2 {
@@ -509,7 +535,7 @@ impl World {
         self.partition_until = self.now + d;
         self.net.set_cuts(cuts);
         self.summary.partitions += 1;
-        let name = ["symmetric", "one-way", "bridge"][kind];
+        let name = ["symmetric", "one-way", "bridge", "leader-isolating"][kind];
         self.log(|| format!("{name} partition {a:x?} | {b:x?} (bridge {bridge:x?}) for {d} ms"));
     }
 
@@ -707,12 +733,25 @@ impl World {
         let Some(core) = n.core.as_mut() else {
             return Ok(());
         };
+        let groups_before = if self.verbose {
+            core.groups()
+        } else {
+            Vec::new()
+        };
         if tick {
             core.handle_tick(now);
         }
         if reconcile {
-            core.reconcile();
+            let steps = core.reconcile();
+            if self.verbose {
+                for (g, step) in &steps {
+                    eprintln!("[{now:>6} ms] {id:x} group {g}: {step:?}");
+                }
+            }
             for g in leftovers {
+                if self.verbose {
+                    eprintln!("[{now:>6} ms] {id:x} drops leftover replica of group {g}");
+                }
                 if let Err(e) = core.drop_replica(g) {
                     return Err(Failure {
                         property: "storage",
@@ -730,6 +769,12 @@ impl World {
             });
         }
         core.serve_caught_up_reads();
+        if self.verbose {
+            let after = core.groups();
+            if after != groups_before {
+                eprintln!("[{now:>6} ms] {id:x} groups {groups_before:?} -> {after:?}");
+            }
+        }
         let mut out = Vec::new();
         while let Some((to, msgs)) = core.poll_transmit() {
             out.push(Packet {
@@ -1189,6 +1234,47 @@ impl World {
     }
 
     // ----- the end -----
+
+    /// Every replica's Raft view (for a verbose failure report).
+    fn dump(&self) -> String {
+        let mut out = String::new();
+        for (id, n) in &self.nodes {
+            let Some(c) = n.core.as_ref() else {
+                out.push_str(&format!("\n  node {id:x}: down (retired: {})", n.retired));
+                continue;
+            };
+            out.push_str(&format!(
+                "\n  node {id:x}: targets epoch {}",
+                epoch(c.targets())
+            ));
+            for g in c.groups() {
+                if let Some(s) = c.group_status(g) {
+                    let t = c.targets().get(&g).map(|t| t.replicas.clone());
+                    let cs = c
+                        .store()
+                        .group(g)
+                        .map(|st| st.apply_state().conf_state)
+                        .map(|cs| {
+                            format!(
+                                "in {:x?} out {:x?} learners {:x?} next {:x?} auto {}",
+                                cs.voters,
+                                cs.voters_outgoing,
+                                cs.learners,
+                                cs.learners_next,
+                                cs.auto_leave
+                            )
+                        })
+                        .unwrap_or_default();
+                    out.push_str(&format!(
+                        "\n    group {g}: {} term {} leader {:x?} commit {} applied {} last {} \
+                         voters {:x?} target {:x?} applied conf {cs}",
+                        s.role, s.term, s.leader, s.commit, s.applied, s.last_index, s.voters, t
+                    ));
+                }
+            }
+        }
+        out
+    }
 
     /// What keeps the cluster from counting as converged.
     fn convergence_gap(&self) -> String {

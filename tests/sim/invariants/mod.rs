@@ -6,6 +6,7 @@ pub mod acknowledged_writes;
 pub mod applied_state;
 pub mod committed_entries;
 pub mod election_safety;
+pub mod leader_membership;
 pub mod log_matching;
 
 use std::collections::BTreeMap;
@@ -88,6 +89,7 @@ impl Observer {
             }
             *cursor = (*cursor).max(commit);
             let apply = storage.apply_state();
+            leader_membership::check(g, &status.role, &apply.conf_state, id)?;
             self.applied
                 .observe(core.store(), g, apply.index, id, incarnation)?;
         }
