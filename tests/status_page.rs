@@ -31,11 +31,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use common::gateway::Gateway;
+use common::http::request;
 use common::*;
 use serde_json::{json, Value};
 use swarmkv::core::CoreConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Partitions of the test cluster: enough for the grid to look like one.
 const P: u32 = 24;
@@ -64,16 +64,8 @@ async fn the_page_shows_every_node_and_one_cell_per_partition_in_headless_chromi
         },
     )
     .await;
-    let listener = swarmkv::http::bind(([127, 0, 0, 1], 0).into()).await?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(swarmkv::http::serve_node(
-        listener,
-        cluster.handles[0].clone(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let gateway = Gateway::for_node(cluster.handles[0].clone()).await?;
+    let addr = gateway.addr;
 
     wait_for(
         "/v1/status to show 3 reachable nodes and every partition led by a full replica set",
@@ -173,8 +165,7 @@ async fn the_page_shows_every_node_and_one_cell_per_partition_in_headless_chromi
         "the stopped node is not shown silent"
     );
 
-    let _ = stop.send(());
-    server.await??;
+    gateway.shutdown().await?;
     Ok(())
 }
 
@@ -429,22 +420,9 @@ fn element_text(dom: &str, id: &str) -> Result<String> {
     Ok(dom[open_end..close].to_string())
 }
 
-/// `GET path` from the gateway, as JSON (one request per connection, like the gateway
-/// tests' client; the gateway's JSON answers carry a length, so the body is what follows the
-/// head).
+/// `GET path` from the gateway, as JSON, after checking for a 200.
 async fn get_json(addr: SocketAddr, path: &str) -> Result<Value> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(head.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no response head")?;
-    let head = String::from_utf8_lossy(&response[..end]);
-    ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
-    Ok(serde_json::from_slice(&response[end + 4..])?)
+    request(addr, "GET", path, b"").await?.expect(200)
 }
 
 /// A stand-in for a node's gateway: serves the real page at `/`, drops the first

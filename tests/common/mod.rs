@@ -1,6 +1,8 @@
 //! In-process swarms on 127.0.0.1 for the integration tests.
 #![allow(dead_code)]
 
+pub mod gateway;
+pub mod http;
 pub mod process;
 
 use std::time::{Duration, Instant};
