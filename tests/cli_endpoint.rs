@@ -452,3 +452,102 @@ async fn bad_usage_exits_2_before_anything_is_sent() -> Result<()> {
     run.expect(2)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_verbs_work_over_both_transports() -> Result<()> {
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, 8, fast_core()).await;
+    let gw = Gateway::start(cluster.handles[0].clone()).await?;
+    let ep = gw.endpoint();
+    let peer = cluster.addrs[1].to_string();
+    let mut probe = at(&ep, &["put", "probe", "1"]).await?;
+    for _ in 0..100 {
+        if probe.code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        probe = at(&ep, &["put", "probe", "1"]).await?;
+    }
+    probe.expect(0)?;
+    let over_peer = |list: &[&str]| {
+        let mut a = args(list);
+        a.extend(args(&["--peer", &peer]));
+        swarmkv(a, Vec::new())
+    };
+
+    // grant prints the id alone (for ID=$(swarmkv lease grant 30)); over HTTP and libp2p.
+    let id = at(&ep, &["lease", "grant", "30"]).await?.expect(0)?;
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 16, "{id:?}");
+    let json = over_peer(&["lease", "grant", "20s", "--json"])
+        .await?
+        .json()?;
+    let id2 = json["id"].as_str().context("id")?.to_string();
+    assert_eq!(json["ttl_ms"], 20_000);
+
+    // Keys attach with put --lease, over both transports.
+    at(&ep, &["put", "svc/one", "1", "--lease", &id])
+        .await?
+        .expect(0)?;
+    over_peer(&["put", "svc/two", "2", "--lease", &id2])
+        .await?
+        .expect(0)?;
+    let unknown = at(&ep, &["put", "svc/x", "1", "--lease", "ff"]).await?;
+    unknown.expect(1)?;
+    assert!(unknown.stderr.contains("lease"), "{}", unknown.stderr);
+    over_peer(&["put", "svc/x", "1", "--lease", "ff"])
+        .await?
+        .expect(1)?;
+
+    // ttl and a single keep-alive.
+    let ttl = at(&ep, &["lease", "ttl", &id]).await?.expect(0)?;
+    assert!(ttl.contains(&id) && ttl.contains("of a 30.0s TTL"), "{ttl}");
+    let ttl2 = over_peer(&["lease", "ttl", &id2, "--json"]).await?.json()?;
+    assert_eq!(ttl2["id"], id2.as_str());
+    at(&ep, &["lease", "keep-alive", &id, "--once"])
+        .await?
+        .expect(0)?;
+    over_peer(&["lease", "keep-alive", &id2, "--once"])
+        .await?
+        .expect(0)?;
+
+    // Revoke: the keys go; afterwards the lease is unknown (exit 1).
+    assert_eq!(
+        at(&ep, &["lease", "revoke", &id]).await?.expect(0)?,
+        format!("revoked {id}\n")
+    );
+    over_peer(&["lease", "revoke", &id2]).await?.expect(0)?;
+    for key in ["svc/one", "svc/two"] {
+        let mut gone = false;
+        for _ in 0..100 {
+            if at(&ep, &["get", key]).await?.code == 1 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gone, "{key} outlived its lease's revocation");
+    }
+    at(&ep, &["lease", "ttl", &id]).await?.expect(1)?;
+    over_peer(&["lease", "keep-alive", &id2, "--once"])
+        .await?
+        .expect(1)?;
+    // A lease lost while keep-alive runs: exit 1 (not 0, not a hang).
+    let short = at(&ep, &["lease", "grant", "3"]).await?.expect(0)?;
+    let short = short.trim().to_string();
+    let keeper = tokio::spawn(swarmkv(
+        args(&["lease", "keep-alive", &short, "--endpoint", &ep]),
+        Vec::new(),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    at(&ep, &["lease", "revoke", &short]).await?.expect(0)?;
+    let kept = tokio::time::timeout(Duration::from_secs(20), keeper).await???;
+    kept.expect(1)?;
+    assert!(kept.stdout().contains(&short), "{}", kept.stdout());
+
+    // Bad usage: exit 2 (clap's message).
+    assert_eq!(at(&ep, &["lease", "grant", "0"]).await?.code, 2);
+    assert_eq!(at(&ep, &["lease", "ttl", "xyz"]).await?.code, 2);
+
+    gw.shutdown().await
+}

@@ -844,3 +844,101 @@ async fn metrics_count_proposals_fsyncs_and_request_latency() -> Result<()> {
     server.await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_grant_attach_keep_alive_query_revoke_and_expire_over_http() -> Result<()> {
+    let _serial = serial().await;
+    let (_cluster, gw) = cluster_and_gateway(Duration::from_secs(10)).await?;
+    let post = |target: String, body: Value| {
+        let gw = &gw;
+        async move { gw.call("POST", &target, body.to_string().as_bytes()).await }
+    };
+
+    // Grant: the id is 16 hex digits, the TTL given in seconds or milliseconds.
+    let lease = post("/v1/lease".into(), json!({ "ttl": 30 }))
+        .await?
+        .expect(200)?;
+    let id = lease["id"].as_str().context("id")?.to_string();
+    assert_eq!(id.len(), 16);
+    assert_eq!(lease["ttl"], 30);
+    assert_eq!(lease["ttl_ms"], 30_000);
+    assert!(lease["remaining_ms"].as_u64().context("remaining")? <= 30_000);
+    for bad in [
+        json!({}),
+        json!({ "ttl": 0 }),
+        json!({ "ttl": 1, "ttl_ms": 5 }),
+    ] {
+        let r = post("/v1/lease".into(), bad.clone()).await?;
+        assert_eq!(r.error(400)?, "bad_request", "{bad}");
+    }
+
+    // Attach keys; an unknown lease is 404, a malformed id 400.
+    gw.put(&format!("/v1/kv/svc/a?lease={id}"), b"1")
+        .await?
+        .expect(200)?;
+    gw.put(&format!("/v1/kv/svc/b?lease={id}"), b"2")
+        .await?
+        .expect(200)?;
+    let unknown = gw.put("/v1/kv/svc/x?lease=00000000000000ff", b"1").await?;
+    assert_eq!(unknown.error(404)?, "lease_not_found");
+    let bad = gw.put("/v1/kv/svc/x?lease=zz", b"1").await?;
+    assert_eq!(bad.error(400)?, "bad_lease_id");
+
+    // Keep-alive and time-to-live.
+    let kept = post(format!("/v1/lease/{id}/keepalive"), json!({}))
+        .await?
+        .expect(200)?;
+    assert_eq!(kept["id"], id.as_str());
+    let ttl = gw.get(&format!("/v1/lease/{id}")).await?.expect(200)?;
+    assert_eq!(ttl["ttl_ms"], 30_000);
+    let missing = gw.get("/v1/lease/00000000000000ff").await?;
+    assert_eq!(missing.error(404)?, "lease_not_found");
+
+    // Revoke: the keys go, the lease is gone.
+    let revoked = gw
+        .call("DELETE", &format!("/v1/lease/{id}"), b"")
+        .await?
+        .expect(200)?;
+    assert_eq!(revoked["revoked"], id.as_str());
+    for key in ["svc/a", "svc/b"] {
+        let target = format!("/v1/kv/{key}");
+        wait_for(
+            "a revoked lease's key to go",
+            Duration::from_secs(10),
+            || {
+                let gw = &gw;
+                let target = target.clone();
+                async move { gw.get(&target).await.is_ok_and(|r| r.status == 404) }
+            },
+        )
+        .await;
+    }
+    let after = post(format!("/v1/lease/{id}/keepalive"), json!({})).await?;
+    assert_eq!(after.error(404)?, "lease_not_found");
+
+    // A short lease expires on its own and takes its key with it.
+    let short = post("/v1/lease".into(), json!({ "ttl_ms": 800 }))
+        .await?
+        .expect(200)?;
+    let short_id = short["id"].as_str().context("id")?.to_string();
+    gw.put(&format!("/v1/kv/svc/short?lease={short_id}"), b"1")
+        .await?
+        .expect(200)?;
+    wait_for(
+        "an expired lease's key to go",
+        Duration::from_secs(10),
+        || {
+            let gw = &gw;
+            async move {
+                gw.get("/v1/kv/svc/short")
+                    .await
+                    .is_ok_and(|r| r.status == 404)
+            }
+        },
+    )
+    .await;
+    let gone = gw.get(&format!("/v1/lease/{short_id}")).await?;
+    assert_eq!(gone.error(404)?, "lease_not_found");
+
+    gw.shutdown().await
+}

@@ -28,7 +28,8 @@ fn election_timeout() -> Duration {
 
 /// Time from the lease's expiry to the deletion of its keys being visible: the expiry's
 /// proposal, the coordinator's next control tick, one delete per partition, a poll.
-const SLACK: Duration = Duration::from_millis(1500);
+/// Generous: the machine running the tests may be busy compiling.
+const SLACK: Duration = Duration::from_millis(2000);
 
 async fn present(c: &Client, keys: &[Vec<u8>]) -> anyhow::Result<usize> {
     let mut n = 0;
@@ -73,6 +74,35 @@ async fn wait_gone(
     }
 }
 
+/// Polls the lease's time-to-live until the coordinator says it is gone: returns when that
+/// answer arrived, and checks it did not come before `not_before`.
+async fn wait_expired(
+    c: &Client,
+    lease: u64,
+    not_before: Instant,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
+    let until = Instant::now() + timeout;
+    loop {
+        let r = c.time_to_live(lease).await;
+        let ended = Instant::now();
+        match r {
+            Err(ClientError::LeaseNotFound(_)) => {
+                anyhow::ensure!(
+                    ended >= not_before,
+                    "the lease expired {:?} early",
+                    not_before - ended
+                );
+                return Ok(ended);
+            }
+            Ok(_) => {}
+            Err(e) => println!("time-to-live failed (retrying): {e}"),
+        }
+        anyhow::ensure!(ended < until, "the lease did not expire within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_lease_deletes_its_keys_and_refuses_new_ones() -> anyhow::Result<()> {
     let _serial = serial().await;
@@ -89,12 +119,16 @@ async fn an_expired_lease_deletes_its_keys_and_refuses_new_ones() -> anyhow::Res
     }
     c.put(b"exp/free", b"stays").await?;
     assert_eq!(present(&c, &attached).await?, attached.len());
+    let expired = wait_expired(&c, lease.id, sent + ttl, Duration::from_secs(20)).await?;
     let gone = wait_gone(&c, &attached, sent + ttl, Duration::from_secs(20)).await?;
     println!(
-        "lease of {ttl:?}: keys gone {:?} after the grant was sent",
+        "lease of {ttl:?}: expired {:?} and keys gone {:?} after the grant was sent",
+        expired - sent,
         gone - sent
     );
-    assert!(gone - sent <= ttl + SLACK);
+    // A change of coordinator meanwhile (leader balancing) may add one election timeout.
+    assert!(expired - sent <= ttl + election_timeout() + SLACK);
+    assert!(gone - sent <= ttl + election_timeout() + SLACK);
     assert!(c.get(b"exp/free").await?.is_some(), "unattached key kept");
     assert!(matches!(
         c.time_to_live(lease.id).await,
@@ -137,7 +171,7 @@ async fn keep_alive_keeps_the_keys_and_revoke_deletes_them() -> anyhow::Result<(
     // Three TTLs later the keys are all still there.
     tokio::time::sleep(ttl * 3).await;
     assert_eq!(present(&c, &attached).await?, attached.len());
-    assert!(ka.lost_now().is_none());
+    assert_eq!(ka.lost_now(), None);
     let left = c.time_to_live(lease.id).await?;
     assert!(left.remaining_ms <= 1500, "{left:?}");
     assert!(
@@ -241,5 +275,54 @@ async fn a_coordinator_kill_neither_expires_a_lease_early_nor_extends_it_past_on
         reader.time_to_live(lease.id).await,
         Err(ClientError::LeaseNotFound(_))
     ));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alives_racing_a_revoke_never_bring_the_lease_back() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, P, fast_core()).await;
+    let clients = [
+        Arc::new(cluster.client(0).await),
+        Arc::new(cluster.client(1).await),
+        Arc::new(cluster.client(2).await),
+    ];
+    for round in 0..5 {
+        let lease = clients[0].grant(Duration::from_secs(30)).await?;
+        let key = format!("race/{round}").into_bytes();
+        clients[0].put_with_lease(&key, b"v", lease.id).await?;
+        // Keep-alives from every node, before, during and after the revocation.
+        let mut racers = Vec::new();
+        for c in &clients {
+            for _ in 0..3 {
+                let c = c.clone();
+                racers.push(tokio::spawn(async move {
+                    for _ in 0..5 {
+                        let _ = c.keep_alive_once(lease.id).await;
+                    }
+                }));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20 * round)).await;
+        clients[1].revoke(lease.id).await?;
+        for r in racers {
+            r.await?;
+        }
+        // Whatever the interleaving, the lease stays revoked and its key goes.
+        for c in &clients {
+            assert!(
+                matches!(
+                    c.time_to_live(lease.id).await,
+                    Err(ClientError::LeaseNotFound(_))
+                ),
+                "round {round}: a keep-alive brought the lease back"
+            );
+        }
+        wait_gone(&clients[2], &[key], Instant::now(), Duration::from_secs(10)).await?;
+        assert!(matches!(
+            clients[0].keep_alive_once(lease.id).await,
+            Err(ClientError::LeaseNotFound(_))
+        ));
+    }
     Ok(())
 }

@@ -214,8 +214,11 @@ enum Internal {
         ok: bool,
     },
     Joined(Option<ClusterSettings>),
-    /// Every partition deleted the keys of this revoked lease.
-    LeaseCleared(crate::core::LeaseId),
+    /// These partitions deleted the keys of this revoked lease.
+    LeaseDeleted {
+        lease: crate::core::LeaseId,
+        confirmed: Vec<u32>,
+    },
 }
 
 enum Origin {
@@ -927,7 +930,9 @@ impl Driver {
         match i {
             Internal::SnapshotDone { group, to, ok } => self.core.report_snapshot(group, to, ok),
             Internal::Joined(settings) => self.on_joined(settings),
-            Internal::LeaseCleared(lease) => self.on_lease_cleared(lease),
+            Internal::LeaseDeleted { lease, confirmed } => {
+                self.on_lease_deleted(lease, confirmed)
+            }
         }
     }
 

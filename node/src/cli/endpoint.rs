@@ -24,6 +24,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use swarmkv::core::{lease_hex, parse_lease_id, LeaseInfo, LeaseRequest};
+use swarmkv::http::lease::LeaseJson;
 use swarmkv::http::scan::MAX_LIMIT;
 use swarmkv::wire::{GroupReport, StatusReport};
 
@@ -203,6 +205,16 @@ fn error_of(status: StatusCode, body: &[u8], doing: &str) -> CliError {
         s if s.is_client_error() => CliError::Rejected(message),
         _ => CliError::Other(anyhow!(message)),
     }
+}
+
+/// [`error_of`], except that the gateway's `lease_not_found` is "not found" (as over libp2p),
+/// which `lease keep-alive` takes as the loss of the lease.
+fn lease_error_of(status: StatusCode, body: &[u8], doing: &str) -> CliError {
+    let e = error_of(status, body, doing);
+    if status == StatusCode::NOT_FOUND && error_code(body).as_deref() == Some("lease_not_found") {
+        return CliError::NotFound(e.to_string());
+    }
+    e
 }
 
 /// An error with its sources, on one line (hyper's "client error (Connect)" alone says
@@ -503,6 +515,79 @@ impl HttpClient {
         Ok(StatusView {
             report: wire.report()?,
             json,
+        })
+    }
+
+    /// Writes the key attached to `lease` (`PUT /v1/kv/{key}?lease={id}`).
+    pub async fn put_with_lease(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease: u64,
+    ) -> Result<u64, CliError> {
+        let doing = format!("put {}", show(key));
+        let body = Some(("application/octet-stream", value.to_vec()));
+        let path = format!("{}?lease={}", Self::key_path(key), lease_hex(lease));
+        let answer = self.call(Method::PUT, &path, body, &doing).await?;
+        match answer.status {
+            StatusCode::OK => Ok(answer.json::<RevWire>(&doing)?.rev),
+            status => Err(lease_error_of(status, &answer.body, &doing)),
+        }
+    }
+
+    /// A lease request through the gateway's `/v1/lease` routes.
+    pub async fn lease(&self, req: &LeaseRequest) -> Result<LeaseInfo, CliError> {
+        let (method, path, body, doing) = match req {
+            LeaseRequest::Grant { ttl_ms } => (
+                Method::POST,
+                "/v1/lease".to_string(),
+                Some((
+                    "application/json",
+                    json!({ "ttl_ms": ttl_ms }).to_string().into_bytes(),
+                )),
+                "lease grant".to_string(),
+            ),
+            LeaseRequest::KeepAlive { id } => (
+                Method::POST,
+                format!("/v1/lease/{}/keepalive", lease_hex(*id)),
+                None,
+                format!("lease keep-alive {}", lease_hex(*id)),
+            ),
+            LeaseRequest::Revoke { id } => (
+                Method::DELETE,
+                format!("/v1/lease/{}", lease_hex(*id)),
+                None,
+                format!("lease revoke {}", lease_hex(*id)),
+            ),
+            LeaseRequest::TimeToLive { id } => (
+                Method::GET,
+                format!("/v1/lease/{}", lease_hex(*id)),
+                None,
+                format!("lease ttl {}", lease_hex(*id)),
+            ),
+        };
+        let answer = self.call(method, &path, body, &doing).await?;
+        if answer.status != StatusCode::OK {
+            return Err(lease_error_of(answer.status, &answer.body, &doing));
+        }
+        if let LeaseRequest::Revoke { id } = req {
+            return Ok(LeaseInfo {
+                id: *id,
+                ttl_ms: 0,
+                remaining_ms: 0,
+            });
+        }
+        let wire: LeaseJson = answer.json(&doing)?;
+        let id = parse_lease_id(&wire.id).ok_or_else(|| {
+            CliError::Other(anyhow!(
+                "{doing}: the gateway answered a bad lease id {:?}",
+                wire.id
+            ))
+        })?;
+        Ok(LeaseInfo {
+            id,
+            ttl_ms: wire.ttl_ms,
+            remaining_ms: wire.remaining_ms,
         })
     }
 

@@ -5,6 +5,7 @@
 //! - [`status`]: a node's report on itself and its groups, as a table or as JSON.
 //! - [`put`], [`get`], [`del`], [`cas`], [`scan`]: the key-value verbs.
 //! - [`decommission`]: drain a node out of the cluster.
+//! - [`lease`]: grant, keep alive, revoke and inspect leases (keys attach with `put --lease`).
 //! - [`transport`]: how a client verb reaches the cluster, chosen by its flags: a node's HTTP
 //!   gateway ([`endpoint`], the default) or a node's libp2p port (`--peer`).
 //! - [`error`]: why a verb failed, and the exit status (0, 1, 2 or 3) that tells a script.
@@ -28,6 +29,7 @@ mod del;
 mod endpoint;
 mod error;
 mod get;
+mod lease;
 mod put;
 mod scan;
 mod start;
@@ -70,6 +72,7 @@ pub enum Command {
     Cas(cas::Cas),
     Scan(scan::Scan),
     Decommission(decommission::Decommission),
+    Lease(lease::Lease),
 }
 
 impl Command {
@@ -90,6 +93,8 @@ impl Command {
             Command::Cas(c) => with_timeout(c.run()).await,
             Command::Scan(c) => with_timeout(c.run()).await,
             Command::Decommission(c) => with_timeout(c.run()).await,
+            // `keep-alive` runs until Ctrl-C; the other lease verbs bound themselves.
+            Command::Lease(c) => c.run().await,
         };
         verb.map(|()| ExitCode::SUCCESS)
     }
@@ -196,6 +201,7 @@ mod tests {
             Command::Cas(c) => Some(&c.transport),
             Command::Scan(c) => Some(&c.transport),
             Command::Decommission(c) => Some(&c.transport),
+            Command::Lease(c) => Some(c.transport()),
             Command::Start(_) => None,
         }
     }
@@ -216,6 +222,11 @@ mod tests {
             &["scan"],
             &["status"],
             &["decommission", "ab"],
+            &["lease", "grant", "10"],
+            &["lease", "keep-alive", "ab"],
+            &["lease", "revoke", "ab"],
+            &["lease", "ttl", "ab"],
+            &["put", "k", "v", "--lease", "ab"],
         ] {
             let cli = parse(args, &[])?;
             let t = transport_of(&cli).context("a client verb")?;

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::Value;
-use swarmkv::core::Consistency;
+use swarmkv::core::{lease_hex, ClientError, Consistency, LeaseInfo, LeaseRequest};
 use swarmkv::http::encoding::{b64, text, RecordJson};
 use swarmkv::wire::StatusReport;
 use swarmkv::{Client, DecommissionError};
@@ -204,6 +204,56 @@ impl Target {
                 .put(key, value)
                 .await
                 .map_err(|e| CliError::from_client(e, format!("put {}", show(key)))),
+        }
+    }
+
+    /// Writes the key attached to `lease` (deleted when the lease ends); the revision.
+    pub async fn put_with_lease(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease: u64,
+    ) -> Result<u64, CliError> {
+        match self {
+            Target::Http(h) => h.put_with_lease(key, value, lease).await,
+            Target::Peer { client, .. } => client
+                .put_with_lease(key, value, lease)
+                .await
+                .map_err(|e| CliError::from_client(e, format!("put {}", show(key)))),
+        }
+    }
+
+    /// A lease request (grant, keep-alive, revoke, time-to-live); the lease after it.
+    pub async fn lease(&self, req: &LeaseRequest) -> Result<LeaseInfo, CliError> {
+        match self {
+            Target::Http(h) => h.lease(req).await,
+            Target::Peer { client, .. } => {
+                let (r, doing): (Result<LeaseInfo, ClientError>, String) = match req {
+                    LeaseRequest::Grant { ttl_ms } => (
+                        client
+                            .grant(std::time::Duration::from_millis(*ttl_ms))
+                            .await,
+                        "lease grant".into(),
+                    ),
+                    LeaseRequest::KeepAlive { id } => (
+                        client.keep_alive_once(*id).await,
+                        format!("lease keep-alive {}", lease_hex(*id)),
+                    ),
+                    LeaseRequest::Revoke { id } => (
+                        client.revoke(*id).await.map(|()| LeaseInfo {
+                            id: *id,
+                            ttl_ms: 0,
+                            remaining_ms: 0,
+                        }),
+                        format!("lease revoke {}", lease_hex(*id)),
+                    ),
+                    LeaseRequest::TimeToLive { id } => (
+                        client.time_to_live(*id).await,
+                        format!("lease ttl {}", lease_hex(*id)),
+                    ),
+                };
+                r.map_err(|e| CliError::from_client(e, doing))
+            }
         }
     }
 

@@ -29,7 +29,10 @@
 //! So across one coordinator change a lease lives at most `E` (plus the delay of its last
 //! record to the new leader) longer than its TTL after its last keep-alive, and never less.
 //! A record applied in the leader's own term clears that grace (its `remaining_ms` already says
-//! everything). Each further coordinator change may add at most one `E` again, once per record.
+//! everything). The grace is a flag, not a sum: leadership moving back and forth sets it again,
+//! and a checkpoint records `base - now`, never the grace, so the grace periods of successive
+//! coordinators never add up. However often the coordinator changes, a lease ends no later
+//! than `E` (plus the delays of its records' entries) after its TTL ran out.
 //!
 //! # Expiry and revocation
 //! When the effective deadline passes, the leader proposes the record with `revoked = true`.
@@ -41,7 +44,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
-use swarmkv_store::KvOp;
+use swarmkv_store::{CasAction, Compare, KvOp};
 
 use super::types::RequestId;
 
@@ -60,6 +63,9 @@ pub struct LeaseRecord {
     pub remaining_ms: u64,
     /// Expired or revoked: its keys are being deleted; it is gone once they are.
     pub revoked: bool,
+    /// A checkpoint written while a coordinator's grace applied to this TTL period: the grace
+    /// still applies (it is a flag, never added twice).
+    pub graced: bool,
 }
 
 /// What a client asks of the lease service (answered by the meta leader).
@@ -84,6 +90,23 @@ pub struct LeaseInfo {
     pub remaining_ms: u64,
 }
 
+/// A lease id as users see it: 16 hex digits (JSON numbers cannot carry 63 bits exactly).
+pub fn lease_hex(id: LeaseId) -> String {
+    format!("{id:016x}")
+}
+
+/// Parses a lease id: 1 to 16 hex digits, an optional `0x` in front; never 0.
+pub fn parse_lease_id(text: &str) -> Option<LeaseId> {
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
+    if digits.is_empty() || digits.len() > 16 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(digits, 16).ok().filter(|id| *id != 0)
+}
+
 impl LeaseRecord {
     /// The meta key of lease `id`.
     pub fn key(id: LeaseId) -> Vec<u8> {
@@ -98,21 +121,24 @@ impl LeaseRecord {
         u64::from_str_radix(std::str::from_utf8(rest).ok()?, 16).ok()
     }
 
-    /// The write that records this lease.
-    pub fn put(&self) -> KvOp {
-        KvOp::Put {
+    /// The write that records this lease, applied only while the stored record is still at
+    /// revision `rev` (`None`: only while there is none). Every lease write is conditional, so
+    /// a keep-alive that raced a revocation cannot undo it, whatever order they commit in.
+    pub fn write(&self, rev: Option<u64>) -> KvOp {
+        KvOp::Cas {
             key: LeaseRecord::key(self.id),
-            value: postcard::to_stdvec(self).unwrap_or_default(),
-            lease: 0,
-            prev_kv: false,
+            compare: rev.map_or(Compare::Absent, Compare::ModRevision),
+            action: CasAction::Put(postcard::to_stdvec(self).unwrap_or_default()),
         }
     }
 
-    /// The write that forgets lease `id` (after its keys are gone everywhere).
-    pub fn delete(id: LeaseId) -> KvOp {
-        KvOp::Delete {
+    /// The write that forgets lease `id` once its keys are gone everywhere, if its record is
+    /// still at revision `rev`.
+    pub fn forget(id: LeaseId, rev: u64) -> KvOp {
+        KvOp::Cas {
             key: LeaseRecord::key(id),
-            prev_kv: false,
+            compare: Compare::ModRevision(rev),
+            action: CasAction::Delete,
         }
     }
 
@@ -120,6 +146,17 @@ impl LeaseRecord {
     pub fn prefix() -> &'static [u8] {
         LEASE_PREFIX
     }
+}
+
+/// What an applied meta write did to a lease record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseWrite<'a> {
+    /// The record now holds these bytes.
+    Put(&'a [u8]),
+    /// The record is gone.
+    Delete,
+    /// A conditional write found the record changed and did nothing.
+    Refused,
 }
 
 #[derive(Clone, Debug)]
@@ -134,6 +171,11 @@ struct Entry {
     proposed: Option<(u64, bool)>,
     /// When the last record of it applied here.
     applied_ms: u64,
+    /// Revision of the stored record (the index of the entry that wrote it).
+    mod_rev: u64,
+    /// Index of this leader's latest proposal for the lease not yet applied: the revision the
+    /// next proposal expects, so proposals in flight chain instead of refusing each other.
+    chain: Option<u64>,
 }
 
 /// Why a lease request failed in the table.
@@ -172,20 +214,21 @@ impl LeaseTable {
 
     /// Replaces the table with the records of a meta replica's storage (a restart or a
     /// snapshot): deadlines count from `now`, so they are never earlier than the leader's.
+    /// `records` are (key, value, revision).
     pub fn reload<'a>(
         &mut self,
-        records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        records: impl IntoIterator<Item = (&'a [u8], &'a [u8], u64)>,
         now: u64,
     ) {
         self.leases.clear();
         self.received.clear();
-        for (k, v) in records {
+        for (k, v, rev) in records {
             let Some(id) = LeaseRecord::id_of_key(k) else {
                 continue;
             };
             match postcard::from_bytes::<LeaseRecord>(v) {
                 Ok(record) if record.id == id => {
-                    self.leases.insert(id, Entry::new(record, now, now));
+                    self.leases.insert(id, Entry::new(record, now, now, rev));
                 }
                 _ => log::warn!("bad lease record {}", k.escape_ascii()),
             }
@@ -197,14 +240,14 @@ impl LeaseTable {
         self.received.insert(index, now);
     }
 
-    /// A committed meta entry at `index` of `term` wrote `key` (`value` `None`: deleted).
-    /// `leader_term` is this node's term when it leads the meta group.
+    /// A committed meta entry at `index` of `term` did `write` to `key` (any meta key: the
+    /// table also forgets the arrival times of applied entries). `leader_term` is this node's
+    /// term when it leads the meta group.
     pub fn on_apply(
         &mut self,
-        index: u64,
-        term: u64,
+        (index, term): (u64, u64),
         key: &[u8],
-        value: Option<&[u8]>,
+        write: LeaseWrite<'_>,
         now: u64,
         leader_term: Option<u64>,
     ) {
@@ -213,9 +256,21 @@ impl LeaseTable {
         let Some(id) = LeaseRecord::id_of_key(key) else {
             return;
         };
-        let Some(value) = value else {
-            self.leases.remove(&id);
-            return;
+        let value = match write {
+            LeaseWrite::Put(v) => v,
+            LeaseWrite::Delete => {
+                self.leases.remove(&id);
+                return;
+            }
+            LeaseWrite::Refused => {
+                // One of this leader's proposals lost a race (the ones chained after it will
+                // too): start over from the stored record on the next request or tick.
+                if let Some(e) = self.leases.get_mut(&id) {
+                    e.chain = None;
+                    e.proposed = None;
+                }
+                return;
+            }
         };
         let record = match postcard::from_bytes::<LeaseRecord>(value) {
             Ok(r) if r.id == id => r,
@@ -224,10 +279,22 @@ impl LeaseTable {
                 return;
             }
         };
-        let mut e = Entry::new(record, t_recv, now);
+        let chain = self
+            .leases
+            .get(&id)
+            .and_then(|e| e.chain)
+            .filter(|c| *c > index);
+        let proposed = self
+            .leases
+            .get(&id)
+            .and_then(|e| e.proposed)
+            .filter(|_| chain.is_some());
+        let mut e = Entry::new(record, t_recv, now, index);
+        e.chain = chain;
+        e.proposed = proposed;
         // Written under an earlier leader and applied by this one: the new leader's grace
-        // still holds for it.
-        e.grace = leader_term.is_some_and(|lt| term < lt);
+        // still holds for it. A checkpoint carries the grace of the coordinator that wrote it.
+        e.grace = e.record.graced || leader_term.is_some_and(|lt| term < lt);
         self.leases.insert(id, e);
     }
 
@@ -236,6 +303,7 @@ impl LeaseTable {
         for e in self.leases.values_mut() {
             e.grace = true;
             e.proposed = None;
+            e.chain = None;
         }
     }
 
@@ -244,6 +312,7 @@ impl LeaseTable {
         self.waiting.clear();
         for e in self.leases.values_mut() {
             e.proposed = None;
+            e.chain = None;
         }
     }
 
@@ -271,37 +340,61 @@ impl LeaseTable {
         self.leases.contains_key(&id)
     }
 
-    /// The record a grant of lease `id` proposes.
-    pub fn grant(id: LeaseId, ttl_ms: u64) -> LeaseRecord {
+    /// The write a grant of lease `id` proposes (refused if the id is taken meanwhile).
+    pub fn grant(id: LeaseId, ttl_ms: u64) -> KvOp {
+        LeaseTable::fresh(id, ttl_ms).write(None)
+    }
+
+    fn fresh(id: LeaseId, ttl_ms: u64) -> LeaseRecord {
         LeaseRecord {
             id,
             ttl_ms,
             remaining_ms: ttl_ms,
             revoked: false,
+            graced: false,
         }
     }
 
-    /// The record a keep-alive of `id` proposes, if the lease is alive at `now`.
-    pub fn keep_alive(&self, id: LeaseId, now: u64) -> Result<LeaseRecord, LeaseMiss> {
+    /// The write a keep-alive of `id` proposes, if the lease is alive at `now` and no
+    /// revocation of it is in flight.
+    pub fn keep_alive(&self, id: LeaseId, now: u64) -> Result<KvOp, LeaseMiss> {
         self.info(id, now).ok_or(LeaseMiss::NotFound)?;
         let e = &self.leases[&id];
-        Ok(LeaseTable::grant(id, e.record.ttl_ms))
+        if e.proposed.is_some_and(|(_, revoking)| revoking) {
+            return Err(LeaseMiss::NotFound);
+        }
+        Ok(LeaseTable::fresh(id, e.record.ttl_ms).write(Some(e.expected_rev())))
     }
 
-    /// The record a revocation of `id` proposes (a revoked lease may be revoked again).
-    pub fn revoke(&self, id: LeaseId) -> Result<LeaseRecord, LeaseMiss> {
+    /// The write a revocation of `id` proposes (a revoked lease may be revoked again).
+    pub fn revoke(&self, id: LeaseId) -> Result<KvOp, LeaseMiss> {
         let e = self.leases.get(&id).ok_or(LeaseMiss::NotFound)?;
-        Ok(LeaseRecord {
-            revoked: true,
-            remaining_ms: 0,
-            ..e.record.clone()
-        })
+        Ok(e.revoked_record().write(Some(e.expected_rev())))
+    }
+
+    /// The write that forgets revoked lease `id`.
+    pub fn forget(&self, id: LeaseId) -> Option<KvOp> {
+        let e = self.leases.get(&id).filter(|e| e.record.revoked)?;
+        Some(LeaseRecord::forget(id, e.expected_rev()))
+    }
+
+    /// This leader proposed a write of lease `id` at log index `index` (`revoking`: a
+    /// revocation) at `now`.
+    pub fn note_proposed(&mut self, id: LeaseId, index: u64, revoking: bool, now: u64) {
+        if let Some(e) = self.leases.get_mut(&id) {
+            e.chain = Some(index);
+            if revoking {
+                e.proposed = Some((now, true));
+            }
+        }
     }
 
     /// Leader only: the records to propose at `now`: revocations of leases past their
     /// deadline, and remaining-TTL checkpoints of live leases whose last record is older than
     /// the checkpoint period (so a restart or snapshot carries a recent remaining TTL).
-    pub fn due(&mut self, now: u64) -> Vec<LeaseRecord> {
+    /// Each is (lease, write, is a revocation); pass what was proposed to
+    /// [`LeaseTable::note_proposed`].
+    pub fn due(&mut self, now: u64) -> Vec<(LeaseId, KvOp, bool)> {
         let mut out = Vec::new();
         let grace = self.grace_ms;
         for e in self.leases.values_mut() {
@@ -319,18 +412,23 @@ impl LeaseTable {
             if deadline <= now {
                 if !in_flight(true) {
                     e.proposed = Some((now, true));
-                    out.push(LeaseRecord {
-                        revoked: true,
-                        remaining_ms: 0,
-                        ..e.record.clone()
-                    });
+                    let op = e.revoked_record().write(Some(e.expected_rev()));
+                    out.push((e.record.id, op, true));
                 }
-            } else if now.saturating_sub(e.applied_ms) >= self.checkpoint_ms && !in_flight(false) {
+            } else if now.saturating_sub(e.applied_ms) >= self.checkpoint_ms
+                && e.base_ms > now
+                && !in_flight(false)
+            {
                 e.proposed = Some((now, false));
-                out.push(LeaseRecord {
-                    remaining_ms: deadline - now,
+                // What the TTL left, and whether a grace applies, separately: so grace periods
+                // of successive coordinators never add up, and a checkpoint keeps the one
+                // given.
+                let checkpoint = LeaseRecord {
+                    remaining_ms: e.base_ms - now,
+                    graced: e.grace,
                     ..e.record.clone()
-                });
+                };
+                out.push((e.record.id, checkpoint.write(Some(e.expected_rev())), false));
             }
         }
         out
@@ -362,13 +460,29 @@ impl LeaseTable {
 }
 
 impl Entry {
-    fn new(record: LeaseRecord, t_recv: u64, now: u64) -> Entry {
+    fn new(record: LeaseRecord, t_recv: u64, now: u64, mod_rev: u64) -> Entry {
         Entry {
             base_ms: t_recv + record.remaining_ms,
+            grace: record.graced,
             record,
-            grace: false,
             proposed: None,
             applied_ms: now,
+            mod_rev,
+            chain: None,
+        }
+    }
+
+    /// The revision the next write of this lease expects the record at.
+    fn expected_rev(&self) -> u64 {
+        self.chain.unwrap_or(self.mod_rev)
+    }
+
+    fn revoked_record(&self) -> LeaseRecord {
+        LeaseRecord {
+            revoked: true,
+            remaining_ms: 0,
+            graced: false,
+            ..self.record.clone()
         }
     }
 }
@@ -388,14 +502,42 @@ mod tests {
         lt: Option<u64>,
     ) {
         let v = postcard::to_stdvec(r).unwrap();
-        t.on_apply(index, term, &LeaseRecord::key(r.id), Some(&v), now, lt);
+        t.on_apply(
+            (index, term),
+            &LeaseRecord::key(r.id),
+            LeaseWrite::Put(&v),
+            now,
+            lt,
+        );
+    }
+
+    fn fresh(id: LeaseId, ttl_ms: u64) -> LeaseRecord {
+        LeaseTable::fresh(id, ttl_ms)
+    }
+
+    /// The record a proposed write carries, and the revision it expects.
+    fn decode(op: &KvOp) -> (LeaseRecord, Option<u64>) {
+        match op {
+            KvOp::Cas {
+                compare,
+                action: CasAction::Put(v),
+                ..
+            } => {
+                let rev = match compare {
+                    Compare::ModRevision(r) => Some(*r),
+                    _ => None,
+                };
+                (postcard::from_bytes(v).unwrap(), rev)
+            }
+            other => panic!("not a lease write: {other:?}"),
+        }
     }
 
     #[test]
     fn leader_deadline_counts_from_the_proposal_not_the_apply() {
         let mut t = LeaseTable::new(E);
         t.note_appended(10, 1_000);
-        apply(&mut t, 10, 2, &LeaseTable::grant(7, 5_000), 1_030, Some(2));
+        apply(&mut t, 10, 2, &fresh(7, 5_000), 1_030, Some(2));
         assert_eq!(t.info(7, 1_030).map(|i| i.remaining_ms), Some(4_970));
         assert_eq!(t.info(7, 5_999).map(|i| i.remaining_ms), Some(1));
         assert_eq!(t.info(7, 6_000), None, "expired exactly at proposal + TTL");
@@ -409,14 +551,7 @@ mod tests {
         let off = 500_000;
         let mut f = LeaseTable::new(E);
         f.note_appended(42, off + 10_020);
-        apply(
-            &mut f,
-            42,
-            3,
-            &LeaseTable::grant(9, 5_000),
-            off + 10_100,
-            None,
-        );
+        apply(&mut f, 42, 3, &fresh(9, 5_000), off + 10_100, None);
         // The old leader dies at 12_000; the follower wins the election at 13_500.
         f.on_become_leader();
         let now = off + 13_500;
@@ -425,13 +560,13 @@ mod tests {
         assert!(left >= 1_500, "shortened: {left}");
         assert!(left <= 1_500 + E + 20, "extended too much: {left}");
         assert_eq!(left, 1_500 + E + 20);
-        // Nothing is due before the carried deadline (a checkpoint at most), and a
-        // checkpoint in flight does not hold the revocation back.
-        let early = f.due(off + 16_019);
-        assert!(early.iter().all(|r| !r.revoked && r.remaining_ms == 1));
+        // Nothing is due before the carried deadline (no checkpoint during the grace either).
+        assert!(f.due(off + 16_019).is_empty());
         let due = f.due(off + 16_020);
         assert_eq!(due.len(), 1);
-        assert!(due[0].revoked && due[0].id == 9);
+        let (r, rev) = decode(&due[0].1);
+        assert!(r.revoked && r.id == 9 && due[0].2);
+        assert_eq!(rev, Some(42), "conditional on the record it saw");
     }
 
     #[test]
@@ -444,6 +579,7 @@ mod tests {
             ttl_ms: 60_000,
             remaining_ms: 2_000,
             revoked: false,
+            graced: false,
         };
         f.note_appended(5, 100);
         apply(&mut f, 5, 1, &cp, 120, None);
@@ -456,18 +592,54 @@ mod tests {
     }
 
     #[test]
+    fn grace_periods_of_successive_coordinators_never_add_up() {
+        // TTL 10 s from 0 on every clock (no delays): deadline 10_000. Coordinators change
+        // every 700 ms and each checkpoints what it carries; the lease must still end by
+        // 10_000 + E.
+        let mut t = LeaseTable::new(E);
+        t.note_appended(1, 0);
+        apply(&mut t, 1, 1, &fresh(1, 10_000), 0, None);
+        let mut index = 1;
+        let mut now = 0;
+        let mut expired_at = None;
+        for term in 2..100 {
+            t.on_become_leader();
+            for _ in 0..7 {
+                now += 100;
+                for (_, op, revoking) in t.due(now) {
+                    if revoking {
+                        expired_at.get_or_insert(now);
+                    } else {
+                        let (r, _) = decode(&op);
+                        index += 1;
+                        t.note_appended(index, now);
+                        apply(&mut t, index, term, &r, now, Some(term));
+                    }
+                }
+            }
+            t.on_lose_leadership();
+            if expired_at.is_some() {
+                break;
+            }
+        }
+        let at = expired_at.expect("the lease expires");
+        // Checkpoints keep the grace: the lease ends exactly one E late, not earlier.
+        assert_eq!(at, 10_000 + E, "expired at {at}");
+    }
+
+    #[test]
     fn a_record_of_the_leaders_own_term_clears_the_grace() {
         let mut t = LeaseTable::new(E);
         t.note_appended(1, 0);
-        apply(&mut t, 1, 1, &LeaseTable::grant(4, 3_000), 5, None);
+        apply(&mut t, 1, 1, &fresh(4, 3_000), 5, None);
         t.on_become_leader();
         // An older-term entry applied by the new leader (term 2) keeps the grace...
         t.note_appended(2, 10);
-        apply(&mut t, 2, 1, &LeaseTable::grant(4, 3_000), 500, Some(2));
+        apply(&mut t, 2, 1, &fresh(4, 3_000), 500, Some(2));
         assert_eq!(t.info(4, 500).unwrap().remaining_ms, 10 + 3_000 + E - 500);
         // ...its own keep-alive does not need it.
         t.note_appended(3, 600);
-        apply(&mut t, 3, 2, &LeaseTable::grant(4, 3_000), 610, Some(2));
+        apply(&mut t, 3, 2, &fresh(4, 3_000), 610, Some(2));
         assert_eq!(t.info(4, 610).unwrap().remaining_ms, 600 + 3_000 - 610);
     }
 
@@ -478,14 +650,15 @@ mod tests {
             ttl_ms: 10_000,
             remaining_ms: 4_000,
             revoked: false,
+            graced: false,
         };
         let k = LeaseRecord::key(8);
         let v = postcard::to_stdvec(&r).unwrap();
         let mut t = LeaseTable::new(E);
         t.reload(
             [
-                (k.as_slice(), v.as_slice()),
-                (b"meta/other".as_slice(), b"x".as_slice()),
+                (k.as_slice(), v.as_slice(), 3),
+                (b"meta/other".as_slice(), b"x".as_slice(), 4),
             ],
             77,
         );
@@ -497,27 +670,97 @@ mod tests {
     fn checkpoints_carry_the_remaining_ttl_and_revocations_are_proposed_once() {
         let mut t = LeaseTable::new(E);
         t.note_appended(1, 0);
-        apply(&mut t, 1, 1, &LeaseTable::grant(2, 10_000), 0, Some(1));
+        apply(&mut t, 1, 1, &fresh(2, 10_000), 0, Some(1));
         assert!(t.due(500).is_empty());
         let cp = t.due(1_000);
         assert_eq!(cp.len(), 1);
-        assert!(!cp[0].revoked);
-        assert_eq!(cp[0].remaining_ms, 9_000);
+        let (cp_rec, cp_rev) = decode(&cp[0].1);
+        assert!(!cp[0].2 && !cp_rec.revoked);
+        assert_eq!(cp_rec.remaining_ms, 9_000);
+        assert_eq!(cp_rev, Some(1));
+        t.note_proposed(2, 2, false, 1_000);
         // In flight: not proposed again until it applies or a grace period passes.
         assert!(t.due(1_500).is_empty());
         t.note_appended(2, 1_000);
-        apply(&mut t, 2, 1, &cp[0], 1_010, Some(1));
+        apply(&mut t, 2, 1, &cp_rec, 1_010, Some(1));
         assert_eq!(t.info(2, 1_010).unwrap().remaining_ms, 8_990);
-        // Expired: one revocation, then nothing while it is in flight.
+        // Expired: one revocation, then nothing while it is in flight; no keep-alive either.
         let due = t.due(10_000);
-        assert!(due.len() == 1 && due[0].revoked);
+        assert!(due.len() == 1 && due[0].2);
+        let (revoked, rev) = decode(&due[0].1);
+        assert_eq!(rev, Some(2));
+        t.note_proposed(2, 3, true, 10_000);
         assert!(t.due(10_100).is_empty());
-        assert_eq!(t.keep_alive(2, 10_000), Err(LeaseMiss::NotFound));
-        apply(&mut t, 3, 1, &due[0], 10_050, Some(1));
+        assert_eq!(t.keep_alive(2, 9_000), Err(LeaseMiss::NotFound));
+        apply(&mut t, 3, 1, &revoked, 10_050, Some(1));
         assert_eq!(t.revoked(), vec![2]);
         assert!(t.due(20_000).is_empty());
-        t.on_apply(4, 1, &LeaseRecord::key(2), None, 20_000, Some(1));
+        assert!(matches!(
+            t.forget(2),
+            Some(KvOp::Cas {
+                compare: Compare::ModRevision(3),
+                action: CasAction::Delete,
+                ..
+            })
+        ));
+        t.on_apply(
+            (4, 1),
+            &LeaseRecord::key(2),
+            LeaseWrite::Delete,
+            20_000,
+            Some(1),
+        );
         assert!(!t.contains(2));
+    }
+
+    #[test]
+    fn lease_writes_chain_and_a_lost_race_starts_over_from_the_stored_record() {
+        let mut t = LeaseTable::new(E);
+        apply(&mut t, 5, 1, &fresh(6, 10_000), 0, Some(1));
+        // Two keep-alives in flight: the second expects the first's revision, not the stored
+        // one, so they do not refuse each other.
+        let (_, rev) = decode(&t.keep_alive(6, 10).unwrap());
+        assert_eq!(rev, Some(5));
+        t.note_proposed(6, 6, false, 10);
+        let (_, rev) = decode(&t.keep_alive(6, 11).unwrap());
+        assert_eq!(rev, Some(6));
+        t.note_proposed(6, 7, false, 11);
+        // A revocation proposed now expects the last keep-alive's revision: it applies after
+        // them and wins.
+        let (r, rev) = decode(&t.revoke(6).unwrap());
+        assert!(r.revoked);
+        assert_eq!(rev, Some(7));
+        t.note_proposed(6, 8, true, 12);
+        assert_eq!(t.keep_alive(6, 13), Err(LeaseMiss::NotFound));
+        // The first keep-alive lost a race (say, with a previous leader's write): the ones
+        // chained after it will be refused too; the next write expects the stored record.
+        t.on_apply(
+            (6, 1),
+            &LeaseRecord::key(6),
+            LeaseWrite::Refused,
+            20,
+            Some(1),
+        );
+        let (_, rev) = decode(&t.keep_alive(6, 21).unwrap());
+        assert_eq!(rev, Some(5));
+        // A grant is conditional on the id being free.
+        assert!(matches!(
+            LeaseTable::grant(9, 1_000),
+            KvOp::Cas {
+                compare: Compare::Absent,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn lease_ids_print_and_parse_as_hex() {
+        assert_eq!(lease_hex(0xab), "00000000000000ab");
+        assert_eq!(parse_lease_id("00000000000000ab"), Some(0xab));
+        assert_eq!(parse_lease_id("0xAB"), Some(0xab));
+        for bad in ["", "0", "0x", "xyz", "12345678901234567", "-1"] {
+            assert_eq!(parse_lease_id(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -3,31 +3,44 @@
 //! revocations and checkpoints that are due. The timing rule is in [`super::lease`].
 
 use rand::Rng;
-use swarmkv_store::{Backend, KvOp};
+use swarmkv_store::{Backend, CasAction, KvOp, KvOutcome, KvResult};
 
-use super::lease::{LeaseInfo, LeaseMiss, LeaseRecord, LeaseRequest, LeaseTable};
+use super::lease::{LeaseInfo, LeaseMiss, LeaseRecord, LeaseRequest, LeaseTable, LeaseWrite};
 use super::replica::Proposal;
 use super::{ClientError, Command, Core, CoreError, InFlight, Reply, RequestId, Response};
 use super::{LeaseId, META_GROUP};
 
-/// Feeds one applied meta write to the lease table (other meta records are ignored).
+/// Feeds one applied meta write and its result to the lease table (writes of other meta
+/// records only move its bookkeeping of applied entries forward).
 pub(super) fn note_meta_write(
     table: &mut LeaseTable,
-    (index, term): (u64, u64),
+    entry: (u64, u64),
     op: &KvOp,
+    result: Option<&KvResult>,
     now: u64,
     leader_term: Option<u64>,
 ) {
-    match op {
-        KvOp::Put { key, value, .. } if key.starts_with(LeaseRecord::prefix()) => {
-            table.on_apply(index, term, key, Some(value), now, leader_term)
+    let (key, write) = match op {
+        KvOp::Cas { key, action, .. } => {
+            let succeeded = matches!(
+                result,
+                Some(Ok(KvOutcome::Cas {
+                    succeeded: true,
+                    ..
+                }))
+            );
+            let write = match action {
+                _ if !succeeded => LeaseWrite::Refused,
+                CasAction::Put(v) => LeaseWrite::Put(v),
+                CasAction::Delete => LeaseWrite::Delete,
+            };
+            (key.as_slice(), write)
         }
-        KvOp::Delete { key, .. } if key.starts_with(LeaseRecord::prefix()) => {
-            table.on_apply(index, term, key, None, now, leader_term)
-        }
-        // Still moves the table's record of appended-but-unapplied entries forward.
-        _ => table.on_apply(index, term, b"", None, now, leader_term),
-    }
+        KvOp::Put { key, value, .. } => (key.as_slice(), LeaseWrite::Put(value)),
+        KvOp::Delete { key, .. } => (key.as_slice(), LeaseWrite::Delete),
+        _ => (&[][..], LeaseWrite::Refused),
+    };
+    table.on_apply(entry, key, write, now, leader_term);
 }
 
 impl<B: Backend> Core<B> {
@@ -44,7 +57,7 @@ impl<B: Backend> Core<B> {
         self.leases.reload(
             page.records
                 .iter()
-                .map(|(k, r)| (k.as_slice(), r.value.as_slice())),
+                .map(|(k, r)| (k.as_slice(), r.value.as_slice(), r.mod_rev)),
             self.now_ms,
         );
         Ok(())
@@ -55,12 +68,24 @@ impl<B: Backend> Core<B> {
         if !self.is_leader(META_GROUP) {
             return;
         }
-        for record in self.leases.due(self.now_ms) {
-            if record.revoked {
-                log::info!("lease {:x} expired: revoking it", record.id);
+        let now = self.now_ms;
+        for (lease, op, revoking) in self.leases.due(now) {
+            if revoking {
+                log::info!("lease {lease:x} expired: revoking it");
             }
-            self.propose_meta(record.put());
+            if let Some(index) = self.propose_lease_write(op) {
+                self.leases.note_proposed(lease, index, revoking, now);
+            }
         }
+    }
+
+    /// Proposes a lease write to the meta group (this node leads it); the log index it got.
+    fn propose_lease_write(&mut self, op: KvOp) -> Option<u64> {
+        let r = self.replicas.get_mut(&META_GROUP).filter(|r| r.is_leader)?;
+        let data = Command::Kv { op, session: None }.encode();
+        r.node.propose(Vec::new(), data).ok()?;
+        self.stats.proposals += 1;
+        Some(r.node.raft.raft_log.last_index())
     }
 
     /// Turns the answer to a lease request's proposal into the lease's state.
@@ -68,7 +93,17 @@ impl<B: Backend> Core<B> {
         let Some(lease) = self.leases.take_waiting(id) else {
             return reply;
         };
-        reply?;
+        if let Response::Write(KvOutcome::Cas {
+            succeeded: false, ..
+        }) = reply?
+        {
+            // The record changed between the check and the apply (a concurrent write of the
+            // same lease, or an id taken meanwhile): nothing happened; the retry sees the
+            // new state.
+            return Err(ClientError::Unavailable {
+                reason: format!("lease {lease:x} changed concurrently; retry"),
+            });
+        }
         let now = self.now_ms;
         match self.leases.info(lease, now) {
             Some(info) => Ok(Response::Lease(info)),
@@ -107,7 +142,7 @@ impl<B: Backend> Core<B> {
             return;
         }
         let not_found = |lease| Err(ClientError::LeaseNotFound(lease));
-        let (lease, record) = match req {
+        let (lease, op, revoking) = match req {
             LeaseRequest::TimeToLive { id: lease } => {
                 let reply = match self.leases.info(lease, now) {
                     Some(info) => Ok(Response::Lease(info)),
@@ -130,17 +165,17 @@ impl<B: Backend> Core<B> {
                 while lease == 0 || self.leases.contains(lease) {
                     lease = self.rng.gen::<u64>() >> 1;
                 }
-                (lease, LeaseTable::grant(lease, ttl_ms))
+                (lease, LeaseTable::grant(lease, ttl_ms), false)
             }
             LeaseRequest::KeepAlive { id: lease } => match self.leases.keep_alive(lease, now) {
-                Ok(r) => (lease, r),
+                Ok(op) => (lease, op, false),
                 Err(LeaseMiss::NotFound) => {
                     self.replies.push_back((id, not_found(lease)));
                     return;
                 }
             },
             LeaseRequest::Revoke { id: lease } => match self.leases.revoke(lease) {
-                Ok(r) => (lease, r),
+                Ok(op) => (lease, op, true),
                 Err(LeaseMiss::NotFound) => {
                     self.replies.push_back((id, not_found(lease)));
                     return;
@@ -151,11 +186,7 @@ impl<B: Backend> Core<B> {
         let Some(r) = self.replicas.get_mut(&META_GROUP) else {
             return;
         };
-        let data = Command::Kv {
-            op: record.put(),
-            session: None,
-        }
-        .encode();
+        let data = Command::Kv { op, session: None }.encode();
         match r.node.propose(Vec::new(), data) {
             Ok(()) => {
                 let index = r.node.raft.raft_log.last_index();
@@ -164,6 +195,7 @@ impl<B: Backend> Core<B> {
                 self.stats.proposals += 1;
                 self.in_flight.insert(id, InFlight { deadline_ms });
                 self.leases.wait(id, lease);
+                self.leases.note_proposed(lease, index, revoking, now);
             }
             Err(e) => self.replies.push_back((
                 id,
@@ -186,10 +218,16 @@ impl<B: Backend> Core<B> {
     /// Meta leader only: every partition deleted the keys of revoked lease `id`; propose to
     /// forget it. Returns false when this node cannot propose.
     pub fn forget_lease(&mut self, id: LeaseId) -> bool {
-        if !self.leases.record(id).is_some_and(|r| r.revoked) {
+        let Some(op) = self.leases.forget(id) else {
             return false;
+        };
+        match self.propose_lease_write(op) {
+            Some(index) => {
+                self.leases.note_proposed(id, index, true, self.now_ms);
+                true
+            }
+            None => false,
         }
-        self.propose_meta(LeaseRecord::delete(id))
     }
 
     /// The lease as this node's meta replica sees it now (only the meta leader's view counts).

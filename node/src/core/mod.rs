@@ -40,7 +40,7 @@ use swarmkv_store::{ApplyEntry, ApplyOp, Backend, LogBatch, Store, StoreError};
 
 pub use command::{Command, CommandError};
 pub use config::CoreConfig;
-pub use lease::{LeaseId, LeaseInfo, LeaseRecord, LeaseRequest};
+pub use lease::{lease_hex, parse_lease_id, LeaseId, LeaseInfo, LeaseRecord, LeaseRequest};
 pub use meta::{ClusterSettings, MetaState, NodeRecord, NodeState, Target, META_GROUP};
 pub use placement::{plan_targets, ClusterLayout, DEFAULT_PARTITIONS, DEFAULT_REPLICATION};
 pub use types::*;
@@ -951,12 +951,13 @@ impl<B: Backend> Core<B> {
         self.stats.applied += apply.len() as u64;
         if g == META_GROUP {
             let leader_term = r.is_leader.then(|| r.node.raft.term);
-            for (index, term, d) in &decoded {
+            for ((index, term, d), result) in decoded.iter().zip(&results) {
                 if let Decoded::Kv(op, _) = d {
                     lease_core::note_meta_write(
                         &mut self.leases,
                         (*index, *term),
                         op,
+                        result.as_ref(),
                         self.now_ms,
                         leader_term,
                     );

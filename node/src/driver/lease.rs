@@ -2,7 +2,7 @@
 //! forwarded there), and the coordinator deletes the keys of revoked leases in every
 //! partition before it lets the meta group forget them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -17,15 +17,27 @@ use crate::core::{
 use crate::wire::{Answer, Call, KvAnswer, KvCall};
 
 /// A deletion round that has not reported back within this time is started again.
-const CLEANUP_RETRY: Duration = Duration::from_secs(5);
+const CLEANUP_STALE: Duration = Duration::from_secs(10);
+/// The pause before the partitions that did not confirm a deletion are asked again.
+const CLEANUP_RETRY: Duration = Duration::from_millis(200);
+
+/// The deletion of one revoked lease's keys, partition by partition.
+struct Cleanup {
+    /// Partitions that confirmed the deletion.
+    done: BTreeSet<u32>,
+    /// When the round in flight started (`None`: none in flight).
+    in_flight: Option<Instant>,
+    /// Not before this instant is a new round started.
+    next: Instant,
+}
 
 /// Lease requests waiting on this node's core, and key deletions in progress.
 #[derive(Default)]
 pub(crate) struct LeaseDriver {
     /// Lease requests this node's core serves, by request id.
     pending: HashMap<RequestId, Origin>,
-    /// Revoked leases whose keys are being deleted, with when that round started.
-    cleaning: HashMap<LeaseId, Instant>,
+    /// Revoked leases whose keys are being deleted.
+    cleaning: HashMap<LeaseId, Cleanup>,
 }
 
 impl LeaseDriver {
@@ -87,24 +99,44 @@ impl Driver {
     }
 
     /// Coordinator duty, on every control tick: delete the keys of each revoked lease in
-    /// every partition (idempotent `DeleteLease` writes through the partitions' leaders);
-    /// when all partitions confirmed, the meta group forgets the lease.
+    /// every partition (idempotent `DeleteLease` writes through the partitions' leaders,
+    /// partitions that did not confirm asked again shortly); when all partitions confirmed,
+    /// the meta group forgets the lease. A new coordinator starts over from the revoked
+    /// records, which is safe because the deletions are idempotent.
     pub(crate) fn lease_cleanup(&mut self) {
         let revoked = self.core.revoked_leases();
         let now = Instant::now();
-        self.leases.cleaning.retain(|l, started| {
-            revoked.contains(l) && now.duration_since(*started) < CLEANUP_RETRY
-        });
+        self.leases.cleaning.retain(|l, _| revoked.contains(l));
         let Some(partitions) = self.core.settings().map(|s| s.partitions) else {
             return;
         };
         for lease in revoked {
-            if self.leases.cleaning.contains_key(&lease) {
+            let c = self
+                .leases
+                .cleaning
+                .entry(lease)
+                .or_insert_with(|| Cleanup {
+                    done: BTreeSet::new(),
+                    in_flight: None,
+                    next: now,
+                });
+            let stale = c
+                .in_flight
+                .is_some_and(|t| now.duration_since(t) >= CLEANUP_STALE);
+            if (c.in_flight.is_some() && !stale) || now < c.next {
                 continue;
             }
-            self.leases.cleaning.insert(lease, now);
-            let mut answers = Vec::with_capacity(partitions as usize);
-            for partition in 0..partitions {
+            if c.done.len() == partitions as usize {
+                // Every partition confirmed; forgetting the record was proposed and did not
+                // apply (a leader change): propose it again.
+                c.in_flight = Some(now);
+                self.core.forget_lease(lease);
+                continue;
+            }
+            c.in_flight = Some(now);
+            let todo: Vec<u32> = (0..partitions).filter(|p| !c.done.contains(p)).collect();
+            let mut answers = Vec::with_capacity(todo.len());
+            for partition in todo {
                 let (tx, rx) = oneshot::channel();
                 let req = Request {
                     partition,
@@ -114,40 +146,54 @@ impl Driver {
                     },
                 };
                 self.submit(req, Origin::Local(tx), 0);
-                answers.push(rx);
+                answers.push(async move { (partition, rx.await) });
             }
             let done = self.internal_tx.clone();
             tokio::spawn(async move {
+                let mut confirmed = Vec::new();
                 let mut deleted = 0;
-                let mut failed = 0;
-                for a in join_all(answers).await {
+                for (partition, a) in join_all(answers).await {
                     match a {
                         Ok(Ok(Response::Write(KvOutcome::DeleteLease { deleted: n, .. }))) => {
-                            deleted += n
+                            deleted += n;
+                            confirmed.push(partition);
                         }
-                        _ => failed += 1,
+                        Ok(Err(e)) => {
+                            log::debug!(
+                                "lease {lease:x}: partition {partition} did not delete yet: {e}"
+                            )
+                        }
+                        other => log::debug!(
+                            "lease {lease:x}: partition {partition} did not delete yet: {other:?}"
+                        ),
                     }
                 }
-                if failed > 0 {
-                    log::info!(
-                        "lease {lease:x}: {failed} partitions did not confirm the deletion yet"
-                    );
-                    return;
+                if deleted > 0 {
+                    log::info!("lease {lease:x}: {deleted} keys deleted");
                 }
-                log::info!("lease {lease:x}: {deleted} keys deleted in every partition");
-                let _ = done.send(Internal::LeaseCleared(lease)).await;
+                let _ = done.send(Internal::LeaseDeleted { lease, confirmed }).await;
             });
         }
     }
 
-    /// Every partition deleted the keys of `lease`: forget it in the meta group.
-    pub(crate) fn on_lease_cleared(&mut self, lease: LeaseId) {
-        if self.core.forget_lease(lease) {
-            // The record's deletion applies shortly; `cleaning` keeps the lease from being
-            // processed again meanwhile.
-            self.leases.cleaning.insert(lease, Instant::now());
-        } else {
-            self.leases.cleaning.remove(&lease);
+    /// Partitions `confirmed` deleted the keys of `lease`; once all have, the meta group
+    /// forgets it, else the others are asked again shortly.
+    pub(crate) fn on_lease_deleted(&mut self, lease: LeaseId, confirmed: Vec<u32>) {
+        let Some(partitions) = self.core.settings().map(|s| s.partitions) else {
+            return;
+        };
+        let Some(c) = self.leases.cleaning.get_mut(&lease) else {
+            return;
+        };
+        c.done.extend(confirmed);
+        if c.done.len() == partitions as usize {
+            if self.core.forget_lease(lease) {
+                // Stays in flight until the record's deletion applies (then `revoked_leases`
+                // no longer names it) or the round goes stale.
+                return;
+            }
         }
+        c.in_flight = None;
+        c.next = Instant::now() + CLEANUP_RETRY;
     }
 }

@@ -51,7 +51,9 @@ pub async fn get(State(gw): State<Arc<Gateway>>, uri: Uri) -> Result<Response, A
     }
 }
 
-/// `PUT /v1/kv/{key}`: the body, whatever its content type, is the value. Answers `{rev}`.
+/// `PUT /v1/kv/{key}[?lease={id}]`: the body, whatever its content type, is the value.
+/// Answers `{rev}`. With a lease, the key is deleted when the lease ends; a lease that does
+/// not exist answers 404 `lease_not_found`.
 pub async fn put(
     State(gw): State<Arc<Gateway>>,
     uri: Uri,
@@ -59,10 +61,16 @@ pub async fn put(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = key_of(&uri, false)?;
-    no_parameters(&uri)?;
+    let mut lease = 0;
+    for (name, value) in parse_query(uri.query())? {
+        match name.as_str() {
+            "lease" => lease = super::lease::lease_id(&String::from_utf8_lossy(&value))?,
+            _ => return Err(unknown_parameter(&name)),
+        }
+    }
     let value = read_body(&headers, body, MAX_PUT_BODY).await?;
     let client = gw.client()?;
-    match client.put(&key, &value).await {
+    match client.put_with_lease(&key, &value, lease).await {
         Ok(rev) => Ok(Json(serde_json::json!({ "rev": rev })).into_response()),
         Err(e) => Err(with_leader_hint(client, &key, e).await),
     }

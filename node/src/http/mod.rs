@@ -8,6 +8,8 @@
 //! - [`status`]: `GET /v1/status`, the node's report and a replica-health summary.
 //! - [`cluster`]: the `cluster` part of the status: every node and partition, with health.
 //! - [`nodes`]: `POST /v1/nodes/{node}/decommission`, draining a node out of the cluster.
+//! - [`lease`]: `POST /v1/lease`, `POST /v1/lease/{id}/keepalive`, `GET`/`DELETE
+//!   /v1/lease/{id}`: leases, which keys attach to with `PUT /v1/kv/{key}?lease={id}`.
 //! - [`health`]: `GET /healthz` (liveness) and `GET /readyz` (readiness).
 //! - [`metrics`]: `GET /metrics`, the node's Prometheus metrics.
 //! - [`state`]: what handlers share: the client, made once the node is part of a cluster.
@@ -26,6 +28,7 @@ pub mod encoding;
 pub mod error;
 pub mod health;
 pub mod kv;
+pub mod lease;
 pub mod metrics;
 pub mod nodes;
 pub mod page;
@@ -113,6 +116,12 @@ fn routes(gateway: Gateway) -> Router {
         )
         .route("/v1/status", get(status::status))
         .route("/v1/nodes/{node}/decommission", post(nodes::decommission))
+        .route("/v1/lease", post(lease::grant))
+        .route(
+            "/v1/lease/{id}",
+            get(lease::time_to_live).delete(lease::revoke),
+        )
+        .route("/v1/lease/{id}/keepalive", post(lease::keep_alive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
