@@ -930,9 +930,7 @@ impl Driver {
         match i {
             Internal::SnapshotDone { group, to, ok } => self.core.report_snapshot(group, to, ok),
             Internal::Joined(settings) => self.on_joined(settings),
-            Internal::LeaseDeleted { lease, confirmed } => {
-                self.on_lease_deleted(lease, confirmed)
-            }
+            Internal::LeaseDeleted { lease, confirmed } => self.on_lease_deleted(lease, confirmed),
         }
     }
 
