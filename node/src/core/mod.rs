@@ -643,6 +643,15 @@ impl<B: Backend> Core<B> {
         if self.replicas.get(&group).is_some_and(|r| r.is_leader) {
             return Ok(());
         }
+        // A learner being brought in is missing from the leader's voters too, yet the leader
+        // counts on what it acknowledged (it promotes it on that): never drop a replica whose
+        // configuration names this node a learner.
+        if self.replicas.get(&group).is_some_and(|r| {
+            let cs = r.node.raft.prs().conf().to_conf_state();
+            cs.learners.contains(&self.id) || cs.learners_next.contains(&self.id)
+        }) {
+            return Ok(());
+        }
         if let Some(mut r) = self.replicas.remove(&group) {
             log::info!(
                 "node {:x}: dropping leftover replica of group {group}",
