@@ -43,6 +43,10 @@ const REGRESSION_SEEDS: &[u64] = &[
     // A removed node's replica, recreated empty by a stale leader's append, acknowledged
     // that leader's entries: a committed entry changed (commit "core: tombstones").
     938,
+    // A learner's replica was dropped as a leftover (the leader's voters do not list
+    // learners), then promoted on what it had acknowledged before: two leaders in a term
+    // (commit "core: never drop a replica that its configuration names a learner").
+    105357,
 ];
 /// Size of the CI set: seeds `0..CI_SEEDS`.
 const CI_SEEDS: u64 = 200;
