@@ -5,66 +5,21 @@
 mod common;
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
 use std::os::unix::ffi::OsStringExt as _;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use common::gateway::Gateway;
 use common::*;
 use serde_json::Value;
 use swarmkv::core::CoreConfig;
-use swarmkv::http::HttpError;
-use swarmkv::NodeHandle;
-use tokio::task::JoinHandle;
 
 fn fast_core() -> CoreConfig {
     CoreConfig {
         tick_ms: 50,
         ..CoreConfig::default()
-    }
-}
-
-/// A node's gateway on a free loopback port, as `swarmkv start` serves it; stopped when
-/// dropped.
-struct Gateway {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), HttpError>>,
-}
-
-impl Gateway {
-    async fn start(node: NodeHandle) -> Result<Gateway> {
-        let listener = swarmkv::http::bind(([127, 0, 0, 1], 0).into()).await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(swarmkv::http::serve_node(listener, node, async move {
-            let _ = stopped.await;
-        }));
-        Ok(Gateway {
-            addr,
-            stop: Some(stop),
-            task,
-        })
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn shutdown(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await??;
-        Ok(())
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -144,7 +99,7 @@ async fn at(endpoint: &str, list: &[&str]) -> Result<Run> {
 async fn every_client_verb_works_over_the_http_gateway() -> Result<()> {
     let _serial = serial().await;
     let cluster = TestCluster::start(3, 8, fast_core()).await;
-    let gw = Gateway::start(cluster.handles[0].clone()).await?;
+    let gw = Gateway::for_node(cluster.handles[0].clone()).await?;
     let ep = gw.endpoint();
     // The gateway makes its client once it sees the node in a cluster.
     let mut probe = at(&ep, &["put", "probe", "1"]).await?;
@@ -372,7 +327,7 @@ async fn a_node_that_cannot_serve_keys_is_unavailable_but_reports_its_status() -
     let _serial = serial().await;
     let dir = tempfile::tempdir()?;
     let node = swarmkv::Node::start(node_config(dir.path(), &fast_core())).await?;
-    let gw = Gateway::start(node.handle()).await?;
+    let gw = Gateway::for_node(node.handle()).await?;
     let ep = gw.endpoint();
     // Not part of a cluster: keys answer 503, which is exit 3.
     let get = at(&ep, &["get", "k"]).await?;
@@ -457,7 +412,7 @@ async fn bad_usage_exits_2_before_anything_is_sent() -> Result<()> {
 async fn lease_verbs_work_over_both_transports() -> Result<()> {
     let _serial = serial().await;
     let cluster = TestCluster::start(3, 8, fast_core()).await;
-    let gw = Gateway::start(cluster.handles[0].clone()).await?;
+    let gw = Gateway::for_node(cluster.handles[0].clone()).await?;
     let ep = gw.endpoint();
     let peer = cluster.addrs[1].to_string();
     let mut probe = at(&ep, &["put", "probe", "1"]).await?;

@@ -8,20 +8,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use common::gateway::Gateway;
+use common::http::{enc, request};
 use common::*;
 use serde_json::{json, Value};
 use swarmkv::core::CoreConfig;
-use swarmkv::http::HttpError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
 const P: u32 = 8;
 
@@ -32,210 +28,13 @@ fn fast_core() -> CoreConfig {
     }
 }
 
-/// The gateway of one node, on a free loopback port, stopped when dropped.
-struct Gateway {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), HttpError>>,
-}
-
-impl Gateway {
-    async fn start(cluster: &TestCluster, node: usize, deadline: Duration) -> Result<Gateway> {
-        let client = cluster.client(node).await.with_deadline(deadline);
-        let listener = swarmkv::http::bind(([127, 0, 0, 1], 0).into()).await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(swarmkv::http::serve_on(
-            listener,
-            Arc::new(client),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Ok(Gateway {
-            addr,
-            stop: Some(stop),
-            task,
-        })
-    }
-
-    async fn call(&self, method: &str, target: &str, body: &[u8]) -> Result<Reply> {
-        request(self.addr, method, target, body).await
-    }
-
-    async fn get(&self, target: &str) -> Result<Reply> {
-        self.call("GET", target, b"").await
-    }
-
-    async fn put(&self, target: &str, body: &[u8]) -> Result<Reply> {
-        self.call("PUT", target, body).await
-    }
-
-    async fn cas(&self, key_path: &str, body: Value) -> Result<Reply> {
-        let target = format!("/v1/kv/{key_path}/cas");
-        self.call("POST", &target, body.to_string().as_bytes())
-            .await
-    }
-
-    /// Stops accepting and waits for the server to return.
-    async fn shutdown(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await??;
-        Ok(())
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// An HTTP response.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Result<Value> {
-        serde_json::from_slice(&self.body).with_context(|| {
-            format!(
-                "status {} with a body that is not JSON: {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    /// The body, after checking the status.
-    fn expect(self, status: u16) -> Result<Value> {
-        let json = self.json()?;
-        if self.status != status {
-            bail!("expected status {status}, got {}: {json}", self.status);
-        }
-        Ok(json)
-    }
-
-    /// The error code, after checking the status and the error shape.
-    fn error(self, status: u16) -> Result<String> {
-        let json = self.expect(status)?;
-        let code = json["error"]["code"].as_str().context("no error.code")?;
-        if json["error"]["message"].as_str().is_none_or(str::is_empty) {
-            bail!("no error.message in {json}");
-        }
-        Ok(code.to_string())
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection. Bodies over 64 KiB are announced with
-/// `Expect: 100-continue` and sent only if the server asks for them, so a server that refuses
-/// a too-large body from its headers answers cleanly instead of resetting a half-sent upload.
-async fn request(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> Result<Reply> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let expect = body.len() > 64 * 1024;
-    let mut head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if expect {
-        head.push_str("Expect: 100-continue\r\n");
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await?;
-    if !expect {
-        stream.write_all(body).await?;
-    }
-    let mut buf = Vec::new();
-    loop {
-        let (status, headers, rest) = read_head(&mut stream, &mut buf).await?;
-        if status == 100 {
-            buf = rest;
-            stream.write_all(body).await?;
-            continue;
-        }
-        let mut body = rest;
-        stream.read_to_end(&mut body).await?;
-        let chunked = headers
-            .iter()
-            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-        let body = if chunked { dechunk(&body)? } else { body };
-        return Ok(Reply { status, body });
-    }
-}
-
-/// Reads a response head; returns the status, lower-cased headers and the bytes after it.
-async fn read_head(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> Result<(u16, Vec<(String, String)>, Vec<u8>)> {
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8(buf[..end].to_vec())?;
-            let rest = buf[end + 4..].to_vec();
-            let mut lines = head.split("\r\n");
-            let status_line = lines.next().context("empty response")?;
-            let status = status_line
-                .split(' ')
-                .nth(1)
-                .context("no status")?
-                .parse()?;
-            let headers = lines
-                .filter_map(|l| l.split_once(':'))
-                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-                .collect();
-            return Ok((status, headers, rest));
-        }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("connection closed before the response head");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("bad chunk")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end])?.trim(), 16)?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(data.get(..size).context("short chunk")?);
-        data = data.get(size + 2..).context("short chunk")?;
-    }
-}
-
-/// Percent-encodes every byte but unreserved ASCII letters and digits.
-fn enc(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (*b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 fn b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
 
 async fn cluster_and_gateway(deadline: Duration) -> Result<(TestCluster, Gateway)> {
     let cluster = TestCluster::start(3, P, fast_core()).await;
-    let gateway = Gateway::start(&cluster, 0, deadline).await?;
+    let gateway = Gateway::for_client(cluster.client(0).await.with_deadline(deadline)).await?;
     Ok((cluster, gateway))
 }
 
