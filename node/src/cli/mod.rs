@@ -6,6 +6,7 @@
 //! - [`put`], [`get`], [`del`], [`cas`], [`scan`]: the key-value verbs.
 //! - [`decommission`]: drain a node out of the cluster.
 //! - [`lease`]: grant, keep alive, revoke and inspect leases (keys attach with `put --lease`).
+//! - [`bench`]: the benchmark of WORKLOAD.md, against swarmkv or (feature `etcd`) etcd.
 //! - [`transport`]: how a client verb reaches the cluster, chosen by its flags: a node's HTTP
 //!   gateway ([`endpoint`], the default) or a node's libp2p port (`--peer`).
 //! - [`error`]: why a verb failed, and the exit status (0, 1, 2 or 3) that tells a script.
@@ -23,6 +24,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use swarmkv_net::PreSharedKey;
 
+mod bench;
 mod cas;
 mod decommission;
 mod del;
@@ -73,6 +75,7 @@ pub enum Command {
     Scan(scan::Scan),
     Decommission(decommission::Decommission),
     Lease(lease::Lease),
+    Bench(bench::Bench),
 }
 
 impl Command {
@@ -95,6 +98,8 @@ impl Command {
             Command::Decommission(c) => with_timeout(c.run()).await,
             // `keep-alive` runs until Ctrl-C; the other lease verbs bound themselves.
             Command::Lease(c) => c.run().await,
+            // Bounded by its own --max-seconds (plus connecting and the preload).
+            Command::Bench(c) => c.run().await,
         };
         verb.map(|()| ExitCode::SUCCESS)
     }
@@ -202,7 +207,7 @@ mod tests {
             Command::Scan(c) => Some(&c.transport),
             Command::Decommission(c) => Some(&c.transport),
             Command::Lease(c) => Some(c.transport()),
-            Command::Start(_) => None,
+            Command::Start(_) | Command::Bench(_) => None,
         }
     }
 
