@@ -98,10 +98,21 @@ impl<B: Backend> Core<B> {
                         .collect()
                 };
                 if remove.contains(&self.id) {
-                    // Leave last: hand leadership to a caught-up voter that stays.
-                    want.iter()
+                    // Leave last: hand leadership to a caught-up voter that stays. When no
+                    // voter stays (a group formed on one node whose target moved entirely
+                    // elsewhere), first promote the caught-up learners while keeping this
+                    // node: a leader that removed itself would leave no one to hand over to.
+                    match want
+                        .iter()
                         .find(|n| voters.contains(n) && **n != self.id && caught_up(n))
-                        .map(|n| Step::TransferLeadership(*n))
+                    {
+                        Some(n) => Some(Step::TransferLeadership(*n)),
+                        None if !promote.is_empty() => Some(Step::Promote {
+                            add: promote,
+                            remove: Vec::new(),
+                        }),
+                        None => None,
+                    }
                 } else if !promote.is_empty() || !remove.is_empty() {
                     Some(Step::Promote {
                         add: promote,
