@@ -28,8 +28,10 @@ fn election_timeout() -> Duration {
 
 /// Time from the lease's expiry to the deletion of its keys being visible: the expiry's
 /// proposal, the coordinator's next control tick, one delete per partition, a poll.
-/// Generous: the machine running the tests may be busy compiling.
-const SLACK: Duration = Duration::from_millis(2000);
+/// Generous: the machine running the tests may be busy compiling, which slows elections
+/// (no coordinator, no expiry) and the deletions. The exact bound is checked with injected
+/// time in the core's unit tests (core::lease).
+const SLACK: Duration = Duration::from_millis(3000);
 
 async fn present(c: &Client, keys: &[Vec<u8>]) -> anyhow::Result<usize> {
     let mut n = 0;
@@ -83,9 +85,18 @@ async fn wait_expired(
     timeout: Duration,
 ) -> anyhow::Result<Instant> {
     let until = Instant::now() + timeout;
+    let mut slow = 0;
     loop {
+        let started = Instant::now();
         let r = c.time_to_live(lease).await;
         let ended = Instant::now();
+        if ended - started > Duration::from_millis(200) {
+            slow += 1;
+            println!(
+                "a time-to-live query took {:?} (no coordinator for a while?)",
+                ended - started
+            );
+        }
         match r {
             Err(ClientError::LeaseNotFound(_)) => {
                 anyhow::ensure!(
@@ -93,6 +104,9 @@ async fn wait_expired(
                     "the lease expired {:?} early",
                     not_before - ended
                 );
+                if slow > 0 {
+                    println!("{slow} slow time-to-live queries");
+                }
                 return Ok(ended);
             }
             Ok(_) => {}
@@ -161,7 +175,9 @@ async fn keep_alive_keeps_the_keys_and_revoke_deletes_them() -> anyhow::Result<(
     let _serial = serial().await;
     let cluster = TestCluster::start(3, P, fast_core()).await;
     let c = Arc::new(cluster.client(0).await);
-    let ttl = Duration::from_millis(1500);
+    // Not much shorter: the keep-alive reports a loss after a whole TTL without a confirmed
+    // keep-alive, and leader balancing moves the coordinator now and then.
+    let ttl = Duration::from_secs(2);
     let lease = c.grant(ttl).await?;
     let attached = keys("ka", 6);
     for k in &attached {
@@ -173,7 +189,10 @@ async fn keep_alive_keeps_the_keys_and_revoke_deletes_them() -> anyhow::Result<(
     assert_eq!(present(&c, &attached).await?, attached.len());
     assert_eq!(ka.lost_now(), None);
     let left = c.time_to_live(lease.id).await?;
-    assert!(left.remaining_ms <= 1500, "{left:?}");
+    assert!(
+        left.remaining_ms <= 2000 + election_timeout().as_millis() as u64,
+        "{left:?}"
+    );
     assert!(
         ka.last_confirmed().elapsed() < ttl,
         "keep-alives are confirmed"

@@ -2,7 +2,6 @@
 //! lease records update the [`LeaseTable`], and each tick the meta leader proposes the
 //! revocations and checkpoints that are due. The timing rule is in [`super::lease`].
 
-use rand::Rng;
 use swarmkv_store::{Backend, CasAction, KvOp, KvOutcome, KvResult};
 
 use super::lease::{LeaseInfo, LeaseMiss, LeaseRecord, LeaseRequest, LeaseTable, LeaseWrite};
@@ -63,9 +62,22 @@ impl<B: Backend> Core<B> {
         Ok(())
     }
 
+    /// True when this node leads the meta group and its lease table is current: it committed
+    /// an entry of its own term and applied everything committed. A new leader may not have
+    /// applied its predecessor's last writes yet; until it has, its table could call a lease
+    /// just granted unknown, or one just kept alive expired.
+    fn leases_current(&self) -> bool {
+        self.replicas.get(&META_GROUP).is_some_and(|r| {
+            let raft = &r.node.raft;
+            r.is_leader
+                && raft.commit_to_current_term()
+                && raft.raft_log.applied >= raft.raft_log.committed
+        })
+    }
+
     /// Meta leader only: proposes the revocations and checkpoints that are due now.
     pub(super) fn propose_due_leases(&mut self) {
-        if !self.is_leader(META_GROUP) {
+        if !self.leases_current() {
             return;
         }
         let now = self.now_ms;
@@ -141,6 +153,15 @@ impl<B: Backend> Core<B> {
             self.replies.push_back((id, Err(err)));
             return;
         }
+        if !self.leases_current() {
+            self.replies.push_back((
+                id,
+                Err(ClientError::Unavailable {
+                    reason: "the coordinator is catching up with the meta group's log".into(),
+                }),
+            ));
+            return;
+        }
         let not_found = |lease| Err(ClientError::LeaseNotFound(lease));
         let (lease, op, revoking) = match req {
             LeaseRequest::TimeToLive { id: lease } => {
@@ -161,10 +182,14 @@ impl<B: Backend> Core<B> {
                     ));
                     return;
                 }
-                let mut lease: LeaseId = self.rng.gen::<u64>() >> 1;
-                while lease == 0 || self.leases.contains(lease) {
-                    lease = self.rng.gen::<u64>() >> 1;
-                }
+                // The id is the log index the grant's entry will take: an index commits at
+                // most once in the meta group's history, so an id is never reused, not even
+                // after the lease was forgotten and the node restarted (partitions keep
+                // tombstones of revoked ids, which a reused id would run into).
+                let lease: LeaseId = self
+                    .replicas
+                    .get(&META_GROUP)
+                    .map_or(0, |r| r.node.raft.raft_log.last_index() + 1);
                 (lease, LeaseTable::grant(lease, ttl_ms), false)
             }
             LeaseRequest::KeepAlive { id: lease } => match self.leases.keep_alive(lease, now) {
