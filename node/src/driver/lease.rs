@@ -186,12 +186,10 @@ impl Driver {
             return;
         };
         c.done.extend(confirmed);
-        if c.done.len() == partitions as usize {
-            if self.core.forget_lease(lease) {
-                // Stays in flight until the record's deletion applies (then `revoked_leases`
-                // no longer names it) or the round goes stale.
-                return;
-            }
+        // Once forgetting is proposed, the round stays in flight until the record's deletion
+        // applies (then `revoked_leases` no longer names it) or the round goes stale.
+        if c.done.len() == partitions as usize && self.core.forget_lease(lease) {
+            return;
         }
         c.in_flight = None;
         c.next = Instant::now() + CLEANUP_RETRY;
