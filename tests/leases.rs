@@ -345,3 +345,66 @@ async fn keep_alives_racing_a_revoke_never_bring_the_lease_back() -> anyhow::Res
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_a_restart_of_every_node_without_being_reset_and_ids_are_not_reused(
+) -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let mut cluster = TestCluster::start(3, P, fast_core()).await;
+    let ttl = Duration::from_secs(30);
+    let c = cluster.client(0).await;
+    // One lease revoked and forgotten before the restart, one alive across it.
+    let gone = c.grant(ttl).await?;
+    c.revoke(gone.id).await?;
+    wait_for(
+        "the revoked lease to be forgotten",
+        Duration::from_secs(10),
+        || async { matches!(c.revoke(gone.id).await, Err(ClientError::LeaseNotFound(_))) },
+    )
+    .await;
+    let kept = c.grant(ttl).await?;
+    let granted = Instant::now();
+    c.put_with_lease(b"restart/kept", b"v", kept.id).await?;
+    // Let a few checkpoints record the remaining time.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = granted.elapsed();
+    drop(c);
+    for i in 0..3 {
+        cluster.kill(i).await;
+    }
+    for i in 0..3 {
+        cluster.restart(i).await;
+    }
+    cluster.wait_for_leaders(Duration::from_secs(30)).await;
+    let c = cluster.client(1).await;
+    let info = c.time_to_live(kept.id).await?;
+    println!(
+        "lease of {ttl:?}, {before:?} old at the kill: {} ms left after the restart",
+        info.remaining_ms
+    );
+    // Carried over, not reset: at most what was left at the last checkpoint (one checkpoint
+    // period, 1 s, before the kill) plus one election timeout of grace.
+    let bound = ttl - before + Duration::from_secs(1) + election_timeout();
+    assert!(
+        Duration::from_millis(info.remaining_ms) <= bound,
+        "{info:?}, bound {bound:?}"
+    );
+    assert!(c.get(b"restart/kept").await?.is_some());
+    // A new lease never takes a revoked lease's id (the partitions still refuse that one).
+    let fresh = c.grant(ttl).await?;
+    assert!(fresh.id != gone.id && fresh.id != kept.id);
+    c.put_with_lease(b"restart/fresh", b"v", fresh.id).await?;
+    assert!(matches!(
+        c.put_with_lease(b"restart/old", b"v", gone.id).await,
+        Err(ClientError::LeaseNotFound(_))
+    ));
+    c.revoke(kept.id).await?;
+    wait_gone(
+        &c,
+        &[b"restart/kept".to_vec()],
+        Instant::now(),
+        Duration::from_secs(10),
+    )
+    .await?;
+    Ok(())
+}
