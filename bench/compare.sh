@@ -4,6 +4,7 @@
 #   bench/compare.sh [--rounds N] [--cases "put:64 get-linearizable:64:50000"] [--quick]
 #                    [--out DIR] [--transport peer|http] [--no-build] [--no-quiet-wait]
 #                    [--swarmkv-args "--share-connections"]
+#   bench/compare.sh --table DIR     (only print the table of an earlier run's output dir)
 #
 # From a fresh clone it builds `swarmkv` (release, feature `etcd`: the bench drives etcd
 # itself, so both systems get the identical client), installs Debian's etcd-server,
@@ -45,7 +46,7 @@ QUICK_CASES=(put:1:1000 put:64:5000 get-linearizable:64:5000 get-serializable:64
 
 usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
-ROUNDS="" CASES_ARG="" QUICK=0 OUT="" TRANSPORT=peer BUILD=1 QUIET_WAIT=1 SKV_ARGS=""
+ROUNDS="" CASES_ARG="" QUICK=0 OUT="" TRANSPORT=peer BUILD=1 QUIET_WAIT=1 SKV_ARGS="" TABLE_ONLY=""
 while (($#)); do
   case $1 in
     --rounds) ROUNDS=${2:?}; shift ;;
@@ -56,6 +57,7 @@ while (($#)); do
     --no-build) BUILD=0 ;;
     --no-quiet-wait) QUIET_WAIT=0 ;;
     --swarmkv-args) SKV_ARGS=${2?}; shift ;;  # extra `swarmkv bench` flags for swarmkv runs
+    --table) TABLE_ONLY=${2:?}; shift ;;
     -h|--help) usage ;;
     *) echo "unknown argument $1" >&2; usage ;;
   esac
@@ -88,10 +90,22 @@ for c in "${CASES[@]}"; do
     { echo "bad case '$c' (op:clients:ops)" >&2; exit 2; }
 done
 
+if [[ -n $TABLE_ONLY ]]; then
+  # Re-print the table of an earlier run: its cases, rounds and settings are in env.txt.
+  OUT=$TABLE_ONLY
+  [[ -r $OUT/env.txt ]] || { echo "$OUT/env.txt not found" >&2; exit 1; }
+  read -r -a CASES <<<"$(sed -n 's/.* cases=//p' "$OUT/env.txt")"
+  ROUNDS=$(sed -n 's/^rounds=\([0-9]*\).*/\1/p' "$OUT/env.txt")
+  MAXS=$(sed -n 's/.* max_seconds=\([0-9]*\).*/\1/p' "$OUT/env.txt")
+  SKV_ARGS=$(sed -n 's/.*(swarmkv bench args: \(.*\))$/\1/p' "$OUT/env.txt")
+  TRANSPORT=$(sed -n 's/.*bench transport: \([a-z]*\).*/\1/p' "$OUT/env.txt")
+  grep -q '^rounds=.* keys=10000 ' "$OUT/env.txt" && QUICK=1
+fi
 OUT=${OUT:-$TMPROOT/swarmkv-compare.$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/etcd" "$OUT/swarmkv"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/run.log" >&2; }
 
+run_all() {
 # ---------------------------------------------------------------- prerequisites and build
 need_pkgs=()
 command -v etcd >/dev/null || need_pkgs+=(etcd-server)
@@ -128,7 +142,7 @@ fi
 # ---------------------------------------------------------------- process bookkeeping
 # Every process this script starts is recorded here (pid and its data dir); nothing else is
 # ever signalled.
-declare -a RUNNING_PIDS=()
+RUNNING_PIDS=()
 RUN_BASE=""
 
 port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
@@ -362,6 +376,9 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 rm -f "$OUT/.btime"
+}
+
+if [[ -z $TABLE_ONLY ]]; then run_all; fi
 
 # ---------------------------------------------------------------- the table
 # Median over rounds of each metric, per system and case.
@@ -370,18 +387,19 @@ field() { # file key -> value of key= on the RESULT / latency / cpu lines
     for (i = 1; i <= NF; i++) { n = index($i, "="); if (n && substr($i, 1, n - 1) == k) v = substr($i, n + 1) } }
     END { gsub(/%/, "", v); print v }' "$1"
 }
-median() { # one decimal for throughput-sized values, three for milliseconds
-  sort -g | awk '{a[NR] = $1} END { if (NR == 0) { print ""; exit }
+median() { # $1 = printf format
+  sort -g | awk -v fmt="$1" '{a[NR] = $1} END { if (NR == 0) { print ""; exit }
     m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
-    printf (m >= 100 ? "%.1f\n" : "%.3f\n"), m }'
+    printf fmt "\n", m }'
 }
-stat_of() { # system op clients key
-  local f
+stat_of() { # system op clients key -> median over the rounds' successful runs, or nothing
+  local f fmt=%.3f
+  [[ $4 == ops/s ]] && fmt=%.1f
   for f in "$OUT/$1"/r*-"$2"-c"$3".txt; do
     [[ -e $f ]] || continue
     grep -q '^RESULT .*ops/s=' "$f" || continue
     field "$f" "$4"
-  done | grep -E '^[0-9.]+$' | median
+  done | { grep -E '^[0-9.]+$' || true; } | median "$fmt"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2fx", a / b }'; }
 maxof() { sort -g | tail -n 1; }
@@ -389,8 +407,8 @@ maxof() { sort -g | tail -n 1; }
 {
   echo "swarmkv vs etcd, $(date -u '+%Y-%m-%d %H:%M UTC'), $ROUNDS round(s), medians; ratios are swarmkv/etcd"
   echo "(ops/s: higher is better for swarmkv above 1x; p99: lower is better for swarmkv below 1x)."
-  echo "Both systems fsync their logs before acknowledging: etcd's WAL on every commit, swarmkv's"
-  echo "Raft log (one fdatasync per commit batch); 3 processes each on 127.0.0.1, fresh and preloaded per run."
+  echo "Both systems fsync their logs before acknowledging a write (etcd its WAL, swarmkv its Raft log in"
+  echo "sled); each is 3 processes on 127.0.0.1, started fresh and preloaded for every run."
   echo "swarmkv bench over ${TRANSPORT}${SKV_ARGS:+ with $SKV_ARGS}; etcd bench: one gRPC channel per client."
   echo
   echo "| case | etcd ops/s | swarmkv ops/s | ops/s ratio | etcd p50 ms | swarmkv p50 ms | etcd p99 ms | swarmkv p99 ms | p99 ratio | max foreign CPU |"
@@ -417,7 +435,7 @@ maxof() { sort -g | tail -n 1; }
   fi
   if grep -l '^bench_exit=[1-9]' "$OUT"/*/r*.txt >/dev/null 2>&1; then
     echo
-    echo "Runs with failed requests: $(grep -l '^bench_exit=[1-9]' "$OUT"/*/r*.txt | sed "s|$OUT/||" | paste -sd' ')"
+    echo "Runs whose bench exited non-zero (failed requests or setup): $(grep -l '^bench_exit=[1-9]' "$OUT"/*/r*.txt | sed "s|$OUT/||" | paste -sd' ')"
   fi
   ((QUICK)) && { echo; echo "--quick: a smoke run (small key space and op counts); not a measurement."; }
   echo
