@@ -47,6 +47,12 @@ const REGRESSION_SEEDS: &[u64] = &[
     // learners), then promoted on what it had acknowledged before: two leaders in a term
     // (commit "core: never drop a replica that its configuration names a learner").
     105357,
+    // A node removed from a group and added back at once: its recreated, empty replica voted
+    // for a stale candidate (one that never saw the removal and still counted it a voter)
+    // whose log lacked entries committed with the old replica's help; a committed entry
+    // changed (commit "core: a recreated replica votes only for candidates whose log reaches
+    // its predecessor's").
+    208672, 205159, 205390, 206418, 102912, 108141,
 ];
 /// Size of the CI set: seeds `0..CI_SEEDS`.
 const CI_SEEDS: u64 = 200;

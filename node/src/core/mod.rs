@@ -308,8 +308,28 @@ impl<B: Backend> Core<B> {
         let applied = storage.apply_state().index.min(hs.commit);
         let cfg = self.raft_config(applied);
         let node = RawNode::new(&cfg, storage, &self.logger)?;
-        self.replicas.insert(group, Replica::new(node));
+        let mut replica = Replica::new(node);
+        replica.vote_floor = self.tombstone(group)?.map(|t| (t.last_term, t.last_index));
+        self.replicas.insert(group, replica);
         Ok(())
+    }
+
+    /// What this node remembers of its last destroyed replica of `group`, if any.
+    fn tombstone(&self, group: GroupId) -> Result<Option<Tombstone>, CoreError> {
+        let Some(b) = self.store.get_meta(&tombstone_meta(group))? else {
+            return Ok(None);
+        };
+        // Tombstones written before the log position was kept hold (term, vote) only.
+        let tomb = postcard::from_bytes::<Tombstone>(&b).or_else(|_| {
+            postcard::from_bytes::<(u64, u64)>(&b).map(|(term, vote)| Tombstone {
+                term,
+                vote,
+                last_term: 0,
+                last_index: 0,
+            })
+        });
+        tomb.map(Some)
+            .map_err(|e| CoreError::CorruptMeta(format!("tombstone of group {group}: {e}")))
     }
 
     /// Creates this node's replicas of a new cluster (the meta group and the partitions the
@@ -448,6 +468,17 @@ impl<B: Backend> Core<B> {
                 }
             }
         }
+        if matches!(
+            msg.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) && !r.may_vote_for(msg.log_term, msg.index)
+        {
+            log::debug!(
+                "group {group}: no vote for {from}: its log ends before what this node's \
+                 previous replica of the group had"
+            );
+            return;
+        }
         self.stats.messages_in += 1;
         if let Err(e) = r.node.step(msg) {
             log::debug!("group {group}: message from {from} refused: {e}");
@@ -460,9 +491,7 @@ impl<B: Backend> Core<B> {
     /// false): a leader of an older configuration that never learned of the removal must not
     /// find a blank voter to count toward its quorum, nor may a vote be given twice in a term.
     fn create_replica(&mut self, group: GroupId, msg: &Message) -> Result<bool, CoreError> {
-        if let Some(b) = self.store.get_meta(&tombstone_meta(group))? {
-            let (term, vote): (u64, u64) = postcard::from_bytes(&b)
-                .map_err(|e| CoreError::CorruptMeta(format!("tombstone of group {group}: {e}")))?;
+        if let Some(Tombstone { term, vote, .. }) = self.tombstone(group)? {
             if msg.term < term {
                 return Ok(false);
             }
@@ -486,8 +515,23 @@ impl<B: Backend> Core<B> {
     /// [`Core::create_replica`]).
     fn destroy_replica(&mut self, group: GroupId, r: Replica<B>) -> Result<(), CoreError> {
         let hs = r.node.raft.hard_state();
+        let log = &r.node.raft.raft_log;
+        let mut tomb = Tombstone {
+            term: hs.term,
+            vote: hs.vote,
+            last_term: log.last_term(),
+            last_index: log.last_index(),
+        };
+        // A replica recreated and destroyed again before it caught up keeps the older,
+        // further position: its acknowledgements are what the floor protects.
+        if let Some(old) = self.tombstone(group)? {
+            if (old.last_term, old.last_index) > (tomb.last_term, tomb.last_index) {
+                tomb.last_term = old.last_term;
+                tomb.last_index = old.last_index;
+            }
+        }
         drop(r);
-        let tomb = postcard::to_stdvec(&(hs.term, hs.vote)).unwrap_or_default();
+        let tomb = postcard::to_stdvec(&tomb).unwrap_or_default();
         self.store.put_meta(&tombstone_meta(group), &tomb)?;
         self.store.destroy_group(group)?;
         Ok(())
@@ -1080,6 +1124,16 @@ impl<B: Backend> Core<B> {
 }
 
 /// The store meta record of a dropped replica's last term and vote.
+/// What a node keeps of a replica it destroyed: the term and vote it must not go back on,
+/// and how far its log reached (see `Replica::vote_floor`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Tombstone {
+    term: u64,
+    vote: u64,
+    last_term: u64,
+    last_index: u64,
+}
+
 fn tombstone_meta(group: GroupId) -> String {
     format!("tombstone/{group}")
 }

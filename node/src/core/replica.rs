@@ -37,6 +37,13 @@ pub(crate) struct Replica<B: Backend> {
     pub compact_to: Option<u64>,
     /// The configuration no longer counts this leader as a voter: step down after this turn.
     pub step_down: bool,
+    /// The last log position (term, index) of this node's previous replica of the group, when
+    /// this one was recreated after a removal. Until its own log reaches it, this replica
+    /// refuses to vote for a candidate whose log is behind it: the old replica may have
+    /// acknowledged entries that were committed with its help, and a blank replica's vote
+    /// would let a candidate that lacks them win (a stale leader that never saw the removal
+    /// still counts this node as a voter).
+    pub vote_floor: Option<(u64, u64)>,
 }
 
 impl<B: Backend> Replica<B> {
@@ -51,7 +58,23 @@ impl<B: Backend> Replica<B> {
             commit_dirty: false,
             compact_to: None,
             step_down: false,
+            vote_floor: None,
         }
+    }
+
+    /// Whether this replica may answer a (pre-)vote request from a candidate whose log ends
+    /// at (`log_term`, `index`); see [`Replica::vote_floor`].
+    pub fn may_vote_for(&mut self, log_term: u64, index: u64) -> bool {
+        let Some(floor) = self.vote_floor else {
+            return true;
+        };
+        let log = &self.node.raft.raft_log;
+        if (log.last_term(), log.last_index()) >= floor {
+            // Caught up past the old replica: Raft's own up-to-date check covers the rest.
+            self.vote_floor = None;
+            return true;
+        }
+        (log_term, index) >= floor
     }
 
     /// The leader hint to give a caller: the known leader, if it is not this node.
