@@ -131,6 +131,11 @@ pub struct World {
     summary: Summary,
 }
 
+/// The delay to a fault's next occurrence: `every` give or take half.
+fn around(rng: &mut StdRng, every: u64) -> u64 {
+    rng.gen_range(every / 2..every * 3 / 2)
+}
+
 fn first_at(rng: &mut StdRng, every: u64) -> u64 {
     if every == 0 {
         u64::MAX
@@ -362,17 +367,11 @@ impl World {
     fn inject_faults(&mut self) -> Result<(), Failure> {
         let now = self.now;
         if now >= self.next_crash {
-            self.next_crash = now
-                + self
-                    .rng
-                    .gen_range(self.p.crash_every / 2..self.p.crash_every * 3 / 2);
+            self.next_crash = now + around(&mut self.rng, self.p.crash_every);
             self.crash_one();
         }
         if now >= self.next_partition {
-            self.next_partition = now
-                + self
-                    .rng
-                    .gen_range(self.p.partition_every / 2..self.p.partition_every * 3 / 2);
+            self.next_partition = now + around(&mut self.rng, self.p.partition_every);
             self.partition();
         }
         if now >= self.partition_until && self.net.has_cuts() {
@@ -380,10 +379,7 @@ impl World {
             self.net.set_cuts(BTreeSet::new());
         }
         if now >= self.next_pause {
-            self.next_pause = now
-                + self
-                    .rng
-                    .gen_range(self.p.pause_every / 2..self.p.pause_every * 3 / 2);
+            self.next_pause = now + around(&mut self.rng, self.p.pause_every);
             let up = self.up_ids();
             if let Some(id) = up.choose(&mut self.rng).copied() {
                 let d = self.rng.gen_range(200..3_000);
@@ -395,10 +391,7 @@ impl World {
             }
         }
         if now >= self.next_clock {
-            self.next_clock = now
-                + self
-                    .rng
-                    .gen_range(self.p.clock_every / 2..self.p.clock_every * 3 / 2);
+            self.next_clock = now + around(&mut self.rng, self.p.clock_every);
             let up = self.up_ids();
             if let Some(id) = up.choose(&mut self.rng).copied() {
                 let d = self.rng.gen_range(300..3_000);
