@@ -21,17 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
+use common::http::{b64, scan_keys as keys};
 use common::process::{cli, enc, http, serial, wait_until, ProcCluster};
 use serde_json::{json, Value};
 
 /// Few partitions: formation and replication are quick, and a node still leads several.
 const P: u32 = 8;
-
-fn b64(bytes: &[u8]) -> String {
-    STANDARD.encode(bytes)
-}
 
 fn put(addr: SocketAddr, key_path: &str, value: &[u8]) -> Result<Value> {
     http(addr, "PUT", &format!("/v1/kv/{key_path}"), value)?.expect(200)
@@ -48,18 +43,6 @@ fn cas(addr: SocketAddr, key_path: &str, body: Value) -> Result<common::process:
         &format!("/v1/kv/{key_path}/cas"),
         body.to_string().as_bytes(),
     )
-}
-
-/// The keys of a scan page, in order.
-fn keys(page: &Value) -> Vec<String> {
-    page["records"]
-        .as_array()
-        .map(|r| {
-            r.iter()
-                .filter_map(|x| x["key"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

@@ -11,10 +11,8 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use common::gateway::Gateway;
-use common::http::{enc, request};
+use common::http::{b64, enc, request, scan_keys as keys};
 use common::*;
 use serde_json::{json, Value};
 use swarmkv::core::CoreConfig;
@@ -26,10 +24,6 @@ fn fast_core() -> CoreConfig {
         tick_ms: 50,
         ..CoreConfig::default()
     }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    STANDARD.encode(bytes)
 }
 
 async fn cluster_and_gateway(deadline: Duration) -> Result<(TestCluster, Gateway)> {
@@ -284,16 +278,6 @@ async fn scan_returns_keys_in_order_by_prefix_or_range_and_says_when_there_are_m
     gw.put("/v1/kv/userz", b"outside").await?.expect(200)?;
     gw.put("/v1/kv/app/1", b"a").await?.expect(200)?;
 
-    let keys = |page: &Value| -> Vec<String> {
-        page["records"]
-            .as_array()
-            .map(|r| {
-                r.iter()
-                    .filter_map(|x| x["key"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let first = gw
         .get("/v1/kv?prefix=user%2F&limit=10")
         .await?

@@ -175,3 +175,21 @@ pub fn enc(bytes: &[u8]) -> String {
         })
         .collect()
 }
+
+/// Base64 of `bytes`, as the gateway's JSON carries keys and values (`key_b64`, `value_b64`).
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The keys of a scan page (`GET /v1/kv`), in order.
+pub fn scan_keys(page: &Value) -> Vec<String> {
+    page["records"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|x| x["key"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
