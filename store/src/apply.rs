@@ -8,6 +8,7 @@ use raft::eraftpb::ConfState;
 use crate::backend::{Backend, BackendBatch, Scan, TreeId};
 use crate::error::{Result, StoreError};
 use crate::group;
+use crate::history::{self, Event};
 use crate::keys;
 use crate::kv::{
     decode_record, encode_record, execute, execute_once, KvOp, KvRecord, KvResult, KvView, Session,
@@ -41,6 +42,10 @@ struct Overlay<'a, B> {
     group: u64,
     writes: BTreeMap<Vec<u8>, Option<KvRecord>>,
     raw: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The revision of the entry being applied.
+    revision: u64,
+    /// One event per key change, in the order they happened.
+    events: Vec<Event>,
 }
 
 impl<B: Backend> KvView for Overlay<'_, B> {
@@ -87,6 +92,10 @@ impl<B: Backend> KvView for Overlay<'_, B> {
     }
 
     fn set(&mut self, key: Vec<u8>, record: Option<KvRecord>) {
+        // The state machine calls `set` only for real changes (a delete of an absent key
+        // writes nothing), so each call is one event.
+        self.events
+            .push(Event::of_write(key.clone(), record.as_ref(), self.revision));
         self.writes.insert(key, record);
     }
 
@@ -150,7 +159,10 @@ impl<B: Backend> Store<B> {
             group,
             writes: BTreeMap::new(),
             raw: BTreeMap::new(),
+            revision: 0,
+            events: Vec::new(),
         };
+        let applied_before = apply.index;
         let limits = self.inner.config.limits;
         let mut results = Vec::with_capacity(entries.len());
         for e in entries {
@@ -161,6 +173,7 @@ impl<B: Backend> Store<B> {
                     got: e.index,
                 });
             }
+            view.revision = e.index;
             let r = match e.op {
                 ApplyOp::Noop => None,
                 ApplyOp::Kv(op) => Some(execute(&mut view, op, e.index, &limits)?),
@@ -180,6 +193,15 @@ impl<B: Backend> Store<B> {
             return Ok(results);
         }
         let mut bb = BackendBatch::default();
+        history::record(
+            &self.inner.backend,
+            group,
+            &view.events,
+            applied_before,
+            apply.index,
+            self.inner.config.history_revisions,
+            &mut bb,
+        )?;
         for (k, v) in view.writes {
             let key = keys::data_key(group, &k);
             match v {
@@ -199,7 +221,10 @@ impl<B: Backend> Store<B> {
             apply.encode()?,
         );
         self.inner.backend.write(&bb)?;
+        let index = apply.index;
         st.meta.apply = apply;
+        drop(st);
+        self.applied(group, index);
         Ok(results)
     }
 

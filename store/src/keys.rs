@@ -4,6 +4,10 @@
 //! contiguous range and a log's entries iterate in index order. The layout is part of the
 //! on-disk format: change it only together with [`crate::FORMAT_VERSION`].
 
+/// Kv tree: the partition's event history (see [`crate::history`]): alone, the compacted
+/// revision; followed by a revision and an event number, one event. It sorts before the
+/// partition's data, so snapshots (which copy from [`TAG_DATA`] on) leave it out.
+pub const TAG_HISTORY: u8 = 0x00;
 /// Raft tree: the group's hard state.
 pub const TAG_HARD_STATE: u8 = 0x01;
 /// Raft tree: the group's conf state as last persisted by raft.

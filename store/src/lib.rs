@@ -12,6 +12,7 @@
 //! - [`log_batch`]: group commit of appends, hard/conf states, snapshots and compaction.
 //! - [`kv`]: the partition data model: operations, records with revisions, limits.
 //! - [`apply`]: applying committed entries, atomically with the applied index.
+//! - [`history`]: each partition's recent events (what watches read), written by the apply.
 //! - [`snapshot`] / [`snapshot_io`]: chunk formats; freezing, serving, staging, installing.
 //! - [`error`]: the typed [`StoreError`].
 
@@ -19,6 +20,7 @@ pub mod apply;
 pub mod backend;
 pub mod error;
 pub mod group;
+pub mod history;
 pub mod keys;
 pub mod kv;
 pub mod log_batch;
@@ -32,12 +34,15 @@ pub use apply::{ApplyEntry, ApplyOp};
 pub use backend::{Backend, BackendBatch, Scan, TreeId};
 pub use error::{Result, StoreError};
 pub use group::{ApplyState, GroupStorage};
+pub use history::{Event, EventKind, HistoryPage, HistoryQuery, HistoryRead};
 pub use kv::{CasAction, Compare, KvError, KvOp, KvOutcome, KvRecord, KvResult, Limits, Session};
 pub use log_batch::{CommitStats, LogBatch};
 pub use mem_backend::MemBackend;
 pub use sled_backend::{SledBackend, SledConfig};
 pub use snapshot::{ChunkProgress, DiscardedSnapshot, SnapshotChunk, SnapshotDescriptor};
-pub use store::{MemStore, ScanPage, SledStore, Store, StoreConfig, SyncObserver, FORMAT_VERSION};
+pub use store::{
+    ApplyObserver, MemStore, ScanPage, SledStore, Store, StoreConfig, SyncObserver, FORMAT_VERSION,
+};
 
 /// Re-exported so callers name the same raft-rs types the store uses.
 pub use raft;

@@ -175,6 +175,12 @@ impl<B: Backend> Store<B> {
         for w in work.values() {
             group::write(&w.shared).meta = w.meta.clone();
         }
+        // An install replaced partitions (and their histories): wake their watchers.
+        for (group, op) in &batch.ops {
+            if let (LogOp::Snapshot(_), Some(w)) = (op, work.get(group)) {
+                self.applied(*group, w.meta.apply.index);
+            }
+        }
         Ok(CommitStats {
             groups: work.len(),
             entries,

@@ -308,6 +308,10 @@ impl<B: Backend> Store<B> {
         for k in old {
             bb.delete(TreeId::Kv, k);
         }
+        // The history before the snapshot is gone. A snapshot without data is a new group's
+        // starting point (nothing happened before it), so its history is complete from 0.
+        let compacted = if snap.data.is_empty() { 0 } else { sm.index };
+        crate::history::reset(backend, group, compacted, bb)?;
         for (suffix, v) in records {
             match suffix.split_first() {
                 Some((&keys::TAG_DATA, user_key)) => {

@@ -31,6 +31,9 @@ pub struct StoreConfig {
     pub max_chunk_message: usize,
     /// sled tuning (ignored by the memory backend).
     pub sled: SledConfig,
+    /// Revisions of event history kept per partition for watches (at least 1): a watch may
+    /// resume from up to about this many revisions back. Each change costs one more record.
+    pub history_revisions: u64,
 }
 
 impl Default for StoreConfig {
@@ -41,6 +44,7 @@ impl Default for StoreConfig {
             snapshot_chunk_bytes: 1024 * 1024,
             max_chunk_message: 16 * 1024 * 1024,
             sled: SledConfig::default(),
+            history_revisions: 10_000,
         }
     }
 }
@@ -48,9 +52,14 @@ impl Default for StoreConfig {
 /// Called with the duration of every sync a commit makes (metrics hook).
 pub type SyncObserver = std::sync::Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 
+/// Called with `(group, applied index)` after every apply and snapshot install is written, so
+/// that readers of the history (watches) wake up instead of polling.
+pub type ApplyObserver = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 pub(crate) struct Inner<B> {
     pub backend: B,
     pub sync_observer: std::sync::OnceLock<SyncObserver>,
+    pub apply_observer: std::sync::OnceLock<ApplyObserver>,
     pub config: StoreConfig,
     pub groups: Mutex<HashMap<u64, SharedGroup>>,
     pub discarded: Vec<DiscardedSnapshot>,
@@ -150,6 +159,7 @@ impl<B: Backend> Store<B> {
             inner: Arc::new(Inner {
                 backend,
                 sync_observer: std::sync::OnceLock::new(),
+                apply_observer: std::sync::OnceLock::new(),
                 config,
                 groups: Mutex::new(HashMap::new()),
                 discarded,
@@ -161,6 +171,18 @@ impl<B: Backend> Store<B> {
     /// calls are ignored). The store stays free of any metrics library.
     pub fn set_sync_observer(&self, observer: SyncObserver) {
         let _ = self.inner.sync_observer.set(observer);
+    }
+
+    /// Registers the function told about every apply and snapshot install (at most one;
+    /// later calls are ignored).
+    pub fn set_apply_observer(&self, observer: ApplyObserver) {
+        let _ = self.inner.apply_observer.set(observer);
+    }
+
+    pub(crate) fn applied(&self, group: u64, index: u64) {
+        if let Some(observe) = self.inner.apply_observer.get() {
+            observe(group, index);
+        }
     }
 
     /// The engine underneath.
