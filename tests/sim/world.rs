@@ -805,6 +805,20 @@ impl World {
                 }
                 continue;
             }
+            if let Payload::Snapshot(s) = &packet.payload {
+                if self.net.blocked(id, packet.to) {
+                    // A snapshot stream across a cut fails, and the driver reports that
+                    // (`send_snapshot` ends in an error within the network's request
+                    // timeout). Dropping it unreported, as the network drops Raft messages,
+                    // left Raft waiting for the stream for good: the leader never sent the
+                    // learner anything again, so it never caught up and the group never
+                    // reached its target (seeds 105197 and 107705).
+                    unreachable.push((s.group, s.to, true));
+                    self.net.sent += 1;
+                    self.net.lost += 1;
+                    continue;
+                }
+            }
             self.net.send(&mut self.rng, now, packet);
         }
         if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
