@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, Transport};
 use libp2p::core::upgrade::Version;
@@ -12,6 +13,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{identify, mdns, noise, ping, pnet, tcp, yamux, PeerId, Swarm};
 
 use crate::codec::FrameCodec;
+use crate::gate::Gate;
 use crate::protocol::{
     heartbeat_topic, HELLO_PROTOCOL, IDENTIFY_VERSION, KV_PROTOCOL, RAFT_PROTOCOL,
     SNAPSHOT_PROTOCOL,
@@ -26,6 +28,11 @@ pub(crate) const MAX_ACK_FRAME: usize = 4096;
 /// All protocols a swarmkv node speaks, driven by one swarm.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// Connection counts (total, per peer, pending handshakes): a flood of connections is
+    /// refused instead of growing memory and file descriptors.
+    pub limits: connection_limits::Behaviour,
+    /// Which PeerIds may connect at all (see `gate.rs`).
+    pub gate: Gate,
     pub raft: request_response::Behaviour<FrameCodec>,
     pub kv: request_response::Behaviour<FrameCodec>,
     pub snapshot: request_response::Behaviour<FrameCodec>,
@@ -83,7 +90,13 @@ impl Behaviour {
         } else {
             None
         };
+        let limits = ConnectionLimits::default()
+            .with_max_established(Some(config.max_connections))
+            .with_max_established_per_peer(Some(config.max_connections_per_peer))
+            .with_max_pending_incoming(Some(config.max_pending_incoming));
         Ok(Self {
+            limits: connection_limits::Behaviour::new(limits),
+            gate: Gate::default(),
             raft: rr(
                 RAFT_PROTOCOL,
                 FrameCodec::new(config.max_raft_frame, MAX_ACK_FRAME),

@@ -79,6 +79,23 @@ pub struct NetConfig {
     pub event_buffer: usize,
     /// Capacity of the command channel between handles and the event loop.
     pub command_buffer: usize,
+    /// Established connections at most, all peers together (nodes, light clients, peers
+    /// still proving their cluster). Beyond it new connections are refused.
+    pub max_connections: u32,
+    /// Established connections at most per PeerId (a node needs one; two may briefly exist
+    /// when both sides dial at once).
+    pub max_connections_per_peer: u32,
+    /// Incoming connections at most still in their handshake (pnet, noise, yamux): a flood of
+    /// half-open connections is refused before it costs a handshake each.
+    pub max_pending_incoming: u32,
+    /// Gossip (membership heartbeat) messages accepted per second from one relaying peer,
+    /// with bursts of twice that; the excess is dropped before it is decoded. A node relays
+    /// about one heartbeat per second per cluster member.
+    pub gossip_rate_per_peer: u32,
+    /// Bytes of requests held, all not-yet-verified peers together, while they prove their
+    /// cluster (each peer is also held to 16 MiB): strangers with many identities cannot make
+    /// a node buffer more than this.
+    pub max_held_bytes: usize,
 }
 
 impl NetConfig {
@@ -112,6 +129,11 @@ impl NetConfig {
             idle_connection_timeout: Duration::from_secs(24 * 3600),
             event_buffer: 4096,
             command_buffer: 1024,
+            max_connections: 512,
+            max_connections_per_peer: 4,
+            max_pending_incoming: 64,
+            gossip_rate_per_peer: 100,
+            max_held_bytes: 64 << 20,
         }
     }
 
@@ -174,6 +196,13 @@ impl NetConfig {
         }
         if self.reconnect_min.is_zero() || self.reconnect_max < self.reconnect_min {
             return bad("reconnect_min must be positive and at most reconnect_max");
+        }
+        if self.max_connections == 0
+            || self.max_connections_per_peer == 0
+            || self.max_pending_incoming == 0
+            || self.gossip_rate_per_peer == 0
+        {
+            return bad("connection limits and gossip_rate_per_peer must be positive");
         }
         if self.event_buffer == 0 || self.command_buffer == 0 {
             return bad("event_buffer and command_buffer must be positive");

@@ -37,6 +37,15 @@ pub enum NetError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// `swarmkv keygen` would replace an existing key file (pass `--force` to do so).
+    #[error(
+        "pre-shared key file {path} already exists; refusing to replace it (every node of the \
+         cluster uses it; pass --force to overwrite)"
+    )]
+    PskExists {
+        /// The key file.
+        path: PathBuf,
+    },
     /// The pre-shared key file is not in the `/key/swarm/psk/1.0.0/` format.
     #[error("pre-shared key file {path} is not a /key/swarm/psk/1.0.0/ base16 key: {reason}")]
     PskInvalid {

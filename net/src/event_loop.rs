@@ -29,6 +29,7 @@ use crate::protocol::{
     decode, encode, heartbeat_topic, same_cluster, Ack, HeartbeatFrame, Hello, HelloFrame,
     KvRequestFrame, KvResponseFrame, PeerInfo, RaftBatch, RaftFrame, SnapshotFrame,
 };
+use crate::rate::RateLimiter;
 use crate::{NetConfig, NetError};
 
 /// How often the failure detector, the redial schedule and the timeouts are looked at.
@@ -41,6 +42,8 @@ const MAX_HELD_BYTES: usize = 16 << 20;
 const FOREIGN_GRACE: Duration = Duration::from_millis(100);
 /// How long a foreign peer is remembered (to report it once, not on every reconnect).
 const FOREIGN_MEMORY: Duration = Duration::from_secs(60);
+/// How often gossip dropped by the rate limit is summed up in the log.
+const GOSSIP_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// At most this many listen addresses go into a heartbeat or the dial list of a peer.
 const MAX_ADDRS: usize = 8;
 
@@ -135,6 +138,12 @@ pub struct EventLoop {
     join_dials: HashMap<ConnectionId, Multiaddr>,
     parked: Vec<(PeerId, Instant, Outbound)>,
     stopping: Option<Reply<()>>,
+    /// Bytes of requests held for unverified peers, all together (`max_held_bytes`).
+    held_total: usize,
+    /// Gossip messages each relaying peer may make us process.
+    gossip_rate: RateLimiter,
+    /// When dropped gossip was last reported in the log.
+    gossip_report: Instant,
 }
 
 fn ack(result: Result<(), String>) -> Vec<u8> {
@@ -151,6 +160,7 @@ impl EventLoop {
         config: NetConfig,
     ) -> Self {
         let now = Instant::now();
+        let gossip_rate = RateLimiter::new(config.gossip_rate_per_peer);
         Self {
             local: *swarm.local_peer_id(),
             swarm,
@@ -180,6 +190,9 @@ impl EventLoop {
             join_dials: HashMap::new(),
             parked: Vec::new(),
             stopping: None,
+            held_total: 0,
+            gossip_rate,
+            gossip_report: now,
         }
     }
 
@@ -286,6 +299,10 @@ impl EventLoop {
                 let _ = reply.send(Ok(peers));
             }
             Command::Shutdown { reply } => self.stopping = Some(reply),
+            Command::SetAllowedPeers { allowed, reply } => {
+                self.set_allowed_peers(allowed);
+                let _ = reply.send(Ok(()));
+            }
         }
     }
 
@@ -392,6 +409,22 @@ impl EventLoop {
         }
     }
 
+    /// Opens or closes the gate (see `gate.rs`), and drops connected peers it now refuses.
+    fn set_allowed_peers(&mut self, allowed: Option<HashSet<PeerId>>) {
+        let gate = &mut self.swarm.behaviour_mut().gate;
+        gate.set_allowed(allowed);
+        let refused: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(peer, p)| !p.connections.is_empty() && !gate.admits(peer))
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in refused {
+            log::info!("disconnecting {peer}: no longer allowed (not in the registry)");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
     fn set_cluster_id(&mut self, id: Option<u64>) {
         self.cluster_id = id;
         let mut foreign = Vec::new();
@@ -495,7 +528,8 @@ impl EventLoop {
         p.connected_since = None;
         p.verified = false;
         // Held requests die with their connection (their channels are dropped).
-        p.held.clear();
+        let released: usize = p.held.drain(..).map(|h| h.len()).sum();
+        self.held_total = self.held_total.saturating_sub(released);
         if unreachable {
             // Nobody will reconnect to it: what waits for it can only fail.
             let dropped = p.outbox.clear();
@@ -536,6 +570,7 @@ impl EventLoop {
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
+            BehaviourEvent::Limits(never) | BehaviourEvent::Gate(never) => match never {},
             BehaviourEvent::Raft(event) => self.on_raft_event(event),
             BehaviourEvent::Kv(event) => self.on_kv_event(event),
             BehaviourEvent::Snapshot(event) => self.on_snapshot_event(event),
@@ -859,6 +894,8 @@ impl EventLoop {
         let newly = !p.verified;
         p.verified = true;
         let held = std::mem::take(&mut p.held);
+        let released: usize = held.iter().map(Held::len).sum();
+        self.held_total = self.held_total.saturating_sub(released);
         let addrs = p.addrs.clone();
         if newly {
             for addr in addrs {
@@ -891,7 +928,8 @@ impl EventLoop {
         p.verified = false;
         p.hello = None;
         // Dropping held requests drops their channels: the sender sees a refusal.
-        p.held.clear();
+        let released: usize = p.held.drain(..).map(|h| h.len()).sum();
+        self.held_total = self.held_total.saturating_sub(released);
         let dropped = p.outbox.clear();
         if dropped > 0 {
             self.emit(NetEvent::RaftSendFailed {
@@ -940,7 +978,9 @@ impl EventLoop {
         if p.foreign_since.is_none()
             && p.held.len() < MAX_HELD
             && held_bytes + request.len() <= MAX_HELD_BYTES
+            && self.held_total + request.len() <= self.config.max_held_bytes
         {
+            self.held_total += request.len();
             p.held.push(request);
         }
         // Otherwise the request is dropped with its channel: the sender sees a failure.
@@ -1059,6 +1099,10 @@ impl EventLoop {
         if source == self.local {
             return MessageAcceptance::Ignore;
         }
+        // Before any decoding: a member flooding gossip costs a counter, not a decode.
+        if !self.gossip_rate.allow(via, Instant::now()) {
+            return MessageAcceptance::Ignore;
+        }
         // Only members relay membership: a stranger cannot inject heartbeats.
         if !self.peers.get(&via).is_some_and(|p| p.ready()) {
             log::debug!("ignoring heartbeat relayed by unverified peer {via}");
@@ -1112,6 +1156,17 @@ impl EventLoop {
     // ---------------------------------------------------------------- housekeeping
 
     fn housekeeping(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.gossip_report) >= GOSSIP_REPORT_EVERY {
+            self.gossip_report = now;
+            let dropped = self.gossip_rate.take_dropped();
+            if dropped > 0 {
+                log::warn!(
+                    "dropped {dropped} gossip messages over the per-peer rate limit ({}/s) in the last {} s",
+                    self.config.gossip_rate_per_peer,
+                    GOSSIP_REPORT_EVERY.as_secs()
+                );
+            }
+        }
         for (peer, liveness) in self.detector.tick(now) {
             match liveness {
                 Liveness::Suspect => self.emit(NetEvent::PeerSuspect { peer }),

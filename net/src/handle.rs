@@ -1,5 +1,7 @@
 //! The cheap, cloneable handle through which the node talks to the event loop.
 
+use std::collections::HashSet;
+
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
@@ -65,6 +67,10 @@ pub(crate) enum Command {
         reply: Reply<Vec<u8>>,
     },
     Shutdown {
+        reply: Reply<()>,
+    },
+    SetAllowedPeers {
+        allowed: Option<HashSet<PeerId>>,
         reply: Reply<()>,
     },
 }
@@ -171,6 +177,23 @@ impl NetHandle {
     /// peers of another id are disconnected.
     pub async fn set_cluster_id(&self, id: Option<u64>) -> Result<(), NetError> {
         ask(&self.commands, |reply| Command::SetClusterId { id, reply }).await
+    }
+
+    /// Closes the network to every PeerId but `allowed` (`Some`), or opens it again (`None`).
+    ///
+    /// A closed network denies connections from and to other peers right after the noise
+    /// handshake (before any request is read) and drops connected peers not in the list;
+    /// each refused peer is logged once. The node calls this with its cluster's registry when
+    /// new nodes are not allowed, and again whenever the registry changes.
+    pub async fn set_allowed_peers(
+        &self,
+        allowed: Option<HashSet<PeerId>>,
+    ) -> Result<(), NetError> {
+        ask(&self.commands, |reply| Command::SetAllowedPeers {
+            allowed,
+            reply,
+        })
+        .await
     }
 
     /// Sets the opaque payload carried by this node's next heartbeats.

@@ -26,6 +26,8 @@
 //! - `protocol.rs`: versioned postcard wire types and protocol names.
 //! - `codec.rs`: length-prefixed frames with a size bound, for request-response.
 //! - `behaviour.rs`: the composed libp2p behaviour and the transport (TCP, pnet, noise, yamux).
+//! - `gate.rs`: which PeerIds may connect (a closed registry), logged once per peer.
+//! - `rate.rs`: per-peer token buckets (gossip message rate).
 //! - `membership.rs`: the failure detector (Up / Suspect / Down), sans-IO.
 //! - `dialer.rs`: who to redial and when (exponential backoff), sans-IO.
 //! - `outbox.rs`: the per-peer ordered Raft send queue (one frame in flight, coalescing).
@@ -41,17 +43,20 @@ mod dialer;
 mod error;
 mod event;
 mod event_loop;
+mod gate;
 mod handle;
 mod identity;
 mod membership;
 mod outbox;
 mod protocol;
 mod psk;
+mod rate;
 
 pub use config::{NetConfig, DEFAULT_CLUSTER_NAME};
 pub use error::NetError;
 pub use event::{KvResponder, NetEvent, NetEvents};
 pub use event_loop::EventLoop;
+pub use gate::NotAllowed;
 pub use handle::{NetHandle, RawProtocol};
 pub use identity::{load_or_create_identity, IDENTITY_FILE};
 pub use libp2p::identity::Keypair;

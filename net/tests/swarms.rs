@@ -324,8 +324,8 @@ async fn diverging_cluster_ids_split_connected_peers() -> Result<()> {
 #[tokio::test]
 async fn a_peer_without_the_right_psk_cannot_finish_a_handshake() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let key = generate_psk_file(&dir.path().join("a.key"))?;
-    let other_key = generate_psk_file(&dir.path().join("b.key"))?;
+    let key = generate_psk_file(&dir.path().join("a.key"), false)?;
+    let other_key = generate_psk_file(&dir.path().join("b.key"), false)?;
     let with_key = || {
         let mut c = config();
         c.psk = Some(key);
