@@ -306,9 +306,15 @@ impl Client {
                     maybe_applied = Some(e.clone());
                 }
             }
+            // `Busy` is not retried here: the node asked for less load, so the caller hears it
+            // (HTTP 429 with Retry-After) instead of adding resends to the flood.
             if !retry {
                 return match (reply, maybe_applied) {
-                    (Err(e), Some(earlier)) if e.is_retryable() => Err(earlier),
+                    (Err(e), Some(earlier))
+                        if e.is_retryable() || matches!(e, ClientError::Busy { .. }) =>
+                    {
+                        Err(earlier)
+                    }
                     (reply, _) => reply,
                 };
             }

@@ -26,11 +26,14 @@ use crate::core::{
 use crate::metrics::{op_of, Metrics};
 use crate::wire::{Announce, Answer, Call, ClusterInfo, KvAnswer, KvCall};
 
+mod admission;
 mod control;
 mod lease;
+mod limits;
 mod view;
 use control::Control;
 pub use control::ControlConfig;
+pub use limits::NodeLimits;
 pub use view::{ClusterView, GroupView, NodeView};
 
 const PEERS_META: &str = "peers";
@@ -103,6 +106,8 @@ pub struct NodeConfig {
     pub store: StoreConfig,
     /// Formation and coordination.
     pub control: ControlConfig,
+    /// Resource limits and who may connect (see `driver/limits.rs`).
+    pub limits: NodeLimits,
 }
 
 impl NodeConfig {
@@ -121,6 +126,7 @@ impl NodeConfig {
             core: CoreConfig::default(),
             store: StoreConfig::default(),
             control: ControlConfig::default(),
+            limits: NodeLimits::default(),
         }
     }
 
@@ -151,6 +157,7 @@ impl NodeConfig {
         n.join_addrs = self.join.clone();
         n.enable_mdns = self.mdns;
         n.psk = self.psk;
+        n.max_connections = self.limits.max_connections;
         n.software_version = crate::VERSION.to_string();
         // Room for the largest value plus its key and framing.
         n.max_kv_frame = n
@@ -232,6 +239,8 @@ struct Pending {
     /// How many nodes passed it on already.
     hops: u8,
     started: Instant,
+    /// Its share of the admission budget, given back when the request is answered.
+    _permit: admission::Permit,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -451,6 +460,7 @@ impl Node {
             metrics: metrics.clone(),
             foreign: Vec::new(),
             leases: lease::LeaseDriver::default(),
+            limits: limits::Limits::new(&config.limits),
             draining: None,
             stopped: Vec::new(),
         };
@@ -546,6 +556,8 @@ struct Driver {
     stopped: Vec<oneshot::Sender<()>>,
     /// Lease requests in flight and revoked leases being cleaned up.
     leases: lease::LeaseDriver,
+    /// Admission budget, snapshot slots, the closed registry.
+    limits: limits::Limits,
 }
 
 impl Driver {
@@ -594,6 +606,7 @@ impl Driver {
                     let now = self.now_ms();
                     self.core.handle_tick(now);
                     self.control_tick().await;
+                    self.refresh_allowed_peers().await;
                 }
                 cmd = self.cmds.recv() => match cmd {
                     Some(cmd) => self.on_cmd(cmd),
@@ -787,6 +800,16 @@ impl Driver {
     }
 
     fn submit(&mut self, req: Request, origin: Origin, hops: u8) {
+        // Refused before it costs anything: no pending entry, no proposal, no forward.
+        let permit = match self.limits.admit(&req) {
+            Ok(permit) => permit,
+            Err(busy) => {
+                self.metrics
+                    .observe_request(op_of(&req.body), Duration::ZERO);
+                deliver(origin, Err(busy));
+                return;
+            }
+        };
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(
@@ -796,6 +819,7 @@ impl Driver {
                 req: req.clone(),
                 hops,
                 started: Instant::now(),
+                _permit: permit,
             },
         );
         self.core.handle_request(id, req);
@@ -974,11 +998,23 @@ impl Driver {
                 self.core.report_snapshot(s.group, s.to, false);
                 continue;
             }
+            // Each stream reads the partition's chunks and holds the follower's link: past
+            // the limit, Raft hears "not sent" and tries again later.
+            let Some(slot) = self.limits.snapshot_slot() else {
+                log::debug!(
+                    "snapshot of group {} to {:x} deferred: too many in flight",
+                    s.group,
+                    s.to
+                );
+                self.core.report_snapshot(s.group, s.to, false);
+                continue;
+            };
             let net = self.net.clone();
             let store = self.store.clone();
             let done = self.internal_tx.clone();
             tokio::spawn(async move {
                 let ok = send_snapshot(&net, &store, peer, &s).await;
+                drop(slot);
                 if let Err(e) = &ok {
                     log::info!("snapshot of group {} to {peer} failed: {e}", s.group);
                 }

@@ -20,7 +20,8 @@ pub mod wire;
 
 pub use client::{CasResult, Client, KeepAlive, LeaseLost};
 pub use driver::{
-    ControlConfig, DecommissionError, Node, NodeConfig, NodeError, NodeHandle, NodeStatus,
+    ControlConfig, DecommissionError, Node, NodeConfig, NodeError, NodeHandle, NodeLimits,
+    NodeStatus,
 };
 
 /// The software version, announced to peers and printed by `swarmkv --version`.

@@ -199,9 +199,11 @@ fn error_of(status: StatusCode, body: &[u8], doing: &str) -> CliError {
     };
     let message = format!("{doing}: {} {detail}", status.as_u16());
     match status {
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT | StatusCode::BAD_GATEWAY => {
-            CliError::Unavailable(message)
-        }
+        // 429: the node is busy, nothing was done; like a 503, retrying later may succeed.
+        StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::TOO_MANY_REQUESTS => CliError::Unavailable(message),
         s if s.is_client_error() => CliError::Rejected(message),
         _ => CliError::Other(anyhow!(message)),
     }

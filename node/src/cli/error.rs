@@ -70,7 +70,8 @@ impl CliError {
             | ClientError::ProposalDropped
             | ClientError::Timeout
             | ClientError::LeaderChanged
-            | ClientError::Disconnected(_) => CliError::Unavailable(message),
+            | ClientError::Disconnected(_)
+            | ClientError::Busy { .. } => CliError::Unavailable(message),
             ClientError::LeaseNotFound(_)
             | ClientError::Rejected(swarmkv_store::KvError::LeaseNotFound { .. }) => {
                 CliError::NotFound(message)

@@ -6,6 +6,7 @@
 //! - [`put`], [`get`], [`del`], [`cas`], [`scan`]: the key-value verbs.
 //! - [`decommission`]: drain a node out of the cluster.
 //! - [`lease`]: grant, keep alive, revoke and inspect leases (keys attach with `put --lease`).
+//! - [`keygen`]: create the pre-shared key file of a private cluster.
 //! - [`bench`]: the benchmark of WORKLOAD.md, against swarmkv or (feature `etcd`) etcd.
 //! - [`transport`]: how a client verb reaches the cluster, chosen by its flags: a node's HTTP
 //!   gateway ([`endpoint`], the default) or a node's libp2p port (`--peer`).
@@ -31,6 +32,7 @@ mod del;
 mod endpoint;
 mod error;
 mod get;
+mod keygen;
 mod lease;
 mod put;
 mod scan;
@@ -76,6 +78,7 @@ pub enum Command {
     Decommission(decommission::Decommission),
     Lease(lease::Lease),
     Bench(bench::Bench),
+    Keygen(keygen::Keygen),
 }
 
 impl Command {
@@ -100,6 +103,7 @@ impl Command {
             Command::Lease(c) => c.run().await,
             // Bounded by its own --max-seconds (plus connecting and the preload).
             Command::Bench(c) => c.run().await,
+            Command::Keygen(c) => c.run(),
         };
         verb.map(|()| ExitCode::SUCCESS)
     }
@@ -207,7 +211,7 @@ mod tests {
             Command::Scan(c) => Some(&c.transport),
             Command::Decommission(c) => Some(&c.transport),
             Command::Lease(c) => Some(c.transport()),
-            Command::Start(_) | Command::Bench(_) => None,
+            Command::Start(_) | Command::Bench(_) | Command::Keygen(_) => None,
         }
     }
 

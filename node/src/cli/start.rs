@@ -74,6 +74,35 @@ pub struct Start {
     /// API has no authentication. An address given here is used as given or refused.
     #[arg(long, env = "SWARMKV_HTTP", value_parser = parse_http)]
     pub http: Option<HttpListen>,
+    /// Bearer token every HTTP request must carry (`Authorization: Bearer TOKEN`), except
+    /// `GET /healthz`. Required to serve HTTP on a non-loopback address (or --http-insecure).
+    /// Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, env = "SWARMKV_HTTP_TOKEN", hide_env_values = true)]
+    pub http_token: Option<String>,
+    /// Serve HTTP on a non-loopback address without a token: everyone who can reach the
+    /// address can read and write every key. Only for a network you trust entirely.
+    #[arg(long, env = "SWARMKV_HTTP_INSECURE")]
+    pub http_insecure: bool,
+    /// Whether nodes that are not in the cluster's registry may connect (and join). With
+    /// `false`, once this node is in a cluster only registered nodes can connect to it;
+    /// libp2p light clients (`--peer`) are refused too. Set it on every node.
+    #[arg(long, env = "SWARMKV_ALLOW_NEW_NODES", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub allow_new_nodes: bool,
+    /// Client requests this node holds at once (waiting for Raft or forwarded); beyond it
+    /// requests are refused as busy (HTTP 429 with Retry-After).
+    #[arg(long, env = "SWARMKV_MAX_IN_FLIGHT", default_value_t = swarmkv::NodeLimits::default().max_in_flight as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+    /// MiB of keys and values of the requests held at once; beyond it requests are refused
+    /// as busy.
+    #[arg(long, env = "SWARMKV_MAX_IN_FLIGHT_MIB", default_value_t = (swarmkv::NodeLimits::default().max_in_flight_bytes >> 20) as u64,
+          value_parser = clap::value_parser!(u64).range(1..4096))]
+    pub max_in_flight_mib: u64,
+    /// libp2p connections at most (nodes, light clients and strangers together).
+    #[arg(long, env = "SWARMKV_MAX_CONNECTIONS", default_value_t = swarmkv::NodeLimits::default().max_connections,
+          value_parser = clap::value_parser!(u32).range(8..))]
+    pub max_connections: u32,
 }
 
 /// Where the HTTP gateway listens: `None` when turned off with `--http off`.
@@ -92,6 +121,16 @@ fn parse_http(text: &str) -> Result<HttpListen, String> {
 impl Start {
     pub async fn run(self) -> Result<ExitCode> {
         let config = self.config()?;
+        let token = self
+            .http_token
+            .as_deref()
+            .map(swarmkv::http::auth::BearerToken::new)
+            .transpose()?;
+        // Checked before anything starts: a node that would expose its keys to the LAN by
+        // mistake must not come up at all.
+        if let Some(HttpListen(Some(addr))) = &self.http {
+            swarmkv::http::auth::check_exposure(*addr, token.as_ref(), self.http_insecure)?;
+        }
         let data_dir = config.data_dir.clone();
         let node = Node::start(config)
             .await
@@ -116,9 +155,10 @@ impl Start {
                 let stop = async {
                     let _ = http_stopped.await;
                 };
-                Some(tokio::spawn(swarmkv::http::serve_node(
+                Some(tokio::spawn(swarmkv::http::serve_node_with_token(
                     listener,
                     handle.clone(),
+                    token,
                     stop,
                 )))
             }
@@ -190,6 +230,10 @@ impl Start {
         config.control.partitions = self.partitions;
         config.control.replication = self.replicas as usize;
         config.control.dead_after = Duration::from_secs(self.dead_after);
+        config.limits.allow_new_nodes = self.allow_new_nodes;
+        config.limits.max_in_flight = self.max_in_flight as usize;
+        config.limits.max_in_flight_bytes = (self.max_in_flight_mib as usize) << 20;
+        config.limits.max_connections = self.max_connections;
         Ok(config)
     }
 }

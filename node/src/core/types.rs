@@ -113,6 +113,12 @@ pub enum ClientError {
     /// The lease was never granted, was revoked, or expired. Nothing was done.
     #[error("lease {0:x} not found (never granted, revoked or expired)")]
     LeaseNotFound(u64),
+    /// The node holds as many requests as its admission budget allows (see
+    /// `driver::admission`): this one was refused before anything was done. Come back after
+    /// about `retry_after_ms`; retrying at once only adds load. (Last variant: the wire
+    /// encoding of the earlier ones must not change.)
+    #[error("the node is busy (too many requests in flight); retry after {retry_after_ms} ms")]
+    Busy { retry_after_ms: u64 },
 }
 
 impl ClientError {

@@ -23,12 +23,16 @@ pub struct ApiError {
     /// Machine-readable, stable: `bad_request`, `bad_encoding`, `empty_key`, `not_found`,
     /// `cas_conflict`, `key_too_large`, `value_too_large`, `body_too_large`, `unavailable`,
     /// `not_leader`, `timeout`, `leader_changed`, `disconnected`, `storage`, `stale_retry`,
-    /// `not_ready`, `method_not_allowed`, `bad_node_id`, `unknown_node`.
+    /// `not_ready`, `method_not_allowed`, `bad_node_id`, `unknown_node`, `busy`,
+    /// `unauthorized`.
     pub code: &'static str,
     pub message: String,
     /// The node believed to lead the key's partition, when known (16 hex digits, as the CLI
     /// prints node ids): where a client that can reach nodes directly may retry.
     pub leader: Option<NodeId>,
+    /// Seconds after which a refused caller should try again (the `Retry-After` header of a
+    /// 429 `busy`).
+    pub retry_after: Option<u64>,
 }
 
 /// The JSON body of an error.
@@ -52,6 +56,16 @@ impl ApiError {
             code,
             message: message.into(),
             leader: None,
+            retry_after: None,
+        }
+    }
+
+    /// 429 `busy` with `Retry-After`: the node or the gateway holds as many requests as it
+    /// may; nothing was done.
+    pub fn busy(retry_after_ms: u64, message: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after_ms.div_ceil(1000).max(1)),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message)
         }
     }
 
@@ -129,6 +143,7 @@ impl From<ClientError> for ApiError {
             }
             ClientError::BadRequest(_) => ApiError::new(S::BAD_REQUEST, "bad_request", message),
             ClientError::Storage(_) => ApiError::new(S::INTERNAL_SERVER_ERROR, "storage", message),
+            ClientError::Busy { retry_after_ms } => ApiError::busy(retry_after_ms, message),
         }
     }
 }
@@ -142,7 +157,14 @@ impl IntoResponse for ApiError {
                 leader: self.leader.map(node_hex),
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        response
     }
 }
 

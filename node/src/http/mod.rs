@@ -12,6 +12,7 @@
 //!   /v1/lease/{id}`: leases, which keys attach to with `PUT /v1/kv/{key}?lease={id}`.
 //! - [`health`]: `GET /healthz` (liveness) and `GET /readyz` (readiness).
 //! - [`metrics`]: `GET /metrics`, the node's Prometheus metrics.
+//! - [`auth`]: the bearer token (`--http-token`) and when the gateway may leave loopback.
 //! - [`state`]: what handlers share: the client, made once the node is part of a cluster.
 //! - [`encoding`]: bytes in and out: percent-decoded paths and queries, UTF-8 + base64 JSON.
 //! - [`error`]: [`ClientError`](crate::core::ClientError) to HTTP status and
@@ -23,6 +24,7 @@
 //! [`Client`] (an in-process client on the node's handle in `swarmkv start`), which routes,
 //! forwards and retries; the gateway only translates.
 
+pub mod auth;
 pub mod cluster;
 pub mod encoding;
 pub mod error;
@@ -165,6 +167,24 @@ pub async fn serve_node(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
     axum::serve(listener, router_for_node(node))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(HttpError::Serve)
+}
+
+/// [`serve_node`], with every route but `/healthz` behind `token` when one is given (see
+/// [`auth`]): what `swarmkv start` runs.
+pub async fn serve_node_with_token(
+    listener: TcpListener,
+    node: NodeHandle,
+    token: Option<auth::BearerToken>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    let router = match token {
+        Some(token) => auth::require_token(router_for_node(node), token),
+        None => router_for_node(node),
+    };
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(HttpError::Serve)
