@@ -5,7 +5,8 @@
 //! ```text
 //! cargo test --test sim                          # the CI set of seeds
 //! cargo test --test sim -- --seeds 10000 --from 1000000   # soak
-//! cargo test --test sim -- --seed 42 --verbose   # replay one seed
+//! cargo test --test sim -- --seed 42 --verbose   # replay one seed, with the core's log
+//! RUST_LOG=swarmkv=debug cargo test --test sim -- --seed 42 --verbose   # and its debug lines
 //! ```
 //!
 //! # Layout
@@ -148,6 +149,17 @@ fn main() {
         std::process::exit(1);
     }
     if let Some(seed) = args.seed {
+        if args.verbose {
+            // The core's own log lines, interleaved with the world's trace (RUST_LOG=
+            // swarmkv=debug adds e.g. the votes a recreated replica refuses).
+            let env = env_logger::Env::default().default_filter_or("swarmkv=info");
+            let _ = env_logger::Builder::from_env(env)
+                .format(|buf, r| {
+                    use std::io::Write;
+                    writeln!(buf, "           {}: {}", r.level(), r.args())
+                })
+                .try_init();
+        }
         let started = Instant::now();
         match run_one(seed, args.verbose) {
             Ok(s) => {
