@@ -12,11 +12,13 @@
 //! - [`log_batch`]: group commit of appends, hard/conf states, snapshots and compaction.
 //! - [`kv`]: the partition data model: operations, records with revisions, limits.
 //! - [`apply`]: applying committed entries, atomically with the applied index.
+//! - [`apply_wait`]: a future that resolves when a group applies past an index.
 //! - [`history`]: each partition's recent events (what watches read), written by the apply.
 //! - [`snapshot`] / [`snapshot_io`]: chunk formats; freezing, serving, staging, installing.
 //! - [`error`]: the typed [`StoreError`].
 
 pub mod apply;
+pub mod apply_wait;
 pub mod backend;
 pub mod error;
 pub mod group;
@@ -31,6 +33,7 @@ pub mod snapshot_io;
 pub mod store;
 
 pub use apply::{ApplyEntry, ApplyOp};
+pub use apply_wait::AppliedPast;
 pub use backend::{Backend, BackendBatch, Scan, TreeId};
 pub use error::{Result, StoreError};
 pub use group::{ApplyState, GroupStorage};

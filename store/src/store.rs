@@ -60,6 +60,7 @@ pub(crate) struct Inner<B> {
     pub backend: B,
     pub sync_observer: std::sync::OnceLock<SyncObserver>,
     pub apply_observer: std::sync::OnceLock<ApplyObserver>,
+    pub waiters: crate::apply_wait::ApplyWaiters,
     pub config: StoreConfig,
     pub groups: Mutex<HashMap<u64, SharedGroup>>,
     pub discarded: Vec<DiscardedSnapshot>,
@@ -160,6 +161,7 @@ impl<B: Backend> Store<B> {
                 backend,
                 sync_observer: std::sync::OnceLock::new(),
                 apply_observer: std::sync::OnceLock::new(),
+                waiters: Default::default(),
                 config,
                 groups: Mutex::new(HashMap::new()),
                 discarded,
@@ -180,6 +182,7 @@ impl<B: Backend> Store<B> {
     }
 
     pub(crate) fn applied(&self, group: u64, index: u64) {
+        self.inner.waiters.wake(group);
         if let Some(observe) = self.inner.apply_observer.get() {
             observe(group, index);
         }
@@ -337,6 +340,7 @@ impl<B: Backend> Store<B> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&group);
+        self.inner.waiters.wake(group);
         Ok(())
     }
 }

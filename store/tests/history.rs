@@ -406,3 +406,36 @@ fn the_history_survives_a_restart() {
         vec![ev(P, "a", "1", 1), ev(D, "a", "", 2)]
     );
 }
+
+/// A waker that counts its wake-ups.
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+both!(
+    a_waiter_is_woken_by_the_apply_that_passes_its_index,
+    StoreConfig::default(),
+    |store: &Store<_>| {
+        use std::future::Future;
+        use std::task::{Context, Poll};
+        apply_ops(store, G, &[put("a", "1")]);
+        let counter = Arc::new(CountingWaker(Default::default()));
+        let waker = std::task::Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut wait = Box::pin(store.applied_past(G, 1));
+        assert_eq!(wait.as_mut().poll(&mut cx), Poll::Pending);
+        // An apply of another group does not wake it.
+        apply_ops(store, G + 1, &[put("b", "1")]);
+        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        apply_ops(store, G, &[put("a", "2")]);
+        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(wait.as_mut().poll(&mut cx), Poll::Ready(2));
+        // Already past: ready at once.
+        let mut done = Box::pin(store.applied_past(G, 0));
+        assert_eq!(done.as_mut().poll(&mut cx), Poll::Ready(2));
+    }
+);
