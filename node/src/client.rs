@@ -20,7 +20,9 @@ use crate::core::{ClientError, Consistency, Reply, Request, RequestBody, Respons
 use crate::driver::NodeHandle;
 use crate::wire::{Answer, Call, KvAnswer, KvCall};
 
+mod election;
 mod lease;
+pub use election::{CampaignError, Leadership, LeadershipLoss, LossReason, Observer};
 pub use lease::{KeepAlive, LeaseLost};
 
 /// Result of a compare-and-swap.

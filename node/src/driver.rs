@@ -28,6 +28,7 @@ use crate::wire::{Announce, Answer, Call, ClusterInfo, KvAnswer, KvCall};
 
 mod admission;
 mod control;
+mod election;
 mod lease;
 mod limits;
 mod view;
@@ -212,6 +213,10 @@ enum Cmd {
         req: crate::core::LeaseRequest,
         reply: oneshot::Sender<Reply>,
     },
+    Election {
+        req: crate::core::ElectionRequest,
+        reply: oneshot::Sender<Reply>,
+    },
 }
 
 enum Internal {
@@ -379,6 +384,22 @@ impl NodeHandle {
     pub async fn lease(&self, req: crate::core::LeaseRequest) -> Reply {
         let (tx, rx) = oneshot::channel();
         if self.cmds.send(Cmd::Lease { req, reply: tx }).await.is_err() {
+            return Err(ClientError::Disconnected("the node has stopped".into()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(ClientError::Disconnected("the node has stopped".into())))
+    }
+
+    /// An election request, served by the meta leader (this node passes it on when it does
+    /// not lead the meta group).
+    pub async fn election(&self, req: crate::core::ElectionRequest) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .cmds
+            .send(Cmd::Election { req, reply: tx })
+            .await
+            .is_err()
+        {
             return Err(ClientError::Disconnected("the node has stopped".into()));
         }
         rx.await
@@ -708,6 +729,7 @@ impl Driver {
                 });
             }
             Cmd::Lease { req, reply } => self.lease_anywhere(req, Origin::Local(reply), 0),
+            Cmd::Election { req, reply } => self.election_anywhere(req, Origin::Local(reply), 0),
             Cmd::Report { reply } => {
                 let _ = reply.send(self.report());
             }
@@ -873,6 +895,9 @@ impl Driver {
                 }
                 Ok(KvCall::V1(Call::Lease { req, hops })) => {
                     self.lease_anywhere(req, Origin::Remote(responder), hops)
+                }
+                Ok(KvCall::V1(Call::Election { req, hops })) => {
+                    self.election_anywhere(req, Origin::Remote(responder), hops)
                 }
                 Ok(KvCall::V1(Call::Decommission { node })) => {
                     self.decommission_anywhere(node, move |r| {

@@ -18,7 +18,10 @@ pub mod http;
 pub mod metrics;
 pub mod wire;
 
-pub use client::{CasResult, Client, KeepAlive, LeaseLost};
+pub use client::{
+    CampaignError, CasResult, Client, KeepAlive, Leadership, LeadershipLoss, LeaseLost, LossReason,
+    Observer,
+};
 pub use driver::{
     ControlConfig, DecommissionError, Node, NodeConfig, NodeError, NodeHandle, NodeLimits,
     NodeStatus,

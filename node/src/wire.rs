@@ -43,6 +43,12 @@ pub enum Call {
         req: crate::core::LeaseRequest,
         hops: u8,
     },
+    /// An election request for the meta leader; `hops` as for [`Call::Request`]. (Last, so
+    /// the encoding of the other calls is unchanged.)
+    Election {
+        req: crate::core::ElectionRequest,
+        hops: u8,
+    },
 }
 
 /// An answer on `/swarmkv/kv/1`.

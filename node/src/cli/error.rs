@@ -76,7 +76,9 @@ impl CliError {
             | ClientError::Rejected(swarmkv_store::KvError::LeaseNotFound { .. }) => {
                 CliError::NotFound(message)
             }
-            ClientError::Rejected(_) | ClientError::BadRequest(_) => CliError::Rejected(message),
+            ClientError::Rejected(_)
+            | ClientError::BadRequest(_)
+            | ClientError::NotLeading { .. } => CliError::Rejected(message),
             ClientError::Storage(_) => CliError::Other(anyhow::anyhow!(message)),
         }
     }

@@ -30,16 +30,17 @@ pub enum LeaseLost {
 /// expires after its TTL unless revoked).
 pub struct KeepAlive {
     id: LeaseId,
+    ttl: Duration,
     task: JoinHandle<()>,
     state: watch::Receiver<KeepAliveState>,
 }
 
 /// What the background keep-alive knows.
 #[derive(Clone, Debug)]
-struct KeepAliveState {
+pub(crate) struct KeepAliveState {
     /// When the last keep-alive was confirmed (sent at or after this instant).
-    last_sent: Instant,
-    lost: Option<LeaseLost>,
+    pub(crate) last_sent: Instant,
+    pub(crate) lost: Option<LeaseLost>,
 }
 
 impl KeepAlive {
@@ -51,6 +52,23 @@ impl KeepAlive {
     /// When the last confirmed keep-alive was sent: the lease lives at least a TTL past it.
     pub fn last_confirmed(&self) -> Instant {
         self.state.borrow().last_sent
+    }
+
+    /// The lease's TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The client-local deadline: [`KeepAlive::last_confirmed`] + TTL. The cluster cannot
+    /// expire the lease before it (it times the TTL from after the keep-alive was sent).
+    pub fn deadline(&self) -> Instant {
+        self.last_confirmed() + self.ttl
+    }
+
+    /// A view of the keep-alive's state that outlives borrows of the handle (the elections
+    /// watch it).
+    pub(crate) fn subscribe(&self) -> watch::Receiver<KeepAliveState> {
+        self.state.clone()
     }
 
     /// The loss, if the lease was lost.
@@ -197,8 +215,35 @@ impl Client {
     /// the TTL, until the returned handle is dropped. The handle reports the loss of the lease:
     /// at once when the cluster says it is gone, or when no keep-alive succeeded for a whole
     /// TTL (it may have expired: the application must act as if it had).
+    ///
+    /// The lease counts as confirmed from now: when the lease was granted earlier, use
+    /// [`Client::keep_alive_since`] with the time its grant was sent, or
+    /// [`Client::grant_kept_alive`], so that [`KeepAlive::deadline`] is never after the
+    /// cluster's expiry.
     pub fn keep_alive(self: &Arc<Self>, id: LeaseId, ttl: Duration) -> KeepAlive {
-        let started = Instant::now();
+        self.keep_alive_since(id, ttl, Instant::now())
+    }
+
+    /// Grants a lease of `ttl` and keeps it alive in the background (see
+    /// [`Client::keep_alive`]); its deadline counts from when the grant was sent.
+    pub async fn grant_kept_alive(
+        self: &Arc<Self>,
+        ttl: Duration,
+    ) -> Result<KeepAlive, ClientError> {
+        let sent = Instant::now();
+        let info = self.grant(ttl).await?;
+        Ok(self.keep_alive_since(info.id, Duration::from_millis(info.ttl_ms), sent))
+    }
+
+    /// [`Client::keep_alive`] of a lease last confirmed by a request sent at `since` (its
+    /// grant, or a keep-alive): the lease is known to live until `since + ttl`, no longer.
+    pub fn keep_alive_since(
+        self: &Arc<Self>,
+        id: LeaseId,
+        ttl: Duration,
+        since: Instant,
+    ) -> KeepAlive {
+        let started = since;
         let (tx, rx) = watch::channel(KeepAliveState {
             last_sent: started,
             lost: None,
@@ -235,6 +280,7 @@ impl Client {
         });
         KeepAlive {
             id,
+            ttl,
             task,
             state: rx,
         }

@@ -9,17 +9,13 @@ use super::replica::Proposal;
 use super::{ClientError, Command, Core, CoreError, InFlight, Reply, RequestId, Response};
 use super::{LeaseId, META_GROUP};
 
-/// Feeds one applied meta write and its result to the lease table (writes of other meta
-/// records only move its bookkeeping of applied entries forward).
-pub(super) fn note_meta_write(
-    table: &mut LeaseTable,
-    entry: (u64, u64),
-    op: &KvOp,
+/// What an applied meta write did to its key: (key, write). A conditional write whose
+/// comparison failed is `Refused`; ops that write no single key give an empty key.
+pub(super) fn meta_write<'a>(
+    op: &'a KvOp,
     result: Option<&KvResult>,
-    now: u64,
-    leader_term: Option<u64>,
-) {
-    let (key, write) = match op {
+) -> (&'a [u8], LeaseWrite<'a>) {
+    match op {
         KvOp::Cas { key, action, .. } => {
             let succeeded = matches!(
                 result,
@@ -38,7 +34,20 @@ pub(super) fn note_meta_write(
         KvOp::Put { key, value, .. } => (key.as_slice(), LeaseWrite::Put(value)),
         KvOp::Delete { key, .. } => (key.as_slice(), LeaseWrite::Delete),
         _ => (&[][..], LeaseWrite::Refused),
-    };
+    }
+}
+
+/// Feeds one applied meta write and its result to the lease table (writes of other meta
+/// records only move its bookkeeping of applied entries forward).
+pub(super) fn note_meta_write(
+    table: &mut LeaseTable,
+    entry: (u64, u64),
+    op: &KvOp,
+    result: Option<&KvResult>,
+    now: u64,
+    leader_term: Option<u64>,
+) {
+    let (key, write) = meta_write(op, result);
     table.on_apply(entry, key, write, now, leader_term);
 }
 
@@ -66,7 +75,7 @@ impl<B: Backend> Core<B> {
     /// an entry of its own term and applied everything committed. A new leader may not have
     /// applied its predecessor's last writes yet; until it has, its table could call a lease
     /// just granted unknown, or one just kept alive expired.
-    fn leases_current(&self) -> bool {
+    pub(super) fn leases_current(&self) -> bool {
         self.replicas.get(&META_GROUP).is_some_and(|r| {
             let raft = &r.node.raft;
             r.is_leader
@@ -243,6 +252,11 @@ impl<B: Backend> Core<B> {
     /// Meta leader only: every partition deleted the keys of revoked lease `id`; propose to
     /// forget it. Returns false when this node cannot propose.
     pub fn forget_lease(&mut self, id: LeaseId) -> bool {
+        if self.elections.has_records_of(id) {
+            // Its election candidates go first (the tick deletes them): forgetting the lease
+            // before would leave them without a lease to die with.
+            return false;
+        }
         let Some(op) = self.leases.forget(id) else {
             return false;
         };

@@ -11,6 +11,8 @@
 //! - [`lease`]: leases kept in the meta group and timed by its leader; `lease_core` wires
 //!   them into the turn.
 //! - `reconcile`: a group leader's steps toward its target replica set (conf changes).
+//! - [`election`]: leader election as a service, candidates kept in the meta group and bound
+//!   to leases; `election_core` wires them into the turn.
 //! - [`command`]: the payload of Raft entries.
 //! - [`config`]: timing and sizing.
 //! - `replica`: one local Raft group and the requests waiting on it.
@@ -18,6 +20,8 @@
 
 pub mod command;
 pub mod config;
+pub mod election;
+mod election_core;
 pub mod lease;
 mod lease_core;
 pub mod meta;
@@ -40,6 +44,7 @@ use swarmkv_store::{ApplyEntry, ApplyOp, Backend, LogBatch, Store, StoreError};
 
 pub use command::{Command, CommandError};
 pub use config::CoreConfig;
+pub use election::{Candidate, ElectionRequest};
 pub use lease::{lease_hex, parse_lease_id, LeaseId, LeaseInfo, LeaseRecord, LeaseRequest};
 pub use meta::{ClusterSettings, MetaState, NodeRecord, NodeState, Target, META_GROUP};
 pub use placement::{plan_targets, ClusterLayout, DEFAULT_PARTITIONS, DEFAULT_REPLICATION};
@@ -137,6 +142,8 @@ pub struct Core<B: Backend> {
     stats: CoreStats,
     /// Leases as this node's meta replica knows them (see [`lease`]).
     leases: lease::LeaseTable,
+    /// Election candidates as this node's meta replica knows them (see [`election`]).
+    elections: election::ElectionTable,
 }
 
 fn logger() -> slog::Logger {
@@ -180,11 +187,13 @@ impl<B: Backend> Core<B> {
             in_flight: HashMap::new(),
             stats: CoreStats::default(),
             leases: lease::LeaseTable::new(election_ms),
+            elections: election::ElectionTable::new(election_ms),
         };
         for g in core.store.groups()? {
             core.open_replica(g)?;
         }
         core.reload_leases()?;
+        core.reload_elections()?;
         if core.settings.is_some() {
             if let Ok(m) = core.meta_state() {
                 core.targets = m.targets;
@@ -415,6 +424,7 @@ impl<B: Backend> Core<B> {
             self.reply(id, Err(ClientError::Timeout));
         }
         self.propose_due_leases();
+        self.propose_due_elections();
     }
 
     /// Steps a Raft message from a peer. Messages for groups this node does not hold, and
@@ -766,6 +776,7 @@ impl<B: Backend> Core<B> {
 
     fn reply(&mut self, id: RequestId, reply: Reply) {
         let reply = self.lease_reply(id, reply);
+        let reply = self.election_reply(id, reply);
         if self.in_flight.remove(&id).is_some() {
             self.replies.push_back((id, reply));
         }
@@ -827,6 +838,12 @@ impl<B: Backend> Core<B> {
                         self.leases.on_become_leader();
                     } else if *g == META_GROUP {
                         self.leases.on_lose_leadership();
+                        // Parked observers ask the new meta leader.
+                        let leader = r.leader_hint();
+                        for id in self.elections.on_lose_leadership() {
+                            self.replies
+                                .push_back((id, Err(ClientError::NotLeader { leader })));
+                        }
                     }
                 }
                 if was_leader && !r.is_leader {
@@ -902,6 +919,7 @@ impl<B: Backend> Core<B> {
         }
         if reload_leases {
             self.reload_leases()?;
+            self.reload_elections()?;
         }
         for (g, mut rd, ready_committed) in readies {
             let persisted = rd.take_persisted_messages();
@@ -1014,6 +1032,12 @@ impl<B: Backend> Core<B> {
                         self.now_ms,
                         leader_term,
                     );
+                    election_core::note_meta_write(
+                        &mut self.elections,
+                        *index,
+                        op,
+                        result.as_ref(),
+                    );
                 }
             }
         }
@@ -1096,6 +1120,10 @@ impl<B: Backend> Core<B> {
         for rr in reads {
             let reply = serve_read(&self.store, g, &rr.body);
             self.reply(rr.request, reply);
+        }
+        if g == META_GROUP {
+            // Observers whose leader just changed get their answer now, not at the next tick.
+            self.wake_observers();
         }
         Ok(())
     }

@@ -73,6 +73,10 @@ pub enum Response {
     },
     /// A lease request's answer: the lease as the meta leader sees it.
     Lease(super::lease::LeaseInfo),
+    /// An election request's answer: the candidate it concerns (campaign, proclaim), the
+    /// leader (leader, observe), or none (resign; no leader). (Last, so the encoding of the
+    /// other responses is unchanged.)
+    Election(Option<super::election::Candidate>),
 }
 
 /// Why a request failed. Every variant says whether the operation may have happened.
@@ -119,6 +123,10 @@ pub enum ClientError {
     /// encoding of the earlier ones must not change.)
     #[error("the node is busy (too many requests in flight); retry after {retry_after_ms} ms")]
     Busy { retry_after_ms: u64 },
+    /// The election candidate does not lead (it resigned, lost its lease, or waits behind
+    /// another candidate). Nothing was done.
+    #[error("candidate {token:x} does not lead election {name:?}")]
+    NotLeading { name: String, token: u64 },
 }
 
 impl ClientError {

@@ -45,6 +45,12 @@ impl LeaseDriver {
     pub(crate) fn take(&mut self, id: RequestId) -> Option<Origin> {
         self.pending.remove(&id)
     }
+
+    /// Remembers where the answer to meta request `id` (a lease or election request this
+    /// node's core serves) goes.
+    pub(crate) fn track(&mut self, id: RequestId, origin: Origin) {
+        self.pending.insert(id, origin);
+    }
 }
 
 impl Driver {
@@ -58,6 +64,19 @@ impl Driver {
             self.core.handle_lease(id, req);
             return;
         }
+        self.forward_to_meta_leader(
+            Call::Lease {
+                req,
+                hops: hops + 1,
+            },
+            origin,
+            hops,
+        );
+    }
+
+    /// Passes `call` (a meta request that already passed `hops` nodes) to the meta leader
+    /// gossip names, and its answer back to `origin`.
+    pub(crate) fn forward_to_meta_leader(&self, call: Call, origin: Origin, hops: u8) {
         let peer = self
             .control
             .meta_leader_peer()
@@ -73,10 +92,7 @@ impl Driver {
         };
         let net = self.net.clone();
         tokio::spawn(async move {
-            let call = KvCall::V1(Call::Lease {
-                req,
-                hops: hops + 1,
-            });
+            let call = KvCall::V1(call);
             let answer =
                 tokio::time::timeout(FORWARD_TIMEOUT, net.kv_request(peer, call.encode())).await;
             let reply: Reply = match answer {

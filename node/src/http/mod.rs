@@ -10,6 +10,9 @@
 //! - [`nodes`]: `POST /v1/nodes/{node}/decommission`, draining a node out of the cluster.
 //! - [`lease`]: `POST /v1/lease`, `POST /v1/lease/{id}/keepalive`, `GET`/`DELETE
 //!   /v1/lease/{id}`: leases, which keys attach to with `PUT /v1/kv/{key}?lease={id}`.
+//! - [`election`]: `POST /v1/election/{name}/campaign|proclaim|resign`, `GET
+//!   /v1/election/{name}` (the leader) and `GET /v1/election/{name}/observe` (server-sent
+//!   events): leader election on a lease the caller keeps alive.
 //! - [`health`]: `GET /healthz` (liveness) and `GET /readyz` (readiness).
 //! - [`metrics`]: `GET /metrics`, the node's Prometheus metrics.
 //! - [`auth`]: the bearer token (`--http-token`) and when the gateway may leave loopback.
@@ -26,6 +29,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod election;
 pub mod encoding;
 pub mod error;
 pub mod health;
@@ -124,6 +128,11 @@ fn routes(gateway: Gateway) -> Router {
             get(lease::time_to_live).delete(lease::revoke),
         )
         .route("/v1/lease/{id}/keepalive", post(lease::keep_alive))
+        .route("/v1/election/{name}", get(election::leader))
+        .route("/v1/election/{name}/campaign", post(election::campaign))
+        .route("/v1/election/{name}/proclaim", post(election::proclaim))
+        .route("/v1/election/{name}/resign", post(election::resign))
+        .route("/v1/election/{name}/observe", get(election::observe))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
