@@ -26,7 +26,7 @@ pub fn load_or_create_identity(data_dir: &Path) -> Result<Keypair, NetError> {
     }
 }
 
-fn decode(path: &Path, bytes: &[u8]) -> Result<Keypair, NetError> {
+pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<Keypair, NetError> {
     let keypair =
         Keypair::from_protobuf_encoding(bytes).map_err(|e| NetError::IdentityCorrupt {
             path: path.to_path_buf(),

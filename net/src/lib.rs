@@ -35,6 +35,7 @@
 //! - `event.rs`: [`NetEvent`], [`NetEvents`], [`KvResponder`].
 //! - `event_loop.rs`: [`EventLoop`], the task that owns the swarm.
 //! - `error.rs`: [`NetError`].
+//! - `fuzzing.rs`: the frame decoders and encoders, for the fuzz targets (hidden).
 
 mod behaviour;
 mod codec;
@@ -43,6 +44,8 @@ mod dialer;
 mod error;
 mod event;
 mod event_loop;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gate;
 mod handle;
 mod identity;

@@ -226,6 +226,19 @@ pub(crate) fn load<B: Backend>(backend: &B, group: u64) -> Result<GroupState> {
             meta.last_term = meta.truncated_term;
         }
     }
+    // raft-rs aborts the process on a commit index outside the log it is given (found by the
+    // stored_records fuzz target): report the record instead.
+    let commit = meta.hard_state.commit;
+    if commit < meta.truncated_index || commit > meta.last_index {
+        return Err(StoreError::corrupt(
+            "raft",
+            format!("group {group} hard state"),
+            format!(
+                "commit index {commit} is outside the log [{}, {}]",
+                meta.truncated_index, meta.last_index
+            ),
+        ));
+    }
     if meta.apply.index < meta.truncated_index {
         return Err(StoreError::corrupt(
             "kv",

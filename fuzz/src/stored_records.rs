@@ -1,0 +1,580 @@
+//! What a node reads back from its disk: a real node's store (made once: a two-partition
+//! cluster with writes, sessions, a lease and compacted logs) with records dropped, damaged,
+//! replaced, renamed or added (raw bytes, or well-formed records of every stored type with
+//! arbitrary contents), then opened, read through every store API raft-rs and the core use,
+//! and served by a core.
+//!
+//! Checked: opening and serving never panic (a bad record is a typed error, or is skipped
+//! where the code says so); a store that opened answers reads of every group; a core that
+//! opened answers every request by its deadline.
+
+use std::sync::OnceLock;
+
+use arbitrary::Arbitrary;
+use swarmkv::core::{
+    ClusterSettings, Command, Consistency, LeaseRecord, NodeRecord, NodeState, Request,
+    RequestBody, Target,
+};
+use swarmkv_store::raft::eraftpb::{ConfState, Entry, HardState};
+use swarmkv_store::raft::{GetEntriesContext, Storage};
+use swarmkv_store::{keys, KvOp, KvRecord, MemBackend, Store, TreeId};
+
+use crate::single_node::{backend_with, records, store_config, Node};
+
+/// A stored record: (tree, key, value).
+pub type Record = (TreeId, Vec<u8>, Vec<u8>);
+
+/// One change to the stored records.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum Mutation {
+    Drop(u16),
+    Replace {
+        at: u16,
+        value: Vec<u8>,
+    },
+    Damage {
+        at: u16,
+        byte: u16,
+        xor: u8,
+    },
+    Cut {
+        at: u16,
+        len: u16,
+    },
+    Rename {
+        at: u16,
+        key: Vec<u8>,
+    },
+    Add {
+        tree: u8,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Encoded(Encoded),
+}
+
+/// A well-formed record of a stored type, with arbitrary contents, under its real key.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum Encoded {
+    HardState {
+        group: u8,
+        term: u64,
+        vote: u64,
+        commit: u64,
+    },
+    ConfState {
+        group: u8,
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+    },
+    Truncated {
+        group: u8,
+        index: u64,
+        term: u64,
+    },
+    Entry {
+        group: u8,
+        index: u64,
+        term: u64,
+        conf_change: bool,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    ApplyState {
+        group: u8,
+        index: u64,
+        term: u64,
+        voters: Vec<u64>,
+    },
+    Data {
+        group: u8,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        create: u64,
+        modified: u64,
+        version: u64,
+        lease: u64,
+    },
+    SessionWatermark {
+        group: u8,
+        client: u64,
+        value: Vec<u8>,
+    },
+    SessionResult {
+        group: u8,
+        client: u64,
+        seq: u64,
+        value: Vec<u8>,
+    },
+    RevokedLease {
+        group: u8,
+        lease: u64,
+        value: Vec<u8>,
+    },
+    Settings {
+        cluster_id: u64,
+        partitions: u32,
+        replication: u8,
+    },
+    Tombstone {
+        group: u8,
+        term: u64,
+        vote: u64,
+        last_term: u64,
+        last_index: u64,
+    },
+    Lease {
+        id: u64,
+        ttl_ms: u64,
+        remaining_ms: u64,
+        revoked: bool,
+        graced: bool,
+    },
+    NodeRecord {
+        id: u64,
+        peer: Vec<u8>,
+        addrs: Vec<String>,
+        state: u8,
+    },
+    Target {
+        group: u64,
+        replicas: Vec<u64>,
+        version: u64,
+    },
+}
+
+/// A whole input.
+#[derive(Arbitrary, Debug)]
+pub struct Damage {
+    pub mutations: Vec<Mutation>,
+    pub requests: Vec<(u8, u8, bool)>,
+}
+
+/// The real node's records, made once.
+pub fn template() -> &'static [Record] {
+    static TEMPLATE: OnceLock<Vec<Record>> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let made = (|| -> Result<Vec<Record>, swarmkv::core::CoreError> {
+            let mut node = Node::bootstrap(2)?;
+            assert!(
+                node.await_leadership(200)?,
+                "a one-node cluster elects itself"
+            );
+            let grant = node.submit_lease(swarmkv::core::LeaseRequest::Grant { ttl_ms: 60_000 });
+            let lease = match node.answer(grant)? {
+                Ok(swarmkv::core::Response::Lease(info)) => info.id,
+                other => panic!("a lease grant failed: {other:?}"),
+            };
+            for i in 0..48u64 {
+                let key = format!("key{}", i % 12).into_bytes();
+                let op = if i % 5 == 4 {
+                    KvOp::Delete { key, prev_kv: true }
+                } else {
+                    KvOp::Put {
+                        key,
+                        value: vec![i as u8; (i % 9) as usize],
+                        lease: if i % 7 == 0 { lease } else { 0 },
+                        prev_kv: false,
+                    }
+                };
+                let partition = swarmkv::core::routing::partition_of(op.key().unwrap_or(b""), 2);
+                let session = swarmkv_store::Session {
+                    client: 7,
+                    seq: i + 1,
+                    first_incomplete: i + 1,
+                };
+                let id = node.submit(Request {
+                    partition,
+                    body: RequestBody::Write {
+                        op,
+                        session: Some(session),
+                    },
+                });
+                match node.answer(id)? {
+                    Ok(_) => {}
+                    other => panic!("a write failed: {other:?}"),
+                }
+            }
+            Ok(records(&node.backend))
+        })();
+        match made {
+            Ok(r) => r,
+            Err(e) => panic!("the template node failed: {e}"),
+        }
+    })
+}
+
+/// The key a node-level meta record is stored under (found by writing one).
+fn meta_key(name: &str) -> Vec<u8> {
+    let backend = MemBackend::new();
+    let written = Store::with_backend(backend.clone(), store_config())
+        .and_then(|s| s.put_meta(name, b"\xff-marker"));
+    if let Err(e) = written {
+        panic!("a memory store: {e}");
+    }
+    records(&backend)
+        .into_iter()
+        .find(|(tree, _, v)| *tree == TreeId::Meta && v.as_slice() == b"\xff-marker")
+        .map(|(_, k, _)| k)
+        .unwrap_or_else(|| panic!("put_meta wrote no record for {name}"))
+}
+
+fn group(g: u8) -> u64 {
+    u64::from(g % 4)
+}
+
+fn pb(m: &impl protobuf::Message) -> Vec<u8> {
+    m.write_to_bytes().unwrap_or_default()
+}
+
+fn kv_record(value: Vec<u8>) -> Vec<u8> {
+    postcard::to_stdvec(&KvRecord {
+        value,
+        create_rev: 1,
+        mod_rev: 1,
+        version: 1,
+        lease: 0,
+    })
+    .unwrap_or_default()
+}
+
+impl Encoded {
+    /// The record, under the key its type is stored at.
+    pub fn record(&self) -> Record {
+        match self {
+            Encoded::HardState {
+                group: g,
+                term,
+                vote,
+                commit,
+            } => (
+                TreeId::Raft,
+                keys::group_tag(group(*g), keys::TAG_HARD_STATE),
+                pb(&HardState {
+                    term: *term,
+                    vote: *vote,
+                    commit: *commit,
+                    ..Default::default()
+                }),
+            ),
+            Encoded::ConfState {
+                group: g,
+                voters,
+                learners,
+            } => (
+                TreeId::Raft,
+                keys::group_tag(group(*g), keys::TAG_CONF_STATE),
+                pb(&ConfState {
+                    voters: voters.clone(),
+                    learners: learners.clone(),
+                    ..Default::default()
+                }),
+            ),
+            Encoded::Truncated {
+                group: g,
+                index,
+                term,
+            } => (
+                TreeId::Raft,
+                keys::group_tag(group(*g), keys::TAG_TRUNCATED),
+                postcard::to_stdvec(&(*index, *term)).unwrap_or_default(),
+            ),
+            Encoded::Entry {
+                group: g,
+                index,
+                term,
+                conf_change,
+                key,
+                value,
+            } => {
+                let mut e = Entry {
+                    index: *index,
+                    term: *term,
+                    ..Default::default()
+                };
+                if *conf_change {
+                    e.set_entry_type(swarmkv_store::raft::eraftpb::EntryType::EntryConfChange);
+                    e.data = value.clone().into();
+                } else {
+                    let op = KvOp::Put {
+                        key: key.clone(),
+                        value: value.clone(),
+                        lease: 0,
+                        prev_kv: false,
+                    };
+                    e.data = Command::Kv { op, session: None }.encode().into();
+                }
+                (TreeId::Raft, keys::entry_key(group(*g), *index), pb(&e))
+            }
+            Encoded::ApplyState {
+                group: g,
+                index,
+                term,
+                voters,
+            } => {
+                // The apply state's layout: (index, term, conf state protobuf).
+                let cs = pb(&ConfState {
+                    voters: voters.clone(),
+                    ..Default::default()
+                });
+                (
+                    TreeId::Kv,
+                    keys::group_tag(group(*g), keys::TAG_APPLY_STATE),
+                    postcard::to_stdvec(&(*index, *term, cs)).unwrap_or_default(),
+                )
+            }
+            Encoded::Data {
+                group: g,
+                key,
+                value,
+                create,
+                modified,
+                version,
+                lease,
+            } => (
+                TreeId::Kv,
+                keys::data_key(group(*g), key),
+                postcard::to_stdvec(&KvRecord {
+                    value: value.clone(),
+                    create_rev: *create,
+                    mod_rev: *modified,
+                    version: *version,
+                    lease: *lease,
+                })
+                .unwrap_or_default(),
+            ),
+            Encoded::SessionWatermark {
+                group: g,
+                client,
+                value,
+            } => (
+                TreeId::Kv,
+                keys::session_watermark_key(group(*g), *client),
+                value.clone(),
+            ),
+            Encoded::SessionResult {
+                group: g,
+                client,
+                seq,
+                value,
+            } => (
+                TreeId::Kv,
+                keys::session_result_key(group(*g), *client, *seq),
+                value.clone(),
+            ),
+            Encoded::RevokedLease {
+                group: g,
+                lease,
+                value,
+            } => (
+                TreeId::Kv,
+                keys::revoked_lease_key(group(*g), *lease),
+                value.clone(),
+            ),
+            Encoded::Settings {
+                cluster_id,
+                partitions,
+                replication,
+            } => (
+                TreeId::Meta,
+                meta_key("cluster"),
+                postcard::to_stdvec(&ClusterSettings {
+                    cluster_id: *cluster_id,
+                    partitions: *partitions,
+                    replication: usize::from(*replication),
+                })
+                .unwrap_or_default(),
+            ),
+            Encoded::Tombstone {
+                group: g,
+                term,
+                vote,
+                last_term,
+                last_index,
+            } => (
+                TreeId::Meta,
+                meta_key(&format!("tombstone/{}", group(*g))),
+                postcard::to_stdvec(&(*term, *vote, *last_term, *last_index)).unwrap_or_default(),
+            ),
+            Encoded::Lease {
+                id,
+                ttl_ms,
+                remaining_ms,
+                revoked,
+                graced,
+            } => {
+                let rec = LeaseRecord {
+                    id: *id,
+                    ttl_ms: *ttl_ms,
+                    remaining_ms: *remaining_ms,
+                    revoked: *revoked,
+                    graced: *graced,
+                };
+                (
+                    TreeId::Kv,
+                    keys::data_key(0, &LeaseRecord::key(*id)),
+                    kv_record(postcard::to_stdvec(&rec).unwrap_or_default()),
+                )
+            }
+            Encoded::NodeRecord {
+                id,
+                peer,
+                addrs,
+                state,
+            } => {
+                let state = match state % 4 {
+                    0 => NodeState::Live,
+                    1 => NodeState::Dead,
+                    2 => NodeState::Decommissioning,
+                    _ => NodeState::Decommissioned,
+                };
+                let rec = NodeRecord {
+                    id: *id,
+                    peer: peer.clone(),
+                    addrs: addrs.clone(),
+                    state,
+                };
+                (
+                    TreeId::Kv,
+                    keys::data_key(0, format!("meta/node/{id:016x}").as_bytes()),
+                    kv_record(postcard::to_stdvec(&rec).unwrap_or_default()),
+                )
+            }
+            Encoded::Target {
+                group: g,
+                replicas,
+                version,
+            } => {
+                let t = Target {
+                    replicas: replicas.clone(),
+                    version: *version,
+                };
+                (
+                    TreeId::Kv,
+                    keys::data_key(0, format!("meta/target/{g:016x}").as_bytes()),
+                    kv_record(postcard::to_stdvec(&t).unwrap_or_default()),
+                )
+            }
+        }
+    }
+}
+
+/// Applies the mutations to a copy of the template's records.
+pub fn damaged(mutations: &[Mutation]) -> Vec<Record> {
+    let mut recs: Vec<Record> = template().to_vec();
+    for m in mutations.iter().take(8) {
+        let pick = |at: u16, len: usize| usize::from(at) % len.max(1);
+        match m {
+            Mutation::Drop(at) if !recs.is_empty() => {
+                recs.remove(pick(*at, recs.len()));
+            }
+            Mutation::Replace { at, value } if !recs.is_empty() => {
+                let i = pick(*at, recs.len());
+                recs[i].2 = value.clone();
+            }
+            Mutation::Damage { at, byte, xor } if !recs.is_empty() => {
+                let i = pick(*at, recs.len());
+                let v = &mut recs[i].2;
+                let j = pick(*byte, v.len());
+                if let Some(b) = v.get_mut(j) {
+                    *b ^= xor;
+                }
+            }
+            Mutation::Cut { at, len } if !recs.is_empty() => {
+                let i = pick(*at, recs.len());
+                let v = &mut recs[i].2;
+                v.truncate(usize::from(*len) % (v.len() + 1));
+            }
+            Mutation::Rename { at, key } if !recs.is_empty() => {
+                let i = pick(*at, recs.len());
+                recs[i].1 = key.clone();
+            }
+            Mutation::Add { tree, key, value } => {
+                let tree = TreeId::ALL[usize::from(*tree) % TreeId::ALL.len()];
+                recs.push((tree, key.clone(), value.clone()));
+            }
+            Mutation::Encoded(e) => recs.push(e.record()),
+            _ => {}
+        }
+    }
+    recs
+}
+
+/// Opens and serves the damaged store.
+pub fn check(damage: &Damage) {
+    let recs = damaged(&damage.mutations);
+    let backend = backend_with(&recs);
+    let Ok(store) = Store::with_backend(backend.clone(), store_config()) else {
+        return;
+    };
+    if let Ok(groups) = store.groups() {
+        for g in groups.into_iter().take(8) {
+            read_group(&store, g);
+        }
+    }
+    drop(store);
+    let Ok(mut node) = Node::open(backend, 2, 0) else {
+        return;
+    };
+    // The turns may fail with a storage error on a bad record (the node stops); they must
+    // not panic, and whatever was asked before must be answered.
+    for _ in 0..10 {
+        if node.turn().is_err() {
+            return;
+        }
+    }
+    for (kind, key, serializable) in damage.requests.iter().take(8) {
+        let key = format!("key{}", key % 12).into_bytes();
+        let partition = swarmkv::core::routing::partition_of(&key, 2);
+        let consistency = if *serializable {
+            Consistency::Serializable
+        } else {
+            Consistency::Linearizable
+        };
+        let body = match kind % 3 {
+            0 => RequestBody::Get { key, consistency },
+            1 => RequestBody::Scan {
+                start: Vec::new(),
+                end: None,
+                limit: 0,
+                consistency,
+            },
+            _ => RequestBody::Write {
+                op: KvOp::Put {
+                    key,
+                    value: b"v".to_vec(),
+                    lease: 0,
+                    prev_kv: true,
+                },
+                session: Some(swarmkv_store::Session {
+                    client: 7,
+                    seq: 100 + u64::from(*kind),
+                    first_incomplete: 100,
+                }),
+            },
+        };
+        let id = node.submit(Request { partition, body });
+        if node.answer(id).is_err() {
+            return;
+        }
+    }
+}
+
+/// Everything raft-rs and the core read of one group.
+fn read_group(store: &swarmkv_store::MemStore, g: u64) {
+    let _ = store.apply_state(g);
+    let _ = store.scan(g, &[], None, 0);
+    let _ = store.get(g, b"key1");
+    let Ok(storage) = store.group(g) else { return };
+    let _ = storage.initial_state();
+    let (Ok(first), Ok(last)) = (storage.first_index(), storage.last_index()) else {
+        return;
+    };
+    let _ = storage.term(first.saturating_sub(1));
+    let _ = storage.term(last);
+    if first <= last && last - first < 4096 {
+        let _ = storage.entries(first, last + 1, None, GetEntriesContext::empty(false));
+        let _ = storage.entries(first, last + 1, Some(64), GetEntriesContext::empty(false));
+    }
+    let _ = storage.snapshot(0, 0);
+}

@@ -1,0 +1,141 @@
+//! The decoders this crate runs on a peer's bytes, callable from the fuzz targets in `fuzz/`.
+//!
+//! The wire types stay private to the crate (nothing outside should build or match them), so
+//! the fuzz targets reach them through these functions: each `decode_*` runs exactly the
+//! decoder the event loop runs on a received frame, and the matching `encode_*` is the encoder
+//! the event loop sends with, so a target can check `decode(encode(x)) == x` as well as "no
+//! panic on any input". The seed corpus generator uses the encoders to write real frames.
+//! Hidden from the docs: this is not part of the API a node is written against.
+
+use std::io;
+
+use libp2p::identity::Keypair;
+
+use crate::codec::{read_frame as codec_read_frame, write_frame, write_parts, FrameCodec};
+use crate::protocol::{
+    decode, encode, Ack, HeartbeatFrame, Hello, HelloFrame, KvRequestFrame, KvResponseFrame,
+    RaftFrame, SnapshotFrame,
+};
+use crate::{NetError, PeerInfo, RaftBatch, SnapshotChunk, KV_PROTOCOL};
+
+/// A `/swarmkv/raft/1` request: batches of `(group, raft message bytes)`.
+pub fn encode_raft_frame(batches: Vec<RaftBatch>) -> Result<Vec<u8>, String> {
+    encode(&RaftFrame::V1 { batches }).map_err(|e| e.to_string())
+}
+
+/// Decodes a `/swarmkv/raft/1` request as the event loop does.
+pub fn decode_raft_frame(bytes: &[u8]) -> Result<Vec<RaftBatch>, String> {
+    decode::<RaftFrame>(bytes).map(|RaftFrame::V1 { batches }| batches)
+}
+
+/// The answer to a raft frame or a snapshot chunk.
+pub fn encode_ack(ack: Result<(), String>) -> Result<Vec<u8>, String> {
+    encode(&Ack::V1(ack)).map_err(|e| e.to_string())
+}
+
+/// Decodes an ack as the event loop does (the outer error: undecodable).
+pub fn decode_ack(bytes: &[u8]) -> Result<Result<(), String>, String> {
+    decode::<Ack>(bytes).map(|Ack::V1(ack)| ack)
+}
+
+/// A `/swarmkv/kv/1` request around an opaque payload.
+pub fn encode_kv_request(payload: Vec<u8>) -> Result<Vec<u8>, String> {
+    encode(&KvRequestFrame::V1 { payload }).map_err(|e| e.to_string())
+}
+
+/// Decodes a `/swarmkv/kv/1` request as the event loop does.
+pub fn decode_kv_request(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    decode::<KvRequestFrame>(bytes).map(|KvRequestFrame::V1 { payload }| payload)
+}
+
+/// A `/swarmkv/kv/1` response: the payload, or the transport's refusal.
+pub fn encode_kv_response(response: Result<Vec<u8>, String>) -> Result<Vec<u8>, String> {
+    encode(&KvResponseFrame::V1(response)).map_err(|e| e.to_string())
+}
+
+/// Decodes a `/swarmkv/kv/1` response as the event loop does.
+pub fn decode_kv_response(bytes: &[u8]) -> Result<Result<Vec<u8>, String>, String> {
+    decode::<KvResponseFrame>(bytes).map(|KvResponseFrame::V1(r)| r)
+}
+
+/// A `/swarmkv/snapshot/1` request.
+pub fn encode_snapshot_frame(chunk: SnapshotChunk) -> Result<Vec<u8>, String> {
+    encode(&SnapshotFrame::V1(chunk)).map_err(|e| e.to_string())
+}
+
+/// Decodes a `/swarmkv/snapshot/1` request as the event loop does.
+pub fn decode_snapshot_frame(bytes: &[u8]) -> Result<SnapshotChunk, String> {
+    decode::<SnapshotFrame>(bytes).map(|SnapshotFrame::V1(chunk)| chunk)
+}
+
+/// The credentials of a hello: (cluster name, cluster id, software version).
+pub type HelloParts = (String, Option<u64>, String);
+
+/// A `/swarmkv/hello/1` request or response.
+pub fn encode_hello(
+    (cluster_name, cluster_id, software_version): HelloParts,
+) -> Result<Vec<u8>, String> {
+    encode(&HelloFrame::V1(Hello {
+        cluster_name,
+        cluster_id,
+        software_version,
+    }))
+    .map_err(|e| e.to_string())
+}
+
+/// Decodes a hello as the event loop does.
+pub fn decode_hello(bytes: &[u8]) -> Result<HelloParts, String> {
+    decode::<HelloFrame>(bytes)
+        .map(|HelloFrame::V1(h)| (h.cluster_name, h.cluster_id, h.software_version))
+}
+
+/// A membership heartbeat as published on the gossip topic.
+pub fn encode_heartbeat(info: &PeerInfo) -> Result<Vec<u8>, String> {
+    encode(&HeartbeatFrame::from_info(info)).map_err(|e| e.to_string())
+}
+
+/// Decodes a gossiped heartbeat into what the event loop reports (bad addresses dropped, a bad
+/// PeerId refused).
+pub fn decode_heartbeat(bytes: &[u8]) -> Result<PeerInfo, String> {
+    decode::<HeartbeatFrame>(bytes).and_then(HeartbeatFrame::into_info)
+}
+
+/// Reads one length-prefixed frame from `bytes` with the codec, refusing more than `limit`.
+pub fn read_frame(bytes: &[u8], limit: usize) -> io::Result<Vec<u8>> {
+    futures::executor::block_on(codec_read_frame(
+        &mut futures::io::Cursor::new(bytes),
+        limit,
+    ))
+}
+
+/// Reads one inbound request as the request-response codec does: its bytes, or the
+/// `(size, limit)` of an oversized frame whose body was not read.
+pub fn read_request(bytes: &[u8], limit: usize) -> io::Result<Result<Vec<u8>, (usize, usize)>> {
+    use libp2p::request_response::Codec as _;
+    futures::executor::block_on(async {
+        let mut codec = FrameCodec::new(limit, limit);
+        let frame = codec
+            .read_request(&KV_PROTOCOL, &mut futures::io::Cursor::new(bytes))
+            .await?;
+        Ok(frame.into_bytes().map_err(|o| (o.size, o.limit)))
+    })
+}
+
+/// Writes `frame` as the codec does (length prefix, then the bytes).
+pub fn frame_bytes(frame: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    futures::executor::block_on(write_frame(&mut futures::io::Cursor::new(&mut out), frame))?;
+    Ok(out)
+}
+
+/// Writes one frame given as parts, as the raft sender does (gathered small parts).
+pub fn frame_parts_bytes(parts: &[Vec<u8>]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    futures::executor::block_on(write_parts(&mut futures::io::Cursor::new(&mut out), parts))?;
+    Ok(out)
+}
+
+/// Decodes a node key file's bytes as [`crate::load_or_create_identity`] does.
+pub fn decode_identity(bytes: &[u8]) -> Result<Keypair, NetError> {
+    crate::identity::decode(std::path::Path::new(crate::IDENTITY_FILE), bytes)
+}
