@@ -43,15 +43,27 @@ pub(crate) struct Behaviour {
     pub ping: ping::Behaviour,
 }
 
+/// Concurrent streams per connection for Raft frames and snapshot chunks: a node sends one
+/// Raft frame at a time to a peer (see `outbox.rs`) and snapshot chunks one after another, so
+/// a few are plenty, and each may be a large frame a peer could make us read.
+const BULK_STREAMS: usize = 8;
+/// Concurrent streams per connection for client requests (a light client multiplexes many).
+const KV_STREAMS: usize = 128;
+/// Hello is one exchange per connection.
+const HELLO_STREAMS: usize = 4;
+
 fn rr(
     protocol: libp2p::StreamProtocol,
     codec: FrameCodec,
+    streams: usize,
     config: &NetConfig,
 ) -> request_response::Behaviour<FrameCodec> {
     request_response::Behaviour::with_codec(
         codec,
         [(protocol, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(config.request_timeout),
+        request_response::Config::default()
+            .with_request_timeout(config.request_timeout)
+            .with_max_concurrent_streams(streams),
     )
 }
 
@@ -100,21 +112,25 @@ impl Behaviour {
             raft: rr(
                 RAFT_PROTOCOL,
                 FrameCodec::new(config.max_raft_frame, MAX_ACK_FRAME),
+                BULK_STREAMS,
                 config,
             ),
             kv: rr(
                 KV_PROTOCOL,
                 FrameCodec::new(config.max_kv_frame, config.max_kv_frame),
+                KV_STREAMS,
                 config,
             ),
             snapshot: rr(
                 SNAPSHOT_PROTOCOL,
                 FrameCodec::new(config.max_snapshot_frame, MAX_ACK_FRAME),
+                BULK_STREAMS,
                 config,
             ),
             hello: rr(
                 HELLO_PROTOCOL,
                 FrameCodec::new(MAX_HELLO_FRAME, MAX_HELLO_FRAME),
+                HELLO_STREAMS,
                 config,
             ),
             gossipsub,

@@ -147,6 +147,23 @@ impl NodeProc {
         self.child.as_ref().map(Child::id)
     }
 
+    /// A node outside any [`ProcCluster`] (a stranger, say), started with `flags` beyond
+    /// `--no-mdns`, its data directory and loopback ports; killed when dropped.
+    pub fn start_alone(flags: &[&str]) -> Result<NodeProc> {
+        let mut node = NodeProc {
+            dir: tempfile::tempdir()?,
+            child: None,
+            extra: flags.iter().map(|f| f.to_string()).collect(),
+            starts: 0,
+            peer_id: String::new(),
+            node_id: String::new(),
+            listen: String::new(),
+            http: ([127, 0, 0, 1], 0).into(),
+        };
+        node.spawn()?;
+        Ok(node)
+    }
+
     /// Spawns the node: the first time on any free loopback ports, later on the same ones;
     /// waits until it has printed its addresses.
     fn spawn(&mut self) -> Result<()> {
@@ -260,6 +277,12 @@ impl NodeProc {
     }
 }
 
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
 /// What `swarmkv start` prints about itself before anything else.
 struct Banner {
     peer_id: String,
@@ -301,6 +324,11 @@ impl ProcCluster {
     /// `--expect n`, the others with `--expect n --join <first>`. Returns once every node is
     /// ready (every local replica knows its leader) and hears from all the others.
     pub fn start(n: usize, partitions: u32) -> Result<ProcCluster> {
+        ProcCluster::start_with(n, partitions, &[])
+    }
+
+    /// [`ProcCluster::start`], every node also given `flags` (a PSK file, limits, ...).
+    pub fn start_with(n: usize, partitions: u32, flags: &[&str]) -> Result<ProcCluster> {
         let mut cluster = ProcCluster {
             nodes: Vec::new(),
             finished: false,
@@ -317,6 +345,7 @@ impl ProcCluster {
                 extra.push("--join".to_string());
                 extra.push(cluster.nodes[0].multiaddr());
             }
+            extra.extend(flags.iter().map(|f| f.to_string()));
             cluster.nodes.push(NodeProc {
                 dir: tempfile::tempdir()?,
                 child: None,

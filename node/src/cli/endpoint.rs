@@ -115,6 +115,8 @@ pub fn encode(bytes: &[u8], keep_slash: bool) -> String {
 pub struct HttpClient {
     endpoint: Endpoint,
     client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    /// `Authorization` header value for a gateway started with `--http-token`.
+    authorization: Option<String>,
 }
 
 /// A gateway's answer: status and body.
@@ -343,7 +345,18 @@ impl HttpClient {
         connector.set_nodelay(true);
         let client =
             hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
-        HttpClient { endpoint, client }
+        HttpClient {
+            endpoint,
+            client,
+            authorization: None,
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request (a gateway started with
+    /// `--http-token`).
+    pub fn with_token(mut self, token: Option<&str>) -> HttpClient {
+        self.authorization = token.map(|t| format!("Bearer {t}"));
+        self
     }
 
     /// Sends one request and reads the whole answer. Failing to connect, or losing the
@@ -359,6 +372,9 @@ impl HttpClient {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{}{path_and_query}", self.endpoint));
+        if let Some(value) = &self.authorization {
+            request = request.header(hyper::header::AUTHORIZATION, value);
+        }
         let body = match body {
             Some((content_type, bytes)) => {
                 request = request.header(CONTENT_TYPE, content_type);

@@ -44,6 +44,14 @@ pub struct TransportArgs {
     /// With --peer: the pre-shared key file of a private cluster.
     #[arg(long, env = "SWARMKV_PSK_FILE", value_name = "FILE")]
     pub psk_file: Option<PathBuf>,
+    /// Over HTTP: the gateway's bearer token (a node started with --http-token).
+    #[arg(
+        long,
+        env = "SWARMKV_HTTP_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub http_token: Option<String>,
 }
 
 /// What a verb needs from the node it talks to.
@@ -66,7 +74,9 @@ impl TransportArgs {
     /// connection); over libp2p the node is dialled now.
     pub async fn connect(&self, need: Need) -> Result<Target, CliError> {
         let Some(addr) = self.peer.clone() else {
-            return Ok(Target::Http(HttpClient::new(self.endpoint.clone())));
+            return Ok(Target::Http(
+                HttpClient::new(self.endpoint.clone()).with_token(self.http_token.as_deref()),
+            ));
         };
         // A missing or malformed key file is a local mistake: usage, not a failure of the
         // cluster. The network error names the file and the cause already.
