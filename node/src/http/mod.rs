@@ -16,6 +16,7 @@
 //! - [`health`]: `GET /healthz` (liveness) and `GET /readyz` (readiness).
 //! - [`metrics`]: `GET /metrics`, the node's Prometheus metrics.
 //! - [`auth`]: the bearer token (`--http-token`) and when the gateway may leave loopback.
+//! - [`limit`]: the gateway's budget of requests and bodies held at once (429 `busy`).
 //! - [`state`]: what handlers share: the client, made once the node is part of a cluster.
 //! - [`encoding`]: bytes in and out: percent-decoded paths and queries, UTF-8 + base64 JSON.
 //! - [`error`]: [`ClientError`](crate::core::ClientError) to HTTP status and
@@ -35,6 +36,7 @@ pub mod error;
 pub mod health;
 pub mod kv;
 pub mod lease;
+pub mod limit;
 pub mod metrics;
 pub mod nodes;
 pub mod page;
@@ -106,7 +108,7 @@ pub fn router_for_node(node: NodeHandle) -> Router {
 }
 
 fn routes(gateway: Gateway) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(page::status_page))
         .route("/v1/kv", get(scan::scan))
         // `{*key}` does not match an empty key: say so rather than 404.
@@ -144,7 +146,8 @@ fn routes(gateway: Gateway) -> Router {
                 "this method is not allowed on this path",
             )
         })
-        .with_state(Arc::new(gateway))
+        .with_state(Arc::new(gateway));
+    limit::limit(routes, &limit::GatewayLimits::default())
 }
 
 /// Binds the gateway's listener. Separate from [`serve_on`] so a caller learns the address
