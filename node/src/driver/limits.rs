@@ -92,8 +92,8 @@ impl Limits {
 }
 
 impl Driver {
-    /// With new nodes refused, keeps the network's allow list equal to the registry's
-    /// PeerIds (checked every [`REGISTRY_CHECK`], pushed only when it changes).
+    /// With new nodes refused, keeps the network's allow list equal to the cluster's members
+    /// (checked every [`REGISTRY_CHECK`], pushed only when it changes).
     pub(super) async fn refresh_allowed_peers(&mut self) {
         let now = Instant::now();
         if self.limits.allow_new_nodes || now < self.limits.next_registry_check {
@@ -108,11 +108,30 @@ impl Driver {
         let Ok(meta) = self.core.meta_state() else {
             return;
         };
-        let allowed: HashSet<PeerId> = meta
+        // Members are the registry's nodes, and also every node a group names: right after
+        // formation the layout's nodes replicate groups before each has been registered,
+        // and refusing one of them would keep it from ever registering.
+        let mut allowed: HashSet<PeerId> = meta
             .nodes
             .values()
             .filter_map(|n| PeerId::from_bytes(&n.peer).ok())
             .collect();
+        let named = meta
+            .targets
+            .values()
+            .flat_map(|t| t.replicas.iter().copied())
+            .chain(
+                self.core
+                    .groups()
+                    .into_iter()
+                    .filter_map(|g| self.core.group_status(g))
+                    .flat_map(|g| g.voters),
+            );
+        for node in named {
+            if let Some(peer) = self.peers.get(&node) {
+                allowed.insert(*peer);
+            }
+        }
         if allowed.is_empty() || self.limits.allowed.as_ref() == Some(&allowed) {
             return;
         }
