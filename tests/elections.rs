@@ -485,3 +485,320 @@ async fn proclaim_resign_leader_and_observe_report_in_order() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// Reads server-sent events from `GET target` until `n` `leader` events arrived (or the
+/// timeout), and returns their data lines.
+async fn sse_leaders(
+    addr: std::net::SocketAddr,
+    target: String,
+    n: usize,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let head =
+        format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    let _ = ready.send(());
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events: Vec<serde_json::Value> = text
+            .split("\n\n")
+            .filter(|e| e.contains("event: leader"))
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            .filter_map(|d| serde_json::from_str(d).ok())
+            .collect();
+        if events.len() >= n {
+            return Ok(events);
+        }
+        ensure!(
+            Instant::now() < until,
+            "only {} events: {text}",
+            events.len()
+        );
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await??;
+        ensure!(read > 0, "the event stream ended: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..read]));
+        // Chunked encoding puts sizes between the events' lines; they never look like data.
+        text = text.replace("\r\n", "\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_campaign_proclaim_resign_leader_and_observe_events() -> anyhow::Result<()> {
+    use common::gateway::Gateway;
+    use common::http::request;
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, P, fast_core()).await;
+    let gw = Gateway::for_node(cluster.handles[1].clone()).await?;
+    let addr = gw.addr;
+    let none = request(addr, "GET", "/v1/election/web", b"")
+        .await?
+        .expect(200)?;
+    ensure!(none["leader"].is_null(), "{none}");
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let events = tokio::spawn(sse_leaders(
+        addr,
+        "/v1/election/web/observe".into(),
+        4,
+        ready_tx,
+    ));
+    let _ = ready.await;
+    let grant = |ttl: u64| async move {
+        let body = format!(r#"{{"ttl": {ttl}}}"#);
+        let l = request(addr, "POST", "/v1/lease", body.as_bytes())
+            .await?
+            .expect(200)?;
+        anyhow::Ok(l["id"].as_str().context("lease id")?.to_string())
+    };
+    let la = grant(30).await?;
+    let lb = grant(30).await?;
+    let body = format!(r#"{{"lease": "{la}", "value": "a"}}"#);
+    let a = request(addr, "POST", "/v1/election/web/campaign", body.as_bytes())
+        .await?
+        .expect(200)?;
+    let ta = a["leader"]["token"].as_str().context("token")?.to_string();
+    ensure!(a["leader"]["value"] == "a", "{a}");
+    // B's campaign answers only once A resigned.
+    let b_body = format!(r#"{{"lease": "{lb}", "value_b64": "Yg=="}}"#);
+    let b = tokio::spawn(async move {
+        request(addr, "POST", "/v1/election/web/campaign", b_body.as_bytes()).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(!b.is_finished(), "B elected while A leads");
+    let body = format!(r#"{{"lease": "{la}", "token": "{ta}", "value": "a2"}}"#);
+    let p = request(addr, "POST", "/v1/election/web/proclaim", body.as_bytes())
+        .await?
+        .expect(200)?;
+    ensure!(
+        p["leader"]["value"] == "a2" && p["leader"]["token"] == ta.as_str(),
+        "{p}"
+    );
+    // Only the leader may proclaim: 409 not_leading.
+    let body = format!(r#"{{"lease": "{lb}", "token": "{ta}", "value": "x"}}"#);
+    let refused = request(addr, "POST", "/v1/election/web/proclaim", body.as_bytes()).await?;
+    ensure!(refused.status == 409, "{refused:?}");
+    // Changes closer together than one poll may be reported as the latest only: space them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let body = format!(r#"{{"lease": "{la}", "token": "{ta}"}}"#);
+    request(addr, "POST", "/v1/election/web/resign", body.as_bytes())
+        .await?
+        .expect(200)?;
+    let b = tokio::time::timeout(Duration::from_secs(10), b)
+        .await???
+        .expect(200)?;
+    let tb = b["leader"]["token"].as_str().context("token")?.to_string();
+    ensure!(tb > ta, "tokens {ta} then {tb}");
+    ensure!(b["leader"]["value"] == "b", "{b}");
+    // The long-poll form answers at once when the leader is not the one named.
+    let rev = b["leader"]["revision"].as_u64().context("revision")?;
+    let polled = request(addr, "GET", &format!("/v1/election/web?after={ta}:1"), b"")
+        .await?
+        .expect(200)?;
+    ensure!(polled["leader"]["token"] == tb.as_str(), "{polled}");
+    let waited = Instant::now();
+    let same = request(
+        addr,
+        "GET",
+        &format!("/v1/election/web?after={tb}:{rev}&wait_ms=300"),
+        b"",
+    )
+    .await?
+    .expect(200)?;
+    ensure!(same["leader"]["token"] == tb.as_str(), "{same}");
+    ensure!(
+        waited.elapsed() >= Duration::from_millis(250),
+        "no long poll"
+    );
+    let events = tokio::time::timeout(Duration::from_secs(30), events).await???;
+    println!("events: {events:?}");
+    let seen: Vec<(Option<&str>, Option<&str>)> = events
+        .iter()
+        .map(|e| (e["leader"]["token"].as_str(), e["leader"]["value"].as_str()))
+        .collect();
+    ensure!(
+        seen == vec![
+            (None, None),
+            (Some(ta.as_str()), Some("a")),
+            (Some(ta.as_str()), Some("a2")),
+            (Some(tb.as_str()), Some("b")),
+        ],
+        "observed {seen:?}"
+    );
+    let bad = request(addr, "POST", "/v1/election/web/campaign", b"{}").await?;
+    ensure!(bad.status == 400, "{bad:?}");
+    gw.shutdown().await?;
+    Ok(())
+}
+
+/// A running `swarmkv elect`: its process (killed on drop) and the file its stdout goes to.
+struct ElectProc {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ElectProc {
+    fn start(args: &[String]) -> anyhow::Result<ElectProc> {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("stdout");
+        let child = common::process::swarmkv()
+            .args(args)
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(dir.path().join("stderr"))?)
+            .spawn()?;
+        Ok(ElectProc {
+            child,
+            out,
+            _dir: dir,
+        })
+    }
+
+    /// The token it printed once elected.
+    async fn token(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let until = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.out)?;
+            if let Some(line) = text.lines().next() {
+                return u64::from_str_radix(line.trim(), 16).context("a token");
+            }
+            ensure!(Instant::now() < until, "not elected within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn printed(&self) -> anyhow::Result<bool> {
+        Ok(!std::fs::read_to_string(&self.out)?.is_empty())
+    }
+
+    /// SIGTERM, then the exit code.
+    async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM failed");
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s.code());
+            }
+            ensure!(Instant::now() < until, "swarmkv elect ignored SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ElectProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_elect_holds_until_sigterm_then_the_next_in_line_leads() -> anyhow::Result<()> {
+    use common::gateway::Gateway;
+    use common::process::cli;
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, P, fast_core()).await;
+    let gw = Gateway::for_node(cluster.handles[0].clone()).await?;
+    let endpoint = gw.endpoint();
+    let peer = cluster.addrs[2].to_string();
+    let none = cli(&["leader", "jobs", "--endpoint", &endpoint])?;
+    none.expect(1)?;
+    // One candidate over HTTP, one over libp2p.
+    let args = |value: &str, via: &[&str]| -> Vec<String> {
+        let mut a = vec!["elect", "jobs", value, "--ttl", "3s"];
+        a.extend_from_slice(via);
+        a.into_iter().map(String::from).collect()
+    };
+    let mut first = ElectProc::start(&args("first", &["--endpoint", &endpoint]))?;
+    let t1 = first.token(Duration::from_secs(30)).await?;
+    let mut second = ElectProc::start(&args("second", &["--peer", &peer]))?;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    ensure!(
+        !second.printed()?,
+        "the second candidate was elected while the first leads"
+    );
+    let shown = cli(&["leader", "jobs", "--endpoint", &endpoint])?;
+    ensure!(
+        shown.expect(0)?.trim() == format!("{t1:016x} first"),
+        "leader: {shown:?}"
+    );
+    let json = cli(&["leader", "jobs", "--json", "--peer", &peer])?;
+    let v: serde_json::Value = serde_json::from_str(json.expect(0)?)?;
+    ensure!(v["leader"]["value"] == "first", "{v}");
+    ensure!(
+        first.terminate().await? == Some(0),
+        "the first did not exit 0"
+    );
+    let t2 = second.token(Duration::from_secs(10)).await?;
+    ensure!(t2 > t1, "tokens {t1:x} then {t2:x}");
+    let shown = cli(&["leader", "jobs", "--endpoint", &endpoint])?;
+    ensure!(
+        shown.expect(0)?.trim() == format!("{t2:016x} second"),
+        "leader: {shown:?}"
+    );
+    ensure!(
+        second.terminate().await? == Some(0),
+        "the second did not exit 0"
+    );
+    // Both resigned and revoked their leases: no leader is left.
+    let gone = cli(&["leader", "jobs", "--endpoint", &endpoint])?;
+    gone.expect(1)?;
+    gw.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_observe_prints_each_leader_once() -> anyhow::Result<()> {
+    use common::gateway::Gateway;
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, P, fast_core()).await;
+    let gw = Gateway::for_node(cluster.handles[0].clone()).await?;
+    let endpoint = gw.endpoint();
+    let client = Arc::new(cluster.client(1).await);
+    let mut observers = Vec::new();
+    for via in [
+        ["--endpoint", endpoint.as_str()],
+        ["--peer", &cluster.addrs[2].to_string()],
+    ] {
+        let args: Vec<String> = ["observe", "queue", via[0], via[1]]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        observers.push(ElectProc::start(&args)?);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let lease = client.grant_kept_alive(Duration::from_secs(10)).await?;
+    // Changes closer together than one poll may be reported as the latest only: space them.
+    let mut l = client.campaign("queue", b"one", &lease).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    l.proclaim(b"two").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    l.resign().await?;
+    let expect = vec![
+        "queue: no leader".to_string(),
+        format!("{:016x} one", l.token()),
+        format!("{:016x} two", l.token()),
+        "queue: no leader".to_string(),
+    ];
+    for o in &mut observers {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&o.out)?;
+            let lines: Vec<String> = text.lines().map(String::from).collect();
+            if lines.len() >= expect.len() {
+                ensure!(lines == expect, "observed {lines:?}, expected {expect:?}");
+                break;
+            }
+            ensure!(Instant::now() < until, "observed only {lines:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ensure!(o.terminate().await? == Some(0), "observe did not exit 0");
+    }
+    gw.shutdown().await?;
+    Ok(())
+}

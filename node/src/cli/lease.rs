@@ -220,7 +220,7 @@ pub fn parse_id(text: &str) -> anyhow::Result<LeaseId> {
 }
 
 /// A TTL: whole seconds, or a number with `ms`, `s` or `m`.
-fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
+pub(super) fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
     let (digits, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
         (n, 1)
     } else if let Some(n) = text.strip_suffix('s') {

@@ -6,6 +6,8 @@
 //! - [`put`], [`get`], [`del`], [`cas`], [`scan`]: the key-value verbs.
 //! - [`decommission`]: drain a node out of the cluster.
 //! - [`lease`]: grant, keep alive, revoke and inspect leases (keys attach with `put --lease`).
+//! - [`elect`], [`leader`], [`observe`]: campaign for an election and hold the leadership
+//!   until Ctrl-C, show its leader, follow its leaders ([`elect_http`]: their HTTP routes).
 //! - [`keygen`]: create the pre-shared key file of a private cluster.
 //! - [`bench`]: the benchmark of WORKLOAD.md, against swarmkv or (feature `etcd`) etcd.
 //! - [`transport`]: how a client verb reaches the cluster, chosen by its flags: a node's HTTP
@@ -29,11 +31,15 @@ mod bench;
 mod cas;
 mod decommission;
 mod del;
+mod elect;
+mod elect_http;
 mod endpoint;
 mod error;
 mod get;
 mod keygen;
+mod leader;
 mod lease;
+mod observe;
 mod put;
 mod scan;
 mod start;
@@ -77,6 +83,9 @@ pub enum Command {
     Scan(scan::Scan),
     Decommission(decommission::Decommission),
     Lease(lease::Lease),
+    Elect(elect::Elect),
+    Leader(leader::Leader),
+    Observe(observe::Observe),
     Bench(bench::Bench),
     Keygen(keygen::Keygen),
 }
@@ -101,6 +110,10 @@ impl Command {
             Command::Decommission(c) => with_timeout(c.run()).await,
             // `keep-alive` runs until Ctrl-C; the other lease verbs bound themselves.
             Command::Lease(c) => c.run().await,
+            // `elect` and `observe` run until Ctrl-C (or the leadership is lost).
+            Command::Elect(c) => c.run().await,
+            Command::Leader(c) => with_timeout(c.run()).await,
+            Command::Observe(c) => c.run().await,
             // Bounded by its own --max-seconds (plus connecting and the preload).
             Command::Bench(c) => c.run().await,
             Command::Keygen(c) => c.run(),
@@ -211,6 +224,9 @@ mod tests {
             Command::Scan(c) => Some(&c.transport),
             Command::Decommission(c) => Some(&c.transport),
             Command::Lease(c) => Some(c.transport()),
+            Command::Elect(c) => Some(&c.transport),
+            Command::Leader(c) => Some(&c.transport),
+            Command::Observe(c) => Some(&c.transport),
             Command::Start(_) | Command::Bench(_) | Command::Keygen(_) => None,
         }
     }
@@ -236,6 +252,10 @@ mod tests {
             &["lease", "revoke", "ab"],
             &["lease", "ttl", "ab"],
             &["put", "k", "v", "--lease", "ab"],
+            &["elect", "svc", "me"],
+            &["elect", "svc", "me", "--ttl", "500ms"],
+            &["leader", "svc"],
+            &["observe", "svc", "--json"],
         ] {
             let cli = parse(args, &[])?;
             let t = transport_of(&cli).context("a client verb")?;

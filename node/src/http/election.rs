@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use futures::Stream;
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::election::validate_name;
 use crate::core::{lease_hex, Candidate};
 
-use super::encoding::{b64, from_b64, text};
+use super::encoding::{b64, from_b64, parse_query, text};
 use super::error::ApiError;
 use super::lease::lease_id;
 use super::state::Gateway;
@@ -171,13 +171,57 @@ pub async fn resign(
 }
 
 /// `GET /v1/election/{name}`: `{"leader": candidate or null}` (a linearizable read).
+///
+/// With `?after=TOKEN:REVISION` (or `?after=none`) it is a long poll: the answer comes when
+/// the leader is no longer that one (that token at that revision, or no leader), or after
+/// `wait_ms` (default and most 2000) with the leader as it is then. A client that cannot read
+/// server-sent events observes with it.
 pub async fn leader(
     State(gw): State<Arc<Gateway>>,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<LeaderJson>, ApiError> {
     let name = name_of(&name)?;
-    let l = gw.client()?.leader(&name).await?;
+    let mut after = None;
+    let mut wait_ms = None;
+    for (k, v) in parse_query(query.as_deref())? {
+        let v = String::from_utf8(v).map_err(|_| ApiError::bad_request("query not UTF-8"))?;
+        match k.as_str() {
+            "after" => after = Some(parse_after(&v)?),
+            "wait_ms" => {
+                wait_ms =
+                    Some(v.parse::<u64>().map_err(|_| {
+                        ApiError::bad_request(format!("wait_ms {v:?} is not a number"))
+                    })?)
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}"
+                )))
+            }
+        }
+    }
+    let client = gw.client()?;
+    let l = match after {
+        None => client.leader(&name).await?,
+        Some(known) => {
+            let wait = wait_ms.map(Duration::from_millis);
+            client.observe_once(&name, known, wait).await?
+        }
+    };
     Ok(Json(LeaderJson::of(l.as_ref())))
+}
+
+/// `TOKEN:REVISION` (hex token, decimal revision) or `none`.
+fn parse_after(v: &str) -> Result<Option<(u64, u64)>, ApiError> {
+    if v == "none" {
+        return Ok(None);
+    }
+    let bad = || ApiError::bad_request(format!("after={v:?} is not TOKEN:REVISION or none"));
+    let (t, r) = v.split_once(':').ok_or_else(bad)?;
+    let token = u64::from_str_radix(t, 16).map_err(|_| bad())?;
+    let rev = r.parse::<u64>().map_err(|_| bad())?;
+    Ok(Some((token, rev)))
 }
 
 /// `GET /v1/election/{name}/observe`: server-sent events, one `leader` event with
@@ -237,6 +281,9 @@ mod tests {
         assert!(both.value().is_err());
         assert!(ElectionBody::parse(br#"{"lease":"7","extra":1}"#).is_err());
         assert!(name_of("a/b").is_err());
+        assert_eq!(parse_after("none")?, None);
+        assert_eq!(parse_after("2a:17")?, Some((0x2a, 17)));
+        assert!(parse_after("2a").is_err() && parse_after("x:1").is_err());
         Ok(())
     }
 }
