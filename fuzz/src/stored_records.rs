@@ -6,7 +6,7 @@
 //!
 //! Checked: opening and serving never panic (a bad record is a typed error, or is skipped
 //! where the code says so); a store that opened answers reads of every group; a core that
-//! opened answers every request by its deadline.
+//! opened answers every request by its deadline. The node's key file is decoded too.
 
 use std::sync::OnceLock;
 
@@ -148,6 +148,8 @@ pub enum Encoded {
 pub struct Damage {
     pub mutations: Vec<Mutation>,
     pub requests: Vec<(u8, u8, bool)>,
+    /// The node's key file (`node.key`), read at every start.
+    pub key_file: Vec<u8>,
 }
 
 /// The real node's records, made once.
@@ -500,8 +502,9 @@ pub fn damaged(mutations: &[Mutation]) -> Vec<Record> {
     recs
 }
 
-/// Opens and serves the damaged store.
+/// Opens and serves the damaged store; decodes the key file.
 pub fn check(damage: &Damage) {
+    check_key_file(&damage.key_file);
     let recs = damaged(&damage.mutations);
     let backend = backend_with(&recs);
     let Ok(store) = Store::with_backend(backend.clone(), store_config()) else {
@@ -577,4 +580,18 @@ fn read_group(store: &swarmkv_store::MemStore, g: u64) {
         let _ = storage.entries(first, last + 1, Some(64), GetEntriesContext::empty(false));
     }
     let _ = storage.snapshot(0, 0);
+}
+
+/// A key file that decodes is an ed25519 key whose encoding decodes to the same identity.
+pub fn check_key_file(bytes: &[u8]) {
+    let Ok(keypair) = swarmkv_net::fuzzing::decode_identity(bytes) else {
+        return;
+    };
+    let encoded = keypair
+        .to_protobuf_encoding()
+        .expect("a decoded key encodes");
+    match swarmkv_net::fuzzing::decode_identity(&encoded) {
+        Ok(again) => assert_eq!(again.public(), keypair.public()),
+        Err(e) => panic!("an encoded key file does not decode: {e}"),
+    }
 }
