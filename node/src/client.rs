@@ -24,6 +24,10 @@ mod election;
 mod lease;
 pub use election::{CampaignError, Leadership, LeadershipLoss, LossReason, Observer};
 pub use lease::{KeepAlive, LeaseLost};
+mod watch;
+pub use watch::{
+    Cursor, CursorParseError, Position, Watch, WatchError, WatchEvent, WatchOptions, WatchTarget,
+};
 
 /// Result of a compare-and-swap.
 #[derive(Clone, Debug, PartialEq, Eq)]

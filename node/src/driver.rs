@@ -32,6 +32,7 @@ mod election;
 mod lease;
 mod limits;
 mod view;
+mod watch;
 use control::Control;
 pub use control::ControlConfig;
 pub use limits::NodeLimits;
@@ -216,6 +217,10 @@ enum Cmd {
     Election {
         req: crate::core::ElectionRequest,
         reply: oneshot::Sender<Reply>,
+    },
+    Watch {
+        req: crate::wire::WatchRequest,
+        reply: oneshot::Sender<crate::wire::WatchReply>,
     },
 }
 
@@ -404,6 +409,18 @@ impl NodeHandle {
         }
         rx.await
             .unwrap_or_else(|_| Err(ClientError::Disconnected("the node has stopped".into())))
+    }
+
+    /// One watch long-poll (see `driver/watch.rs`), served by this node's replica of the
+    /// partition or passed to one.
+    pub async fn watch(&self, req: crate::wire::WatchRequest) -> crate::wire::WatchReply {
+        use crate::wire::WatchReply;
+        let stopped = || WatchReply::Unavailable("the node has stopped".into());
+        let (tx, rx) = oneshot::channel();
+        if self.cmds.send(Cmd::Watch { req, reply: tx }).await.is_err() {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
     }
 
     /// Test hook: drop all Raft traffic to and from this node (a network partition that
@@ -730,6 +747,9 @@ impl Driver {
             }
             Cmd::Lease { req, reply } => self.lease_anywhere(req, Origin::Local(reply), 0),
             Cmd::Election { req, reply } => self.election_anywhere(req, Origin::Local(reply), 0),
+            Cmd::Watch { req, reply } => {
+                self.watch_anywhere(req, watch::WatchOrigin::Local(reply), 0)
+            }
             Cmd::Report { reply } => {
                 let _ = reply.send(self.report());
             }
@@ -898,6 +918,9 @@ impl Driver {
                 }
                 Ok(KvCall::V1(Call::Election { req, hops })) => {
                     self.election_anywhere(req, Origin::Remote(responder), hops)
+                }
+                Ok(KvCall::V1(Call::Watch { req, hops })) => {
+                    self.watch_anywhere(req, watch::WatchOrigin::Remote(responder), hops)
                 }
                 Ok(KvCall::V1(Call::Decommission { node })) => {
                     self.decommission_anywhere(node, move |r| {

@@ -49,6 +49,10 @@ pub enum Call {
         req: crate::core::ElectionRequest,
         hops: u8,
     },
+    /// A watch long-poll on one partition, answered by a replica of it (this node's, or one it
+    /// passes the call to; `hops` as for [`Call::Request`]). See `driver/watch.rs`. (Last, so
+    /// the encoding of the other calls is unchanged.)
+    Watch { req: WatchRequest, hops: u8 },
 }
 
 /// An answer on `/swarmkv/kv/1`.
@@ -72,6 +76,9 @@ pub enum Answer {
     /// A decommission named a node the cluster does not know (last, so the encoding of the
     /// other answers is unchanged).
     UnknownNode(NodeId),
+    /// The answer to a [`Call::Watch`] (last, so the encoding of the other answers is
+    /// unchanged).
+    Watch(WatchReply),
 }
 
 /// What a client needs to know about the cluster.
@@ -153,4 +160,37 @@ pub struct GroupReport {
     pub voters: Vec<NodeId>,
     pub commit: u64,
     pub applied: u64,
+}
+
+/// One long-poll of a watch: the events of one partition after a revision, for a key range.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRequest {
+    pub partition: u32,
+    /// Events with a revision above this one. `None`: start now (the replica answers at once
+    /// with no events and its applied revision, the position to watch from).
+    pub after: Option<u64>,
+    /// Keys in `[start, end)` (`end = None`: to the end of the keyspace).
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+    /// How long the replica may wait for a matching event before it answers with none (the
+    /// node caps it).
+    pub wait_ms: u32,
+}
+
+/// What a watch long-poll gets back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchReply {
+    /// Every matching event with a revision in `(after, through]`, in revision order (possibly
+    /// none). A replica behind the caller answers a `through` at or below `after`: it says
+    /// nothing new, and the caller keeps its position.
+    Events {
+        events: Vec<swarmkv_store::Event>,
+        through: u64,
+    },
+    /// The replica no longer has the events right after `after`: its history starts after
+    /// `compacted`.
+    Compacted { compacted: u64 },
+    /// No replica of the partition could answer now (not part of a cluster, none reachable,
+    /// storage failing); another node may.
+    Unavailable(String),
 }

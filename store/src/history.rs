@@ -32,7 +32,7 @@ use crate::kv::KvRecord;
 use crate::store::Store;
 
 /// What happened to a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum EventKind {
     /// The key was written (created or updated).
     Put,

@@ -5,6 +5,7 @@
 //! - [`status`]: a node's report on itself and its groups, as a table or as JSON.
 //! - [`put`], [`get`], [`del`], [`cas`], [`scan`]: the key-value verbs.
 //! - [`decommission`]: drain a node out of the cluster.
+//! - [`watch`]: print the changes of a prefix or key as they happen (resumable).
 //! - [`lease`]: grant, keep alive, revoke and inspect leases (keys attach with `put --lease`).
 //! - [`elect`], [`leader`], [`observe`]: campaign for an election and hold the leadership
 //!   until Ctrl-C, show its leader, follow its leaders ([`elect_http`]: their HTTP routes).
@@ -45,6 +46,7 @@ mod scan;
 mod start;
 mod status;
 mod transport;
+mod watch;
 
 pub use error::CliError;
 
@@ -88,6 +90,7 @@ pub enum Command {
     Observe(observe::Observe),
     Bench(bench::Bench),
     Keygen(keygen::Keygen),
+    Watch(watch::WatchCmd),
 }
 
 impl Command {
@@ -117,6 +120,8 @@ impl Command {
             // Bounded by its own --max-seconds (plus connecting and the preload).
             Command::Bench(c) => c.run().await,
             Command::Keygen(c) => c.run(),
+            // Runs until Ctrl-C or --count.
+            Command::Watch(c) => c.run().await,
         };
         verb.map(|()| ExitCode::SUCCESS)
     }
@@ -224,6 +229,7 @@ mod tests {
             Command::Scan(c) => Some(&c.transport),
             Command::Decommission(c) => Some(&c.transport),
             Command::Lease(c) => Some(c.transport()),
+            Command::Watch(c) => Some(&c.transport),
             Command::Elect(c) => Some(&c.transport),
             Command::Leader(c) => Some(&c.transport),
             Command::Observe(c) => Some(&c.transport),
@@ -252,6 +258,7 @@ mod tests {
             &["lease", "revoke", "ab"],
             &["lease", "ttl", "ab"],
             &["put", "k", "v", "--lease", "ab"],
+            &["watch", "p/", "--from", "3"],
             &["elect", "svc", "me"],
             &["elect", "svc", "me", "--ttl", "500ms"],
             &["leader", "svc"],

@@ -6,6 +6,7 @@
 //! - [`kv`]: one key: `GET`/`PUT`/`DELETE /v1/kv/{key}`, `POST /v1/kv/{key}/cas`.
 //! - [`scan`]: `GET /v1/kv?prefix=&start=&end=&limit=`.
 //! - [`status`]: `GET /v1/status`, the node's report and a replica-health summary.
+//! - [`watch`]: `GET /v1/watch`, the changes of a key or prefix as server-sent events.
 //! - [`cluster`]: the `cluster` part of the status: every node and partition, with health.
 //! - [`nodes`]: `POST /v1/nodes/{node}/decommission`, draining a node out of the cluster.
 //! - [`lease`]: `POST /v1/lease`, `POST /v1/lease/{id}/keepalive`, `GET`/`DELETE
@@ -43,6 +44,7 @@ pub mod page;
 pub mod scan;
 pub mod state;
 pub mod status;
+pub mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -123,6 +125,7 @@ fn routes(gateway: Gateway) -> Router {
             get(kv::get).put(kv::put).delete(kv::delete).post(kv::cas),
         )
         .route("/v1/status", get(status::status))
+        .route("/v1/watch", get(watch::watch))
         .route("/v1/nodes/{node}/decommission", post(nodes::decommission))
         .route("/v1/lease", post(lease::grant))
         .route(

@@ -1,0 +1,606 @@
+//! Watches on in-process 3-node clusters: every event exactly once and in revision order per
+//! partition across a kill of the watcher's node and a resume from a cursor through another
+//! node (compared against the writes the test made); a clear error for a compacted start; the
+//! HTTP server-sent events with `Last-Event-ID`; the CLI over HTTP and libp2p.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use swarmkv::client::{Cursor, Watch, WatchError, WatchEvent, WatchOptions, WatchTarget};
+use swarmkv::core::routing::partition_of;
+use swarmkv::core::CoreConfig;
+use swarmkv::{Client, Node, NodeHandle};
+use swarmkv_store::{CasAction, Compare, EventKind};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+
+const P: u32 = 8;
+
+fn fast_core() -> CoreConfig {
+    CoreConfig {
+        tick_ms: 50,
+        ..CoreConfig::default()
+    }
+}
+
+/// A change as the test made it or a watch saw it: (partition, revision, kind, key, value).
+type Change = (u32, u64, EventKind, String, String);
+
+fn change_of(e: &WatchEvent) -> Change {
+    (
+        e.partition,
+        e.event.revision,
+        e.event.kind,
+        String::from_utf8_lossy(&e.event.key).into_owned(),
+        String::from_utf8_lossy(&e.event.value).into_owned(),
+    )
+}
+
+fn seed() -> u64 {
+    std::env::var("SWARMKV_WATCH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+/// Reads `watch` into `out` until told to stop; gives the watch back (with its cursor).
+fn collect(
+    mut watch: Watch,
+    out: mpsc::UnboundedSender<(Instant, Result<WatchEvent, WatchError>)>,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<Watch>) {
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                item = watch.next() => match item {
+                    Some(item) => {
+                        let failed = item.is_err();
+                        let _ = out.send((Instant::now(), item));
+                        if failed {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        watch
+    });
+    (stop, task)
+}
+
+/// One write of the workload: a put, or a delete by compare-and-swap on the revision the test
+/// wrote last (so the test learns the delete's revision).
+async fn write(
+    client: &Client,
+    rng: &mut StdRng,
+    present: &mut BTreeMap<String, u64>,
+    i: usize,
+) -> Result<Option<Change>> {
+    // Some writes outside the watched prefix: they must not show up.
+    if rng.gen_bool(0.1) {
+        client.put(format!("other/{i}").as_bytes(), b"x").await?;
+        return Ok(None);
+    }
+    let key = format!("w/{}", rng.gen_range(0..24));
+    let partition = partition_of(key.as_bytes(), P);
+    if let (Some(rev), true) = (present.get(&key).copied(), rng.gen_bool(0.3)) {
+        let r = client
+            .cas(key.as_bytes(), Compare::ModRevision(rev), CasAction::Delete)
+            .await?;
+        ensure!(
+            r.succeeded,
+            "the test is the only writer: cas on {key}@{rev} failed"
+        );
+        present.remove(&key);
+        return Ok(Some((
+            partition,
+            r.revision,
+            EventKind::Delete,
+            key,
+            String::new(),
+        )));
+    }
+    let value = format!("v{i}");
+    let rev = client.put(key.as_bytes(), value.as_bytes()).await?;
+    present.insert(key.clone(), rev);
+    Ok(Some((partition, rev, EventKind::Put, key, value)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_delivers_every_event_exactly_once_across_a_node_kill_and_a_resume() -> Result<()> {
+    let _serial = serial().await;
+    let seed = seed();
+    println!("seed {seed} (replay with SWARMKV_WATCH_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut c = TestCluster::start(3, P, fast_core()).await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(Arc::new(
+            c.client(i).await.with_deadline(Duration::from_secs(30)),
+        ));
+    }
+    let options = WatchOptions {
+        poll_wait: Duration::from_millis(500),
+        give_up: Duration::from_secs(60),
+    };
+    // The watcher reads through node 0 first; the writes go through node 1.
+    let first = Watch::start(
+        clients.clone(),
+        WatchTarget::Prefix(b"w/".to_vec()),
+        Cursor::now(),
+        options,
+    )
+    .await?;
+    println!("watch started at {}", first.cursor());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut first = Some(collect(first, tx.clone()));
+
+    let writer = clients[1].clone();
+    let mut present = BTreeMap::new();
+    let mut made: Vec<Change> = Vec::new();
+    // When each change was acknowledged to the writer.
+    let mut acked: BTreeMap<Change, Instant> = BTreeMap::new();
+    let total = 240;
+    let mut killed_at = None;
+    let mut second = None;
+    for i in 0..total {
+        if let Some(change) = write(&writer, &mut rng, &mut present, i).await? {
+            acked.insert(change.clone(), Instant::now());
+            made.push(change);
+        }
+        if i == total / 3 {
+            println!(
+                "killing node 0 (the watcher's node) after {} changes",
+                made.len()
+            );
+            c.kill(0).await;
+            killed_at = Some((Instant::now(), made.len()));
+        }
+        if i == 2 * total / 3 {
+            let Some((stop_first, first_task)) = first.take() else {
+                bail!("the first watch is gone");
+            };
+            // The client goes away and comes back: a new watch from the old one's cursor,
+            // through another node.
+            let _ = stop_first.send(());
+            let old = first_task.await?;
+            let cursor = old.cursor().clone();
+            drop(old);
+            println!("resuming from {cursor} through node 2");
+            let w = Watch::start(
+                vec![clients[2].clone(), clients[1].clone()],
+                WatchTarget::Prefix(b"w/".to_vec()),
+                cursor,
+                options,
+            )
+            .await?;
+            second = Some(collect(w, tx.clone()));
+        }
+    }
+    let Some((stop_second, second_task)) = second else {
+        bail!("the second watch never started");
+    };
+    println!("{} watched changes made; waiting for the watch", made.len());
+
+    let mut seen: Vec<(Instant, Change)> = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while seen.len() < made.len() {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some((at, Ok(e)))) => seen.push((at, change_of(&e))),
+            Ok(Some((_, Err(e)))) => bail!("the watch failed: {e}"),
+            Ok(None) => bail!("the watches ended"),
+            Err(_) => bail!(
+                "timed out with {} of {} changes seen",
+                seen.len(),
+                made.len()
+            ),
+        }
+    }
+    // Anything repeated would arrive now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while let Ok((at, item)) = rx.try_recv() {
+        seen.push((at, change_of(&item.context("the watch failed late")?)));
+    }
+    let _ = stop_second.send(());
+    second_task.await?;
+
+    if let Some((k, before)) = killed_at {
+        // Delivery lag (acknowledgement to delivery) of the changes made after the kill, when
+        // the watch had to fail over, and of all of them.
+        let lag = |c: &Change, at: &Instant| {
+            acked
+                .get(c)
+                .map_or(Duration::ZERO, |a| at.saturating_duration_since(*a))
+        };
+        let after_kill: Vec<&Change> = made[before..].iter().collect();
+        let mut post: Vec<Duration> = seen
+            .iter()
+            .filter(|(_, c)| after_kill.contains(&c))
+            .map(|(at, c)| lag(c, at))
+            .collect();
+        let mut all: Vec<Duration> = seen.iter().map(|(at, c)| lag(c, at)).collect();
+        post.sort();
+        all.sort();
+        let first_after = seen
+            .iter()
+            .find(|(_, c)| after_kill.contains(&c))
+            .map(|(at, _)| at.duration_since(k));
+        println!(
+            "delivery lag after the kill: median {:?}, max {:?}; overall median {:?}, max {:?}; \
+             first change made after the kill delivered {:?} after the kill",
+            post.get(post.len() / 2),
+            post.last(),
+            all.get(all.len() / 2),
+            all.last(),
+            first_after
+        );
+    }
+    // Per partition, in delivery order: revisions never go back.
+    let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+    for (_, (p, rev, ..)) in &seen {
+        let prev = last.insert(*p, *rev).unwrap_or(0);
+        ensure!(
+            *rev > prev,
+            "partition {p}: revision {rev} delivered after {prev}"
+        );
+    }
+    // Exactly the changes made, each once.
+    let mut got: Vec<Change> = seen.into_iter().map(|(_, c)| c).collect();
+    got.sort();
+    made.sort();
+    ensure!(
+        got == made,
+        "delivered {} changes, made {}; first difference: {:?}",
+        got.len(),
+        made.len(),
+        got.iter().zip(&made).find(|(a, b)| a != b)
+    );
+    println!(
+        "{} changes over {} partitions delivered exactly once",
+        made.len(),
+        last.len()
+    );
+    Ok(())
+}
+
+/// Three nodes whose stores keep `history` revisions of events per partition.
+async fn small_history_cluster(history: u64) -> Result<(Vec<Node>, Vec<tempfile::TempDir>)> {
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir()?;
+        let mut config = node_config(dir.path(), &fast_core());
+        config.store.history_revisions = history;
+        let node = Node::start(config).await?;
+        addrs.push(listen_addr(&node.handle()).await);
+        nodes.push(node);
+        dirs.push(dir);
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        for (j, a) in addrs.iter().enumerate() {
+            if i != j {
+                let _ = n.handle().net().dial(a.clone()).await;
+            }
+        }
+    }
+    let peers: Vec<_> = nodes.iter().map(|n| n.handle().peer_id()).collect();
+    for n in &nodes {
+        n.handle().bootstrap(peers.clone(), P, 3).await?;
+    }
+    let handles: Vec<NodeHandle> = nodes.iter().map(Node::handle).collect();
+    wait_for(
+        "a leader for every partition",
+        Duration::from_secs(30),
+        || {
+            let handles = handles.clone();
+            async move {
+                for h in &handles {
+                    match h.status().await {
+                        Ok(s) if s.groups.iter().all(|g| g.leader.is_some()) => {}
+                        _ => return false,
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+    Ok((nodes, dirs))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_from_a_compacted_revision_gets_a_clear_error() -> Result<()> {
+    let _serial = serial().await;
+    let (nodes, _dirs) = small_history_cluster(8).await?;
+    let client = Arc::new(Client::in_process(nodes[0].handle()).await?);
+    let mut first = 0;
+    let mut last = 0;
+    for i in 0..40 {
+        let rev = client.put(b"hot", format!("{i}").as_bytes()).await?;
+        if i == 0 {
+            first = rev;
+        }
+        last = rev;
+    }
+    // From the first write: long compacted away on every replica.
+    let mut w = client
+        .watch(
+            WatchTarget::Key(b"hot".to_vec()),
+            Cursor::from_revision(first),
+        )
+        .await?;
+    let item = tokio::time::timeout(Duration::from_secs(30), w.next())
+        .await
+        .context("no answer from the watch")?;
+    match item {
+        Some(Err(WatchError::Compacted {
+            partition,
+            requested,
+            compacted,
+        })) => {
+            println!("compacted: partition {partition}, asked after {requested}, history after {compacted}");
+            ensure!(
+                requested == first - 1 && compacted >= first,
+                "{requested} {compacted}"
+            );
+            ensure!(partition == partition_of(b"hot", P));
+        }
+        other => bail!("expected a compacted error, got {other:?}"),
+    }
+    ensure!(w.next().await.is_none(), "the watch ends after the error");
+    // From a recent revision: still kept, delivered.
+    let mut w = client
+        .watch(
+            WatchTarget::Key(b"hot".to_vec()),
+            Cursor::from_revision(last),
+        )
+        .await?;
+    let e = tokio::time::timeout(Duration::from_secs(30), w.next())
+        .await
+        .context("no answer from the watch")?
+        .context("the watch ended")??;
+    ensure!(e.event.revision == last && e.event.value == b"39", "{e:?}");
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+/// One server-sent event: (event, id, data).
+type Sse = (String, String, String);
+
+/// Opens `GET target` on `addr` as HTTP/1.0 (no chunking: the stream is the body) and reads
+/// `n` events.
+async fn read_sse(
+    addr: std::net::SocketAddr,
+    target: &str,
+    last_event_id: Option<&str>,
+    n: usize,
+) -> Result<Vec<Sse>> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut head =
+        format!("GET {target} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+    if let Some(id) = last_event_id {
+        head.push_str(&format!("Last-Event-ID: {id}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    let mut lines = BufReader::new(stream).lines();
+    let status = lines.next_line().await?.context("no status line")?;
+    ensure!(status.contains(" 200"), "status {status}");
+    while lines.next_line().await?.is_some_and(|l| !l.is_empty()) {}
+    let mut events = Vec::new();
+    let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
+    let read = async {
+        while events.len() < n {
+            let Some(line) = lines.next_line().await? else {
+                bail!("the stream ended after {} events", events.len());
+            };
+            if line.is_empty() {
+                if !event.is_empty() || !data.is_empty() {
+                    events.push((
+                        std::mem::take(&mut event),
+                        std::mem::take(&mut id),
+                        std::mem::take(&mut data),
+                    ));
+                }
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data = v.trim().to_string();
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .context("timed out reading events")??;
+    Ok(events)
+}
+
+fn sse_change(e: &Sse) -> Result<(String, String, String)> {
+    let v: serde_json::Value = serde_json::from_str(&e.2)?;
+    Ok((
+        e.0.clone(),
+        v["key"].as_str().unwrap_or_default().to_string(),
+        v["value"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_watch_streams_server_sent_events_and_resumes_from_last_event_id() -> Result<()> {
+    let _serial = serial().await;
+    let c = TestCluster::start(3, P, fast_core()).await;
+    let client = c.client(1).await;
+    let g0 = gateway::Gateway::for_client(c.client(0).await).await?;
+    let g2 = gateway::Gateway::for_client(c.client(2).await).await?;
+    for (k, v) in [("h/a", "1"), ("h/b", "2"), ("x/no", "0"), ("h/c", "3")] {
+        client.put(k.as_bytes(), v.as_bytes()).await?;
+    }
+    let first = read_sse(g0.addr, "/v1/watch?prefix=h%2F&from=1", None, 4).await?;
+    ensure!(first[0].0 == "start", "{first:?}");
+    let mut got: Vec<_> = first[1..].iter().map(sse_change).collect::<Result<_>>()?;
+    got.sort();
+    ensure!(
+        got == vec![
+            ("put".into(), "h/a".into(), "1".into()),
+            ("put".into(), "h/b".into(), "2".into()),
+            ("put".into(), "h/c".into(), "3".into()),
+        ],
+        "{got:?}"
+    );
+    // Reconnect elsewhere with the last id: only what came after.
+    let last_id = first[3].1.clone();
+    client.put(b"h/d", b"4").await?;
+    client.delete(b"h/a").await?;
+    let second = read_sse(g2.addr, "/v1/watch?prefix=h%2F", Some(&last_id), 3).await?;
+    // The stream starts where the last id pointed.
+    ensure!(second[0].0 == "start", "{second:?}");
+    ensure!(second[0].1.parse::<Cursor>()? == last_id.parse::<Cursor>()?);
+    let mut got: Vec<_> = second[1..].iter().map(sse_change).collect::<Result<_>>()?;
+    got.sort();
+    ensure!(
+        got == vec![
+            ("delete".into(), "h/a".into(), String::new()),
+            ("put".into(), "h/d".into(), "4".into()),
+        ],
+        "{got:?}"
+    );
+    // Mistakes are plain 400s before any stream starts.
+    let r = g0.get("/v1/watch?prefix=h&cursor=nonsense").await?;
+    ensure!(r.status == 400, "bad cursor: {}", r.status);
+    let r = g0.get("/v1/watch").await?;
+    ensure!(r.status == 400, "no target: {}", r.status);
+    Ok(())
+}
+
+/// Runs the built binary with `args`, killed after 60 s; (exit code, stdout, stderr).
+async fn swarmkv(args: Vec<String>) -> Result<(i32, String, String)> {
+    tokio::task::spawn_blocking(move || -> Result<(i32, String, String)> {
+        use std::io::Read as _;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_swarmkv"));
+        cmd.args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for v in ["SWARMKV_ENDPOINT", "SWARMKV_PEER", "SWARMKV_HTTP_TOKEN"] {
+            cmd.env_remove(v);
+        }
+        let mut child = cmd.spawn()?;
+        let until = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("swarmkv {args:?} did not finish in 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (mut out, mut err) = (String::new(), String::new());
+        if let Some(mut o) = child.stdout.take() {
+            o.read_to_string(&mut out)?;
+        }
+        if let Some(mut e) = child.stderr.take() {
+            e.read_to_string(&mut err)?;
+        }
+        Ok((status.code().unwrap_or(-1), out, err))
+    })
+    .await?
+}
+
+/// The cursor a CLI watch printed on stderr.
+fn resume_cursor(stderr: &str) -> Result<String> {
+    let rest = stderr
+        .split("--cursor '")
+        .nth(1)
+        .with_context(|| format!("no resume hint in {stderr:?}"))?;
+    Ok(rest.split('\'').next().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_watch_prints_changes_over_http_and_resumes_over_libp2p() -> Result<()> {
+    let _serial = serial().await;
+    let c = TestCluster::start(3, P, fast_core()).await;
+    let client = c.client(1).await;
+    let g0 = gateway::Gateway::for_client(c.client(0).await).await?;
+    client.put(b"c/a", b"1").await?;
+    client.put(b"c/b", b"2").await?;
+    client.put(b"d/x", b"no").await?;
+    client.delete(b"c/a").await?;
+    let (code, out, err) = swarmkv(
+        [
+            "watch",
+            "c/",
+            "--from",
+            "1",
+            "--count",
+            "3",
+            "--json",
+            "--endpoint",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([g0.endpoint()])
+        .collect(),
+    )
+    .await?;
+    ensure!(code == 0, "exit {code}: {err}");
+    let mut got = Vec::new();
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        ensure!(v["cursor"].as_str().is_some_and(|c| !c.is_empty()), "{v}");
+        got.push(format!(
+            "{} {} {}",
+            v["type"].as_str().unwrap_or_default(),
+            v["key"].as_str().unwrap_or_default(),
+            v["value"].as_str().unwrap_or_default()
+        ));
+    }
+    got.sort();
+    ensure!(got == ["delete c/a ", "put c/a 1", "put c/b 2"], "{got:?}");
+    let cursor = resume_cursor(&err)?;
+    println!("the HTTP watch stopped at {cursor}");
+
+    // Resume from the printed cursor over libp2p, through another node.
+    client.put(b"c/c", b"3").await?;
+    let (code, out, err) = swarmkv(vec![
+        "watch".into(),
+        "c/".into(),
+        "--cursor".into(),
+        cursor,
+        "--count".into(),
+        "1".into(),
+        "--peer".into(),
+        c.addrs[2].to_string(),
+    ])
+    .await?;
+    ensure!(code == 0, "exit {code}: {err}");
+    ensure!(out == "put c/c 3\n", "{out:?}");
+
+    // A bad cursor is a usage error.
+    let (code, _, err) = swarmkv(
+        ["watch", "c/", "--cursor", "bogus", "--endpoint"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([g0.endpoint()])
+            .collect(),
+    )
+    .await?;
+    ensure!(code == 2, "exit {code}: {err}");
+    Ok(())
+}
