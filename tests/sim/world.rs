@@ -101,6 +101,8 @@ impl Node {
 /// One seeded run.
 pub struct World {
     verbose: bool,
+    /// In a verbose run: each replica's last traced role, term and configuration.
+    traced: BTreeMap<(NodeId, GroupId), String>,
     p: Params,
     rng: StdRng,
     now: u64,
@@ -227,6 +229,7 @@ impl World {
         };
         let w = World {
             verbose,
+            traced: BTreeMap::new(),
             p,
             rng,
             now: 0,
@@ -767,6 +770,15 @@ impl World {
             if after != groups_before {
                 eprintln!("[{now:>6} ms] {id:x} groups {groups_before:?} -> {after:?}");
             }
+            for g in after {
+                let Some(line) = replica_trace(core, g) else {
+                    continue;
+                };
+                if self.traced.get(&(id, g)) != Some(&line) {
+                    eprintln!("[{now:>6} ms] {id:x} group {g}: {line}");
+                    self.traced.insert((id, g), line);
+                }
+            }
         }
         let mut out = Vec::new();
         while let Some((to, msgs)) = core.poll_transmit() {
@@ -944,13 +956,25 @@ impl World {
                     core.propose_meta(MetaState::put_node(&record));
                 }
             }
-            if meta.settings.is_none() || meta.targets.len() < targets.len() {
+            // As the driver: plan only once every node a target names is registered.
+            let unregistered = targets
+                .values()
+                .flat_map(|t| t.replicas.iter())
+                .any(|id| !meta.nodes.contains_key(id));
+            if meta.settings.is_none() || meta.targets.len() < targets.len() || unregistered {
                 continue;
             }
             let budget = MAX_MOVES.saturating_sub(moving);
             if budget > 0 {
                 let live = meta.live_nodes();
                 for (g, t) in plan_targets(&meta.targets, &live, settings.replication, budget) {
+                    if self.verbose {
+                        eprintln!(
+                            "[{:>6} ms] coordinator {m:x}: target of group {g} -> {:x?} (v{}, \
+                             live {live:x?})",
+                            self.now, t.replicas, t.version
+                        );
+                    }
                     core.propose_meta(MetaState::put_target(g, &t));
                 }
             }
@@ -1387,6 +1411,27 @@ impl World {
         }
         Ok(())
     }
+}
+
+/// A replica's role, term, leader and applied configuration, for the verbose trace (printed
+/// whenever one of them changes).
+fn replica_trace(core: &Core<MemBackend>, g: GroupId) -> Option<String> {
+    let s = core.group_status(g)?;
+    let cs = core.store().group(g).ok()?.apply_state().conf_state;
+    let mut line = format!(
+        "{} term {} leader {:x?} conf {:x?}",
+        s.role, s.term, s.leader, cs.voters
+    );
+    if !cs.voters_outgoing.is_empty() {
+        line.push_str(&format!(" joint with {:x?}", cs.voters_outgoing));
+    }
+    if !cs.learners.is_empty() || !cs.learners_next.is_empty() {
+        line.push_str(&format!(
+            " learners {:x?} next {:x?}",
+            cs.learners, cs.learners_next
+        ));
+    }
+    Some(line)
 }
 
 /// Runs one seed.

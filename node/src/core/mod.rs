@@ -129,8 +129,6 @@ pub struct Core<B: Backend> {
     /// Where every group's replicas should be, as last learned from the meta group.
     targets: BTreeMap<GroupId, Target>,
     replicas: BTreeMap<GroupId, Replica<B>>,
-    /// Groups this node was removed from, to destroy at the end of the turn.
-    removed: Vec<GroupId>,
     rng: StdRng,
     logger: slog::Logger,
     now_ms: u64,
@@ -176,7 +174,6 @@ impl<B: Backend> Core<B> {
             settings,
             targets: BTreeMap::new(),
             replicas: BTreeMap::new(),
-            removed: Vec::new(),
             rng,
             logger: logger(),
             now_ms,
@@ -944,18 +941,6 @@ impl<B: Backend> Core<B> {
                 }
             }
         }
-        for g in std::mem::take(&mut self.removed) {
-            if let Some(mut r) = self.replicas.remove(&g) {
-                log::info!(
-                    "node {:x}: removed from group {g}, dropping its replica",
-                    self.id
-                );
-                for (_, p) in std::mem::take(&mut r.proposals) {
-                    self.reply(p.request, Err(ClientError::LeaderChanged));
-                }
-                self.destroy_replica(g, r)?;
-            }
-        }
         Ok(())
     }
 
@@ -1053,15 +1038,21 @@ impl<B: Backend> Core<B> {
             .rev()
             .find(|(_, _, d)| matches!(d, Decoded::Conf(_)))
         {
-            // Removed: drop the replica, unless the current target wants this node back (a
-            // node replayed its own removal after a restart and is being re-added): keeping
-            // its log then saves a snapshot.
-            let wanted = self
-                .targets
-                .get(&g)
-                .is_some_and(|t| t.replicas.contains(&me));
-            if !still_member(cs) && !wanted {
-                self.removed.push(g);
+            // Removed: the replica stays, passive (raft-rs never lets a node outside the
+            // configuration campaign), until a leader of the group reports a configuration
+            // without it and the target does not want it either (`Core::drop_replica`). Its
+            // vote may still be needed: the others apply the change only once they learn that
+            // it committed, and until then they count the configuration before it. A leader
+            // that left a joint configuration it was only an outgoing voter of, and dropped its
+            // replica at once, left the followers that had not yet heard of the commit in the
+            // joint configuration, whose outgoing half then had only one live voter: no
+            // election could succeed again (sim seed 401311).
+            if !still_member(cs) {
+                log::info!(
+                    "node {:x}: no longer in group {g}'s configuration; the replica stays until \
+                     the group's leader reports that",
+                    self.id
+                );
             }
             // A leader the configuration no longer counts as a voter (it was elected on a
             // configuration it had not yet seen replaced, e.g. after a restart that lost its

@@ -393,10 +393,11 @@ impl Driver {
         }
         let initial: std::collections::BTreeSet<NodeId> =
             targets.values().flat_map(|t| t.replicas.clone()).collect();
-        for id in initial
+        let unregistered: Vec<NodeId> = initial
             .into_iter()
             .filter(|id| !meta.nodes.contains_key(id))
-        {
+            .collect();
+        for &id in &unregistered {
             let peer = self
                 .peers
                 .get(&id)
@@ -410,7 +411,12 @@ impl Driver {
             };
             self.core.propose_meta(MetaState::put_node(&record));
         }
-        if meta.settings.is_none() || meta.targets.len() < targets.len() {
+        // Plan only on a complete registry: placement counts a node without a record as not
+        // live, so planning while some initial nodes' records were still missing (lost to a
+        // meta leader change, or not applied yet) moved every group onto the registered few,
+        // down to one replica (sim seed 409762).
+        if meta.settings.is_none() || meta.targets.len() < targets.len() || !unregistered.is_empty()
+        {
             return;
         }
         // Liveness: a registered node silent for longer than the grace period is dead; one
