@@ -586,6 +586,7 @@ fn leader_voters_prefer_the_leader_of_the_highest_term() {
         }],
         peers: vec![],
         foreign: vec![],
+        storage_error: None,
     };
     let stale_then_new = [report(1, 2, 1), report(2, 5, 3)];
     assert_eq!(leader_voters(&stale_then_new).get(&1), Some(&3));

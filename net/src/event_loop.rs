@@ -42,6 +42,8 @@ const MAX_HELD_BYTES: usize = 16 << 20;
 const FOREIGN_GRACE: Duration = Duration::from_millis(100);
 /// How long a foreign peer is remembered (to report it once, not on every reconnect).
 const FOREIGN_MEMORY: Duration = Duration::from_secs(60);
+/// Frame refusals per second and peer handed to the application (bursts of twice that).
+const REJECT_REPORTS_PER_SEC: u32 = 5;
 /// How often gossip dropped by the rate limit is summed up in the log.
 const GOSSIP_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// At most this many listen addresses go into a heartbeat or the dial list of a peer.
@@ -144,6 +146,8 @@ pub struct EventLoop {
     gossip_rate: RateLimiter,
     /// When dropped gossip was last reported in the log.
     gossip_report: Instant,
+    /// Frame refusals reported to the application per peer (the rest are counted).
+    reject_reports: RateLimiter,
 }
 
 fn ack(result: Result<(), String>) -> Vec<u8> {
@@ -193,6 +197,7 @@ impl EventLoop {
             held_total: 0,
             gossip_rate,
             gossip_report: now,
+            reject_reports: RateLimiter::new(REJECT_REPORTS_PER_SEC),
         }
     }
 
@@ -227,6 +232,13 @@ impl EventLoop {
     }
 
     fn emit(&mut self, event: NetEvent) {
+        // A peer sending garbage in a loop must not turn into one event (and one log line
+        // in the application) per frame: past a few a second, refusals are only counted.
+        if let NetEvent::FrameRejected { peer, .. } = &event {
+            if !self.reject_reports.allow(*peer, Instant::now()) {
+                return;
+            }
+        }
         self.out.push_back(event);
     }
 
@@ -1163,6 +1175,13 @@ impl EventLoop {
                 log::warn!(
                     "dropped {dropped} gossip messages over the per-peer rate limit ({}/s) in the last {} s",
                     self.config.gossip_rate_per_peer,
+                    GOSSIP_REPORT_EVERY.as_secs()
+                );
+            }
+            let unreported = self.reject_reports.take_dropped();
+            if unreported > 0 {
+                log::warn!(
+                    "refused {unreported} more malformed or oversized frames in the last {} s (not reported one by one)",
                     GOSSIP_REPORT_EVERY.as_secs()
                 );
             }

@@ -480,3 +480,91 @@ async fn undeliverable_sends_are_reported_not_lost_silently() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_peer_flooding_heartbeats_is_held_to_its_gossip_rate() -> Result<()> {
+    let mut honest_config = config();
+    honest_config.gossip_rate_per_peer = 20;
+    let mut a = spawn(honest_config).await?;
+    // The flooder publishes a heartbeat every 2 ms: 500 a second, 25 times its allowance.
+    let mut flood = config();
+    flood.heartbeat_interval = Duration::from_millis(2);
+    let mut b = spawn(flood).await?;
+    connect(&mut b, &mut a).await?;
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let events = a.drain_for(window).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let heard = events
+        .iter()
+        .filter(|e| matches!(e, NetEvent::Heartbeat { info } if info.peer == b.peer))
+        .count();
+    println!("{heard} heartbeats from the flooder reached the application in {elapsed:.1} s");
+    // 20/s plus a burst of 40 (and slack for the connection's first moments).
+    let allowed = (20.0 * elapsed) as usize + 40 + 10;
+    ensure!(
+        heard <= allowed,
+        "{heard} heartbeats passed, more than the {allowed} the rate allows"
+    );
+    ensure!(
+        heard >= 20,
+        "the flooder's heartbeats did not arrive at all ({heard})"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_closed_gate_refuses_unlisted_peers_and_drops_connected_ones() -> Result<()> {
+    let mut nodes = cluster(2).await?;
+    let stranger = spawn(config()).await?;
+    let (member, admitted) = (nodes[0].peer, nodes[1].peer);
+    let allowed: std::collections::HashSet<PeerId> = [member, admitted].into_iter().collect();
+    // Connected before the gate closes: dropped when it does.
+    let _ = stranger.handle.dial(nodes[0].addr.clone()).await?;
+    nodes[0].wait_up(stranger.peer).await?;
+    nodes[0].handle.set_allowed_peers(Some(allowed)).await?;
+    nodes[0]
+        .wait_for("the stranger to go", |e| match e {
+            NetEvent::PeerSuspect { peer } | NetEvent::PeerDown { peer }
+                if peer == stranger.peer =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await?;
+    // Redials are denied: nothing the stranger sends arrives, and it is no member.
+    for _ in 0..3 {
+        let _ = stranger.handle.dial(nodes[0].addr.clone()).await;
+        let kv = stranger
+            .handle
+            .kv_request(nodes[0].peer, b"x".to_vec())
+            .await;
+        ensure!(kv.is_err(), "a refused peer got an answer: {kv:?}");
+    }
+    for event in nodes[0].drain_for(Duration::from_millis(1500)).await {
+        if let NetEvent::KvRequest { peer, .. } | NetEvent::Raft { peer, .. } = &event {
+            ensure!(
+                *peer != stranger.peer,
+                "the stranger reached the app: {event:?}"
+            );
+        }
+    }
+    let members = nodes[0].handle.cluster_peers().await?;
+    ensure!(
+        members == vec![admitted],
+        "members after closing: {members:?}"
+    );
+    // The listed member still works both ways.
+    nodes[1]
+        .handle
+        .send_raft(member, vec![(1, b"still here".to_vec())])
+        .await?;
+    let batch = next_raft_from(&mut nodes[0], admitted).await?;
+    ensure!(batch == vec![(1, b"still here".to_vec())], "{batch:?}");
+    // Opening the gate again lets the stranger in.
+    nodes[0].handle.set_allowed_peers(None).await?;
+    let _ = stranger.handle.dial(nodes[0].addr.clone()).await?;
+    nodes[0].wait_up(stranger.peer).await?;
+    Ok(())
+}

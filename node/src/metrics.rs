@@ -32,6 +32,7 @@ pub struct Metrics {
     fsync: Histogram,
     requests: Family<OpLabel, Histogram>,
     peers_up: Gauge,
+    storage_failed: Gauge,
     last: [AtomicU64; 5],
 }
 
@@ -59,6 +60,7 @@ impl Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let peers_up = Gauge::default();
+        let storage_failed = Gauge::default();
         registry.register("proposals", "Writes proposed to Raft", proposals.clone());
         registry.register(
             "applies",
@@ -95,6 +97,11 @@ impl Metrics {
             "Cluster peers heard from recently",
             peers_up.clone(),
         );
+        registry.register(
+            "storage_failed",
+            "1 while this node's storage fails and the node refuses every request",
+            storage_failed.clone(),
+        );
         Metrics {
             registry,
             proposals,
@@ -105,6 +112,7 @@ impl Metrics {
             fsync,
             requests,
             peers_up,
+            storage_failed,
             last: Default::default(),
         }
     }
@@ -143,6 +151,17 @@ impl Metrics {
 
     pub fn set_peers_up(&self, n: usize) {
         self.peers_up.set(n as i64);
+    }
+
+    /// Marks the node's storage failed (sidelined) or working again. A recovered node runs a
+    /// new core whose counters start from zero, so the counters' baseline is reset with it.
+    pub fn set_storage_failed(&self, failed: bool) {
+        self.storage_failed.set(i64::from(failed));
+        if !failed {
+            for last in &self.last {
+                last.store(0, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -4,6 +4,7 @@
 pub mod gateway;
 pub mod http;
 pub mod process;
+pub mod tmpfs;
 
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,17 @@ impl TestCluster {
     /// Starts `n` nodes, connects them, bootstraps a cluster of `partitions` partitions with
     /// 3 replicas and waits until every partition has a leader.
     pub async fn start(n: usize, partitions: u32, core: CoreConfig) -> TestCluster {
+        TestCluster::start_in(n, partitions, core, &[]).await
+    }
+
+    /// [`TestCluster::start`] with node `i`'s data directory made inside `bases[i % len]`
+    /// (a disk the test controls, say).
+    pub async fn start_in(
+        n: usize,
+        partitions: u32,
+        core: CoreConfig,
+        bases: &[std::path::PathBuf],
+    ) -> TestCluster {
         let mut c = TestCluster {
             nodes: Vec::new(),
             handles: Vec::new(),
@@ -66,8 +78,18 @@ impl TestCluster {
             partitions,
             core,
         };
-        for _ in 0..n {
-            let dir = tempfile::tempdir().expect("tempdir");
+        c.start_nodes(n, bases).await;
+        c.form().await;
+        c
+    }
+
+    async fn start_nodes(&mut self, n: usize, bases: &[std::path::PathBuf]) {
+        let c = self;
+        for i in 0..n {
+            let dir = match bases.get(i % bases.len().max(1)) {
+                Some(base) => tempfile::tempdir_in(base).expect("tempdir"),
+                None => tempfile::tempdir().expect("tempdir"),
+            };
             let node = Node::start(node_config(dir.path(), &c.core))
                 .await
                 .expect("start node");
@@ -77,15 +99,17 @@ impl TestCluster {
             c.nodes.push(Some(node));
             c.dirs.push(dir);
         }
-        c.connect_all().await;
-        let peers: Vec<PeerId> = c.handles.iter().map(|h| h.peer_id()).collect();
-        for h in &c.handles {
-            h.bootstrap(peers.clone(), partitions, 3)
+    }
+
+    async fn form(&self) {
+        self.connect_all().await;
+        let peers: Vec<PeerId> = self.handles.iter().map(|h| h.peer_id()).collect();
+        for h in &self.handles {
+            h.bootstrap(peers.clone(), self.partitions, 3)
                 .await
                 .expect("bootstrap");
         }
-        c.wait_for_leaders(Duration::from_secs(20)).await;
-        c
+        self.wait_for_leaders(Duration::from_secs(20)).await;
     }
 
     pub async fn connect_all(&self) {

@@ -272,6 +272,8 @@ struct StatusWire {
     peers: Vec<String>,
     foreign: Vec<ForeignWire>,
     groups: Vec<GroupWire>,
+    #[serde(default)]
+    storage_error: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -334,6 +336,7 @@ impl StatusWire {
                     ))
                 })
                 .collect::<Result<_, CliError>>()?,
+            storage_error: self.storage_error,
         })
     }
 }
@@ -728,7 +731,8 @@ mod tests {
             (404, body("unknown_node"), 1),
             (409, body("stale_retry"), 1),
             (413, body("value_too_large"), 1),
-            (500, body("storage"), 1),
+            (503, body("storage"), 3),
+            (500, body("internal"), 1),
         ];
         for (status, body, code) in cases {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::IM_A_TEAPOT);

@@ -73,6 +73,12 @@ fn render(r: &StatusReport) -> String {
     for p in &peers {
         let _ = writeln!(out, "             {p}");
     }
+    if let Some(e) = &r.storage_error {
+        let _ = writeln!(
+            out,
+            "storage      FAILED: {e} (refusing every request; retrying)"
+        );
+    }
     for (peer, name, id) in &r.foreign {
         let id = id.map_or_else(|| "unformed".to_string(), node_hex);
         let _ = writeln!(
@@ -150,6 +156,7 @@ mod tests {
             ],
             peers: vec![0xdef],
             foreign: vec![],
+            storage_error: None,
         };
         let text = render(&report);
         assert!(

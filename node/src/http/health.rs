@@ -1,10 +1,11 @@
 //! `GET /healthz` (liveness) and `GET /readyz` (readiness), for load balancers and
 //! orchestrators.
 //!
-//! Liveness only says the process answers HTTP: restarting a node because its partitions
-//! have no leader would make things worse. Readiness says whether this node can serve every
-//! partition it holds a replica of right now: it is part of a cluster and each of its groups
-//! knows a leader.
+//! Liveness says the process answers HTTP and its storage works: restarting a node because its
+//! partitions have no leader would make things worse, but a node whose disk fails is unhealthy
+//! (it refuses everything until the storage works again, and says so). Readiness says whether
+//! this node can serve every partition it holds a replica of right now: it is part of a
+//! cluster, its storage works and each of its groups knows a leader.
 
 use std::sync::Arc;
 
@@ -18,9 +19,21 @@ use crate::wire::StatusReport;
 use super::error::ApiError;
 use super::state::Gateway;
 
-/// `GET /healthz`: always `200 {"status": "ok"}` while the gateway runs.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// `GET /healthz`: `200 {"status": "ok"}`, or 503 `storage_failed` while the node's storage
+/// fails.
+pub async fn healthz(State(gw): State<Arc<Gateway>>) -> Result<Json<Value>, ApiError> {
+    // A gateway that cannot get a report from its node still answers: liveness is about
+    // this process, and the report's own failure says nothing about the disk.
+    if let Ok(report) = gw.report().await {
+        if let Some(e) = report.storage_error {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_failed",
+                format!("the node's storage failed ({e}); it refuses every request until it works again"),
+            ));
+        }
+    }
+    Ok(Json(json!({ "status": "ok" })))
 }
 
 /// `GET /readyz`: `200 {"ready": true}`, or 503 `not_ready` with the reason.
@@ -38,6 +51,9 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Result<Json<Value>, ApiEr
 
 /// Why the node is not ready, if it is not.
 pub fn not_ready_reason(r: &StatusReport) -> Option<String> {
+    if let Some(e) = &r.storage_error {
+        return Some(format!("the node's storage failed: {e}"));
+    }
     if r.cluster_id.is_none() {
         return Some("the node is not part of a cluster yet".into());
     }

@@ -31,9 +31,12 @@ pub struct StatusJson {
     pub node: String,
     pub peer: String,
     pub cluster_id: Option<String>,
-    /// `unformed` (not part of a cluster yet), `ready` (every local group knows a leader) or
-    /// `degraded`.
+    /// `unformed` (not part of a cluster yet), `ready` (every local group knows a leader),
+    /// `degraded`, or `storage_failed` (the node refuses everything until its storage works
+    /// again; `storage_error` says why).
     pub state: &'static str,
+    /// Why the node's storage failed, while it does.
+    pub storage_error: Option<String>,
     pub partitions: Option<u32>,
     /// The meta group's leader as this node knows it (the coordinator).
     pub meta_leader: Option<String>,
@@ -88,6 +91,7 @@ impl StatusJson {
             .filter(|g| g.voters.len() < HEALTHY_VOTERS)
             .count();
         let state = match r.cluster_id {
+            _ if r.storage_error.is_some() => "storage_failed",
             None => "unformed",
             Some(_) if with_leader == r.groups.len() => "ready",
             Some(_) => "degraded",
@@ -106,6 +110,7 @@ impl StatusJson {
             peer: r.peer.clone(),
             cluster_id: r.cluster_id.map(node_hex),
             state,
+            storage_error: r.storage_error.clone(),
             partitions: r.partitions,
             meta_leader: meta_leader.map(node_hex),
             is_meta_leader: r.meta_leader,
