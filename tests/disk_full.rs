@@ -194,7 +194,7 @@ async fn a_node_whose_disk_fills_is_sidelined_and_rejoins_when_space_is_freed() 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     w.await?;
     cluster.wait_for_leaders(Duration::from_secs(30)).await;
-    let ledger = ledger.lock().expect("ledger");
+    let ledger = std::mem::take(&mut *ledger.lock().expect("ledger"));
     eprintln!(
         "{} writes acknowledged, {} failed",
         ledger.acked.len(),
@@ -292,7 +292,7 @@ async fn a_full_disk_under_every_node_fails_writes_cleanly_and_service_resumes()
         freed.elapsed()
     );
     cluster.wait_for_leaders(Duration::from_secs(30)).await;
-    let ledger = ledger.lock().expect("ledger");
+    let ledger = std::mem::take(&mut *ledger.lock().expect("ledger"));
     eprintln!(
         "{} writes acknowledged, {} failed",
         ledger.acked.len(),
