@@ -31,6 +31,7 @@ mod control;
 mod election;
 mod lease;
 mod limits;
+mod storage_fault;
 mod view;
 mod watch;
 use control::Control;
@@ -64,6 +65,10 @@ pub enum NodeError {
     Core(#[from] CoreError),
     #[error("the node has stopped")]
     Stopped,
+    /// The node's storage failed; it refuses everything until its storage works again
+    /// (it retries by itself).
+    #[error("storage failed: {0}; the node is sidelined until its storage works again")]
+    StorageFailed(String),
     #[error("unknown peer {0}: it must be connected before it can be named")]
     UnknownPeer(PeerId),
     #[error("cannot create the data directory {path}: {source}")]
@@ -501,6 +506,7 @@ impl Node {
             limits: limits::Limits::new(&config.limits),
             draining: None,
             stopped: Vec::new(),
+            config: config.clone(),
         };
         let driver = tokio::spawn(driver.run());
         Ok(Node {
@@ -568,6 +574,8 @@ async fn open_store(dir: &Path, config: StoreConfig) -> Result<SledStore, NodeEr
     }
 }
 
+/// The node loop's state. A storage failure takes it apart (see [`storage_fault`]): a new
+/// field must also go into `storage_fault::Parts`.
 struct Driver {
     core: Core<SledBackend>,
     store: SledStore,
@@ -596,6 +604,8 @@ struct Driver {
     leases: lease::LeaseDriver,
     /// Admission budget, snapshot slots, the closed registry.
     limits: limits::Limits,
+    /// What the node was started with: a sidelined node reopens its store with it.
+    config: NodeConfig,
 }
 
 impl Driver {
@@ -627,6 +637,7 @@ impl Driver {
                 .iter()
                 .map(|(p, n, id)| (p.to_string(), n.clone(), *id))
                 .collect(),
+            storage_error: None,
         }
     }
 
@@ -634,7 +645,30 @@ impl Driver {
         self.start.elapsed().as_millis() as u64
     }
 
+    /// Runs the node until it stops. A storage failure does not stop it: the node is
+    /// sidelined (see [`storage_fault`]) and comes back once its storage works again.
     async fn run(mut self) {
+        loop {
+            match self.serve().await {
+                Ok(()) => break,
+                Err(e) => match self.sideline(e).await {
+                    Some(recovered) => self = recovered,
+                    None => return,
+                },
+            }
+        }
+        if let Err(e) = self.store.sync() {
+            log::warn!("final sync failed: {e}");
+        }
+        let _ = self.net.shutdown().await;
+        for s in self.stopped.drain(..) {
+            let _ = s.send(());
+        }
+    }
+
+    /// The node loop. `Ok` when the node stopped as asked; `Err` when its storage failed (the
+    /// requests in flight have been answered with the ambiguous [`ClientError::Storage`]).
+    async fn serve(&mut self) -> Result<(), CoreError> {
         let tick = Duration::from_millis(self.core.tick_ms().max(1));
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -648,11 +682,11 @@ impl Driver {
                 }
                 cmd = self.cmds.recv() => match cmd {
                     Some(cmd) => self.on_cmd(cmd),
-                    None => break,
+                    None => return Ok(()),
                 },
                 ev = self.events.recv() => match ev {
                     Some(ev) => self.on_event(ev),
-                    None => break,
+                    None => return Ok(()),
                 },
                 Some(i) = self.internal.recv() => self.on_internal(i),
             }
@@ -673,27 +707,14 @@ impl Driver {
             }
             let turn = self.turn();
             self.metrics.observe_core(self.core.stats());
-            if let Err(e) = turn {
-                log::error!("node {:x}: storage failed, stopping: {e}", self.node);
-                for (_, p) in self.pending.drain() {
-                    deliver(p.origin, Err(ClientError::Storage(e.to_string())));
-                }
-                break;
-            }
+            turn?;
             self.flush().await;
             if self.draining.is_some() && self.drain_step() {
                 // Let the transfers' messages leave before the network stops.
                 let _ = self.turn();
                 self.flush().await;
-                break;
+                return Ok(());
             }
-        }
-        if let Err(e) = self.store.sync() {
-            log::warn!("final sync failed: {e}");
-        }
-        let _ = self.net.shutdown().await;
-        for s in self.stopped.drain(..) {
-            let _ = s.send(());
         }
     }
 

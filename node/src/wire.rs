@@ -148,6 +148,9 @@ pub struct StatusReport {
     pub peers: Vec<NodeId>,
     /// Peers of other clusters that tried to connect: (PeerId text, cluster name, cluster id).
     pub foreign: Vec<(String, String, Option<u64>)>,
+    /// Set while the node's storage fails: it refuses every request until the storage works
+    /// again (it retries by itself).
+    pub storage_error: Option<String>,
 }
 
 /// One local replica in a [`StatusReport`].

@@ -107,8 +107,10 @@ pub enum ClientError {
     /// The request was malformed (e.g. unknown partition). Nothing was done.
     #[error("bad request: {0}")]
     BadRequest(String),
-    /// The node's storage failed; the node stops acknowledging writes.
-    #[error("storage failure: {0}")]
+    /// The serving node's storage failed while the request was in flight; that node refuses
+    /// everything until its storage works again. A write may or may not apply (the other
+    /// replicas may have committed it): resending it with the same session is safe.
+    #[error("storage failure: {0}; a write may or may not have been applied")]
     Storage(String),
     /// The node is shutting down or its connection to the serving node was lost. A write may
     /// or may not have happened (ambiguous).
@@ -145,7 +147,10 @@ impl ClientError {
     pub fn is_ambiguous(&self) -> bool {
         matches!(
             self,
-            ClientError::Timeout | ClientError::LeaderChanged | ClientError::Disconnected(_)
+            ClientError::Timeout
+                | ClientError::LeaderChanged
+                | ClientError::Disconnected(_)
+                | ClientError::Storage(_)
         )
     }
 }

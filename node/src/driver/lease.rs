@@ -51,6 +51,11 @@ impl LeaseDriver {
     pub(crate) fn track(&mut self, id: RequestId, origin: Origin) {
         self.pending.insert(id, origin);
     }
+
+    /// Every lease request waiting on this node's core (which is being discarded).
+    pub(crate) fn drain_pending(&mut self) -> Vec<Origin> {
+        self.pending.drain().map(|(_, o)| o).collect()
+    }
 }
 
 impl Driver {

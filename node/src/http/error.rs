@@ -142,7 +142,8 @@ impl From<ClientError> for ApiError {
                 ApiError::new(S::NOT_FOUND, "lease_not_found", message)
             }
             ClientError::BadRequest(_) => ApiError::new(S::BAD_REQUEST, "bad_request", message),
-            ClientError::Storage(_) => ApiError::new(S::INTERNAL_SERVER_ERROR, "storage", message),
+            // Ambiguous like the three above; the node refuses everything after it.
+            ClientError::Storage(_) => ApiError::new(S::SERVICE_UNAVAILABLE, "storage", message),
             ClientError::Busy { retry_after_ms } => ApiError::busy(retry_after_ms, message),
             // An election candidate that does not lead: it must campaign (again) first.
             ClientError::NotLeading { .. } => ApiError::new(S::CONFLICT, "not_leading", message),
