@@ -501,6 +501,21 @@ async fn proclaim_resign_leader_and_observe_report_in_order() -> anyhow::Result<
     Ok(())
 }
 
+/// Waits until the gateway at `addr` serves elections: it makes its client once its node
+/// reports being in the cluster, which may be just after the cluster formed.
+async fn gateway_ready(addr: std::net::SocketAddr) {
+    wait_for(
+        "the gateway to serve elections",
+        Duration::from_secs(30),
+        || async move {
+            common::http::request(addr, "GET", "/v1/election/probe", b"")
+                .await
+                .is_ok_and(|r| r.status == 200)
+        },
+    )
+    .await;
+}
+
 /// Reads server-sent events from `GET target` until a `leader` event with the value `last`
 /// arrived (or the timeout), and returns the data of every `leader` event.
 async fn sse_leaders(
@@ -548,6 +563,7 @@ async fn http_campaign_proclaim_resign_leader_and_observe_events() -> anyhow::Re
     let _serial = serial().await;
     let cluster = TestCluster::start(3, P, fast_core()).await;
     let gw = Gateway::for_node(cluster.handles[1].clone()).await?;
+    gateway_ready(gw.addr).await;
     let addr = gw.addr;
     let none = request(addr, "GET", "/v1/election/web", b"")
         .await?
@@ -719,6 +735,7 @@ async fn cli_elect_holds_until_sigterm_then_the_next_in_line_leads() -> anyhow::
     let _serial = serial().await;
     let cluster = TestCluster::start(3, P, fast_core()).await;
     let gw = Gateway::for_node(cluster.handles[0].clone()).await?;
+    gateway_ready(gw.addr).await;
     let endpoint = gw.endpoint();
     let peer = cluster.addrs[2].to_string();
     let none = cli(&["leader", "jobs", "--endpoint", &endpoint])?;
@@ -773,6 +790,7 @@ async fn cli_observe_prints_each_leader_once() -> anyhow::Result<()> {
     let _serial = serial().await;
     let cluster = TestCluster::start(3, P, fast_core()).await;
     let gw = Gateway::for_node(cluster.handles[0].clone()).await?;
+    gateway_ready(gw.addr).await;
     let endpoint = gw.endpoint();
     let client = Arc::new(cluster.client(1).await);
     let mut observers = Vec::new();
