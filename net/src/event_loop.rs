@@ -44,6 +44,11 @@ const FOREIGN_GRACE: Duration = Duration::from_millis(100);
 const FOREIGN_MEMORY: Duration = Duration::from_secs(60);
 /// Frame refusals per second and peer handed to the application (bursts of twice that).
 const REJECT_REPORTS_PER_SEC: u32 = 5;
+/// A peer whose gossip exceeds its rate by this many times its per-second allowance within
+/// one report window is a flooder...
+const FLOOD_FACTOR: u64 = 10;
+/// ...and is disconnected and refused for this long.
+const FLOOD_BAN: Duration = Duration::from_secs(60);
 /// How often gossip dropped by the rate limit is summed up in the log.
 const GOSSIP_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// At most this many listen addresses go into a heartbeat or the dial list of a peer.
@@ -148,6 +153,8 @@ pub struct EventLoop {
     gossip_report: Instant,
     /// Frame refusals reported to the application per peer (the rest are counted).
     reject_reports: RateLimiter,
+    /// Gossip dropped over the rate per peer in the current window: (window start, count).
+    gossip_excess: HashMap<PeerId, (Instant, u64)>,
 }
 
 fn ack(result: Result<(), String>) -> Vec<u8> {
@@ -198,6 +205,7 @@ impl EventLoop {
             gossip_rate,
             gossip_report: now,
             reject_reports: RateLimiter::new(REJECT_REPORTS_PER_SEC),
+            gossip_excess: HashMap::new(),
         }
     }
 
@@ -1112,7 +1120,9 @@ impl EventLoop {
             return MessageAcceptance::Ignore;
         }
         // Before any decoding: a member flooding gossip costs a counter, not a decode.
-        if !self.gossip_rate.allow(via, Instant::now()) {
+        let now = Instant::now();
+        if !self.gossip_rate.allow(via, now) {
+            self.on_gossip_over_rate(via, now);
             return MessageAcceptance::Ignore;
         }
         // Only members relay membership: a stranger cannot inject heartbeats.
@@ -1165,11 +1175,39 @@ impl EventLoop {
         MessageAcceptance::Accept
     }
 
+    /// Counts a gossip message dropped over `via`'s rate; a peer that keeps far above it
+    /// (gossipsub has already decoded and checked the signature of each message, which is
+    /// what the flood costs) is disconnected and refused for [`FLOOD_BAN`].
+    fn on_gossip_over_rate(&mut self, via: PeerId, now: Instant) {
+        let window = GOSSIP_REPORT_EVERY;
+        let entry = self.gossip_excess.entry(via).or_insert((now, 0));
+        if now.saturating_duration_since(entry.0) >= window {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        let limit = u64::from(self.config.gossip_rate_per_peer) * FLOOD_FACTOR;
+        if entry.1 < limit {
+            return;
+        }
+        self.gossip_excess.remove(&via);
+        log::warn!(
+            "peer {via} sent {limit} gossip messages over its rate ({}/s) within {} s; disconnecting it and refusing it for {} s",
+            self.config.gossip_rate_per_peer,
+            window.as_secs(),
+            FLOOD_BAN.as_secs()
+        );
+        self.swarm.behaviour_mut().gate.ban(via, now + FLOOD_BAN);
+        let _ = self.swarm.disconnect_peer_id(via);
+    }
+
     // ---------------------------------------------------------------- housekeeping
 
     fn housekeeping(&mut self, now: Instant) {
         if now.saturating_duration_since(self.gossip_report) >= GOSSIP_REPORT_EVERY {
             self.gossip_report = now;
+            self.gossip_excess.retain(|_, (since, _)| {
+                now.saturating_duration_since(*since) < GOSSIP_REPORT_EVERY
+            });
             let dropped = self.gossip_rate.take_dropped();
             if dropped > 0 {
                 log::warn!(

@@ -10,7 +10,7 @@
 //! must not fill the log. The memory of who was logged is bounded; past that, refusals are
 //! counted and summed up at most once a minute.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -37,6 +37,8 @@ pub struct NotAllowed(pub PeerId);
 #[derive(Default)]
 pub(crate) struct Gate {
     allowed: Option<HashSet<PeerId>>,
+    /// Peers refused until a moment, whatever the allow list says (flooders).
+    banned: HashMap<PeerId, Instant>,
     logged: HashSet<PeerId>,
     unlogged: u64,
     last_summary: Option<Instant>,
@@ -50,14 +52,29 @@ impl Gate {
 
     /// Whether `peer` may be connected.
     pub fn admits(&self, peer: &PeerId) -> bool {
-        self.allowed.as_ref().is_none_or(|a| a.contains(peer))
+        let banned = self
+            .banned
+            .get(peer)
+            .is_some_and(|until| Instant::now() < *until);
+        !banned && self.allowed.as_ref().is_none_or(|a| a.contains(peer))
+    }
+
+    /// Refuses `peer` until `until`, whatever the allow list says (a peer caught flooding).
+    pub fn ban(&mut self, peer: PeerId, until: Instant) {
+        let now = Instant::now();
+        self.banned.retain(|_, t| *t > now);
+        if self.banned.len() < MAX_REMEMBERED {
+            self.banned.insert(peer, until);
+        }
     }
 
     fn enforce(&mut self, peer: PeerId) -> Result<(), ConnectionDenied> {
         if self.admits(&peer) {
             return Ok(());
         }
-        self.report(peer);
+        if !self.banned.contains_key(&peer) {
+            self.report(peer);
+        }
         Err(ConnectionDenied::new(NotAllowed(peer)))
     }
 
@@ -152,6 +169,13 @@ mod tests {
         );
         gate.set_allowed(None);
         assert!(gate.admits(&stranger));
+        gate.ban(stranger, Instant::now() + Duration::from_secs(60));
+        assert!(
+            !gate.admits(&stranger),
+            "a ban holds even with the gate open"
+        );
+        gate.ban(member, Instant::now());
+        assert!(gate.admits(&member), "an expired ban is no ban");
     }
 
     #[test]
