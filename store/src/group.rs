@@ -168,6 +168,51 @@ pub(crate) fn encode_pb(m: &impl protobuf::Message, what: &str) -> Result<Vec<u8
 }
 
 /// Loads a group's state from the backend and checks that its log has no hole.
+/// Whether raft-rs can restore configuration `cs`: it replays the outgoing voters, then (in a
+/// joint configuration) enters the joint state with the incoming voters, learners and next
+/// learners, and insists that the result equals `cs` (as sets). So a node has one role per half, next learners exist only in a joint configuration and are outgoing
+/// voters, and learners are not outgoing voters (those would be next learners).
+pub fn check_conf_state(cs: &ConfState) -> std::result::Result<(), String> {
+    use std::collections::BTreeSet;
+    // raft-rs compares the lists as sets: a repeated id is harmless.
+    let set = |ids: &[u64]| -> BTreeSet<u64> { ids.iter().copied().collect() };
+    let voters = set(cs.get_voters());
+    let learners = set(cs.get_learners());
+    let outgoing = set(cs.get_voters_outgoing());
+    let next = set(cs.get_learners_next());
+    if let Some(id) = voters.intersection(&learners).next() {
+        return Err(format!("{id} is both a voter and a learner"));
+    }
+    if let Some(id) = voters.intersection(&next).next() {
+        return Err(format!("{id} is both a voter and a next learner"));
+    }
+    if let Some(id) = learners.intersection(&next).next() {
+        return Err(format!("{id} is both a learner and a next learner"));
+    }
+    if outgoing.is_empty() {
+        if !next.is_empty() {
+            return Err("next learners outside a joint configuration".into());
+        }
+        if cs.get_auto_leave() {
+            return Err("auto-leave outside a joint configuration".into());
+        }
+        if voters.is_empty() && !learners.is_empty() {
+            return Err("learners without voters".into());
+        }
+    } else {
+        if voters.is_empty() {
+            return Err("a joint configuration without incoming voters".into());
+        }
+        if let Some(id) = learners.intersection(&outgoing).next() {
+            return Err(format!("{id} is both an outgoing voter and a learner"));
+        }
+        if let Some(id) = next.difference(&outgoing).next() {
+            return Err(format!("next learner {id} is not an outgoing voter"));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn load<B: Backend>(backend: &B, group: u64) -> Result<GroupState> {
     let mut meta = LogMeta::default();
     let get = |tag| backend.get(TreeId::Raft, &keys::group_tag(group, tag));
@@ -239,6 +284,13 @@ pub(crate) fn load<B: Backend>(backend: &B, group: u64) -> Result<GroupState> {
             ),
         ));
     }
+    // raft-rs rebuilds the configuration from the stored one by a sequence of changes and
+    // aborts the process if the result differs from what it was given (also found by the
+    // fuzz target): report a configuration that cannot be rebuilt instead.
+    check_conf_state(&meta.conf_state)
+        .map_err(|e| StoreError::corrupt("raft", format!("group {group} conf state"), e))?;
+    check_conf_state(&meta.apply.conf_state)
+        .map_err(|e| StoreError::corrupt("kv", format!("group {group} apply state"), e))?;
     if meta.apply.index < meta.truncated_index {
         return Err(StoreError::corrupt(
             "kv",

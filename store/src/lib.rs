@@ -36,7 +36,7 @@ pub use apply::{ApplyEntry, ApplyOp};
 pub use apply_wait::AppliedPast;
 pub use backend::{Backend, BackendBatch, Scan, TreeId};
 pub use error::{Result, StoreError};
-pub use group::{ApplyState, GroupStorage};
+pub use group::{check_conf_state, ApplyState, GroupStorage};
 pub use history::{Event, EventKind, HistoryPage, HistoryQuery, HistoryRead};
 pub use kv::{CasAction, Compare, KvError, KvOp, KvOutcome, KvRecord, KvResult, Limits, Session};
 pub use log_batch::{CommitStats, LogBatch};

@@ -72,3 +72,77 @@ fn a_commit_index_inside_the_log_opens() -> anyhow::Result<()> {
     assert_eq!(storage.last_index()?, 3);
     Ok(())
 }
+
+/// stored_records: a stored configuration that raft-rs cannot rebuild (it replays the lists as
+/// configuration changes and compares the result) made it abort the process at startup
+/// ("invalid restore: voters: ... != ..."). `check_conf_state`, which the store applies to
+/// every stored configuration, must accept exactly what raft-rs restores: compared here on
+/// random configurations over three ids (repeats, overlaps, joint or not), seeded.
+#[test]
+fn the_conf_state_check_accepts_exactly_what_raft_restores() {
+    use rand::{Rng, SeedableRng};
+    use swarmkv_store::check_conf_state;
+    use swarmkv_store::raft::eraftpb::ConfState;
+    use swarmkv_store::raft::storage::MemStorage;
+    use swarmkv_store::raft::{Config, RawNode};
+
+    let seed: u64 = std::env::var("SWARMKV_CONF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("seed {seed} (replay with SWARMKV_CONF_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut outcomes = [0usize; 3];
+    let mut mismatch = None;
+    for _ in 0..3000 {
+        let list = |rng: &mut rand::rngs::StdRng| -> Vec<u64> {
+            let n = rng.gen_range(0..=3);
+            (0..n).map(|_| rng.gen_range(1..=3)).collect()
+        };
+        let mut cs = ConfState::default();
+        cs.set_voters(list(&mut rng));
+        cs.set_learners(list(&mut rng));
+        if rng.gen_bool(0.5) {
+            cs.set_voters_outgoing(list(&mut rng));
+            cs.set_learners_next(list(&mut rng));
+        }
+        cs.set_auto_leave(rng.gen_bool(0.2));
+        let accepted = check_conf_state(&cs).is_ok();
+        let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let config = Config {
+                id: 1,
+                ..Default::default()
+            };
+            RawNode::new(
+                &config,
+                MemStorage::new_with_conf_state(cs.clone()),
+                &logger,
+            )
+            .is_ok()
+        }));
+        let aborted = restored.is_err();
+        outcomes[match restored {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(_) => 2,
+        }] += 1;
+        // Accepted but raft-rs aborts: the crash. Refused but raft-rs restores it: a node
+        // that would refuse to start on a valid state.
+        if (accepted && aborted) || (!accepted && matches!(restored, Ok(true))) {
+            mismatch = Some((cs, accepted, restored.ok()));
+            break;
+        }
+    }
+    std::panic::set_hook(quiet);
+    eprintln!(
+        "restored {}, refused with an error {}, aborted {}",
+        outcomes[0], outcomes[1], outcomes[2]
+    );
+    if let Some((cs, accepted, restored)) = mismatch {
+        panic!("check says {accepted}, raft-rs restore ok = {restored:?} for {cs:?} (seed {seed})");
+    }
+    assert!(outcomes[0] > 0 && outcomes[2] > 0, "both kinds were tried");
+}
