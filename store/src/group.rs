@@ -180,6 +180,13 @@ pub fn check_conf_state(cs: &ConfState) -> std::result::Result<(), String> {
     let learners = set(cs.get_learners());
     let outgoing = set(cs.get_voters_outgoing());
     let next = set(cs.get_learners_next());
+    // 0 is raft-rs's "no node": a configuration naming it cannot be restored.
+    if [&voters, &learners, &outgoing, &next]
+        .iter()
+        .any(|ids| ids.contains(&0))
+    {
+        return Err("node id 0 (no node) in the configuration".into());
+    }
     if let Some(id) = voters.intersection(&learners).next() {
         return Err(format!("{id} is both a voter and a learner"));
     }
