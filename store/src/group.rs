@@ -245,7 +245,15 @@ pub(crate) fn load<B: Backend>(backend: &B, group: u64) -> Result<GroupState> {
     // Walk the entry keys (not their values) to find the last index and any hole.
     let lo = keys::entry_key(group, 0);
     let hi = keys::group_tag(group, keys::TAG_ENTRY + 1);
-    let mut expected = meta.truncated_index + 1;
+    // A truncated index of u64::MAX leaves no room for an entry after it (found by the
+    // stored_records fuzz target as an overflow).
+    let mut expected = meta.truncated_index.checked_add(1).ok_or_else(|| {
+        StoreError::corrupt(
+            "raft",
+            format!("group {group} truncated state"),
+            "truncated index is the largest index",
+        )
+    })?;
     let mut last: Option<(u64, Vec<u8>)> = None;
     backend.scan(
         TreeId::Raft,
@@ -263,7 +271,7 @@ pub(crate) fn load<B: Backend>(backend: &B, group: u64) -> Result<GroupState> {
                     found: index,
                 });
             }
-            expected += 1;
+            expected = expected.saturating_add(1);
             last = Some((index, v.to_vec()));
             Ok(Scan::Continue)
         },
@@ -277,6 +285,13 @@ pub(crate) fn load<B: Backend>(backend: &B, group: u64) -> Result<GroupState> {
             meta.last_index = meta.truncated_index;
             meta.last_term = meta.truncated_term;
         }
+    }
+    if meta.last_index == u64::MAX {
+        return Err(StoreError::corrupt(
+            "raft",
+            format!("group {group} entry {}", meta.last_index),
+            "an entry at the largest index leaves the log no room",
+        ));
     }
     // raft-rs aborts the process on a commit index outside the log it is given (found by the
     // stored_records fuzz target): report the record instead.

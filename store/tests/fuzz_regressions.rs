@@ -147,3 +147,27 @@ fn the_conf_state_check_accepts_exactly_what_raft_restores() {
     }
     assert!(outcomes[0] > 0 && outcomes[2] > 0, "both kinds were tried");
 }
+
+/// stored_records: a truncated state at the largest index overflowed the first index after
+/// it while the group was opened (a panic in builds with overflow checks).
+#[test]
+fn a_truncated_index_at_the_largest_index_is_corrupt_not_an_overflow() -> anyhow::Result<()> {
+    let mem = MemBackend::new();
+    let mut b = BackendBatch::default();
+    b.put(
+        TreeId::Raft,
+        keys::group_tag(2, keys::TAG_TRUNCATED),
+        postcard::to_stdvec(&(u64::MAX, 1u64))?,
+    );
+    mem.write(&b)?;
+    mem.sync()?;
+    let store = Store::with_backend(mem, StoreConfig::default())?;
+    match store.group(2) {
+        Err(StoreError::Corrupt { location, .. }) => {
+            assert_eq!(location, "group 2 truncated state");
+        }
+        Err(other) => panic!("expected a corrupt truncated state, got {other}"),
+        Ok(_) => panic!("expected a corrupt truncated state, got a storage"),
+    }
+    Ok(())
+}
