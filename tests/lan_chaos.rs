@@ -43,6 +43,9 @@ const PARTITIONS: u32 = 8;
 const KEYS: usize = 5;
 const CLIENTS: usize = 4;
 const HTTP_PORT: u16 = 7380;
+/// The gateways listen on the bridge, which a node refuses to do without authentication;
+/// every request below carries this token.
+const HTTP_TOKEN: &str = "lan-chaos-test-token-0123456789abcdef";
 /// At most this many nodes are faulty at once: a minority of the five.
 const MAX_FAULTY: usize = 2;
 /// How long the cluster may take to form and replicate, and to recover after the faults.
@@ -80,6 +83,7 @@ impl Nodes {
             .arg(self.dir.path().join(format!("node{i}")))
             .args(["--partitions", &PARTITIONS.to_string()])
             .args(["--http", &format!("0.0.0.0:{HTTP_PORT}")])
+            .args(["--http-token", HTTP_TOKEN])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -197,7 +201,7 @@ fn http(
     stream.set_write_timeout(Some(timeout)).map_err(unknown)?;
     let head = format!(
         "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         Authorization: Bearer {HTTP_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     let mut request = head.into_bytes();
