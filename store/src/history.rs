@@ -202,29 +202,40 @@ pub(crate) fn record<B: Backend>(
     if target >= compacted + slack {
         let lo = event_key(group, compacted.saturating_add(1), 0);
         let hi = event_key(group, target.saturating_add(1), 0);
-        backend.scan(
-            TreeId::Kv,
-            Bound::Included(&lo),
-            Bound::Excluded(&hi),
-            false,
-            &mut |k, _| {
-                bb.delete(TreeId::Kv, k.to_vec());
-                Ok(Scan::Continue)
-            },
-        )?;
-        bb.put(
-            TreeId::Kv,
-            compacted_key(group),
-            target.to_be_bytes().to_vec(),
-        );
+        delete_range(backend, &lo, &hi, bb)?;
+        set_compacted(group, target, bb);
     } else if stored.is_none() {
-        bb.put(
-            TreeId::Kv,
-            compacted_key(group),
-            compacted.to_be_bytes().to_vec(),
-        );
+        set_compacted(group, compacted, bb);
     }
     Ok(())
+}
+
+/// Adds to `bb` the deletion of every event key in `[lo, hi)`.
+fn delete_range<B: Backend>(
+    backend: &B,
+    lo: &[u8],
+    hi: &[u8],
+    bb: &mut BackendBatch,
+) -> Result<()> {
+    backend.scan(
+        TreeId::Kv,
+        Bound::Included(lo),
+        Bound::Excluded(hi),
+        false,
+        &mut |k, _| {
+            bb.delete(TreeId::Kv, k.to_vec());
+            Ok(Scan::Continue)
+        },
+    )
+}
+
+/// Adds to `bb` the record that `group`'s history starts after revision `compacted`.
+fn set_compacted(group: u64, compacted: u64, bb: &mut BackendBatch) {
+    bb.put(
+        TreeId::Kv,
+        compacted_key(group),
+        compacted.to_be_bytes().to_vec(),
+    );
 }
 
 /// Adds to `bb` the writes that drop `group`'s history and start it again after `compacted`
@@ -235,23 +246,8 @@ pub(crate) fn reset<B: Backend>(
     compacted: u64,
     bb: &mut BackendBatch,
 ) -> Result<()> {
-    let lo = event_key(group, 0, 0);
-    let hi = history_end(group);
-    backend.scan(
-        TreeId::Kv,
-        Bound::Included(&lo),
-        Bound::Excluded(&hi),
-        false,
-        &mut |k, _| {
-            bb.delete(TreeId::Kv, k.to_vec());
-            Ok(Scan::Continue)
-        },
-    )?;
-    bb.put(
-        TreeId::Kv,
-        compacted_key(group),
-        compacted.to_be_bytes().to_vec(),
-    );
+    delete_range(backend, &event_key(group, 0, 0), &history_end(group), bb)?;
+    set_compacted(group, compacted, bb);
     Ok(())
 }
 
