@@ -78,6 +78,25 @@ pub enum NodeError {
     },
 }
 
+impl NodeError {
+    /// True when the node's stored data is damaged or incomplete (a corrupt record, writes
+    /// lost from the log, an unreadable identity): it must not run on it, and retrying
+    /// cannot help; `swarmkv repair --from-peers` rebuilds it from its peers.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            NodeError::Store(e) | NodeError::Core(CoreError::Store(e)) => e.is_damage(),
+            NodeError::Core(CoreError::CorruptMeta(_)) => true,
+            NodeError::Core(CoreError::Raft(swarmkv_store::raft::Error::Store(
+                swarmkv_store::raft::StorageError::Other(e),
+            ))) => e
+                .downcast_ref::<swarmkv_store::StoreError>()
+                .is_some_and(swarmkv_store::StoreError::is_damage),
+            NodeError::Net(swarmkv_net::NetError::IdentityCorrupt { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Why a node could not be decommissioned. Nothing was decided against the caller: an
 /// unknown node is a wrong request; anything else may be retried (decommissioning is
 /// idempotent, so a retry after an ambiguous failure is safe).
@@ -564,7 +583,8 @@ async fn open_store(dir: &Path, config: StoreConfig) -> Result<SledStore, NodeEr
     loop {
         match Store::<SledBackend>::open(&path, config.clone()) {
             Ok(s) => return Ok(s),
-            Err(e) if attempt < 50 => {
+            // Damage does not go away by waiting (sled's lock does).
+            Err(e) if attempt < 50 && !e.is_damage() => {
                 log::debug!("store at {} not ready yet: {e}", path.display());
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;

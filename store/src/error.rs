@@ -27,6 +27,23 @@ pub enum StoreError {
         detail: String,
     },
 
+    /// The store holds less than it had made durable: its durable sequence (in sled) is
+    /// behind the durable mark beside it. sled dropped a damaged log's tail, or an older copy
+    /// of the directory was put back. Raft state (votes, acknowledged entries) may be missing,
+    /// so the node must not serve or vote from it (see `durable_mark`).
+    #[error(
+        "the store at {path} lost writes it had made durable: its durable mark {mark} \
+         records sequence {expected} but the store holds only {found} (sled dropped a damaged \
+         log's tail, or an older copy of the directory was put back); the node must not serve \
+         or vote from it: rebuild it from its peers with `swarmkv repair --from-peers`"
+    )]
+    LostWrites {
+        path: PathBuf,
+        mark: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+
     /// A tree that an initialised database must have is missing: the directory was tampered
     /// with or is not a swarmkv database.
     #[error("database at {path} is missing tree `{tree}`")]
@@ -118,6 +135,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the error means the stored data is damaged or incomplete (a corrupt record,
+    /// lost durable writes, a hole in a log, a missing tree): retrying cannot help, and the
+    /// node must be rebuilt from its peers rather than started on it.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt { .. }
+                | StoreError::LostWrites { .. }
+                | StoreError::LogHole { .. }
+                | StoreError::MissingTree { .. }
+        )
+    }
+
     pub(crate) fn io(during: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
         move |source| StoreError::Io { during, source }
     }

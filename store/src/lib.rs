@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`backend`]: the ordered, atomic engine trait the rest is written against.
 //! - [`sled_backend`]: sled on disk, with a real fdatasync (see its docs for why).
+//! - [`durable_mark`]: detecting at open a store that lost writes it had made durable.
 //! - [`mem_backend`]: memory, with simulated crashes, for the simulator and fast tests.
 //! - [`keys`]: the `[group id BE][tag][index BE]` key layout of every tree.
 //! - [`store`]: opening a store, group handles, reads (get, scan).
@@ -20,6 +21,7 @@
 pub mod apply;
 pub mod apply_wait;
 pub mod backend;
+pub mod durable_mark;
 pub mod error;
 pub mod group;
 pub mod history;

@@ -10,6 +10,12 @@
 //! (a quarter of a segment, about 128 KiB) live in files of their own under `blobs/` that sled
 //! never syncs; a sync also fdatasyncs any blob file created since the previous sync, and the
 //! `blobs` directory, so large values are as durable as small ones.
+//!
+//! # Lost writes
+//! sled drops a damaged log's tail without an error. [`crate::durable_mark`] keeps a sequence
+//! in sled and a mark file beside its directory; [`SledBackend::open`] refuses a store whose
+//! sequence is behind its mark with [`StoreError::LostWrites`] (see that module for exactly
+//! which losses it catches).
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -19,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::backend::{range_is_empty, Backend, BackendBatch, Scan, TreeId, Visitor};
+use crate::durable_mark::{self, MarkKeeper, SEQ_KEY};
 use crate::error::{Result, StoreError};
 
 /// Tuning of the sled engine.
@@ -50,6 +57,8 @@ pub struct SledBackend {
     synced_blobs: Mutex<HashSet<OsString>>,
     /// Names of the trees that existed before this open created missing ones.
     preexisting: HashSet<&'static str>,
+    /// Advances the durable sequence and its mark (`None` only while opening).
+    keeper: Option<MarkKeeper>,
 }
 
 impl SledBackend {
@@ -64,7 +73,7 @@ impl SledBackend {
             .open()
             .map_err(|e| engine_error(path, e))?;
         let names: HashSet<Vec<u8>> = db.tree_names().iter().map(|n| n.to_vec()).collect();
-        let preexisting = TreeId::ALL
+        let preexisting: HashSet<&'static str> = TreeId::ALL
             .iter()
             .map(|t| t.name())
             .filter(|n| names.contains(n.as_bytes()))
@@ -73,16 +82,30 @@ impl SledBackend {
         for t in TreeId::ALL {
             trees.push(db.open_tree(t.name()).map_err(|e| engine_error(path, e))?);
         }
+        // Refuse a store that lost writes it had made durable, before writing anything.
+        let meta = trees[TreeId::Meta.index()].clone();
+        let found = durable_mark::seq_from(
+            path,
+            meta.get(SEQ_KEY)
+                .map_err(|e| engine_error(path, e))?
+                .as_deref(),
+        )?;
+        durable_mark::check(path, found, preexisting.contains(TreeId::Meta.name()))?;
         let data_file =
             File::open(path.join("db")).map_err(StoreError::io("opening sled's data file"))?;
-        let backend = SledBackend {
+        let mut backend = SledBackend {
             path: path.to_path_buf(),
             db,
             trees,
             data_file,
             synced_blobs: Mutex::new(HashSet::new()),
             preexisting,
+            keeper: None,
         };
+        // The next sequence, made durable with the files sled just created, then marked: from
+        // here on a loss of anything this open found is detected.
+        let start = found.unwrap_or(0) + 1;
+        write_seq(&meta, path, start)?;
         // Make the files sled just created reachable after a power loss, once.
         backend.sync()?;
         for dir in [path.to_path_buf(), path.join("blobs")] {
@@ -90,7 +113,25 @@ impl SledBackend {
                 sync_dir(&dir)?;
             }
         }
+        durable_mark::write_mark(&durable_mark::mark_path(path), start)?;
+        let seq_path = path.to_path_buf();
+        backend.keeper = Some(MarkKeeper::start(
+            path,
+            start,
+            Box::new(move |seq| write_seq(&meta, &seq_path, seq)),
+        ));
         Ok(backend)
+    }
+
+    /// sled's flush, then a real fdatasync (see the module docs).
+    fn sync_engine(&self) -> Result<()> {
+        // Blobs are written when a batch is written, before the log record that points to
+        // them: make them durable first so that a durable log never points to a lost blob.
+        self.sync_new_blobs()?;
+        self.db.flush().map_err(|e| self.err(e))?;
+        self.data_file
+            .sync_data()
+            .map_err(StoreError::io("fdatasync of sled's data file"))
     }
 
     fn tree(&self, t: TreeId) -> &sled::Tree {
@@ -134,6 +175,13 @@ impl SledBackend {
         *synced = present;
         Ok(())
     }
+}
+
+/// Writes the durable sequence (not synced: the next sync covers it).
+fn write_seq(meta: &sled::Tree, path: &Path, seq: u64) -> Result<()> {
+    meta.insert(SEQ_KEY, &durable_mark::seq_bytes(seq))
+        .map(|_| ())
+        .map_err(|e| engine_error(path, e))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -247,13 +295,12 @@ impl Backend for SledBackend {
     }
 
     fn sync(&self) -> Result<()> {
-        // Blobs are written when a batch is written, before the log record that points to
-        // them: make them durable first so that a durable log never points to a lost blob.
-        self.sync_new_blobs()?;
-        self.db.flush().map_err(|e| self.err(e))?;
-        self.data_file
-            .sync_data()
-            .map_err(StoreError::io("fdatasync of sled's data file"))
+        let covered = self.keeper.as_ref().map(MarkKeeper::before_sync);
+        self.sync_engine()?;
+        if let (Some(keeper), Some(covered)) = (&self.keeper, covered) {
+            keeper.after_sync(covered);
+        }
+        Ok(())
     }
 
     fn has_tree(&self, tree: TreeId) -> bool {
@@ -262,5 +309,18 @@ impl Backend for SledBackend {
 
     fn path(&self) -> Option<&Path> {
         Some(&self.path)
+    }
+}
+
+impl Drop for SledBackend {
+    /// A store closed cleanly leaves a mark that covers every write it made.
+    fn drop(&mut self) {
+        if let Some(mut keeper) = self.keeper.take() {
+            let meta = self.tree(TreeId::Meta).clone();
+            keeper.close(
+                |seq| write_seq(&meta, &self.path, seq),
+                || self.sync_engine(),
+            );
+        }
     }
 }

@@ -452,7 +452,9 @@ fn crash_rounds(
     let seed = seed();
     print_seed(test, seed);
     let mut rng = StdRng::seed_from_u64(seed);
-    let dir = tempfile::tempdir()?;
+    let tmp = tempfile::tempdir()?;
+    // The store in a directory of its own, so that its durable mark stays inside `tmp`.
+    let dir = tmp.path().join("store");
     let mut acknowledged = 0u64;
     let mut last = 0u64;
     let started = Instant::now();
@@ -464,7 +466,7 @@ fn crash_rounds(
         } else {
             KillAt::AfterFirstCommit(Duration::from_millis(rng.gen_range(20..=max_delay_ms)))
         };
-        let printed = run_round(dir.path(), w, seed, kill_at)
+        let printed = run_round(&dir, w, seed, kill_at)
             .with_context(|| format!("seed {seed}, round {round} ({kill_at:?})"))?;
         if let Some(p) = printed {
             ensure!(
@@ -474,7 +476,7 @@ fn crash_rounds(
             );
             acknowledged = p;
         }
-        last = verify(dir.path(), w, seed, acknowledged)
+        last = verify(&dir, w, seed, acknowledged)
             .with_context(|| format!("seed {seed}, round {round} ({kill_at:?})"))?;
         println!("round {round}: {kill_at:?}, acknowledged {printed:?}, log ends at {last}");
     }
@@ -482,7 +484,7 @@ fn crash_rounds(
         "{kills} kills in {:.1?}; every group's log ends at {last}",
         started.elapsed()
     );
-    Ok(dir)
+    Ok(tmp)
 }
 
 /// The acceptance test: at least 20 SIGKILLs at random moments of a child appending batches to
@@ -515,7 +517,7 @@ fn sigkill_during_blob_appends_never_loses_acknowledged_batches() -> anyhow::Res
     )?;
     // Guards the premise, not the store: if sled stopped using blob files for these sizes,
     // this test would no longer test what its name says.
-    let blobs = std::fs::read_dir(dir.path().join("blobs"))
+    let blobs = std::fs::read_dir(dir.path().join("store").join("blobs"))
         .context("sled wrote no blobs directory")?
         .count();
     ensure!(

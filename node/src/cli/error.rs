@@ -7,6 +7,9 @@
 //! - 2: usage: the command line is wrong (clap's own errors exit 2 as well);
 //! - 3: unavailable: no node could be reached or none could serve the request now (connection
 //!   refused, 503, 504, no leader, timeout). Retrying later may succeed.
+//! - 4: damaged: `swarmkv start` found the node's stored data damaged or incomplete (a corrupt
+//!   record, writes lost from the log) and refuses to run on it; `swarmkv repair
+//!   --from-peers` rebuilds the node. Retrying cannot help.
 //!
 //! A script can then retry on 3, stop on 2 and branch on 1 without parsing messages.
 
@@ -31,6 +34,10 @@ pub enum CliError {
     /// The arguments are invalid, found before anything was sent (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// The node's stored data is damaged or incomplete; the node must be rebuilt from its
+    /// peers, not started on it (exit 4).
+    #[error("{0}")]
+    Damaged(String),
     /// Anything else: a server error, an answer that cannot be understood, stdout closed
     /// (exit 1). `{:#}` prints the whole context chain on one line.
     #[error("{0:#}")]
@@ -43,6 +50,8 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status when the cluster cannot be reached or cannot serve now.
 pub const EXIT_UNAVAILABLE: u8 = 3;
+/// Exit status when a node's stored data is damaged (start refuses; repair rebuilds it).
+pub const EXIT_DAMAGED: u8 = 4;
 
 impl CliError {
     /// The process exit status for this error.
@@ -54,6 +63,16 @@ impl CliError {
             | CliError::Other(_) => EXIT_FAILED,
             CliError::Usage(_) => EXIT_USAGE,
             CliError::Unavailable(_) => EXIT_UNAVAILABLE,
+            CliError::Damaged(_) => EXIT_DAMAGED,
+        }
+    }
+
+    /// An error of a command that works with `anyhow` (`start`): a [`CliError`] it carries
+    /// keeps its exit status, anything else is [`CliError::Other`].
+    pub fn from_anyhow(e: anyhow::Error) -> CliError {
+        match e.downcast::<CliError>() {
+            Ok(cli) => cli,
+            Err(e) => CliError::Other(e),
         }
     }
 
@@ -98,6 +117,7 @@ mod tests {
             (CliError::Other(anyhow::anyhow!("500")), EXIT_FAILED),
             (CliError::Usage("bad".into()), EXIT_USAGE),
             (CliError::Unavailable("refused".into()), EXIT_UNAVAILABLE),
+            (CliError::Damaged("lost writes".into()), EXIT_DAMAGED),
         ];
         for (e, code) in cases {
             assert_eq!(e.exit_code(), code, "{e:?}");
@@ -131,6 +151,16 @@ mod tests {
             let cli = CliError::from_client(e, "put");
             assert_eq!(cli.exit_code(), EXIT_FAILED, "{cli:?}");
         }
+    }
+
+    #[test]
+    fn a_damaged_store_keeps_its_exit_status_through_anyhow() {
+        let e = anyhow::Error::new(CliError::Damaged("the store lost writes".into()));
+        let cli = CliError::from_anyhow(e);
+        assert_eq!(cli.exit_code(), EXIT_DAMAGED);
+        assert_eq!(cli.to_string(), "the store lost writes");
+        let other = CliError::from_anyhow(anyhow::anyhow!("port taken"));
+        assert_eq!(other.exit_code(), EXIT_FAILED);
     }
 
     #[test]

@@ -58,7 +58,8 @@ pub const DEFAULT_PORT: u16 = 7379;
 const EXIT_STATUS_HELP: &str =
     "Exit status of the client verbs: 0 done; 1 not found, compare failed, \
 refused by the server or other failure; 2 usage; 3 unavailable (no node reachable, 503/504, \
-no leader, timeout).";
+no leader, timeout). `start` exits 4 when the node's stored data is damaged (rebuild it with \
+`swarmkv repair --from-peers`).";
 
 /// How long a client verb may take in all, connection included: a node that is down or
 /// unreachable must give an error, not a hung shell.
@@ -103,7 +104,7 @@ impl Command {
     /// verb that did what was asked.
     pub async fn run(self) -> Result<ExitCode, CliError> {
         let verb = match self {
-            Command::Start(c) => return c.run().await.map_err(CliError::Other),
+            Command::Start(c) => return c.run().await.map_err(CliError::from_anyhow),
             Command::Status(c) => with_timeout(c.run()).await,
             Command::Put(c) => with_timeout(c.run()).await,
             Command::Get(c) => with_timeout(c.run()).await,

@@ -18,7 +18,7 @@ use swarmkv::{Node, NodeConfig, NodeHandle};
 use swarmkv_net::Multiaddr;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{load_psk, node_hex, say, DEFAULT_PORT};
+use super::{load_psk, node_hex, say, CliError, DEFAULT_PORT};
 
 /// How long a graceful shutdown may take before the process stops anyway.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(15);
@@ -132,9 +132,14 @@ impl Start {
             swarmkv::http::auth::check_exposure(*addr, token.as_ref(), self.http_insecure)?;
         }
         let data_dir = config.data_dir.clone();
-        let node = Node::start(config)
-            .await
-            .with_context(|| format!("cannot start the node in {}", data_dir.display()))?;
+        let node = match Node::start(config).await {
+            Ok(node) => node,
+            Err(e) if e.is_damage() => return Err(damaged(&data_dir, &e).into()),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot start the node in {}", data_dir.display())))
+            }
+        };
         let handle = node.handle();
         let _ = say(format!("swarmkv {}", swarmkv::VERSION));
         let _ = say(format!("peer id   {}", handle.peer_id()));
@@ -236,6 +241,18 @@ impl Start {
         config.limits.max_connections = self.max_connections;
         Ok(config)
     }
+}
+
+/// The refusal to run on damaged data: where, what, and what to do (exit status 4).
+fn damaged(data_dir: &std::path::Path, e: &swarmkv::NodeError) -> CliError {
+    CliError::Damaged(format!(
+        "the node's data in {} is damaged, so it refuses to start (it could serve stale data \
+         or vote against what it acknowledged): {e}. Rebuild it from its peers with \
+         `swarmkv repair --from-peers --data {} --endpoint http://LIVE-NODE:7380` (or --peer \
+         MULTIADDR), which keeps the damaged files aside; see `swarmkv repair --help`",
+        data_dir.display(),
+        data_dir.display()
+    ))
 }
 
 /// The gateway's listener: none with `--http off`; the address given, or an error; by

@@ -17,7 +17,8 @@ pub struct Harness<B: Backend> {
 
 pub fn sled_harness(config: StoreConfig) -> Harness<SledBackend> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), config.clone()).expect("open sled store");
+    // A directory inside the temporary one, so that the durable mark beside it stays inside.
+    let store = Store::open(&dir.path().join("store"), config.clone()).expect("open sled store");
     Harness {
         store,
         dir: Some(dir),
@@ -45,7 +46,7 @@ impl Harness<SledBackend> {
             store, dir, config, ..
         } = self;
         drop(store);
-        let path = dir.as_ref().expect("sled harness").path().to_path_buf();
+        let path = dir.as_ref().expect("sled harness").path().join("store");
         // sled's background threads may hold the directory lock for a moment after the last
         // handle is dropped, especially on a loaded machine: retry briefly.
         let mut attempt = 0;

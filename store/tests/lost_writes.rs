@@ -1,0 +1,224 @@
+//! A store that lost writes it had made durable is refused at open (`durable_mark`), with an
+//! error naming the store's path, the mark's path and both sequences; stores that lost
+//! nothing open as before, including stores written before the mark existed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use common::*;
+use swarmkv_store::durable_mark::{mark_path, read_mark, SEQ_KEY};
+use swarmkv_store::raft::Storage;
+use swarmkv_store::{LogBatch, SledStore, Store, StoreConfig, StoreError};
+
+/// A store in `dir/store`, so that its mark (beside it) stays inside the temporary directory.
+fn store_dir(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("store")
+}
+
+fn open(path: &Path) -> Result<SledStore, StoreError> {
+    // sled's background threads may hold the directory lock for a moment after a close.
+    let mut attempt = 0;
+    loop {
+        match Store::open(path, StoreConfig::default()) {
+            Err(StoreError::Engine { message, .. }) if attempt < 50 => {
+                eprintln!("open attempt {attempt}: {message}");
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Appends entries `from..=to` to group 1, one synced batch each.
+fn append(store: &SledStore, from: u64, to: u64) -> Result<()> {
+    for i in from..=to {
+        let mut b = LogBatch::new();
+        b.append(1, vec![entry_with_data(i, 1, &[i as u8; 300])]);
+        store.commit(&b)?;
+    }
+    Ok(())
+}
+
+fn last_index(store: &SledStore) -> Result<u64> {
+    Ok(store.group(1)?.last_index()?)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `err` is the lost-writes error for `path`, and that its message says where
+/// and what to do.
+fn assert_lost_writes(err: StoreError, path: &Path) -> Result<(u64, u64)> {
+    let message = err.to_string();
+    println!("refused: {message}");
+    assert!(err.is_damage(), "{message}");
+    let StoreError::LostWrites {
+        path: found_path,
+        mark,
+        expected,
+        found,
+    } = err
+    else {
+        bail!("expected LostWrites, got {message}");
+    };
+    assert_eq!(found_path, path);
+    assert_eq!(mark, mark_path(path));
+    assert!(found < expected, "{found} < {expected}");
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains("swarmkv repair --from-peers"), "{message}");
+    Ok((expected, found))
+}
+
+#[test]
+fn an_older_copy_of_the_store_put_back_is_refused_naming_the_path() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = store_dir(&dir);
+    let old = dir.path().join("older-copy");
+    {
+        let store = open(&path)?;
+        append(&store, 1, 20)?;
+    }
+    copy_dir(&path, &old)?;
+    {
+        let store = open(&path)?;
+        assert_eq!(last_index(&store)?, 20);
+        append(&store, 21, 40)?;
+    }
+    std::fs::remove_dir_all(&path)?;
+    std::fs::rename(&old, &path)?;
+    let err = match open(&path) {
+        Err(e) => e,
+        Ok(s) => bail!(
+            "the older copy opened, with last index {} of 40",
+            last_index(&s)?
+        ),
+    };
+    let (expected, found) = assert_lost_writes(err, &path)?;
+    println!("mark {expected}, store {found}");
+    // Refusing changed nothing: the same open refuses again.
+    assert!(matches!(open(&path), Err(StoreError::LostWrites { .. })));
+    Ok(())
+}
+
+#[test]
+fn a_store_deleted_beside_its_mark_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = store_dir(&dir);
+    {
+        let store = open(&path)?;
+        append(&store, 1, 5)?;
+    }
+    std::fs::remove_dir_all(&path)?;
+    let err = match open(&path) {
+        Err(e) => e,
+        Ok(_) => bail!("an empty store opened under the mark of a store that had data"),
+    };
+    let (_, found) = assert_lost_writes(err, &path)?;
+    assert_eq!(found, 0);
+    Ok(())
+}
+
+#[test]
+fn a_truncated_log_is_refused_not_silently_shortened() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = store_dir(&dir);
+    {
+        let store = open(&path)?;
+        append(&store, 1, 300)?;
+    }
+    let db = path.join("db");
+    let len = std::fs::metadata(&db)?.len();
+    // Cut the log file in the middle, as a lost tail would.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)?
+        .set_len(len / 2)?;
+    match open(&path) {
+        Err(e) => {
+            println!("truncated log ({len} -> {} bytes) refused: {e}", len / 2);
+            assert!(e.is_damage(), "{e}");
+        }
+        Ok(s) => bail!(
+            "a log truncated to half opened silently, last index {} of 300",
+            last_index(&s)?
+        ),
+    }
+    Ok(())
+}
+
+#[test]
+fn a_missing_mark_on_an_existing_store_is_created_without_refusing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = store_dir(&dir);
+    {
+        let store = open(&path)?;
+        append(&store, 1, 5)?;
+    }
+    // A store written before the mark existed: no sequence in sled, no mark file.
+    {
+        let db = sled::open(&path)?;
+        db.open_tree("meta")?.remove(SEQ_KEY)?;
+        db.flush()?;
+    }
+    std::fs::remove_file(mark_path(&path))?;
+    {
+        let store = open(&path).context("a store without a mark (first start after upgrade)")?;
+        assert_eq!(last_index(&store)?, 5);
+    }
+    let mark = read_mark(&mark_path(&path))?.context("the mark was not created")?;
+    assert!(mark >= 1, "mark {mark}");
+    // From now on the store is covered: deleting it is refused.
+    std::fs::remove_dir_all(&path)?;
+    assert!(matches!(open(&path), Err(StoreError::LostWrites { .. })));
+    Ok(())
+}
+
+#[test]
+fn the_mark_follows_the_syncs_of_an_open_store() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = store_dir(&dir);
+    let store = open(&path)?;
+    let first = read_mark(&mark_path(&path))?.context("no mark after open")?;
+    // Write for a while: the background keeper marks a newer sequence about once a second.
+    let started = Instant::now();
+    let mut next = 1;
+    let mut latest = first;
+    while started.elapsed() < Duration::from_secs(30) {
+        append(&store, next, next + 9)?;
+        next += 10;
+        latest = read_mark(&mark_path(&path))?.context("the mark disappeared")?;
+        if latest >= first + 2 && started.elapsed() > Duration::from_millis(2100) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "mark moved from {first} to {latest} in {:?} ({} entries)",
+        started.elapsed(),
+        next - 1
+    );
+    assert!(
+        latest >= first + 2,
+        "the mark did not move: {first} -> {latest}"
+    );
+    // The mark never claims more than the store holds: a clean reopen accepts it.
+    drop(store);
+    let store = open(&path)?;
+    assert_eq!(last_index(&store)?, next - 1);
+    Ok(())
+}
