@@ -4,6 +4,9 @@
 //! acknowledged write is lost. Needs root (mount); skipped visibly otherwise.
 
 mod common;
+#[path = "common/netns.rs"]
+#[allow(dead_code)]
+mod netns;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use common::tmpfs::Tmpfs;
 use common::*;
+use netns::is_root;
 use swarmkv::core::{ClientError, CoreConfig};
 use swarmkv::{Client, NodeHandle};
 
@@ -24,17 +28,6 @@ fn core() -> CoreConfig {
         compact_keep: 20,
         ..CoreConfig::default()
     }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// What the writers saw: acknowledged values, and keys whose write failed (ambiguously or

@@ -12,8 +12,6 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use clap::Args;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
@@ -23,7 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::Value;
 use swarmkv::client::{Cursor, Watch, WatchError, WatchOptions, WatchTarget};
-use swarmkv::http::encoding::{b64, text};
+use swarmkv::http::watch::EventJson;
 use swarmkv_store::EventKind;
 
 use super::endpoint::{encode, Endpoint};
@@ -70,17 +68,8 @@ pub struct WatchCmd {
 struct Line {
     #[serde(rename = "type")]
     kind: &'static str,
-    partition: u32,
-    revision: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<String>,
-    key_b64: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<String>,
-    value_b64: String,
-    create_rev: u64,
-    version: u64,
-    lease: u64,
+    #[serde(flatten)]
+    event: EventJson,
     cursor: String,
     #[serde(skip)]
     key_bytes: Vec<u8>,
@@ -105,32 +94,19 @@ impl Line {
     }
 
     /// A change from a server-sent event's JSON data.
-    fn from_sse(kind: &'static str, id: &str, data: &Value) -> Result<Line, CliError> {
-        let bytes = |field: &str| -> Result<Vec<u8>, CliError> {
-            let s = data[field].as_str().ok_or_else(|| {
-                CliError::Other(anyhow::anyhow!("a watch event without {field}: {data}"))
-            })?;
-            STANDARD
-                .decode(s)
-                .map_err(|e| CliError::Other(anyhow::anyhow!("bad {field} in a watch event: {e}")))
-        };
-        let num = |field: &str| data[field].as_u64().unwrap_or(0);
-        let key = bytes("key_b64")?;
-        let value = bytes("value_b64")?;
+    fn from_sse(kind: &'static str, id: &str, data: &str) -> Result<Line, CliError> {
+        let event: EventJson = serde_json::from_str(data).map_err(|e| {
+            CliError::Other(anyhow::anyhow!("a malformed watch event ({e}): {data}"))
+        })?;
+        let (key_bytes, value_bytes) = event.key_and_value().map_err(|e| {
+            CliError::Other(anyhow::anyhow!("bad base64 in a watch event ({e}): {data}"))
+        })?;
         Ok(Line {
             kind,
-            partition: u32::try_from(num("partition")).unwrap_or(u32::MAX),
-            revision: num("revision"),
-            key: text(&key),
-            key_b64: b64(&key),
-            value: text(&value),
-            value_b64: b64(&value),
-            create_rev: num("create_rev"),
-            version: num("version"),
-            lease: num("lease"),
+            event,
             cursor: id.to_string(),
-            key_bytes: key,
-            value_bytes: value,
+            key_bytes,
+            value_bytes,
         })
     }
 }
@@ -200,24 +176,15 @@ impl WatchCmd {
                 }
                 None => return Ok(()),
             };
-            let ev = &e.event;
             let line = Line {
-                kind: match ev.kind {
+                kind: match e.event.kind {
                     EventKind::Put => "put",
                     EventKind::Delete => "delete",
                 },
-                partition: e.partition,
-                revision: ev.revision,
-                key: text(&ev.key),
-                key_b64: b64(&ev.key),
-                value: text(&ev.value),
-                value_b64: b64(&ev.value),
-                create_rev: ev.create_rev,
-                version: ev.version,
-                lease: ev.lease,
+                event: EventJson::new(&e),
                 cursor: watch.cursor().to_string(),
-                key_bytes: ev.key.clone(),
-                value_bytes: ev.value.clone(),
+                key_bytes: e.event.key.clone(),
+                value_bytes: e.event.value.clone(),
             };
             line.print(self.json)?;
             printed += 1;
@@ -384,9 +351,7 @@ impl WatchCmd {
             _ => return Ok(true),
         };
         let id = id.unwrap_or_default();
-        let v: Value = serde_json::from_str(&data)
-            .map_err(|e| CliError::Other(anyhow::anyhow!("a watch event that is not JSON: {e}")))?;
-        let line = Line::from_sse(kind, &id, &v)?;
+        let line = Line::from_sse(kind, &id, &data)?;
         line.print(self.json)?;
         *last_id = Some(id);
         *printed += 1;

@@ -9,10 +9,8 @@ use super::election::{
     candidate_of, name_prefix, name_prefix_end, validate_name, ElectionRequest, ElectionTable,
     Waiting, MAX_ELECTION_VALUE, MAX_OBSERVE_WAIT_MS,
 };
-use super::replica::Proposal;
 use super::{
-    ClientError, Command, Consistency, Core, InFlight, Reply, RequestBody, RequestId, Response,
-    META_GROUP,
+    ClientError, Consistency, Core, InFlight, Reply, RequestBody, RequestId, Response, META_GROUP,
 };
 
 /// Feeds one applied meta write at `index` and its result to the election table (writes of
@@ -251,7 +249,9 @@ impl<B: Backend> Core<B> {
                 (ElectionTable::resign_write(&c), Waiting::Resign)
             }
         };
-        self.propose_election_write(id, op, what);
+        if self.propose_meta_write(id, op).is_some() {
+            self.elections.wait(id, what);
+        }
     }
 
     /// Ok when this node leads the meta group and its tables are current (see
@@ -276,29 +276,5 @@ impl<B: Backend> Core<B> {
             });
         }
         Ok(())
-    }
-
-    fn propose_election_write(&mut self, id: RequestId, op: KvOp, what: Waiting) {
-        let deadline_ms = self.now_ms + self.config.request_timeout_ms;
-        let Some(r) = self.replicas.get_mut(&META_GROUP) else {
-            return;
-        };
-        let data = Command::Kv { op, session: None }.encode();
-        match r.node.propose(Vec::new(), data) {
-            Ok(()) => {
-                let index = r.node.raft.raft_log.last_index();
-                let term = r.node.raft.term;
-                r.proposals.insert(index, Proposal { term, request: id });
-                self.stats.proposals += 1;
-                self.in_flight.insert(id, InFlight { deadline_ms });
-                self.elections.wait(id, what);
-            }
-            Err(e) => self.replies.push_back((
-                id,
-                Err(ClientError::Unavailable {
-                    reason: format!("proposal refused: {e}"),
-                }),
-            )),
-        }
     }
 }

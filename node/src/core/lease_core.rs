@@ -216,27 +216,9 @@ impl<B: Backend> Core<B> {
                 }
             },
         };
-        let deadline_ms = now + self.config.request_timeout_ms;
-        let Some(r) = self.replicas.get_mut(&META_GROUP) else {
-            return;
-        };
-        let data = Command::Kv { op, session: None }.encode();
-        match r.node.propose(Vec::new(), data) {
-            Ok(()) => {
-                let index = r.node.raft.raft_log.last_index();
-                let term = r.node.raft.term;
-                r.proposals.insert(index, Proposal { term, request: id });
-                self.stats.proposals += 1;
-                self.in_flight.insert(id, InFlight { deadline_ms });
-                self.leases.wait(id, lease);
-                self.leases.note_proposed(lease, index, revoking, now);
-            }
-            Err(e) => self.replies.push_back((
-                id,
-                Err(ClientError::Unavailable {
-                    reason: format!("proposal refused: {e}"),
-                }),
-            )),
+        if let Some(index) = self.propose_meta_write(id, op) {
+            self.leases.wait(id, lease);
+            self.leases.note_proposed(lease, index, revoking, now);
         }
     }
 
@@ -266,6 +248,35 @@ impl<B: Backend> Core<B> {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Proposes a coordinator write (of a lease or an election record) to the meta group
+    /// and tracks it as client request `id`, like a partition write: the reply comes when
+    /// it applies, or a timeout. `None` when there is no meta replica or Raft refused the
+    /// proposal; the refusal is then already queued as the reply.
+    pub(super) fn propose_meta_write(&mut self, id: RequestId, op: KvOp) -> Option<u64> {
+        let deadline_ms = self.now_ms + self.config.request_timeout_ms;
+        let r = self.replicas.get_mut(&META_GROUP)?;
+        let data = Command::Kv { op, session: None }.encode();
+        match r.node.propose(Vec::new(), data) {
+            Ok(()) => {
+                let index = r.node.raft.raft_log.last_index();
+                let term = r.node.raft.term;
+                r.proposals.insert(index, Proposal { term, request: id });
+                self.stats.proposals += 1;
+                self.in_flight.insert(id, InFlight { deadline_ms });
+                Some(index)
+            }
+            Err(e) => {
+                self.replies.push_back((
+                    id,
+                    Err(ClientError::Unavailable {
+                        reason: format!("proposal refused: {e}"),
+                    }),
+                ));
+                None
+            }
         }
     }
 

@@ -28,7 +28,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use swarmkv_store::EventKind;
 
 use crate::client::{Cursor, Watch, WatchError, WatchEvent, WatchOptions, WatchTarget};
@@ -38,9 +38,10 @@ use super::error::ApiError;
 use super::kv::unknown_parameter;
 use super::state::Gateway;
 
-/// An event's data.
-#[derive(Debug, Serialize)]
-struct EventJson {
+/// An event's data as the gateway sends it (an SSE event's `data:`), and as
+/// `swarmkv watch --json` prints it over either transport, so that both read the same.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventJson {
     partition: u32,
     revision: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,7 +56,8 @@ struct EventJson {
 }
 
 impl EventJson {
-    fn new(e: &WatchEvent) -> EventJson {
+    /// The JSON form of a change the Rust client's watch delivered.
+    pub fn new(e: &WatchEvent) -> EventJson {
         let ev = &e.event;
         EventJson {
             partition: e.partition,
@@ -68,6 +70,13 @@ impl EventJson {
             version: ev.version,
             lease: ev.lease,
         }
+    }
+
+    /// The key and the value back from their base64 form, for a reader of the event stream.
+    pub fn key_and_value(&self) -> Result<(Vec<u8>, Vec<u8>), base64::DecodeError> {
+        use base64::Engine as _;
+        let decode = |s: &str| base64::engine::general_purpose::STANDARD.decode(s);
+        Ok((decode(&self.key_b64)?, decode(&self.value_b64)?))
     }
 }
 
