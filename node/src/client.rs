@@ -222,6 +222,22 @@ impl Client {
         }
     }
 
+    /// The view of the whole cluster of the node this client talks to: every node with its
+    /// registry state and reachability, every group's voters (what `swarmkv repair` checks
+    /// before it removes a node).
+    pub async fn cluster_view(&self) -> Result<crate::driver::ClusterView, ClientError> {
+        match &self.transport {
+            Transport::Local(h) => h
+                .cluster_view()
+                .await
+                .map_err(|e| ClientError::Disconnected(e.to_string())),
+            Transport::Remote { .. } => match self.remote_call(Call::ClusterView).await? {
+                Answer::ClusterView(v) => Ok(v),
+                other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
+            },
+        }
+    }
+
     /// Asks the cluster to drain `node` (the node passes it to the meta leader).
     pub async fn decommission(
         &self,

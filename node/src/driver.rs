@@ -944,6 +944,9 @@ impl Driver {
                     let report = self.report();
                     respond(responder, Answer::Status(report));
                 }
+                Ok(KvCall::V1(Call::ClusterView)) => {
+                    respond(responder, Answer::ClusterView(self.cluster_view()));
+                }
                 Ok(KvCall::V1(Call::Bootstrap { layout, cluster_id })) => {
                     let answer = match self.core.bootstrap(layout, cluster_id) {
                         Ok(()) => {

@@ -53,6 +53,10 @@ pub enum Call {
     /// passes the call to; `hops` as for [`Call::Request`]). See `driver/watch.rs`. (Last, so
     /// the encoding of the other calls is unchanged.)
     Watch { req: WatchRequest, hops: u8 },
+    /// The answering node's view of the whole cluster (every node, every group's voters), for
+    /// administration over libp2p (`swarmkv repair --peer`). (Last, so the encoding of the
+    /// other calls is unchanged.)
+    ClusterView,
 }
 
 /// An answer on `/swarmkv/kv/1`.
@@ -79,6 +83,9 @@ pub enum Answer {
     /// The answer to a [`Call::Watch`] (last, so the encoding of the other answers is
     /// unchanged).
     Watch(WatchReply),
+    /// The answer to a [`Call::ClusterView`] (last, so the encoding of the other answers is
+    /// unchanged).
+    ClusterView(crate::driver::ClusterView),
 }
 
 /// What a client needs to know about the cluster.

@@ -32,7 +32,7 @@ impl Decommission {
 }
 
 /// A node id in hex, with or without `0x`.
-fn parse_node_id(text: &str) -> anyhow::Result<u64> {
+pub(super) fn parse_node_id(text: &str) -> anyhow::Result<u64> {
     let digits = text.strip_prefix("0x").unwrap_or(text);
     let id = u64::from_str_radix(digits, 16)
         .map_err(|e| anyhow!("{text:?} is not a node id in hex: {e}"))?;

@@ -5,6 +5,7 @@
 //! - [`status`]: a node's report on itself and its groups, as a table or as JSON.
 //! - [`put`], [`get`], [`del`], [`cas`], [`scan`]: the key-value verbs.
 //! - [`decommission`]: drain a node out of the cluster.
+//! - [`repair`]: rebuild a node whose stored data is damaged from its peers (as a new node).
 //! - [`watch`]: print the changes of a prefix or key as they happen (resumable).
 //! - [`lease`]: grant, keep alive, revoke and inspect leases (keys attach with `put --lease`).
 //! - [`elect`], [`leader`], [`observe`]: campaign for an election and hold the leadership
@@ -42,6 +43,7 @@ mod leader;
 mod lease;
 mod observe;
 mod put;
+mod repair;
 mod scan;
 mod start;
 mod status;
@@ -92,6 +94,7 @@ pub enum Command {
     Bench(bench::Bench),
     Keygen(keygen::Keygen),
     Watch(watch::WatchCmd),
+    Repair(repair::Repair),
 }
 
 impl Command {
@@ -123,6 +126,8 @@ impl Command {
             Command::Keygen(c) => c.run(),
             // Runs until Ctrl-C or --count.
             Command::Watch(c) => c.run().await,
+            // Bounded by its own --wait (plus connecting).
+            Command::Repair(c) => c.run().await,
         };
         verb.map(|()| ExitCode::SUCCESS)
     }
@@ -234,6 +239,7 @@ mod tests {
             Command::Elect(c) => Some(&c.transport),
             Command::Leader(c) => Some(&c.transport),
             Command::Observe(c) => Some(&c.transport),
+            Command::Repair(c) => Some(&c.transport),
             Command::Start(_) | Command::Bench(_) | Command::Keygen(_) => None,
         }
     }

@@ -247,9 +247,9 @@ impl Start {
 fn damaged(data_dir: &std::path::Path, e: &swarmkv::NodeError) -> CliError {
     CliError::Damaged(format!(
         "the node's data in {} is damaged, so it refuses to start (it could serve stale data \
-         or vote against what it acknowledged): {e}. Rebuild it from its peers with \
-         `swarmkv repair --from-peers --data {} --endpoint http://LIVE-NODE:7380` (or --peer \
-         MULTIADDR), which keeps the damaged files aside; see `swarmkv repair --help`",
+         or vote against what it acknowledged): {e}. To rebuild it: `swarmkv repair \
+         --from-peers --data {} --endpoint http://LIVE-NODE:7380` (or --peer MULTIADDR), \
+         which keeps the damaged files aside; see `swarmkv repair --help`",
         data_dir.display(),
         data_dir.display()
     ))
@@ -280,7 +280,7 @@ async fn http_listener(flag: Option<&HttpListen>) -> Result<Option<tokio::net::T
 }
 
 /// `$XDG_DATA_HOME/swarmkv`, else `$HOME/.local/share/swarmkv` (the XDG default).
-fn default_data_dir() -> Result<PathBuf> {
+pub(super) fn default_data_dir() -> Result<PathBuf> {
     let non_empty = |var| std::env::var_os(var).filter(|v| !v.is_empty());
     if let Some(xdg) = non_empty("XDG_DATA_HOME") {
         return Ok(PathBuf::from(xdg).join("swarmkv"));

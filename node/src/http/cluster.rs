@@ -21,6 +21,17 @@ pub struct ClusterJson {
     /// One entry per partition, in order (empty before the node is part of a cluster).
     pub partitions: Vec<PartitionJson>,
     pub summary: ClusterSummaryJson,
+    /// The meta group (registry and placement), when the serving node knows its voters.
+    pub meta: Option<MetaGroupJson>,
+}
+
+/// The meta group: its leader (the coordinator) and voters, as for a partition.
+#[derive(Debug, Serialize)]
+pub struct MetaGroupJson {
+    pub leader: Option<String>,
+    pub voters: Vec<String>,
+    /// How many of the voters the serving node hears from (itself included).
+    pub reachable_voters: usize,
 }
 
 /// One node.
@@ -151,10 +162,20 @@ impl ClusterJson {
                 .filter(|p| p.health == "under_replicated")
                 .count(),
         };
+        let meta = view
+            .groups
+            .iter()
+            .find(|g| g.group == crate::core::META_GROUP && !g.voters.is_empty())
+            .map(|g| MetaGroupJson {
+                leader: g.leader.map(node_hex),
+                voters: g.voters.iter().copied().map(node_hex).collect(),
+                reachable_voters: g.voters.iter().filter(|v| reachable.contains(v)).count(),
+            });
         ClusterJson {
             nodes,
             partitions,
             summary,
+            meta,
         }
     }
 }
@@ -232,5 +253,11 @@ mod tests {
         assert_eq!(counts, (4, 3, 6, 3));
         assert_eq!(s.under_replicated, 2);
         assert!(ClusterJson::new(&view, None).partitions.is_empty());
+        // The meta group is listed on its own, with the voters `swarmkv repair` checks.
+        let meta = json
+            .meta
+            .as_ref()
+            .map(|m| (m.voters.len(), m.reachable_voters));
+        assert_eq!(meta, Some((3, 2)));
     }
 }
