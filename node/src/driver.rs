@@ -725,31 +725,47 @@ impl Driver {
                     break;
                 }
             }
-            let turn = self.turn();
+            let turn = self.turn().await;
             self.metrics.observe_core(self.core.stats());
             turn?;
             self.flush().await;
             if self.draining.is_some() && self.drain_step() {
                 // Let the transfers' messages leave before the network stops.
-                let _ = self.turn();
+                let _ = self.turn().await;
                 self.flush().await;
                 return Ok(());
             }
         }
     }
 
-    fn turn(&mut self) -> Result<(), CoreError> {
+    /// One turn of the core: take every group's Ready, send what may leave before it is
+    /// durable (a leader's appends: the followers write them while this node does), then
+    /// persist with one sync, apply and answer.
+    async fn turn(&mut self) -> Result<(), CoreError> {
+        let staged = self.core.stage();
+        let syncs = staged.needs_sync();
+        // Nothing else may reach the core until the staged Readies are persisted: peers
+        // without an address are reported to Raft afterwards.
+        let unknown = self.send_raft_messages().await;
         let core = &mut self.core;
-        let mut run = || -> Result<(), CoreError> {
-            core.process()?;
+        let run = || -> Result<(), CoreError> {
+            core.persist(staged)?;
             core.serve_caught_up_reads();
             Ok(())
         };
-        // The turn fsyncs: keep it off the async workers' backs where the runtime allows.
+        // A turn that fsyncs is kept off the async workers' backs where the runtime allows
+        // (the messages just queued for the network then leave while the disk works); one
+        // that does not is pure CPU, and handing the worker over would cost a thread switch.
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) if syncs => {
+                tokio::task::block_in_place(run)
+            }
             _ => run(),
+        }?;
+        for to in unknown {
+            self.core.report_unreachable(to);
         }
+        Ok(())
     }
 
     fn on_cmd(&mut self, cmd: Cmd) {
@@ -1050,13 +1066,17 @@ impl Driver {
         }
     }
 
-    async fn flush(&mut self) {
+    /// Sends every peer its queued Raft messages (one batch per peer, split only near the
+    /// frame limit); returns the peers it has no address for, which the caller must report
+    /// unreachable to the core.
+    async fn send_raft_messages(&mut self) -> Vec<NodeId> {
+        let mut unknown = Vec::new();
         while let Some((to, msgs)) = self.core.poll_transmit() {
             if self.isolated {
                 continue;
             }
             let Some(peer) = self.peers.get(&to).copied() else {
-                self.core.report_unreachable(to);
+                unknown.push(to);
                 continue;
             };
             let mut batch = Vec::with_capacity(msgs.len());
@@ -1080,6 +1100,13 @@ impl Driver {
                     log::debug!("raft batch to {peer} not sent: {e}");
                 }
             }
+        }
+        unknown
+    }
+
+    async fn flush(&mut self) {
+        for to in self.send_raft_messages().await {
+            self.core.report_unreachable(to);
         }
         while let Some(s) = self.core.poll_snapshot() {
             let Some(peer) = self.peers.get(&s.to).copied() else {

@@ -20,11 +20,14 @@ enum LogOp {
 }
 
 /// Raft persistence work for any number of groups, committed by [`Store::commit`] as one
-/// atomic write followed by one sync. Operations apply in the order they were added; for a
-/// raft-rs `Ready` that is: snapshot, entries, hard state.
+/// atomic write followed by one sync (no sync when only commit indexes and compactions are in
+/// it). Operations apply in the order they were added; for a raft-rs `Ready` that is:
+/// snapshot, entries, hard state.
 #[derive(Debug, Default, Clone)]
 pub struct LogBatch {
     ops: Vec<(u64, LogOp)>,
+    /// Some operation must be durable before the commit returns.
+    sync: bool,
 }
 
 impl LogBatch {
@@ -38,17 +41,28 @@ impl LogBatch {
     pub fn append(&mut self, group: u64, entries: Vec<Entry>) {
         if !entries.is_empty() {
             self.ops.push((group, LogOp::Append(entries)));
+            self.sync = true;
         }
     }
 
     /// Records `group`'s hard state (term, vote, commit).
     pub fn set_hard_state(&mut self, group: u64, hs: HardState) {
         self.ops.push((group, LogOp::HardState(hs)));
+        self.sync = true;
+    }
+
+    /// Records `group`'s hard state when only its commit index differs from the stored one
+    /// (raft-rs's `Ready::must_sync() == false`). This alone does not make the commit sync: a
+    /// commit index lost in a crash is learned again from the leader, and a later sync makes
+    /// it durable anyway (the backend's writes become durable in order).
+    pub fn set_commit(&mut self, group: u64, hs: HardState) {
+        self.ops.push((group, LogOp::HardState(hs)));
     }
 
     /// Records `group`'s configuration.
     pub fn set_conf_state(&mut self, group: u64, cs: ConfState) {
         self.ops.push((group, LogOp::ConfState(cs)));
+        self.sync = true;
     }
 
     /// Installs a snapshot: the log restarts after its index and, when its data holds a chunk
@@ -56,9 +70,12 @@ impl LogBatch {
     /// an empty partition (how a new group's replicas start).
     pub fn apply_snapshot(&mut self, group: u64, snapshot: Snapshot) {
         self.ops.push((group, LogOp::Snapshot(snapshot)));
+        self.sync = true;
     }
 
-    /// Removes entries before `compact_index`. Only applied entries may be compacted.
+    /// Removes entries before `compact_index`. Only applied entries may be compacted. Does not
+    /// make the commit sync: entries that come back after a crash are applied ones, which the
+    /// state machine skips.
     pub fn compact(&mut self, group: u64, compact_index: u64) {
         self.ops.push((group, LogOp::Compact(compact_index)));
     }
@@ -66,6 +83,11 @@ impl LogBatch {
     /// True when there is nothing to commit.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// True when committing this batch syncs.
+    pub fn needs_sync(&self) -> bool {
+        self.sync
     }
 
     /// Number of operations.
@@ -76,6 +98,7 @@ impl LogBatch {
     /// Removes every operation, keeping the allocation.
     pub fn clear(&mut self) {
         self.ops.clear();
+        self.sync = false;
     }
 }
 
@@ -88,7 +111,7 @@ pub struct CommitStats {
     pub entries: usize,
     /// Approximate bytes written.
     pub bytes: usize,
-    /// Syncs performed (0 for an empty batch, else 1).
+    /// Syncs performed (0 for an empty batch or one that needs none, else 1).
     pub syncs: usize,
 }
 
@@ -99,7 +122,7 @@ struct Work {
 
 impl<B: Backend> Store<B> {
     /// Commits `batch`: validates every operation, writes them all in one atomic write, makes it
-    /// durable with one sync, then updates the in-memory state raft-rs reads. On error nothing
+    /// durable with one sync (unless [`LogBatch::needs_sync`] is false), then updates the in-memory state raft-rs reads. On error nothing
     /// was applied to the in-memory state (and, unless the error came from the sync itself,
     /// nothing was written).
     pub fn commit(&self, batch: &LogBatch) -> Result<CommitStats> {
@@ -151,10 +174,12 @@ impl<B: Backend> Store<B> {
         }
         let bytes = bb.bytes();
         self.inner.backend.write(&bb)?;
-        let started = std::time::Instant::now();
-        self.inner.backend.sync()?;
-        if let Some(observe) = self.inner.sync_observer.get() {
-            observe(started.elapsed());
+        if batch.sync {
+            let started = std::time::Instant::now();
+            self.inner.backend.sync()?;
+            if let Some(observe) = self.inner.sync_observer.get() {
+                observe(started.elapsed());
+            }
         }
 
         // Durable: now let raft-rs see it.
@@ -185,7 +210,7 @@ impl<B: Backend> Store<B> {
             groups: work.len(),
             entries,
             bytes,
-            syncs: 1,
+            syncs: usize::from(batch.sync),
         })
     }
 

@@ -336,6 +336,33 @@ fn one_commit_is_one_sync_for_any_number_of_groups() {
 }
 
 #[test]
+fn a_commit_index_alone_does_not_sync_and_a_crash_before_the_next_sync_only_loses_it() {
+    let h = mem_harness(StoreConfig::default());
+    let mem = h.mem.clone().unwrap();
+    let mut b = LogBatch::new();
+    b.append(2, vec![entry(1, 1), entry(2, 1)]);
+    b.set_hard_state(2, hard_state(1, 1, 1));
+    assert!(b.needs_sync());
+    assert_eq!(h.store.commit(&b).unwrap().syncs, 1);
+    // raft-rs's Ready with must_sync() == false: only the commit index moved.
+    let mut commit = LogBatch::new();
+    commit.set_commit(2, hard_state(1, 1, 2));
+    commit.compact(2, 1);
+    assert!(!commit.needs_sync());
+    let before = mem.sync_count();
+    assert_eq!(h.store.commit(&commit).unwrap().syncs, 0);
+    assert_eq!(mem.sync_count(), before);
+    // Readers see it at once.
+    let st = h.store.group(2).unwrap().initial_state().unwrap();
+    assert_eq!(st.hard_state, hard_state(1, 1, 2));
+    // A crash loses the commit index, never the synced entries, term or vote.
+    let h = h.crash_and_reopen();
+    let s = h.store.group(2).unwrap();
+    assert_eq!(s.initial_state().unwrap().hard_state, hard_state(1, 1, 1));
+    assert_eq!(s.last_index(), Ok(2));
+}
+
+#[test]
 fn everything_survives_reopen_on_disk() {
     let h = sled_harness(StoreConfig::default());
     seed_log(&h.store, 3, 2, 2, &[entry(3, 3), entry(4, 4), entry(5, 5)]);

@@ -120,6 +120,22 @@ struct InFlight {
     deadline_ms: u64,
 }
 
+/// The Readies of one turn between [`Core::stage`] and [`Core::persist`]: their store batch
+/// and what is left to do with each once it is durable.
+pub struct Staged {
+    batch: LogBatch,
+    readies: Vec<(GroupId, raft::Ready, Vec<Entry>)>,
+    reload_leases: bool,
+}
+
+impl Staged {
+    /// Whether persisting this turn waits for the disk (the driver then gets the turn off
+    /// the async workers' backs); a turn that only applies and answers does not.
+    pub fn needs_sync(&self) -> bool {
+        self.batch.needs_sync()
+    }
+}
+
 /// The local replicas of one node and everything waiting on them.
 pub struct Core<B: Backend> {
     id: NodeId,
@@ -804,8 +820,20 @@ impl<B: Backend> Core<B> {
     /// One turn of the node loop over every group with work: collect all Readies, persist
     /// them in ONE store batch with ONE sync, then send what may only leave after the sync,
     /// apply committed entries and answer requests. Returns an error only when storage failed;
-    /// the node must then stop.
+    /// the node must then stop. Equivalent to [`Core::stage`] then [`Core::persist`] with
+    /// nothing in between.
     pub fn process(&mut self) -> Result<(), CoreError> {
+        let staged = self.stage();
+        self.persist(staged)
+    }
+
+    /// The first half of a turn: takes every group's Ready and queues the messages that may
+    /// leave before the Readies are durable (a leader's appends and heartbeats: raft-rs counts
+    /// the leader's own copy only once it is persisted, so sending first lets the followers'
+    /// fsyncs overlap the leader's). The driver sends them ([`Core::poll_transmit`]) and then
+    /// must call [`Core::persist`] with the result before any other call into the core.
+    #[must_use = "the staged Readies must be persisted"]
+    pub fn stage(&mut self) -> Staged {
         let mut batch = LogBatch::new();
         let mut readies = Vec::new();
         let mut reload_leases = false;
@@ -819,7 +847,7 @@ impl<B: Backend> Core<B> {
             }
             if r.commit_dirty {
                 r.commit_dirty = false;
-                batch.set_hard_state(*g, r.node.raft.hard_state());
+                batch.set_commit(*g, r.node.raft.hard_state());
             }
             if !r.node.has_ready() {
                 continue;
@@ -907,10 +935,33 @@ impl<B: Backend> Core<B> {
                 batch.append(*g, rd.entries().to_vec());
             }
             if let Some(hs) = rd.hs() {
-                batch.set_hard_state(*g, hs.clone());
+                if rd.must_sync() {
+                    batch.set_hard_state(*g, hs.clone());
+                } else {
+                    // Only the commit index moved: raft-rs allows this write to reach the disk
+                    // with a later sync (a lost commit index is learned again from the leader).
+                    batch.set_commit(*g, hs.clone());
+                }
             }
             readies.push((*g, rd, committed));
         }
+        Staged {
+            batch,
+            readies,
+            reload_leases,
+        }
+    }
+
+    /// The second half of a turn (see [`Core::stage`]): persists the staged Readies in one
+    /// store batch (synced only if one of them needs it), then queues what may only leave after
+    /// that, applies committed entries and answers requests. Returns an error only when storage
+    /// failed; the node must then stop.
+    pub fn persist(&mut self, staged: Staged) -> Result<(), CoreError> {
+        let Staged {
+            batch,
+            readies,
+            reload_leases,
+        } = staged;
         if !batch.is_empty() {
             self.store.commit(&batch)?;
         }
