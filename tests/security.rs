@@ -156,6 +156,35 @@ async fn exchange_on(
     Ok((status, text))
 }
 
+/// Opens `n` connections to `addr` first, then runs `exchange(i, connection)` on all of them
+/// at the same moment, so the node holds `n` requests at once; the results in order.
+async fn all_at_once<T, F, Fut>(addr: SocketAddr, n: usize, mut exchange: F) -> Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: FnMut(usize, tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        streams.push(tokio::net::TcpStream::connect(addr).await?);
+    }
+    let go = Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = Vec::with_capacity(n);
+    for (i, stream) in streams.into_iter().enumerate() {
+        let go = go.clone();
+        let work = exchange(i, stream);
+        tasks.push(tokio::spawn(async move {
+            go.wait().await;
+            work.await
+        }));
+    }
+    let mut results = Vec::with_capacity(n);
+    for t in tasks {
+        results.push(t.await??);
+    }
+    Ok(results)
+}
+
 /// How many lines of `log` contain `needle`.
 fn count_lines(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
@@ -483,46 +512,22 @@ fn ten_thousand_concurrent_oversized_uploads_get_413_and_memory_stays_bounded() 
     let baseline = proc_kib(pid, "VmRSS:")?;
     let monitor = RssMonitor::start(pid);
     let started = Instant::now();
-    let statuses = runtime.block_on(async {
-        const N: usize = 10_000;
-        // All connections first, then every request on them at once: the node holds 10,000
-        // open uploads at the same moment.
-        let mut streams = Vec::with_capacity(N);
-        for _ in 0..N {
-            streams.push(tokio::net::TcpStream::connect(addr).await?);
+    // Every upload declares 64 MiB and sends none of it: the node holds 10,000 open uploads
+    // at the same moment.
+    let statuses = runtime.block_on(all_at_once(addr, 10_000, |i, stream| {
+        let head = format!(
+            "PUT /v1/kv/big{i} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\
+             Expect: 100-continue\r\nConnection: close\r\n\r\n",
+            64u64 << 20
+        );
+        async move {
+            let (status, text) = exchange_on(stream, head, b"").await?;
+            if status != 413 || !text.contains("body_too_large") {
+                bail!("upload {i}: {text}");
+            }
+            anyhow::Ok(status)
         }
-        let go = Arc::new(tokio::sync::Barrier::new(N));
-        let mut tasks = Vec::with_capacity(N);
-        for (i, mut stream) in streams.into_iter().enumerate() {
-            let go = go.clone();
-            tasks.push(tokio::spawn(async move {
-                go.wait().await;
-                let head = format!(
-                    "PUT /v1/kv/big{i} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\
-                     Expect: 100-continue\r\nConnection: close\r\n\r\n",
-                    64u64 << 20
-                );
-                stream.write_all(head.as_bytes()).await?;
-                let mut answer = Vec::new();
-                stream.read_to_end(&mut answer).await?;
-                let text = String::from_utf8_lossy(&answer).into_owned();
-                let status: u16 = text
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .with_context(|| format!("no status in {text:?}"))?;
-                if status != 413 || !text.contains("body_too_large") {
-                    bail!("upload {i}: {text}");
-                }
-                anyhow::Ok(status)
-            }));
-        }
-        let mut statuses = Vec::with_capacity(N);
-        for t in tasks {
-            statuses.push(t.await??);
-        }
-        anyhow::Ok(statuses)
-    })?;
+    }))?;
     let peak = monitor.finish();
     println!(
         "{} uploads declared at 64 MiB each, all answered 413 body_too_large in {:?}; node VmRSS \
@@ -561,35 +566,19 @@ fn a_write_flood_beyond_the_in_flight_limit_gets_busy_and_every_acknowledged_wri
     let baseline = proc_kib(pid, "VmRSS:")?;
     let monitor = RssMonitor::start(pid);
     const N: usize = 2_000;
-    let outcomes = runtime.block_on(async {
-        // Connections first, then every write at once.
-        let mut streams = Vec::with_capacity(N);
-        for _ in 0..N {
-            streams.push(tokio::net::TcpStream::connect(addr).await?);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let outcomes = runtime.block_on(all_at_once(addr, N, |i, stream| {
+        let value: Vec<u8> = (0..4096).map(|_| rng.gen_range(b'a'..=b'z')).collect();
+        let head = format!(
+            "PUT /v1/kv/flood{i} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            value.len()
+        );
+        async move {
+            let (status, text) = exchange_on(stream, head, &value).await?;
+            anyhow::Ok((i, value, status, text))
         }
-        let go = Arc::new(tokio::sync::Barrier::new(N));
-        let mut tasks = Vec::with_capacity(N);
-        let mut rng = StdRng::seed_from_u64(seed);
-        for (i, stream) in streams.into_iter().enumerate() {
-            let go = go.clone();
-            let value: Vec<u8> = (0..4096).map(|_| rng.gen_range(b'a'..=b'z')).collect();
-            tasks.push(tokio::spawn(async move {
-                go.wait().await;
-                let head = format!(
-                    "PUT /v1/kv/flood{i} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\
-                     Connection: close\r\n\r\n",
-                    value.len()
-                );
-                let (status, text) = exchange_on(stream, head, &value).await?;
-                anyhow::Ok((i, value, status, text))
-            }));
-        }
-        let mut outcomes = Vec::with_capacity(N);
-        for t in tasks {
-            outcomes.push(t.await??);
-        }
-        anyhow::Ok(outcomes)
-    })?;
+    }))?;
     let peak = monitor.finish();
     let mut acked = Vec::new();
     let mut busy = 0;
