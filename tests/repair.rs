@@ -6,7 +6,9 @@
 //!   node and serves every acknowledged key (serializable reads from its own replicas, then
 //!   linearizable ones), while the cluster answered writes throughout;
 //! - a repair that would leave a group without a live majority of its other replicas is
-//!   refused and changes nothing (asked over libp2p, `--peer`).
+//!   refused and changes nothing (asked over libp2p, `--peer`);
+//! - a damaged stretch of sled's log, or a damaged identity, makes `start` exit 4 naming the
+//!   file and the repair.
 //!
 //! The tests run one at a time (three processes each); processes are killed by pid when a
 //! test ends.
@@ -336,6 +338,75 @@ fn a_repair_that_would_lose_a_majority_is_refused_and_changes_nothing() -> Resul
         node["state"] != "decommissioning" && node["state"] != "decommissioned",
         "node 2 is {}",
         node["state"]
+    );
+    cluster.finish();
+    Ok(())
+}
+
+/// `swarmkv start` on the node's data directory and ports, run to completion.
+fn start_once(node: &common::process::NodeProc) -> Result<common::process::CliOutput> {
+    cli(&[
+        "start".to_string(),
+        "--no-mdns".into(),
+        "--data".into(),
+        node.dir.path().join("data").display().to_string(),
+        "--listen".into(),
+        node.listen.clone(),
+        "--http".into(),
+        node.http.to_string(),
+    ])
+}
+
+#[test]
+fn a_damaged_log_file_or_identity_is_refused_with_its_location_and_exit_status_4() -> Result<()> {
+    let _serial = serial();
+    let mut cluster = ProcCluster::start(1, P)?;
+    let a = cluster.nodes[0].http;
+    for i in 0..200 {
+        put_retrying(a, &format!("k-{i}"), &"x".repeat(200))?;
+    }
+    cluster.nodes[0].terminate(Duration::from_secs(30))?;
+    let data = data_of(&cluster, 0);
+
+    // A stretch in the middle of sled's log damaged: sled reports it, or drops the log from
+    // there (and the durable mark shows the loss); either way the node refuses to start.
+    let db = data.join("store").join("db");
+    let mut bytes = std::fs::read(&db)?;
+    let at = bytes.len() / 3;
+    for b in &mut bytes[at..at + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&db, &bytes)?;
+    let out = start_once(&cluster.nodes[0])?;
+    println!("damaged log: {}", out.stderr.trim());
+    ensure!(out.code == Some(4), "exit {:?}: {}", out.code, out.stderr);
+    ensure!(
+        out.stderr
+            .contains(&data.join("store").display().to_string()),
+        "no location: {}",
+        out.stderr
+    );
+    ensure!(
+        out.stderr.contains("swarmkv repair --from-peers"),
+        "{}",
+        out.stderr
+    );
+
+    // A damaged identity (read before the store) is refused the same way.
+    let key = data.join("node.key");
+    std::fs::write(&key, b"not a key")?;
+    let out = start_once(&cluster.nodes[0])?;
+    println!("damaged identity: {}", out.stderr.trim());
+    ensure!(out.code == Some(4), "exit {:?}: {}", out.code, out.stderr);
+    ensure!(
+        out.stderr.contains(&key.display().to_string()),
+        "no location: {}",
+        out.stderr
+    );
+    ensure!(
+        out.stderr.contains("swarmkv repair --from-peers"),
+        "{}",
+        out.stderr
     );
     cluster.finish();
     Ok(())
