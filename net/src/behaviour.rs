@@ -91,9 +91,13 @@ impl Behaviour {
         let mut gossipsub =
             gossipsub::Behaviour::new(MessageAuthenticity::Signed(keypair.clone()), gossip_config)
                 .map_err(|e| NetError::Setup(format!("gossipsub: {e}")))?;
-        gossipsub
-            .subscribe(&IdentTopic::new(heartbeat_topic(&config.cluster_name)))
-            .map_err(|e| NetError::Setup(format!("gossipsub subscribe: {e}")))?;
+        // A light client stays out of the membership gossip: gossipsub sends nothing to a
+        // peer that is not subscribed, and the nodes never mesh with it.
+        if !config.light_client {
+            gossipsub
+                .subscribe(&IdentTopic::new(heartbeat_topic(&config.cluster_name)))
+                .map_err(|e| NetError::Setup(format!("gossipsub subscribe: {e}")))?;
+        }
         let mdns = if config.enable_mdns {
             Some(
                 mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
@@ -183,7 +187,13 @@ pub(crate) fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetErr
         .map_err(|e| NetError::Setup(format!("transport: {e:?}")))?
         .with_behaviour(|_| behaviour)
         .map_err(|e| NetError::Setup(format!("behaviour: {e:?}")))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(config.idle_connection_timeout)
+                // Every request is a new stream offering exactly one protocol: with the lazy
+                // negotiation the request travels with the protocol proposal instead of a round
+                // trip later (one round trip less per Raft frame, client request and forward).
+                .with_substream_upgrade_protocol_override(Version::V1Lazy)
+        })
         .build();
     Ok(swarm)
 }

@@ -223,7 +223,7 @@ impl EventLoop {
                     None => break,
                 },
                 _ = housekeeping.tick() => self.housekeeping(Instant::now()),
-                _ = heartbeat.tick() => self.publish_heartbeat(),
+                _ = heartbeat.tick(), if !self.config.light_client => self.publish_heartbeat(),
             }
             while let Some(event) = self.out.pop_front() {
                 if self.events.send(event).await.is_err() {

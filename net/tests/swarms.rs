@@ -9,8 +9,8 @@ use anyhow::{bail, ensure, Result};
 use common::{cluster, config, connect, spawn, Node};
 use rand::{Rng, SeedableRng};
 use swarmkv_net::{
-    generate_psk_file, load_or_create_identity, NetError, NetEvent, PeerId, RawProtocol,
-    SnapshotChunk,
+    generate_psk_file, load_or_create_identity, Keypair, NetConfig, NetError, NetEvent, PeerId,
+    RawProtocol, SnapshotChunk,
 };
 
 /// Waits for a raft event from `from` and returns its batch.
@@ -585,4 +585,85 @@ async fn a_closed_gate_refuses_unlisted_peers_and_drops_connected_ones() -> Resu
     let _ = stranger.handle.dial(nodes[0].addr.clone()).await?;
     nodes[0].wait_up(stranger.peer).await?;
     Ok(())
+}
+
+#[tokio::test]
+async fn a_light_client_is_served_but_never_gossips_nor_hears_gossip() -> Result<()> {
+    let mut nodes = cluster(2).await?;
+    // A light client listens on nothing, so it cannot be `spawn`ed (which waits for an
+    // address): run it by hand.
+    let config = NetConfig::light_client(Keypair::generate_ed25519());
+    let client_peer = config.peer_id();
+    let (client, mut client_events, event_loop) = swarmkv_net::new(config)?;
+    let task = tokio::spawn(event_loop.run());
+    let _stop = AbortOnDrop(task);
+    ensure!(client.listen_addrs().await?.is_empty());
+    ensure!(client.dial(nodes[0].addr.clone()).await? == nodes[0].peer);
+
+    // Its requests are delivered once its hello proved its cluster.
+    let server = nodes[0].peer;
+    let handle = client.clone();
+    let request = tokio::spawn(async move { handle.kv_request(server, b"get k".to_vec()).await });
+    let (from, responder) = nodes[0]
+        .wait_for("kv request from the light client", |e| match e {
+            NetEvent::KvRequest {
+                peer, responder, ..
+            } => Some((peer, responder)),
+            _ => None,
+        })
+        .await?;
+    ensure!(from == client_peer);
+    responder.respond(b"v".to_vec()).await?;
+    ensure!(request.await?? == b"v");
+
+    // Over several heartbeat periods: the nodes hear each other but never the client, and
+    // the client hears no heartbeat at all.
+    let window = Duration::from_secs(2);
+    let (node0, rest) = nodes.split_at_mut(1);
+    let (seen0, seen1, seen_by_client) = tokio::join!(
+        node0[0].drain_for(window),
+        rest[0].drain_for(window),
+        async {
+            let deadline = tokio::time::Instant::now() + window;
+            let mut all = Vec::new();
+            while let Ok(Some(e)) = tokio::time::timeout_at(deadline, client_events.recv()).await {
+                all.push(e);
+            }
+            all
+        }
+    );
+    let heartbeats_from = |events: &[NetEvent], who: PeerId| {
+        events
+            .iter()
+            .filter(|e| matches!(e, NetEvent::Heartbeat { info } if info.peer == who))
+            .count()
+    };
+    ensure!(
+        heartbeats_from(&seen1, nodes[0].peer) > 0,
+        "node 1 heard no heartbeat of node 0"
+    );
+    for seen in [&seen0, &seen1] {
+        ensure!(
+            heartbeats_from(seen, client_peer) == 0,
+            "a node heard the light client"
+        );
+    }
+    let client_heard = seen_by_client
+        .iter()
+        .filter(|e| matches!(e, NetEvent::Heartbeat { .. }))
+        .count();
+    ensure!(
+        client_heard == 0,
+        "the light client heard {client_heard} heartbeats"
+    );
+    Ok(())
+}
+
+/// Aborts a task when dropped (the light client's event loop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -177,8 +177,9 @@ impl Client {
         cluster_name: &str,
         psk: Option<swarmkv_net::PreSharedKey>,
     ) -> Result<Client, ClientError> {
-        // A light client listens on loopback only and never multicasts: it only dials out.
-        let mut config = NetConfig::loopback(Keypair::generate_ed25519());
+        // A light client only dials out: it listens on nothing, never multicasts and stays
+        // out of the membership gossip (see `NetConfig::light_client`).
+        let mut config = NetConfig::light_client(Keypair::generate_ed25519());
         config.cluster_name = cluster_name.to_string();
         config.psk = psk;
         config.max_kv_frame = 4 << 20;
