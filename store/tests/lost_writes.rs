@@ -1,6 +1,9 @@
 //! A store that lost writes it had made durable is refused at open (`durable_mark`), with an
 //! error naming the store's path, the mark's path and both sequences; stores that lost
-//! nothing open as before, including stores written before the mark existed.
+//! nothing open as before, including stores written before the mark existed. One test kills a
+//! child process (this binary run again with only `lost_writes_child` selected) to show that
+//! the marks written while the store runs catch a loss after a crash, without the final mark
+//! of a clean close.
 
 mod common;
 
@@ -220,5 +223,111 @@ fn the_mark_follows_the_syncs_of_an_open_store() -> Result<()> {
     drop(store);
     let store = open(&path)?;
     assert_eq!(last_index(&store)?, next - 1);
+    Ok(())
+}
+
+/// Set in the child's environment: the store directory it writes to until it is killed.
+const CHILD_ENV: &str = "SWARMKV_LOST_WRITES_CHILD";
+
+/// The child of [`a_log_cut_after_a_kill_is_refused_by_the_marks_of_the_running_store`]: appends
+/// to group 1 of the store in `$SWARMKV_LOST_WRITES_CHILD` until killed (returns at once in a
+/// normal test run).
+#[test]
+fn lost_writes_child() -> Result<()> {
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return Ok(());
+    };
+    let store = open(Path::new(&dir))?;
+    let mut next = last_index(&store)? + 1;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        append(&store, next, next)?;
+        next += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Kills the child when dropped, so that a failing test leaves no process behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A crash (SIGKILL, so no final mark) followed by a log that lost its tail: the marks the
+/// running store wrote in the background are enough to refuse it. The log is cut at its length
+/// when the mark reached its second value, before the next sequence write, which the final
+/// mark records.
+#[test]
+fn a_log_cut_after_a_kill_is_refused_by_the_marks_of_the_running_store() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = store_dir(&dir);
+    let mark = mark_path(&path);
+    let mut child = Child(
+        std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "--exact",
+                "lost_writes_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &path)
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let poll = |what: &str, check: &mut dyn FnMut() -> Result<bool>| -> Result<()> {
+        let until = Instant::now() + Duration::from_secs(60);
+        while !check()? {
+            if Instant::now() > until {
+                bail!("timed out waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    };
+    poll("the child's first mark", &mut || {
+        Ok(read_mark(&mark).ok().flatten().is_some())
+    })?;
+    let first = read_mark(&mark)?.context("no mark")?;
+    // The keeper's first own mark: its sequence is durable; the next one is written at least
+    // a second later. The log's length now is before that next sequence write.
+    poll("the keeper's first mark", &mut || {
+        Ok(read_mark(&mark)?.is_some_and(|m| m > first))
+    })?;
+    let cut = std::fs::metadata(path.join("db"))?.len();
+    let second = read_mark(&mark)?.context("no mark")?;
+    poll("the keeper's next mark", &mut || {
+        Ok(read_mark(&mark)?.is_some_and(|m| m > second))
+    })?;
+    let last = read_mark(&mark)?.context("no mark")?;
+    child.0.kill()?;
+    child.0.wait()?;
+    let len = std::fs::metadata(path.join("db"))?.len();
+    println!("marks {first} -> {second} -> {last}; log {len} bytes, cut to {cut}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path.join("db"))?
+        .set_len(cut)?;
+    match open(&path) {
+        Err(StoreError::LostWrites {
+            expected, found, ..
+        }) => {
+            println!("refused: mark {expected}, store {found}");
+            assert_eq!(expected, last);
+            assert!(found < last);
+        }
+        Err(e) => {
+            println!("refused: {e}");
+            assert!(e.is_damage(), "{e}");
+        }
+        Ok(s) => bail!(
+            "a log cut after a crash opened silently, last index {}",
+            last_index(&s)?
+        ),
+    }
     Ok(())
 }
