@@ -742,11 +742,13 @@ impl Driver {
     /// durable (a leader's appends: the followers write them while this node does), then
     /// persist with one sync, apply and answer.
     async fn turn(&mut self) -> Result<(), CoreError> {
-        let staged = self.core.stage();
+        let staged = self.core.stage()?;
         let syncs = staged.needs_sync();
         // Nothing else may reach the core until the staged Readies are persisted: peers
         // without an address are reported to Raft afterwards.
         let unknown = self.send_raft_messages().await;
+        // Writes committed and reads confirmed are answered before the sync too.
+        self.deliver_replies();
         let core = &mut self.core;
         let run = || -> Result<(), CoreError> {
             core.persist(staged)?;
@@ -1146,6 +1148,12 @@ impl Driver {
                     .await;
             });
         }
+        self.deliver_replies();
+    }
+
+    /// Answers every request the core has an answer for, passing `NotLeader` answers on to
+    /// the leader where that can help.
+    fn deliver_replies(&mut self) {
         while let Some((id, reply)) = self.core.poll_reply() {
             if let Some(origin) = self.leases.take(id) {
                 deliver(origin, reply);

@@ -823,17 +823,20 @@ impl<B: Backend> Core<B> {
     /// the node must then stop. Equivalent to [`Core::stage`] then [`Core::persist`] with
     /// nothing in between.
     pub fn process(&mut self) -> Result<(), CoreError> {
-        let staged = self.stage();
+        let staged = self.stage()?;
         self.persist(staged)
     }
 
     /// The first half of a turn: takes every group's Ready and queues the messages that may
     /// leave before the Readies are durable (a leader's appends and heartbeats: raft-rs counts
     /// the leader's own copy only once it is persisted, so sending first lets the followers'
-    /// fsyncs overlap the leader's). The driver sends them ([`Core::poll_transmit`]) and then
-    /// must call [`Core::persist`] with the result before any other call into the core.
-    #[must_use = "the staged Readies must be persisted"]
-    pub fn stage(&mut self) -> Staged {
+    /// fsyncs overlap the leader's). It also applies the committed entries and answers their
+    /// requests (and the reads they caught up with): they are durable on a quorum already, so
+    /// their callers need not wait for this turn's sync. The driver sends the messages
+    /// ([`Core::poll_transmit`]) and the answers ([`Core::poll_reply`]) and then must call
+    /// [`Core::persist`] with the result before any other call into the core. An error is a
+    /// storage failure, as for [`Core::process`].
+    pub fn stage(&mut self) -> Result<Staged, CoreError> {
         let mut batch = LogBatch::new();
         let mut readies = Vec::new();
         let mut reload_leases = false;
@@ -943,13 +946,27 @@ impl<B: Backend> Core<B> {
                     batch.set_commit(*g, hs.clone());
                 }
             }
+            // raft-rs hands out only entries this replica has persisted too (and a quorum, as
+            // they are committed): apply them now, before this turn's sync, so that a write's
+            // caller does not wait for the sync of the writes that came after it. A
+            // configuration change waits until after the persist (see above).
+            let committed = if committed
+                .iter()
+                .all(|e| e.get_entry_type() == EntryType::EntryNormal)
+            {
+                self.apply_committed(*g, committed)?;
+                Vec::new()
+            } else {
+                committed
+            };
             readies.push((*g, rd, committed));
         }
-        Staged {
+        self.serve_caught_up_reads();
+        Ok(Staged {
             batch,
             readies,
             reload_leases,
-        }
+        })
     }
 
     /// The second half of a turn (see [`Core::stage`]): persists the staged Readies in one
