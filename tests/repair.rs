@@ -83,19 +83,24 @@ fn get(addr: SocketAddr, key: &str, serializable: bool) -> Result<Option<String>
     }
 }
 
-/// The node's own replicas (group ids) that are voters and have applied all they committed.
-fn caught_up_groups(addr: SocketAddr) -> Result<usize> {
+/// How many of the node's own replicas are voters that applied all they committed, and a
+/// description of the others (for a timeout's message).
+fn caught_up_groups(addr: SocketAddr) -> Result<(usize, String)> {
     let s = http(addr, "GET", "/v1/status", b"")?.expect(200)?;
     let me = s["node"].clone();
-    Ok(s["groups"].as_array().map_or(0, |groups| {
-        groups
-            .iter()
-            .filter(|g| {
-                g["voters"].as_array().is_some_and(|v| v.contains(&me))
-                    && g["applied"] == g["commit"]
-            })
-            .count()
-    }))
+    let mut done = 0;
+    let mut behind = Vec::new();
+    for g in s["groups"].as_array().into_iter().flatten() {
+        if g["voters"].as_array().is_some_and(|v| v.contains(&me)) && g["applied"] == g["commit"] {
+            done += 1;
+        } else {
+            behind.push(format!(
+                "group {} {} voters {} commit {} applied {} leader {}",
+                g["group"], g["role"], g["voters"], g["commit"], g["applied"], g["leader"]
+            ));
+        }
+    }
+    Ok((done, behind.join("; ")))
 }
 
 /// Writes keys `w-N` through `addr` until `stop`, each retried until acknowledged; returns
@@ -240,11 +245,17 @@ fn a_node_that_lost_writes_is_refused_then_rebuilt_from_its_peers() -> Result<()
     );
     cluster.wait_ready(2, Duration::from_secs(120))?;
     let rejoined = Instant::now();
+    let mut last = String::new();
     wait_until(
         "node 2 to hold caught-up replicas of every partition and the meta group",
         Duration::from_secs(180),
-        || Ok(caught_up_groups(c)? == P as usize + 1),
-    )?;
+        || {
+            let (done, behind) = caught_up_groups(c)?;
+            last = behind;
+            Ok(done == P as usize + 1)
+        },
+    )
+    .with_context(|| format!("not caught up: {last}"))?;
     println!(
         "node 2 caught up on {} groups in {:?}",
         P + 1,
