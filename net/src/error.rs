@@ -20,8 +20,9 @@ pub enum NetError {
     },
     /// The identity key file exists but does not hold an ed25519 keypair.
     #[error(
-        "identity key file {path} is corrupt ({reason}); restore it from a backup, or move it \
-         away to create a new identity (the node then gets a new PeerId)"
+        "identity key file {path} is corrupt ({reason}); restore it from a backup, or rebuild \
+         the node from its peers with `swarmkv repair --from-peers --node-id ID` (do not just \
+         move the file away: the store beside it holds Raft state of the old identity)"
     )]
     IdentityCorrupt {
         /// The key file.
