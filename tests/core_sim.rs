@@ -195,6 +195,10 @@ impl Sim {
         self.nodes.remove(&id);
         self.down.push(id);
         self.backends[&id].crash(0);
+        // The failure detector tells the others (it wakes their quiesced groups).
+        for core in self.nodes.values_mut() {
+            core.set_node_live(id, false);
+        }
     }
 
     fn restart(&mut self, id: NodeId) {
@@ -203,6 +207,11 @@ impl Sim {
         let core = Core::new(id, store, self.config.clone(), self.now).unwrap();
         self.nodes.insert(id, core);
         self.down.retain(|d| *d != id);
+        for (other, core) in self.nodes.iter_mut() {
+            if *other != id {
+                core.set_node_live(id, true);
+            }
+        }
     }
 }
 

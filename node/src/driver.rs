@@ -697,6 +697,7 @@ impl Driver {
                 _ = ticker.tick() => {
                     let now = self.now_ms();
                     self.core.handle_tick(now);
+                    self.metrics.set_quiesced_groups(self.core.quiesced_groups());
                     self.control_tick().await;
                     self.refresh_allowed_peers().await;
                 }
@@ -798,7 +799,16 @@ impl Driver {
                     peers: self.peers.iter().map(|(n, p)| (*n, *p)).collect(),
                 });
             }
-            Cmd::Isolate { isolated } => self.isolated = isolated,
+            Cmd::Isolate { isolated } => {
+                self.isolated = isolated;
+                // Cut off, this node hears no one: as if every peer failed (which wakes its
+                // quiesced groups), until the cut heals.
+                let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+                for id in peers {
+                    let live = !isolated && !self.unreachable.contains(&id);
+                    self.core.set_node_live(id, live);
+                }
+            }
             Cmd::Decommission { node, reply } => {
                 self.decommission_anywhere(node, move |r| {
                     let _ = reply.send(r);
@@ -1011,15 +1021,20 @@ impl Driver {
                 let id = node_id_of(&peer);
                 self.peers.insert(id, peer);
                 self.unreachable.remove(&id);
+                // The failure detector's verdicts wake quiesced groups (core/quiesce.rs).
+                self.core.set_node_live(id, true);
             }
             NetEvent::PeerDown { peer } => {
                 self.control.forget(&peer);
                 let id = node_id_of(&peer);
                 self.unreachable.insert(id);
+                self.core.set_node_live(id, false);
                 self.core.report_unreachable(id)
             }
             NetEvent::PeerSuspect { peer } => {
-                self.unreachable.insert(node_id_of(&peer));
+                let id = node_id_of(&peer);
+                self.unreachable.insert(id);
+                self.core.set_node_live(id, false);
             }
             NetEvent::RaftSendFailed { peer, .. } => {
                 self.core.report_unreachable(node_id_of(&peer))
@@ -1029,6 +1044,8 @@ impl Driver {
                     self.on_announce(info.peer, &info.listen_addrs, a);
                 }
                 let id = node_id_of(&info.peer);
+                // A heartbeat is proof of life too (the detector's PeerUp says the same once).
+                self.core.set_node_live(id, true);
                 let addrs: Vec<String> = info.listen_addrs.iter().map(|a| a.to_string()).collect();
                 self.peers.insert(id, info.peer);
                 let changed = self.addrs.get(&id) != Some(&addrs);

@@ -33,6 +33,7 @@ pub struct Metrics {
     requests: Family<OpLabel, Histogram>,
     peers_up: Gauge,
     storage_failed: Gauge,
+    quiesced_groups: Gauge,
     last: [AtomicU64; 5],
 }
 
@@ -61,6 +62,7 @@ impl Metrics {
         );
         let peers_up = Gauge::default();
         let storage_failed = Gauge::default();
+        let quiesced_groups = Gauge::default();
         registry.register("proposals", "Writes proposed to Raft", proposals.clone());
         registry.register(
             "applies",
@@ -102,6 +104,11 @@ impl Metrics {
             "1 while this node's storage fails and the node refuses every request",
             storage_failed.clone(),
         );
+        registry.register(
+            "quiesced_groups",
+            "Local replicas quiesced: idle groups that neither tick nor heartbeat",
+            quiesced_groups.clone(),
+        );
         Metrics {
             registry,
             proposals,
@@ -113,6 +120,7 @@ impl Metrics {
             requests,
             peers_up,
             storage_failed,
+            quiesced_groups,
             last: Default::default(),
         }
     }
@@ -151,6 +159,11 @@ impl Metrics {
 
     pub fn set_peers_up(&self, n: usize) {
         self.peers_up.set(n as i64);
+    }
+
+    /// How many local replicas are quiesced (see `core/quiesce.rs`).
+    pub fn set_quiesced_groups(&self, n: usize) {
+        self.quiesced_groups.set(n as i64);
     }
 
     /// Marks the node's storage failed (sidelined) or working again. A recovered node runs a

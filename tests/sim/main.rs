@@ -210,7 +210,7 @@ fn main() {
     let started = Instant::now();
     let next = AtomicUsize::new(0);
     let failures: Mutex<Vec<(u64, world::Failure)>> = Mutex::new(Vec::new());
-    let totals: Mutex<(usize, usize, usize, usize, u64)> = Mutex::new((0, 0, 0, 0, 0));
+    let totals: Mutex<(usize, usize, usize, usize, u64, usize)> = Mutex::new((0, 0, 0, 0, 0, 0));
     std::thread::scope(|s| {
         for _ in 0..args.threads {
             s.spawn(|| loop {
@@ -224,6 +224,7 @@ fn main() {
                         t.2 += sum.ops_ambiguous;
                         t.3 += sum.unknown_keys;
                         t.4 += sum.virtual_ms;
+                        t.5 += usize::from(sum.quiesced_max > 0);
                     }
                     Err(f) => {
                         println!(
@@ -250,14 +251,15 @@ fn main() {
     let t = totals.into_inner().unwrap_or_else(|e| e.into_inner());
     println!(
         "sim: {} seeds passed, {} failed in {:.1?} ({} ok operations, {} ambiguous, {} keys \
-         the checker gave up on, {:.0} virtual s)",
+         the checker gave up on, {:.0} virtual s, {} runs with quiesced groups)",
         t.0,
         failures.len(),
         started.elapsed(),
         t.1,
         t.2,
         t.3,
-        t.4 as f64 / 1000.0
+        t.4 as f64 / 1000.0,
+        t.5
     );
     if !failures.is_empty() {
         let mut seeds: Vec<u64> = failures.iter().map(|(s, _)| *s).collect();

@@ -37,6 +37,15 @@ pub struct Params {
     pub think_ms: u64,
     /// Length of the fault phase.
     pub fault_ms: u64,
+    /// How long the node-level failure detector takes to notice that a node went down (or is
+    /// cut off from the observer) or came back: what wakes quiesced groups.
+    pub detect_ms: u64,
+    /// Settled ticks after which a leader quiesces its group (`CoreConfig`).
+    pub quiesce_after_ticks: usize,
+    /// Clients issue nothing new for `quiet_ms` after every `quiet_every` ms of work (0: they
+    /// never pause), so that groups quiesce while faults go on.
+    pub quiet_every: u64,
+    pub quiet_ms: u64,
 }
 
 impl Params {
@@ -74,6 +83,10 @@ impl Params {
             keys: rng.gen_range(2..=4),
             think_ms: rng.gen_range(2..40),
             fault_ms: rng.gen_range(10_000..25_000),
+            detect_ms: rng.gen_range(50..3_000),
+            quiesce_after_ticks: [1, 3, 10][rng.gen_range(0..3)],
+            quiet_every: every(rng, 0.6, 1_000, 5_000),
+            quiet_ms: rng.gen_range(500..4_000),
         }
     }
 }

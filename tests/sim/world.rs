@@ -75,6 +75,18 @@ pub struct Summary {
     pub terms_led: usize,
     pub entries_seen: usize,
     pub states_compared: u64,
+    /// The most replicas seen quiesced at once, and how many times a node's failure detector
+    /// changed its verdict on another node (how much quiescence and its wake-ups were
+    /// exercised).
+    pub quiesced_max: usize,
+    pub liveness_changes: usize,
+}
+
+/// What one node's failure detector believes of another, and since when the truth differs.
+#[derive(Clone, Copy, Debug)]
+struct Belief {
+    live: bool,
+    differs_since: Option<u64>,
 }
 
 struct Node {
@@ -131,6 +143,9 @@ pub struct World {
     finals: BTreeMap<Vec<u8>, Option<KvRecord>>,
     next_coordinate: u64,
     summary: Summary,
+    /// Each (observer, subject) pair's failure-detector verdict, when it is not "live" (a
+    /// core starts believing every node live) or is about to change.
+    beliefs: BTreeMap<(NodeId, NodeId), Belief>,
 }
 
 /// The delay to a fault's next occurrence: `every` give or take half.
@@ -171,6 +186,7 @@ impl World {
             compact_keep: p.compact_keep,
             request_timeout_ms: p.request_timeout_ms,
             seed: rng.gen(),
+            quiesce_after_ticks: p.quiesce_after_ticks,
         };
         let layout = ClusterLayout {
             nodes: ids.clone(),
@@ -256,6 +272,7 @@ impl World {
             finals: BTreeMap::new(),
             next_coordinate: COORDINATE_MS,
             summary,
+            beliefs: BTreeMap::new(),
         };
         if verbose {
             eprintln!("seed {seed}: {:?}", w.p);
@@ -319,6 +336,7 @@ impl World {
                 self.deliver(packet)?;
             }
             self.drive_clients()?;
+            self.detect_liveness();
             let mut order = self.up_ids();
             order.shuffle(&mut self.rng);
             for id in order {
@@ -475,6 +493,8 @@ impl World {
             Ok(c) => {
                 n.core = Some(c);
                 n.restart_at = None;
+                // A new core believes every node live; its detector starts over.
+                self.beliefs.retain(|(o, _), _| *o != id);
                 n.next_reconcile = now + RECONCILE_MS;
                 let groups = n.core.as_ref().map(|c| c.groups()).unwrap_or_default();
                 self.log(|| format!("restart {id:x} with groups {groups:?}"));
@@ -482,6 +502,59 @@ impl World {
             }
             Err(e) => Err(self.fail("restart", format!("node {id:x} cannot restart: {e}"))),
         }
+    }
+
+    /// The node-level failure detector (gossip and connections in the driver): each running
+    /// node learns, `detect_ms` after the fact, that another node crashed, froze, retired or
+    /// was cut off from it (it no longer hears it), or came back, and tells its core
+    /// (`Core::set_node_live`), which wakes the quiesced groups the node is in.
+    fn detect_liveness(&mut self) {
+        let now = self.now;
+        let truth: BTreeMap<NodeId, bool> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| (*id, n.up() && n.paused_until <= now))
+            .collect();
+        let mut verdicts = Vec::new();
+        for (o, on) in &self.nodes {
+            if !on.up() || on.paused_until > now {
+                continue;
+            }
+            for (s, alive) in &truth {
+                if s == o {
+                    continue;
+                }
+                let live = *alive && !self.net.blocked(*s, *o);
+                let b = self.beliefs.entry((*o, *s)).or_insert(Belief {
+                    live: true,
+                    differs_since: None,
+                });
+                if b.live == live {
+                    b.differs_since = None;
+                    continue;
+                }
+                let since = *b.differs_since.get_or_insert(now);
+                if now - since >= self.p.detect_ms {
+                    b.live = live;
+                    b.differs_since = None;
+                    verdicts.push((*o, *s, live));
+                }
+            }
+        }
+        for (o, s, live) in verdicts {
+            self.summary.liveness_changes += 1;
+            self.log(|| format!("{o:x} believes {s:x} {}", if live { "up" } else { "down" }));
+            if let Some(core) = self.nodes.get_mut(&o).and_then(|n| n.core.as_mut()) {
+                core.set_node_live(s, live);
+            }
+        }
+        let quiesced: usize = self
+            .nodes
+            .values()
+            .filter_map(|n| n.core.as_ref())
+            .map(|c| c.quiesced_groups())
+            .sum();
+        self.summary.quiesced_max = self.summary.quiesced_max.max(quiesced);
     }
 
     fn partition(&mut self) {
@@ -997,7 +1070,9 @@ impl World {
 
     fn drive_clients(&mut self) -> Result<(), Failure> {
         let now = self.now;
-        let issuing = now < self.p.fault_ms + HEAL_LOAD_MS;
+        let period = self.p.quiet_every + self.p.quiet_ms;
+        let quiet = self.p.quiet_every > 0 && now % period >= self.p.quiet_every;
+        let issuing = now < self.p.fault_ms + HEAL_LOAD_MS && !quiet;
         for ci in 0..self.clients.len() {
             match self.clients[ci].state.clone() {
                 ClientState::Idle { next_at } if now >= next_at => {
@@ -1424,6 +1499,9 @@ fn replica_trace(core: &Core<MemBackend>, g: GroupId) -> Option<String> {
     );
     if !cs.voters_outgoing.is_empty() {
         line.push_str(&format!(" joint with {:x?}", cs.voters_outgoing));
+    }
+    if core.is_quiesced(g) {
+        line.push_str(" quiesced");
     }
     if !cs.learners.is_empty() || !cs.learners_next.is_empty() {
         line.push_str(&format!(

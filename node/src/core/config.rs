@@ -22,6 +22,10 @@ pub struct CoreConfig {
     pub request_timeout_ms: u64,
     /// Seed of the core's randomness (election timeouts).
     pub seed: u64,
+    /// A group leader with nothing to do for this many ticks in a row quiesces the group: its
+    /// replicas stop ticking and heartbeating until traffic or a node failure wakes them
+    /// (see `core/quiesce.rs`). 0 never quiesces.
+    pub quiesce_after_ticks: usize,
 }
 
 impl Default for CoreConfig {
@@ -36,6 +40,7 @@ impl Default for CoreConfig {
             compact_keep: 1_000,
             request_timeout_ms: 5_000,
             seed: 0,
+            quiesce_after_ticks: 10,
         }
     }
 }

@@ -10,6 +10,8 @@
 //! - [`meta`]: the meta group's records (registry, targets, settings).
 //! - [`lease`]: leases kept in the meta group and timed by its leader; `lease_core` wires
 //!   them into the turn.
+//! - `quiesce`: idle groups stop ticking and heartbeating until traffic or a failure wakes
+//!   them.
 //! - `reconcile`: a group leader's steps toward its target replica set (conf changes).
 //! - [`election`]: leader election as a service, candidates kept in the meta group and bound
 //!   to leases; `election_core` wires them into the turn.
@@ -26,6 +28,7 @@ pub mod lease;
 mod lease_core;
 pub mod meta;
 pub mod placement;
+mod quiesce;
 mod reconcile;
 mod replica;
 pub mod routing;
@@ -158,6 +161,8 @@ pub struct Core<B: Backend> {
     leases: lease::LeaseTable,
     /// Election candidates as this node's meta replica knows them (see [`election`]).
     elections: election::ElectionTable,
+    /// Which replicas tick, and the nodes the failure detector reports down (see `quiesce`).
+    quiesce: quiesce::Quiescence,
 }
 
 fn logger() -> slog::Logger {
@@ -201,6 +206,7 @@ impl<B: Backend> Core<B> {
             stats: CoreStats::default(),
             leases: lease::LeaseTable::new(election_ms),
             elections: election::ElectionTable::new(election_ms),
+            quiesce: quiesce::Quiescence::default(),
         };
         for g in core.store.groups()? {
             core.open_replica(g)?;
@@ -267,6 +273,10 @@ impl<B: Backend> Core<B> {
     /// Replaces the cached target replica sets (learned from the meta group or its gossip);
     /// used for routing hints and by [`Core::reconcile`].
     pub fn set_targets(&mut self, targets: BTreeMap<GroupId, Target>) {
+        if targets != self.targets {
+            // Quiesced leaders are reconciled only when their targets may have moved.
+            self.quiesce.targets_changed = true;
+        }
         self.targets = targets;
     }
 
@@ -333,6 +343,7 @@ impl<B: Backend> Core<B> {
         let mut replica = Replica::new(node);
         replica.vote_floor = self.tombstone(group)?.map(|t| (t.last_term, t.last_index));
         self.replicas.insert(group, replica);
+        self.quiesce.awake.insert(group);
         Ok(())
     }
 
@@ -407,11 +418,18 @@ impl<B: Backend> Core<B> {
         self.now_ms = now_ms.max(self.now_ms);
         let tick = self.config.tick_ms.max(1);
         let mut ticks = 0;
+        if self.now_ms.saturating_sub(self.last_tick_ms) >= tick {
+            self.quiesce_idle_leaders();
+        }
         while self.now_ms.saturating_sub(self.last_tick_ms) >= tick && ticks < 10 {
             self.last_tick_ms += tick;
             ticks += 1;
             let base = self.config.election_ticks.max(2);
-            for r in self.replicas.values_mut() {
+            // Quiesced replicas do not tick (see `quiesce`).
+            for g in &self.quiesce.awake {
+                let Some(r) = self.replicas.get_mut(g) else {
+                    continue;
+                };
                 // raft-rs redraws the election timeout from an unseeded RNG whenever it resets
                 // the election clock; redraw it from ours at once, so runs are reproducible.
                 if r.node.raft.election_elapsed == 0 {
@@ -491,6 +509,16 @@ impl<B: Backend> Core<B> {
                 }
             }
         }
+        if quiesce::is_quiesce_heartbeat(&msg) {
+            if self.accept_quiesce(group, from, &msg) {
+                return;
+            }
+            msg.context = Default::default();
+        }
+        let Some(r) = self.replicas.get_mut(&group) else {
+            return;
+        };
+        quiesce::wake(&mut self.quiesce, group, r, false);
         if matches!(
             msg.get_msg_type(),
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
@@ -628,6 +656,9 @@ impl<B: Backend> Core<B> {
             self.replies.push_back((id, reply));
             return;
         }
+        // Any request wakes the replica: a leader serves it, and a follower that cannot (the
+        // caller is sent to the leader) gets to notice a leader that stopped answering.
+        quiesce::wake(&mut self.quiesce, group, r, false);
         if !r.is_leader {
             // No leader known here (an election, or this replica is a leftover the group has
             // moved on from): point at another replica the target names.
@@ -682,6 +713,7 @@ impl<B: Backend> Core<B> {
     /// Tells Raft how sending a snapshot to `to` ended.
     pub fn report_snapshot(&mut self, group: GroupId, to: NodeId, delivered: bool) {
         if let Some(r) = self.replicas.get_mut(&group) {
+            quiesce::wake(&mut self.quiesce, group, r, false);
             let status = if delivered {
                 SnapshotStatus::Finish
             } else {
@@ -696,6 +728,7 @@ impl<B: Backend> Core<B> {
     pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> bool {
         match self.replicas.get_mut(&group) {
             Some(r) if r.is_leader && to != self.id => {
+                quiesce::wake(&mut self.quiesce, group, r, false);
                 r.node.transfer_leader(to);
                 true
             }
@@ -720,6 +753,7 @@ impl<B: Backend> Core<B> {
             return Ok(());
         }
         if let Some(mut r) = self.replicas.remove(&group) {
+            self.quiesce.awake.remove(&group);
             log::info!(
                 "node {:x}: dropping leftover replica of group {group}",
                 self.id
@@ -734,7 +768,9 @@ impl<B: Backend> Core<B> {
 
     /// Tells Raft that `to` could not be reached, so replication to it slows to probing.
     pub fn report_unreachable(&mut self, to: NodeId) {
-        for r in self.replicas.values_mut() {
+        // A quiesced group sends nothing, so nothing of it failed to arrive; the failure
+        // detector's verdict wakes it if `to` is really gone (`set_node_live`).
+        for r in self.replicas.values_mut().filter(|r| !r.quiesced) {
             r.node.report_unreachable(to);
         }
     }
@@ -840,7 +876,8 @@ impl<B: Backend> Core<B> {
         let mut batch = LogBatch::new();
         let mut readies = Vec::new();
         let mut reload_leases = false;
-        let groups: Vec<GroupId> = self.replicas.keys().copied().collect();
+        // The awake groups (quiesced ones have no work), and every group now and then.
+        let groups = self.turn_groups();
         for g in &groups {
             let Some(r) = self.replicas.get_mut(g) else {
                 continue;
@@ -854,6 +891,10 @@ impl<B: Backend> Core<B> {
             }
             if !r.node.has_ready() {
                 continue;
+            }
+            // Something left work in a quiesced replica without waking it: wake it now.
+            if quiesce::wake(&mut self.quiesce, *g, r, false) {
+                log::debug!("group {g}: woken by pending work");
             }
             let mut rd = r.node.ready();
             if let Some(ss) = rd.ss() {
@@ -1190,7 +1231,8 @@ impl<B: Backend> Core<B> {
     /// Serves reads that were waiting for applies that a previous turn made (reads whose
     /// index was already applied when their read state arrived).
     pub fn serve_caught_up_reads(&mut self) {
-        let groups: Vec<GroupId> = self.replicas.keys().copied().collect();
+        // A quiesced replica has no reads waiting (a read wakes it).
+        let groups: Vec<GroupId> = self.quiesce.awake.iter().copied().collect();
         for g in groups {
             let Some(r) = self.replicas.get_mut(&g) else {
                 continue;

@@ -44,6 +44,9 @@ impl<B: Backend> Core<B> {
     /// differ from their target. Returns the steps proposed (for logs and tests).
     pub fn reconcile(&mut self) -> Vec<(GroupId, Step)> {
         let mut steps = Vec::new();
+        // A quiesced leader's configuration cannot have moved: look at it only when the
+        // targets did (or on an occasional full pass).
+        let every = self.reconcile_quiesced();
         let groups: Vec<GroupId> = self.replicas.keys().copied().collect();
         for g in groups {
             let Some(target) = self.targets.get(&g).cloned() else {
@@ -52,7 +55,7 @@ impl<B: Backend> Core<B> {
             let Some(r) = self.replicas.get_mut(&g) else {
                 continue;
             };
-            if !r.is_leader || target.replicas.is_empty() {
+            if !r.is_leader || target.replicas.is_empty() || (r.quiesced && !every) {
                 continue;
             }
             let raft = &r.node.raft;
@@ -139,6 +142,7 @@ impl<B: Backend> Core<B> {
                     .collect(),
                 Step::RemoveLearner(n) => vec![change(*n, ConfChangeType::RemoveNode)],
                 Step::TransferLeadership(n) => {
+                    super::quiesce::wake(&mut self.quiesce, g, r, false);
                     r.node.transfer_leader(*n);
                     steps.push((g, step));
                     continue;
@@ -149,6 +153,7 @@ impl<B: Backend> Core<B> {
                 changes: cc.into(),
                 ..Default::default()
             };
+            super::quiesce::wake(&mut self.quiesce, g, r, false);
             match r.node.propose_conf_change(Vec::new(), ccv2) {
                 Ok(()) => {
                     log::info!("group {g}: {step:?} toward {:?}", target.replicas);

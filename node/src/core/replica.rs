@@ -44,6 +44,13 @@ pub(crate) struct Replica<B: Backend> {
     /// would let a candidate that lacks them win (a stale leader that never saw the removal
     /// still counts this node as a voter).
     pub vote_floor: Option<(u64, u64)>,
+    /// Quiesced (see `core/quiesce.rs`): not ticked until something wakes it. Kept in step
+    /// with `Quiescence::awake` by `quiesce::wake` and the quiesce paths.
+    pub quiesced: bool,
+    /// Ticks in a row this leader has had nothing to do, and its last index when it started
+    /// counting (a write in between starts the count over).
+    pub idle_ticks: usize,
+    pub idle_index: u64,
 }
 
 impl<B: Backend> Replica<B> {
@@ -59,6 +66,9 @@ impl<B: Backend> Replica<B> {
             compact_to: None,
             step_down: false,
             vote_floor: None,
+            quiesced: false,
+            idle_ticks: 0,
+            idle_index: 0,
         }
     }
 
