@@ -5,7 +5,6 @@
 
 mod common;
 #[path = "common/netns.rs"]
-#[allow(dead_code)]
 mod netns;
 
 use std::collections::BTreeMap;
