@@ -23,6 +23,13 @@ const COORDINATOR_PERIOD: Duration = Duration::from_millis(300);
 const RECONCILE_PERIOD: Duration = Duration::from_millis(200);
 /// An announcement older than this is ignored for routing.
 const ANNOUNCE_TTL: Duration = Duration::from_secs(3);
+/// A replica this young is never dropped as a leftover. A node that just joined (or was
+/// rebuilt) gets replicas from leaders before its own meta replica has caught up with the
+/// targets that want them, so its stale targets make a new learner look unwanted, and the
+/// leaders announce voters only. Dropping such a replica and having it recreated empty at
+/// once left the meta group's new learner stuck (tests/repair.rs, under load). Waiting only
+/// delays the collection of a real leftover.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(10);
 
 /// Formation and coordination settings.
 #[derive(Clone, Debug)]
@@ -71,6 +78,8 @@ pub(crate) struct Control {
     /// The newest targets epoch adopted.
     pub targets_epoch: u64,
     dialed: HashSet<PeerId>,
+    /// When the leftover check first saw each local replica (see [`LEFTOVER_GRACE`]).
+    replica_seen: HashMap<GroupId, Instant>,
 }
 
 impl Control {
@@ -109,6 +118,7 @@ impl Control {
             last_transfer: now,
             targets_epoch: 0,
             dialed: HashSet::new(),
+            replica_seen: HashMap::new(),
         }
     }
 }
@@ -607,9 +617,16 @@ impl Driver {
     /// node, when the target does not want this node either.
     fn collect_leftovers(&mut self) {
         let me = self.node;
+        let now = Instant::now();
+        let groups = self.core.groups();
+        // `groups` is sorted (the replicas are a BTreeMap).
+        self.control
+            .replica_seen
+            .retain(|g, _| groups.binary_search(g).is_ok());
         let mut leftovers = Vec::new();
-        for g in self.core.groups() {
-            if self.core.is_leader(g) {
+        for g in groups {
+            let first_seen = *self.control.replica_seen.entry(g).or_insert(now);
+            if self.core.is_leader(g) || now.duration_since(first_seen) < LEFTOVER_GRACE {
                 continue;
             }
             let wanted = self
