@@ -34,7 +34,7 @@ pub mod snapshot;
 pub mod snapshot_io;
 pub mod store;
 
-pub use apply::{ApplyEntry, ApplyOp};
+pub use apply::{ApplyBatch, ApplyEntry, ApplyOp};
 pub use apply_wait::AppliedPast;
 pub use backend::{Backend, BackendBatch, Scan, TreeId};
 pub use error::{Result, StoreError};

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
+use crate::apply::ApplyBatch;
 use crate::backend::{Backend, BackendBatch, TreeId};
 use crate::error::{Result, StoreError};
-use crate::group::{self, encode_pb, LogMeta, SharedGroup};
+use crate::group::{self, encode_pb, ApplyState, LogMeta, SharedGroup};
 use crate::keys;
 use crate::store::Store;
 
@@ -126,7 +127,30 @@ impl<B: Backend> Store<B> {
     /// was applied to the in-memory state (and, unless the error came from the sync itself,
     /// nothing was written).
     pub fn commit(&self, batch: &LogBatch) -> Result<CommitStats> {
+        self.commit_with_applies(batch, ApplyBatch::default())
+    }
+
+    /// As [`Store::commit`], with the gathered `applies` in the same atomic write (sled's
+    /// price for a write is per write, not per byte: a turn that applied and appended pays it
+    /// once). The applies become visible with the write, before the sync, as
+    /// [`Store::write_applies`] would make them; their waiters are woken after it.
+    pub fn commit_with_applies(
+        &self,
+        batch: &LogBatch,
+        mut applies: ApplyBatch,
+    ) -> Result<CommitStats> {
+        // An install replaces a partition and its applied state: an apply of the same group
+        // goes first, on its own, so that the install reads and overwrites what it wrote.
+        if applies.pending.iter().any(|(g, _)| {
+            batch
+                .ops
+                .iter()
+                .any(|(bg, op)| bg == g && matches!(op, LogOp::Snapshot(_)))
+        }) {
+            self.write_applies(std::mem::take(&mut applies))?;
+        }
         if batch.is_empty() {
+            self.write_applies(applies)?;
             return Ok(CommitStats::default());
         }
         let mut work: HashMap<u64, Work> = HashMap::new();
@@ -173,7 +197,20 @@ impl<B: Backend> Store<B> {
             }
         }
         let bytes = bb.bytes();
-        self.inner.backend.write(&bb)?;
+        let applied: Vec<(u64, SharedGroup, ApplyState)> = applies
+            .pending
+            .into_iter()
+            .map(|(g, a)| Ok((g, self.shared_group(g)?, a)))
+            .collect::<Result<_>>()?;
+        bb.writes.extend(applies.writes.writes);
+        {
+            // As in `write_applies`: no reader sees a group's data ahead of its applied state.
+            let mut locked: Vec<_> = applied.iter().map(|(_, s, _)| group::write(s)).collect();
+            self.inner.backend.write(&bb)?;
+            for (st, (_, _, apply)) in locked.iter_mut().zip(&applied) {
+                st.meta.apply = apply.clone();
+            }
+        }
         if batch.sync {
             let started = std::time::Instant::now();
             self.inner.backend.sync()?;
@@ -197,8 +234,20 @@ impl<B: Backend> Store<B> {
                 LogOp::HardState(_) | LogOp::ConfState(_) => {}
             }
         }
-        for w in work.values() {
-            group::write(&w.shared).meta = w.meta.clone();
+        for (g, w) in &work {
+            let mut st = group::write(&w.shared);
+            // `w.meta` was read before the write: an apply in it is newer.
+            let apply = applied
+                .iter()
+                .any(|(a, _, _)| a == g)
+                .then(|| st.meta.apply.clone());
+            st.meta = w.meta.clone();
+            if let Some(apply) = apply {
+                st.meta.apply = apply;
+            }
+        }
+        for (g, _, apply) in &applied {
+            self.applied(*g, apply.index);
         }
         // An install replaced partitions (and their histories): wake their watchers.
         for (group, op) in &batch.ops {

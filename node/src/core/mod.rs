@@ -43,7 +43,7 @@ use raft::eraftpb::{
 use raft::{RawNode, SnapshotStatus, StateRole, Storage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use swarmkv_store::{ApplyEntry, ApplyOp, Backend, LogBatch, Store, StoreError};
+use swarmkv_store::{ApplyBatch, ApplyEntry, ApplyOp, Backend, LogBatch, Store, StoreError};
 
 pub use command::{Command, CommandError};
 pub use config::CoreConfig;
@@ -163,6 +163,9 @@ pub struct Core<B: Backend> {
     elections: election::ElectionTable,
     /// Which replicas tick, and the nodes the failure detector reports down (see `quiesce`).
     quiesce: quiesce::Quiescence,
+    /// The applies of the current half turn, written together at its end (one store write for
+    /// every group, not one each).
+    applies: ApplyBatch,
 }
 
 fn logger() -> slog::Logger {
@@ -207,6 +210,7 @@ impl<B: Backend> Core<B> {
             leases: lease::LeaseTable::new(election_ms),
             elections: election::ElectionTable::new(election_ms),
             quiesce: quiesce::Quiescence::default(),
+            applies: ApplyBatch::default(),
         };
         for g in core.store.groups()? {
             core.open_replica(g)?;
@@ -1002,6 +1006,10 @@ impl<B: Backend> Core<B> {
             };
             readies.push((*g, rd, committed));
         }
+        // The applies are written with the persist's log batch (one store write for both):
+        // their answers may leave before that, as they are computed and durable in the log on
+        // a quorum; the reads they caught up with wait for the write (`serve_caught_up_reads`
+        // after the persist).
         self.serve_caught_up_reads();
         Ok(Staged {
             batch,
@@ -1020,8 +1028,9 @@ impl<B: Backend> Core<B> {
             readies,
             reload_leases,
         } = staged;
-        if !batch.is_empty() {
-            self.store.commit(&batch)?;
+        let applies = std::mem::take(&mut self.applies);
+        if !batch.is_empty() || !applies.is_empty() {
+            self.store.commit_with_applies(&batch, applies)?;
         }
         if reload_leases {
             self.reload_leases()?;
@@ -1050,12 +1059,25 @@ impl<B: Backend> Core<B> {
                 }
             }
         }
+        self.write_applies()
+    }
+
+    /// Writes the applies gathered so far in this half turn (see [`Core::stage`]).
+    fn write_applies(&mut self) -> Result<(), CoreError> {
+        if !self.applies.is_empty() {
+            self.store
+                .write_applies(std::mem::take(&mut self.applies))?;
+        }
         Ok(())
     }
 
     fn apply_committed(&mut self, g: GroupId, entries: Vec<Entry>) -> Result<(), CoreError> {
         if entries.is_empty() {
             return Ok(());
+        }
+        // The applied index read below must be the group's latest.
+        if self.applies.contains(g) {
+            self.write_applies()?;
         }
         let Some(r) = self.replicas.get_mut(&g) else {
             return Ok(());
@@ -1112,7 +1134,7 @@ impl<B: Backend> Core<B> {
                 },
             })
             .collect();
-        let results = self.store.apply(g, &apply)?;
+        let results = self.store.apply_into(&mut self.applies, g, &apply)?;
         self.stats.applied += apply.len() as u64;
         if g == META_GROUP {
             let leader_term = r.is_leader.then(|| r.node.raft.term);
