@@ -845,7 +845,7 @@ impl Driver {
             done(self.decommission(node));
             return;
         }
-        let Some(peer) = self.control.meta_leader_peer() else {
+        let Some(peer) = self.meta_leader_peer() else {
             done(Err(DecommissionError::Unavailable(
                 "no meta leader known yet".into(),
             )));

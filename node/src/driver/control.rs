@@ -138,6 +138,24 @@ pub(crate) fn static_cluster_id(nodes: &[NodeId]) -> u64 {
 }
 
 impl Driver {
+    /// The peer that leads the meta group, other than this node: as the gossip announces it,
+    /// or else as this node's own meta replica knows it (just after a start the gossip may not
+    /// have announced it yet, while Raft already has).
+    pub(crate) fn meta_leader_peer(&self) -> Option<PeerId> {
+        let me = self.net.local_peer_id();
+        self.control
+            .meta_leader_peer()
+            .filter(|p| *p != me)
+            .or_else(|| {
+                let (_, leader) = self
+                    .core
+                    .leaders()
+                    .into_iter()
+                    .find(|(g, _)| *g == META_GROUP)?;
+                self.peers.get(&leader?).copied().filter(|p| *p != me)
+            })
+    }
+
     /// Called on every tick of the node loop.
     pub(crate) async fn control_tick(&mut self) {
         let now = Instant::now();
@@ -323,7 +341,7 @@ impl Driver {
             respond(responder, Answer::Joined(settings));
             return;
         }
-        match self.control.meta_leader_peer() {
+        match self.meta_leader_peer() {
             Some(peer) => {
                 let net = self.net.clone();
                 tokio::spawn(async move {

@@ -82,11 +82,10 @@ impl Driver {
     /// Passes `call` (a meta request that already passed `hops` nodes) to the meta leader
     /// gossip names, and its answer back to `origin`.
     pub(crate) fn forward_to_meta_leader(&self, call: Call, origin: Origin, hops: u8) {
-        let peer = self
-            .control
+        let Some(peer) = self
             .meta_leader_peer()
-            .filter(|p| *p != self.net.local_peer_id());
-        let Some(peer) = peer.filter(|_| hops < crate::wire::MAX_HOPS) else {
+            .filter(|_| hops < crate::wire::MAX_HOPS)
+        else {
             deliver(
                 origin,
                 Err(ClientError::Unavailable {
