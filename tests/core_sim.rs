@@ -11,7 +11,7 @@ use swarmkv::core::{
     ClientError, ClusterLayout, Consistency, Core, CoreConfig, GroupId, NodeId, Reply, Request,
     RequestBody, Response,
 };
-use swarmkv_store::raft::eraftpb::Message;
+use swarmkv_store::raft::eraftpb::{Message, MessageType};
 use swarmkv_store::{KvOp, KvOutcome, MemBackend, Store, StoreConfig};
 
 const P: u32 = 8;
@@ -26,6 +26,8 @@ struct Sim {
     replies: BTreeMap<u64, Reply>,
     config: CoreConfig,
     snapshots_sent: usize,
+    /// Heartbeats sent so far, by (sender, group).
+    heartbeats: BTreeMap<(NodeId, GroupId), usize>,
 }
 
 impl Sim {
@@ -51,6 +53,7 @@ impl Sim {
             replies: BTreeMap::new(),
             config,
             snapshots_sent: 0,
+            heartbeats: BTreeMap::new(),
         };
         for id in ids {
             let mem = MemBackend::new();
@@ -74,6 +77,9 @@ impl Sim {
             core.serve_caught_up_reads();
             while let Some((to, msgs)) = core.poll_transmit() {
                 for (g, m) in msgs {
+                    if m.get_msg_type() == MessageType::MsgHeartbeat {
+                        *self.heartbeats.entry((*id, g)).or_default() += 1;
+                    }
                     self.net.push_back((*id, to, g, m));
                 }
             }
@@ -165,6 +171,39 @@ impl Sim {
             }
         }
         panic!("no answer for {key:?}");
+    }
+
+    /// Sends `req` to node `to` as request `id` without waiting.
+    fn submit(&mut self, to: NodeId, id: u64, req: Request) {
+        self.nodes.get_mut(&to).unwrap().handle_request(id, req);
+    }
+
+    /// Steps until request `id` is answered (at most `ms` of virtual time).
+    fn wait_reply(&mut self, id: u64, ms: u64) -> Option<Reply> {
+        let mut waited = 0;
+        while !self.replies.contains_key(&id) && waited < ms {
+            self.step();
+            waited += 10;
+        }
+        self.replies.remove(&id)
+    }
+
+    /// The leader of `key`'s partition as every live node agrees, and its followers.
+    fn leader_and_followers(&self, key: &[u8]) -> (NodeId, Vec<NodeId>) {
+        let g = swarmkv::core::group_of_partition(partition_of(key, P));
+        let leader = self
+            .nodes
+            .values()
+            .find(|n| n.is_leader(g))
+            .map(|n| n.id())
+            .expect("the partition has a leader");
+        let followers = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|n| *n != leader)
+            .collect();
+        (leader, followers)
     }
 
     fn put(&mut self, key: &str, value: &str) -> u64 {
@@ -435,4 +474,96 @@ fn a_group_formed_on_one_node_moves_entirely_to_three_others() {
     // The moved groups still serve, without the node that formed them.
     sim.put("after-move", "ok");
     assert_eq!(sim.get("after-move"), Some(b"ok".to_vec()));
+}
+
+/// Issue 9: a follower serves a linearizable read and a write itself, through Raft (ReadIndex
+/// and a forwarded proposal), instead of answering `NotLeader`; the read on the other follower
+/// sees the write the first one acknowledged.
+#[test]
+fn followers_serve_linearizable_reads_and_writes_through_raft() {
+    let mut sim = Sim::new(&[11, 22, 33], seed());
+    sim.run(3000);
+    let key = "on-a-follower";
+    let (_, followers) = sim.leader_and_followers(key.as_bytes());
+    let partition = partition_of(key.as_bytes(), P);
+    let op = KvOp::Put {
+        key: key.into(),
+        value: b"v1".to_vec(),
+        lease: 0,
+        prev_kv: false,
+    };
+    let id = sim.next_req;
+    sim.next_req += 1;
+    sim.submit(
+        followers[0],
+        id,
+        Request {
+            partition,
+            body: RequestBody::Write { op, session: None },
+        },
+    );
+    match sim.wait_reply(id, 2000) {
+        Some(Ok(Response::Write(KvOutcome::Put { .. }))) => {}
+        other => panic!("put on follower {}: {other:?}", followers[0]),
+    }
+    let id = sim.next_req;
+    sim.next_req += 1;
+    sim.submit(
+        followers[1],
+        id,
+        Request {
+            partition,
+            body: RequestBody::Get {
+                key: key.into(),
+                consistency: Consistency::Linearizable,
+            },
+        },
+    );
+    match sim.wait_reply(id, 2000) {
+        Some(Ok(Response::Get(Some(r)))) => assert_eq!(r.value, b"v1".to_vec()),
+        other => panic!("get on follower {}: {other:?}", followers[1]),
+    }
+}
+
+/// Issue 9: reads that reach a leader between two turns share one ReadIndex call, so the
+/// leader confirms its leadership with one heartbeat round for all of them, not one each.
+#[test]
+fn reads_arriving_together_share_one_heartbeat_round() {
+    let mut sim = Sim::new(&[11, 22, 33], seed());
+    sim.run(3000);
+    let key = "batched";
+    sim.put(key, "x");
+    let (leader, _) = sim.leader_and_followers(key.as_bytes());
+    let partition = partition_of(key.as_bytes(), P);
+    let g = swarmkv::core::group_of_partition(partition);
+    let reads = 20u64;
+    let first = sim.next_req;
+    sim.next_req += reads;
+    let before = sim.heartbeats.get(&(leader, g)).copied().unwrap_or(0);
+    for id in first..first + reads {
+        sim.submit(
+            leader,
+            id,
+            Request {
+                partition,
+                body: RequestBody::Get {
+                    key: key.into(),
+                    consistency: Consistency::Linearizable,
+                },
+            },
+        );
+    }
+    for id in first..first + reads {
+        match sim.wait_reply(id, 2000) {
+            Some(Ok(Response::Get(Some(r)))) => assert_eq!(r.value, b"x".to_vec()),
+            other => panic!("read {id}: {other:?}"),
+        }
+    }
+    let sent = sim.heartbeats.get(&(leader, g)).copied().unwrap_or(0) - before;
+    // One round to the two followers, plus at most one periodic round meanwhile; one call per
+    // read would have sent 2 x 20.
+    assert!(
+        (2..=4).contains(&sent),
+        "{sent} heartbeats for {reads} reads"
+    );
 }

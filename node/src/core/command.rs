@@ -1,7 +1,10 @@
-//! The payload of a data group's Raft entries.
+//! The payload of a data group's Raft entries, and the origin a follower's proposal carries
+//! in the entry's context.
 
 use serde::{Deserialize, Serialize};
 use swarmkv_store::{KvOp, Session};
+
+use super::types::{NodeId, RequestId};
 
 /// Version byte in front of every encoded command; part of the on-disk format (entries live in
 /// the Raft log) and of the wire format.
@@ -45,9 +48,74 @@ impl Command {
     }
 }
 
+/// Version byte in front of an entry's origin (see [`Origin`]).
+pub const ORIGIN_FORMAT: u8 = 1;
+const ORIGIN_LEN: usize = 1 + 3 * 8;
+
+/// Who proposed an entry, when a follower did: raft-rs forwards a follower's proposal to the
+/// leader without telling the follower where it lands in the log, so the follower recognises
+/// its entry by this when it applies it, and answers its caller then.
+///
+/// It travels in the Raft entry's `context`, not in the [`Command`]: the command's encoding,
+/// and so every entry already in a log, stays as it was, and a node that does not know
+/// origins applies the entry all the same (it ignores the context).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub node: NodeId,
+    /// The proposing node's boot count: request ids start over at each start, and an entry
+    /// proposed before a restart must not answer a new request that reuses its id.
+    pub boot: u64,
+    pub request: RequestId,
+}
+
+impl Origin {
+    /// Encodes for a Raft entry's context.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ORIGIN_LEN);
+        out.push(ORIGIN_FORMAT);
+        out.extend_from_slice(&self.node.to_be_bytes());
+        out.extend_from_slice(&self.boot.to_be_bytes());
+        out.extend_from_slice(&self.request.to_be_bytes());
+        out
+    }
+
+    /// Decodes a Raft entry's context; `None` for an empty or unknown one (an entry a leader
+    /// proposed itself, or a later format), which then answers nobody.
+    pub fn decode(bytes: &[u8]) -> Option<Origin> {
+        if bytes.len() != ORIGIN_LEN || bytes[0] != ORIGIN_FORMAT {
+            return None;
+        }
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[1 + 8 * i..9 + 8 * i]);
+            u64::from_be_bytes(w)
+        };
+        Some(Origin {
+            node: word(0),
+            boot: word(1),
+            request: word(2),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origin_round_trip_and_foreign_contexts() {
+        let o = Origin {
+            node: 0xfeed_beef,
+            boot: 3,
+            request: u64::MAX,
+        };
+        assert_eq!(Origin::decode(&o.encode()), Some(o));
+        assert_eq!(Origin::decode(&[]), None);
+        let mut later = o.encode();
+        later[0] = ORIGIN_FORMAT + 1;
+        assert_eq!(Origin::decode(&later), None);
+        assert_eq!(Origin::decode(&o.encode()[..ORIGIN_LEN - 1]), None);
+    }
 
     #[test]
     fn round_trip_and_garbage() {

@@ -9,9 +9,7 @@ use super::election::{
     candidate_of, name_prefix, name_prefix_end, validate_name, ElectionRequest, ElectionTable,
     Waiting, MAX_ELECTION_VALUE, MAX_OBSERVE_WAIT_MS,
 };
-use super::{
-    ClientError, Consistency, Core, InFlight, Reply, RequestBody, RequestId, Response, META_GROUP,
-};
+use super::{ClientError, Consistency, Core, Reply, RequestBody, RequestId, Response, META_GROUP};
 
 /// Feeds one applied meta write at `index` and its result to the election table (writes of
 /// other records are ignored).
@@ -78,22 +76,19 @@ impl<B: Backend> Core<B> {
     /// A linearizable read of the leader of `name` for request `id`: a ReadIndex on the meta
     /// group, then a scan of its lowest candidate record.
     fn read_leader(&mut self, id: RequestId, name: String) {
-        let deadline_ms = self.now_ms + self.config.request_timeout_ms;
-        let Some(r) = self.replicas.get_mut(&META_GROUP).filter(|r| r.is_leader) else {
+        if !self.is_leader(META_GROUP) {
             let leader = self.replicas.get(&META_GROUP).and_then(|r| r.leader_hint());
             self.replies
                 .push_back((id, Err(ClientError::NotLeader { leader })));
             return;
-        };
+        }
         let body = RequestBody::Scan {
             start: name_prefix(&name),
             end: Some(name_prefix_end(&name)),
             limit: 1,
             consistency: Consistency::Linearizable,
         };
-        r.node.read_index(id.to_be_bytes().to_vec());
-        r.reads_pending.insert(id, body);
-        self.in_flight.insert(id, InFlight { deadline_ms });
+        self.queue_read(META_GROUP, id, body);
         self.elections.wait(id, Waiting::Leader);
     }
 

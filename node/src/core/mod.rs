@@ -15,7 +15,9 @@
 //! - `reconcile`: a group leader's steps toward its target replica set (conf changes).
 //! - [`election`]: leader election as a service, candidates kept in the meta group and bound
 //!   to leases; `election_core` wires them into the turn.
-//! - [`command`]: the payload of Raft entries.
+//! - [`command`]: the payload of Raft entries (and the origin of a follower's proposal).
+//! - `follower`: linearizable reads batched into one ReadIndex call per turn, and a
+//!   follower's own reads and writes through Raft (no forward of the request).
 //! - [`config`]: timing and sizing.
 //! - `replica`: one local Raft group and the requests waiting on it.
 //! - this file: [`Core`], the turn: step, persist all groups at once, send, apply, reply.
@@ -24,6 +26,7 @@ pub mod command;
 pub mod config;
 pub mod election;
 mod election_core;
+mod follower;
 pub mod lease;
 mod lease_core;
 pub mod meta;
@@ -34,7 +37,7 @@ mod replica;
 pub mod routing;
 pub mod types;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -45,7 +48,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use swarmkv_store::{ApplyBatch, ApplyEntry, ApplyOp, Backend, LogBatch, Store, StoreError};
 
-pub use command::{Command, CommandError};
+pub use command::{Command, CommandError, Origin};
 pub use config::CoreConfig;
 pub use election::{Candidate, ElectionRequest};
 pub use lease::{lease_hex, parse_lease_id, LeaseId, LeaseInfo, LeaseRecord, LeaseRequest};
@@ -63,6 +66,8 @@ const SETTINGS_META: &str = "cluster";
 /// The targets of the layout this node was bootstrapped with, kept until the coordinator has
 /// written them to the meta group (a restart before that must not forget them).
 const LAYOUT_TARGETS_META: &str = "layout-targets";
+/// How many times this node's core has started (see [`Origin::boot`]).
+const BOOT_META: &str = "boot";
 
 /// Errors that stop the core: storage failures (the node must stop acknowledging) and bad
 /// setup calls.
@@ -166,6 +171,10 @@ pub struct Core<B: Backend> {
     /// The applies of the current half turn, written together at its end (one store write for
     /// every group, not one each).
     applies: ApplyBatch,
+    /// This start's boot count (see [`Origin::boot`]).
+    boot: u64,
+    /// Groups whose replica has reads waiting for the next ReadIndex call (see `follower`).
+    reads_to_issue: BTreeSet<GroupId>,
 }
 
 fn logger() -> slog::Logger {
@@ -189,6 +198,15 @@ impl<B: Backend> Core<B> {
             ),
             None => None,
         };
+        // Counted durably before anything is proposed: a follower's entries carry it.
+        let boot = match store.get_meta(BOOT_META)? {
+            Some(b) => <[u8; 8]>::try_from(b.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| CoreError::CorruptMeta(format!("boot count of {} bytes", b.len())))?
+                .wrapping_add(1),
+            None => 1,
+        };
+        store.put_meta(BOOT_META, &boot.to_be_bytes())?;
         let rng = StdRng::seed_from_u64(config.seed ^ id.rotate_left(17));
         let election_ms = config.election_ticks.max(2) as u64 * config.tick_ms.max(1);
         let mut core = Core {
@@ -211,6 +229,8 @@ impl<B: Backend> Core<B> {
             elections: election::ElectionTable::new(election_ms),
             quiesce: quiesce::Quiescence::default(),
             applies: ApplyBatch::default(),
+            boot,
+            reads_to_issue: BTreeSet::new(),
         };
         for g in core.store.groups()? {
             core.open_replica(g)?;
@@ -458,6 +478,7 @@ impl<B: Backend> Core<B> {
         for id in expired {
             self.reply(id, Err(ClientError::Timeout));
         }
+        self.resend_stale_reads();
         self.propose_due_leases();
         self.propose_due_elections();
     }
@@ -512,6 +533,12 @@ impl<B: Backend> Core<B> {
                     return;
                 }
             }
+        }
+        if msg.get_msg_type() == MessageType::MsgPropose
+            && !self.admit_forwarded_proposal(group, &mut msg)
+        {
+            log::debug!("group {group}: stale or repeated proposal from {from} dropped");
+            return;
         }
         if quiesce::is_quiesce_heartbeat(&msg) {
             if self.accept_quiesce(group, from, &msg) {
@@ -663,6 +690,15 @@ impl<B: Backend> Core<B> {
         // Any request wakes the replica: a leader serves it, and a follower that cannot (the
         // caller is sent to the leader) gets to notice a leader that stopped answering.
         quiesce::wake(&mut self.quiesce, group, r, false);
+        let me = self.id;
+        if r.follows(me).is_some() {
+            // A voter following a known leader serves the request itself, through Raft.
+            self.handle_follower_request(id, group, req.body);
+            return;
+        }
+        let Some(r) = self.replicas.get_mut(&group) else {
+            return;
+        };
         if !r.is_leader {
             // No leader known here (an election, or this replica is a leftover the group has
             // moved on from): point at another replica the target names.
@@ -706,11 +742,7 @@ impl<B: Backend> Core<B> {
                     }
                 }
             }
-            body => {
-                r.node.read_index(id.to_be_bytes().to_vec());
-                r.reads_pending.insert(id, body);
-                self.in_flight.insert(id, InFlight { deadline_ms });
-            }
+            body => self.queue_read(group, id, body),
         }
     }
 
@@ -764,6 +796,21 @@ impl<B: Backend> Core<B> {
             );
             for (_, p) in std::mem::take(&mut r.proposals) {
                 self.reply(p.request, Err(ClientError::LeaderChanged));
+            }
+            self.fail_replica_follower_ops(&mut r);
+            let reads: Vec<RequestId> = r
+                .reads_next
+                .drain(..)
+                .map(|(id, _)| id)
+                .chain(r.reads_ready.drain(..).map(|rr| rr.request))
+                .collect();
+            for id in reads {
+                self.reply(
+                    id,
+                    Err(ClientError::Unavailable {
+                        reason: format!("this node's replica of group {group} was dropped"),
+                    }),
+                );
             }
             self.destroy_replica(group, r)?;
         }
@@ -835,7 +882,8 @@ impl<B: Backend> Core<B> {
         }
     }
 
-    fn queue_messages(&mut self, group: GroupId, msgs: Vec<Message>) {
+    fn queue_messages(&mut self, group: GroupId, mut msgs: Vec<Message>) {
+        self.stamp_forwarded_proposals(group, &mut msgs);
         self.stats.messages_out += msgs.len() as u64;
         for m in msgs {
             if m.get_msg_type() == MessageType::MsgSnapshot {
@@ -880,6 +928,8 @@ impl<B: Backend> Core<B> {
         let mut batch = LogBatch::new();
         let mut readies = Vec::new();
         let mut reload_leases = false;
+        // The reads that arrived since the last turn leave in one ReadIndex call per group.
+        self.issue_reads();
         // The awake groups (quiesced ones have no work), and every group now and then.
         let groups = self.turn_groups();
         for g in &groups {
@@ -935,7 +985,12 @@ impl<B: Backend> Core<B> {
                     }
                     // Reads in flight can no longer be confirmed here; they are safe to retry.
                     let hint = r.leader_hint();
-                    let reads: Vec<RequestId> = r.reads_pending.drain().map(|(id, _)| id).collect();
+                    let reads: Vec<RequestId> = r
+                        .reads_pending
+                        .drain()
+                        .flat_map(|(_, b)| b.reads)
+                        .map(|(id, _)| id)
+                        .collect();
                     let ready: Vec<RequestId> =
                         r.reads_ready.drain(..).map(|x| x.request).collect();
                     for id in reads.into_iter().chain(ready) {
@@ -952,16 +1007,16 @@ impl<B: Backend> Core<B> {
                 continue;
             };
             for rs in rd.read_states() {
-                let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                let Some(seq) = follower::read_seq_of(&rs.request_ctx, self.id, self.boot) else {
                     continue;
                 };
-                let id = RequestId::from_be_bytes(ctx);
-                if let Some(body) = r.reads_pending.remove(&id) {
-                    r.reads_ready.push(ReadyRead {
-                        index: rs.index,
-                        request: id,
-                        body,
-                    });
+                if let Some(batch) = r.reads_pending.remove(&seq) {
+                    r.reads_ready
+                        .extend(batch.reads.into_iter().map(|(request, body)| ReadyRead {
+                            index: rs.index,
+                            request,
+                            body,
+                        }));
                 }
             }
             if !rd.snapshot().is_empty() {
@@ -1004,6 +1059,9 @@ impl<B: Backend> Core<B> {
             } else {
                 committed
             };
+            // After the applies: a follower's write that applied in this Ready is answered
+            // with its result, not failed for the leader change that came with it.
+            self.settle_follower_epoch(*g);
             readies.push((*g, rd, committed));
         }
         // The applies are written with the persist's log batch (one store write for both):
@@ -1090,10 +1148,18 @@ impl<B: Backend> Core<B> {
             Conf(raft::eraftpb::ConfState),
         }
         let mut decoded = Vec::with_capacity(entries.len());
+        // Entries this node proposed as a follower, by index, to answer once applied.
+        let mut mine: HashMap<u64, RequestId> = HashMap::new();
         for e in &entries {
             if e.index <= applied {
                 // Re-delivered after a restart: the state machine already has it.
                 continue;
+            }
+            if let Some(o) = Origin::decode(&e.context) {
+                if o.node == self.id && o.boot == self.boot && r.follower_writes.remove(&o.request)
+                {
+                    mine.insert(e.index, o.request);
+                }
             }
             let d = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => Decoded::Noop,
@@ -1196,6 +1262,12 @@ impl<B: Backend> Core<B> {
         }
         let mut answers = Vec::new();
         for ((index, term, d), result) in decoded.iter().zip(results) {
+            let applied_reply = || match (result.clone(), d) {
+                (Some(Ok(outcome)), _) => Ok(Response::Write(outcome)),
+                (Some(Err(e)), _) => Err(ClientError::Rejected(e)),
+                (None, Decoded::Bad(why)) => Err(ClientError::BadRequest(why.clone())),
+                (None, _) => Err(ClientError::ProposalDropped),
+            };
             // Every proposal at or below this index is settled now.
             while let Some((&pi, &p)) = r.proposals.first_key_value() {
                 if pi > *index {
@@ -1203,16 +1275,14 @@ impl<B: Backend> Core<B> {
                 }
                 r.proposals.remove(&pi);
                 let reply = if pi == *index && p.term == *term {
-                    match (result.clone(), d) {
-                        (Some(Ok(outcome)), _) => Ok(Response::Write(outcome)),
-                        (Some(Err(e)), _) => Err(ClientError::Rejected(e)),
-                        (None, Decoded::Bad(why)) => Err(ClientError::BadRequest(why.clone())),
-                        (None, _) => Err(ClientError::ProposalDropped),
-                    }
+                    applied_reply()
                 } else {
                     Err(ClientError::ProposalDropped)
                 };
                 answers.push((p.request, reply));
+            }
+            if let Some(request) = mine.remove(index) {
+                answers.push((request, applied_reply()));
             }
         }
         // Compact once enough applied entries piled up.
@@ -1238,6 +1308,12 @@ impl<B: Backend> Core<B> {
         r.reads_ready = still;
         for (id, reply) in answers {
             self.reply(id, reply);
+        }
+        if !reads.is_empty() {
+            // The reads must see these applies, which are only gathered so far: a read whose
+            // index is among them would otherwise miss a write it must see (followers' reads
+            // often wait for exactly the entries this apply brings).
+            self.write_applies()?;
         }
         for rr in reads {
             let reply = serve_read(&self.store, g, &rr.body);

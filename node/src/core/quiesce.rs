@@ -107,8 +107,10 @@ fn settled<B: Backend>(r: &Replica<B>, me: NodeId, down: &BTreeSet<NodeId>) -> b
     if raft.state != StateRole::Leader
         || !r.is_leader
         || !r.proposals.is_empty()
+        || !r.reads_next.is_empty()
         || !r.reads_pending.is_empty()
         || !r.reads_ready.is_empty()
+        || !r.follower_writes.is_empty()
         || r.step_down
         || r.compact_to.is_some()
         || r.commit_dirty
@@ -284,8 +286,10 @@ impl<B: Backend> Core<B> {
             && log.applied == log.committed
             && !r.commit_dirty
             && r.compact_to.is_none()
+            && r.reads_next.is_empty()
             && r.reads_pending.is_empty()
             && r.reads_ready.is_empty()
+            && r.follower_writes.is_empty()
             && !r.node.has_ready();
         if !ok {
             return false;

@@ -1,10 +1,11 @@
 //! One local replica of a Raft group and the requests waiting on it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use raft::RawNode;
 use swarmkv_store::{Backend, GroupStorage};
 
+use super::command::Origin;
 use super::types::{NodeId, RequestBody, RequestId};
 
 /// A proposal waiting to be applied: answered when the entry at its index applies, with
@@ -13,6 +14,16 @@ use super::types::{NodeId, RequestBody, RequestId};
 pub(crate) struct Proposal {
     pub term: u64,
     pub request: RequestId,
+}
+
+/// Linearizable reads that share one ReadIndex call: they all arrived before the call, so the
+/// index its heartbeat round confirms is at least as recent as each of them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ReadBatch {
+    pub reads: Vec<(RequestId, RequestBody)>,
+    /// When the call was (last) made: a batch that heard nothing for a while asks again (see
+    /// `Core::resend_stale_reads`).
+    pub sent_ms: u64,
 }
 
 /// A linearizable read that has its read index and waits for the state machine to reach it.
@@ -26,9 +37,29 @@ pub(crate) struct ReadyRead {
 pub(crate) struct Replica<B: Backend> {
     pub node: RawNode<GroupStorage<B>>,
     pub proposals: BTreeMap<u64, Proposal>,
-    /// Reads sent through ReadIndex, by context (the request id).
-    pub reads_pending: HashMap<RequestId, RequestBody>,
+    /// Linearizable reads that arrived since the last ReadIndex call: the next turn makes one
+    /// call for all of them (`Core::issue_reads`). Reads that arrive after a call never join
+    /// it: its heartbeat round may have started before they did.
+    pub reads_next: Vec<(RequestId, RequestBody)>,
+    /// Batches sent through ReadIndex, by the sequence number in their context.
+    pub reads_pending: HashMap<u64, ReadBatch>,
+    /// The sequence number of the last ReadIndex call.
+    pub read_seq: u64,
     pub reads_ready: Vec<ReadyRead>,
+    /// Writes this follower proposed (raft-rs forwards them to the leader); each is answered
+    /// when the entry carrying its origin applies here, or fails when `follower_epoch` moves.
+    pub follower_writes: HashSet<RequestId>,
+    /// The (term, leader) the follower's writes and read batches were sent under. A leader
+    /// drops a forwarded proposal or read it cannot take without a word, so any change of
+    /// term or leader fails what is pending (the caller retries) instead of leaving it to
+    /// the deadline.
+    pub follower_epoch: (u64, NodeId),
+    /// As leader: the origins of the followers' proposals taken in term `seen_term`, oldest
+    /// first, so that a duplicated `MsgPropose` does not append the same write twice (see
+    /// `Core::admit_forwarded_proposal`).
+    pub seen_origins: HashSet<Origin>,
+    pub seen_order: VecDeque<Origin>,
+    pub seen_term: u64,
     pub leader: Option<NodeId>,
     pub is_leader: bool,
     /// The commit index moved without a hard-state write: persist it in the next batch.
@@ -58,8 +89,15 @@ impl<B: Backend> Replica<B> {
         Replica {
             node,
             proposals: BTreeMap::new(),
+            reads_next: Vec::new(),
             reads_pending: HashMap::new(),
+            read_seq: 0,
             reads_ready: Vec::new(),
+            follower_writes: HashSet::new(),
+            follower_epoch: (0, 0),
+            seen_origins: HashSet::new(),
+            seen_order: VecDeque::new(),
+            seen_term: 0,
             leader: None,
             is_leader: false,
             commit_dirty: false,
@@ -85,6 +123,25 @@ impl<B: Backend> Replica<B> {
             return true;
         }
         (log_term, index) >= floor
+    }
+
+    /// The term and leader as raft-rs knows them now (see [`Replica::follower_epoch`]).
+    pub fn epoch(&self) -> (u64, NodeId) {
+        (self.node.raft.term, self.node.raft.leader_id)
+    }
+
+    /// The leader this follower can hand a proposal or a ReadIndex to: a voter of the group
+    /// following a known leader other than itself. Learners and leftovers (not in the
+    /// configuration) return `None`: they may be far behind or never apply, so their callers
+    /// are sent to the leader as before.
+    pub fn follows(&self, me: NodeId) -> Option<NodeId> {
+        let raft = &self.node.raft;
+        let leader = raft.leader_id;
+        (raft.state == raft::StateRole::Follower
+            && leader != raft::INVALID_ID
+            && leader != me
+            && raft.prs().conf().voters().contains(me))
+        .then_some(leader)
     }
 
     /// The leader hint to give a caller: the known leader, if it is not this node.
