@@ -222,7 +222,15 @@ fn replay_journal(path: &Path, trees: &[sled::Tree], journal: &sled::Tree) -> Re
             .map_err(|_| {
                 StoreError::corrupt("journal", format!("key {k:?}"), "not a record sequence")
             })?;
-        write_plain(path, trees, &journal::decode(seq, &v)?)?;
+        let batch = journal::decode(seq, &v)?;
+        for (tree, key, value) in &batch.writes {
+            let t = &trees[tree.index()];
+            match value {
+                Some(v) => t.insert(key.as_slice(), v.as_slice()).map(|_| ()),
+                None => t.remove(key.as_slice()).map(|_| ()),
+            }
+            .map_err(|e| engine_error(path, e))?;
+        }
         journal.remove(&k).map_err(|e| engine_error(path, e))?;
         next = seq + 1;
         replayed += 1;
@@ -234,20 +242,6 @@ fn replay_journal(path: &Path, trees: &[sled::Tree], journal: &sled::Tree) -> Re
         );
     }
     Ok(next)
-}
-
-/// `batch`'s writes, one plain insert or remove each, in order (atomic only with a journal
-/// record written first).
-fn write_plain(path: &Path, trees: &[sled::Tree], batch: &BackendBatch) -> Result<()> {
-    for (tree, key, value) in &batch.writes {
-        let t = &trees[tree.index()];
-        match value {
-            Some(v) => t.insert(key.as_slice(), v.as_slice()).map(|_| ()),
-            None => t.remove(key.as_slice()).map(|_| ()),
-        }
-        .map_err(|e| engine_error(path, e))?;
-    }
-    Ok(())
 }
 
 /// Writes the durable sequence (not synced: the next sync covers it).
@@ -341,7 +335,15 @@ impl Backend for SledBackend {
                 }
             }
         }
-        write_plain(&self.path, &self.trees, batch)
+        for (tree, k, v) in &batch.writes {
+            let t = self.tree(*tree);
+            match v {
+                Some(v) => t.insert(k.as_slice(), v.as_slice()).map(|_| ()),
+                None => t.remove(k.as_slice()).map(|_| ()),
+            }
+            .map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 
     fn sync(&self) -> Result<()> {
