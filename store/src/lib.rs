@@ -6,7 +6,6 @@
 //! - [`backend`]: the ordered, atomic engine trait the rest is written against.
 //! - [`sled_backend`]: sled on disk, with a real fdatasync (see its docs for why).
 //! - [`durable_mark`]: detecting at open a store that lost writes it had made durable.
-//! - `journal`: how the sled backend makes a batch atomic with one insert (private).
 //! - [`mem_backend`]: memory, with simulated crashes, for the simulator and fast tests.
 //! - [`keys`]: the `[group id BE][tag][index BE]` key layout of every tree.
 //! - [`store`]: opening a store, group handles, reads (get, scan).
@@ -26,7 +25,6 @@ pub mod durable_mark;
 pub mod error;
 pub mod group;
 pub mod history;
-pub(crate) mod journal;
 pub mod keys;
 pub mod kv;
 pub mod log_batch;

@@ -11,10 +11,6 @@
 //! never syncs; a sync also fdatasyncs any blob file created since the previous sync, and the
 //! `blobs` directory, so large values are as durable as small ones.
 //!
-//! # Atomic batches without sled batches
-//! A write of several keys is one record in a journal tree, then plain inserts (see
-//! [`crate::journal`] for why and how a crash is recovered from).
-//!
 //! # Lost writes
 //! sled drops a damaged log's tail without an error. [`crate::durable_mark`] keeps a sequence
 //! in sled and a mark file beside its directory; [`SledBackend::open`] refuses a store whose
@@ -31,7 +27,6 @@ use std::sync::Mutex;
 use crate::backend::{range_is_empty, Backend, BackendBatch, Scan, TreeId, Visitor};
 use crate::durable_mark::{self, MarkKeeper, SEQ_KEY};
 use crate::error::{Result, StoreError};
-use crate::journal;
 
 /// Tuning of the sled engine.
 #[derive(Clone, Debug)]
@@ -64,22 +59,6 @@ pub struct SledBackend {
     preexisting: HashSet<&'static str>,
     /// Advances the durable sequence and its mark (`None` only while opening).
     keeper: Option<MarkKeeper>,
-    /// The journal tree ([`crate::journal`]).
-    journal: sled::Tree,
-    /// The journal's bookkeeping. Every write and every sync holds this lock throughout, so
-    /// that the order of records and writes is the order a replay rebuilds.
-    journal_state: Mutex<JournalState>,
-}
-
-#[derive(Default)]
-struct JournalState {
-    /// The next record's sequence.
-    next: u64,
-    /// Records no sync has covered yet, oldest first.
-    unswept: Vec<u64>,
-    /// The keys those records write. A single-key write to one of them is journaled too: a
-    /// replay of the older record would otherwise undo it.
-    unswept_keys: HashSet<(TreeId, Vec<u8>)>,
 }
 
 impl SledBackend {
@@ -112,10 +91,6 @@ impl SledBackend {
                 .as_deref(),
         )?;
         durable_mark::check(path, found, preexisting.contains(TreeId::Meta.name()))?;
-        let journal = db
-            .open_tree(JOURNAL_TREE)
-            .map_err(|e| engine_error(path, e))?;
-        let next = replay_journal(path, &trees, &journal)?;
         let data_file =
             File::open(path.join("db")).map_err(StoreError::io("opening sled's data file"))?;
         let mut backend = SledBackend {
@@ -126,11 +101,6 @@ impl SledBackend {
             synced_blobs: Mutex::new(HashSet::new()),
             preexisting,
             keeper: None,
-            journal,
-            journal_state: Mutex::new(JournalState {
-                next,
-                ..JournalState::default()
-            }),
         };
         // The next sequence, made durable with the files sled just created, then marked: from
         // here on a loss of anything this open found is detected.
@@ -207,43 +177,6 @@ impl SledBackend {
     }
 }
 
-/// The sled tree of [`crate::journal`] records (not a [`TreeId`]: only this backend knows it).
-const JOURNAL_TREE: &str = "journal";
-
-/// Completes every batch a crash left in the journal, in record order, and removes its record
-/// (the sync that ends the open makes that durable). Returns the next record's sequence.
-fn replay_journal(path: &Path, trees: &[sled::Tree], journal: &sled::Tree) -> Result<u64> {
-    let mut next = 0;
-    let mut replayed = 0;
-    for item in journal.iter() {
-        let (k, v) = item.map_err(|e| engine_error(path, e))?;
-        let seq = <[u8; 8]>::try_from(k.as_ref())
-            .map(u64::from_be_bytes)
-            .map_err(|_| {
-                StoreError::corrupt("journal", format!("key {k:?}"), "not a record sequence")
-            })?;
-        let batch = journal::decode(seq, &v)?;
-        for (tree, key, value) in &batch.writes {
-            let t = &trees[tree.index()];
-            match value {
-                Some(v) => t.insert(key.as_slice(), v.as_slice()).map(|_| ()),
-                None => t.remove(key.as_slice()).map(|_| ()),
-            }
-            .map_err(|e| engine_error(path, e))?;
-        }
-        journal.remove(&k).map_err(|e| engine_error(path, e))?;
-        next = seq + 1;
-        replayed += 1;
-    }
-    if replayed > 0 {
-        log::info!(
-            "{}: completed {replayed} batch(es) from the journal after a crash",
-            path.display()
-        );
-    }
-    Ok(next)
-}
-
 /// Writes the durable sequence (not synced: the next sync covers it).
 fn write_seq(meta: &sled::Tree, path: &Path, seq: u64) -> Result<()> {
     meta.insert(SEQ_KEY, &durable_mark::seq_bytes(seq))
@@ -317,49 +250,63 @@ impl Backend for SledBackend {
     }
 
     fn write(&self, batch: &BackendBatch) -> Result<()> {
-        let mut state = self.journal_state.lock().unwrap_or_else(|p| p.into_inner());
-        match batch.writes.as_slice() {
-            [] => return Ok(()),
-            // One key is atomic on its own, and a plain insert skips what a batch costs.
-            [(tree, k, _)] if !state.unswept_keys.contains(&(*tree, k.clone())) => {}
-            _ => {
-                // One record holding the whole batch, then its writes (see `crate::journal`).
-                let seq = state.next;
-                self.journal
-                    .insert(journal::record_key(seq), journal::encode(batch))
-                    .map_err(|e| self.err(e))?;
-                state.next += 1;
-                state.unswept.push(seq);
-                for (tree, k, _) in &batch.writes {
-                    state.unswept_keys.insert((*tree, k.clone()));
-                }
-            }
-        }
-        for (tree, k, v) in &batch.writes {
+        // One key is atomic on its own, and a plain insert skips what a batch costs: sled
+        // writes its log buffer out twice, synchronously, to place the batch's marker.
+        if let [(tree, k, v)] = batch.writes.as_slice() {
             let t = self.tree(*tree);
-            match v {
+            return match v {
                 Some(v) => t.insert(k.as_slice(), v.as_slice()).map(|_| ()),
                 None => t.remove(k.as_slice()).map(|_| ()),
             }
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.err(e));
         }
-        Ok(())
+        let mut per_tree: Vec<(TreeId, sled::Batch)> = Vec::new();
+        for (tree, k, v) in &batch.writes {
+            let pos = match per_tree.iter().position(|(t, _)| t == tree) {
+                Some(p) => p,
+                None => {
+                    per_tree.push((*tree, sled::Batch::default()));
+                    per_tree.len() - 1
+                }
+            };
+            let b = &mut per_tree[pos].1;
+            match v {
+                Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                None => b.remove(k.as_slice()),
+            }
+        }
+        match per_tree.len() {
+            0 => Ok(()),
+            1 => {
+                let (tree, b) = per_tree.remove(0);
+                self.tree(tree).apply_batch(b).map_err(|e| self.err(e))
+            }
+            _ => {
+                // Several trees: a sled transaction is the only atomic write across trees.
+                let trees: Vec<&sled::Tree> = per_tree.iter().map(|(t, _)| self.tree(*t)).collect();
+                use sled::Transactional;
+                trees
+                    .as_slice()
+                    .transaction(|views| {
+                        for (view, (_, b)) in views.iter().zip(&per_tree) {
+                            view.apply_batch(b)?;
+                        }
+                        Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                    })
+                    .map_err(|e| match e {
+                        sled::transaction::TransactionError::Storage(e) => self.err(e),
+                        sled::transaction::TransactionError::Abort(()) => StoreError::Engine {
+                            path: self.path.clone(),
+                            message: "transaction aborted".into(),
+                        },
+                    })
+            }
+        }
     }
 
     fn sync(&self) -> Result<()> {
         let covered = self.keeper.as_ref().map(MarkKeeper::before_sync);
-        let mut state = self.journal_state.lock().unwrap_or_else(|p| p.into_inner());
         self.sync_engine()?;
-        // Durable: the records are no longer needed. Removed in record order, unsynced (a
-        // record a crash keeps is replayed, which rewrites the same values).
-        for seq in &state.unswept {
-            self.journal
-                .remove(journal::record_key(*seq))
-                .map_err(|e| self.err(e))?;
-        }
-        state.unswept.clear();
-        state.unswept_keys.clear();
-        drop(state);
         if let (Some(keeper), Some(covered)) = (&self.keeper, covered) {
             keeper.after_sync(covered);
         }
@@ -384,118 +331,6 @@ impl Drop for SledBackend {
                 |seq| write_seq(&meta, &self.path, seq),
                 || self.sync_engine(),
             );
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn open(dir: &Path) -> SledBackend {
-        SledBackend::open(dir, &SledConfig::default()).expect("open")
-    }
-
-    fn get(b: &SledBackend, key: &[u8]) -> Option<Vec<u8>> {
-        b.get(TreeId::Kv, key).expect("get")
-    }
-
-    #[test]
-    fn a_batch_torn_by_a_crash_is_completed_at_open() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("db");
-        {
-            let b = open(&dir);
-            let mut before = BackendBatch::default();
-            before.put(TreeId::Kv, b"b".to_vec(), b"old".to_vec());
-            before.put(TreeId::Kv, b"gone".to_vec(), b"x".to_vec());
-            b.write(&before).expect("write");
-            b.sync().expect("sync");
-            // What a crash after the record and the first of its writes leaves.
-            let mut torn = BackendBatch::default();
-            torn.put(TreeId::Kv, b"a".to_vec(), b"1".to_vec());
-            torn.put(TreeId::Kv, b"b".to_vec(), b"2".to_vec());
-            torn.delete(TreeId::Kv, b"gone".to_vec());
-            torn.put(TreeId::Raft, b"r".to_vec(), b"3".to_vec());
-            b.journal
-                .insert(journal::record_key(41), journal::encode(&torn))
-                .expect("record");
-            b.tree(TreeId::Kv).insert(b"a", b"1").expect("first write");
-        }
-        let b = open(&dir);
-        assert_eq!(get(&b, b"a").as_deref(), Some(&b"1"[..]));
-        assert_eq!(get(&b, b"b").as_deref(), Some(&b"2"[..]));
-        assert_eq!(get(&b, b"gone"), None);
-        assert_eq!(
-            b.get(TreeId::Raft, b"r").expect("get").as_deref(),
-            Some(&b"3"[..])
-        );
-        assert!(b.journal.is_empty(), "replayed records are removed");
-        // New records continue after the replayed one.
-        assert_eq!(lock_state(&b).next, 42);
-    }
-
-    fn lock_state(b: &SledBackend) -> std::sync::MutexGuard<'_, JournalState> {
-        b.journal_state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    #[test]
-    fn a_replay_never_undoes_a_later_single_key_write() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("db");
-        {
-            let b = open(&dir);
-            let mut batch = BackendBatch::default();
-            batch.put(TreeId::Kv, b"k".to_vec(), b"batch".to_vec());
-            batch.put(TreeId::Kv, b"other".to_vec(), b"o".to_vec());
-            b.write(&batch).expect("batch");
-            // A later single-key write of a key the unswept record holds is journaled too.
-            let mut single = BackendBatch::default();
-            single.put(TreeId::Kv, b"k".to_vec(), b"later".to_vec());
-            b.write(&single).expect("single");
-            assert_eq!(lock_state(&b).unswept.len(), 2);
-            // A single-key write of another key is not.
-            let mut plain = BackendBatch::default();
-            plain.put(TreeId::Kv, b"free".to_vec(), b"f".to_vec());
-            b.write(&plain).expect("plain");
-            assert_eq!(lock_state(&b).unswept.len(), 2);
-            // Closed without a sweep: both records are replayed at the next open.
-        }
-        let b = open(&dir);
-        assert_eq!(get(&b, b"k").as_deref(), Some(&b"later"[..]));
-        assert_eq!(get(&b, b"other").as_deref(), Some(&b"o"[..]));
-        assert_eq!(get(&b, b"free").as_deref(), Some(&b"f"[..]));
-    }
-
-    #[test]
-    fn a_sync_sweeps_the_records_it_covered() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let b = open(&tmp.path().join("db"));
-        let mut batch = BackendBatch::default();
-        batch.put(TreeId::Kv, b"x".to_vec(), b"1".to_vec());
-        batch.put(TreeId::Kv, b"y".to_vec(), b"2".to_vec());
-        b.write(&batch).expect("write");
-        assert_eq!(b.journal.len(), 1);
-        b.sync().expect("sync");
-        assert!(b.journal.is_empty());
-        let st = lock_state(&b);
-        assert!(st.unswept.is_empty() && st.unswept_keys.is_empty());
-    }
-
-    #[test]
-    fn a_damaged_record_refuses_the_open() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("db");
-        {
-            let b = open(&dir);
-            b.journal
-                .insert(journal::record_key(0), &[7u8, 0, 0][..])
-                .expect("record");
-        }
-        match SledBackend::open(&dir, &SledConfig::default()) {
-            Err(StoreError::Corrupt { tree, .. }) => assert_eq!(tree, "journal"),
-            Err(e) => panic!("wrong error: {e}"),
-            Ok(_) => panic!("a damaged journal record was accepted"),
         }
     }
 }
