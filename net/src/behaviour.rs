@@ -34,6 +34,8 @@ pub(crate) struct Behaviour {
     /// Which PeerIds may connect at all (see `gate.rs`).
     pub gate: Gate,
     pub raft: request_response::Behaviour<FrameCodec>,
+    /// Long-lived streams: the Raft traffic between nodes (see `raft_stream.rs`).
+    pub streams: libp2p_stream::Behaviour,
     pub kv: request_response::Behaviour<FrameCodec>,
     pub snapshot: request_response::Behaviour<FrameCodec>,
     pub hello: request_response::Behaviour<FrameCodec>,
@@ -125,6 +127,7 @@ impl Behaviour {
                 KV_STREAMS,
                 config,
             ),
+            streams: libp2p_stream::Behaviour::new(),
             snapshot: rr(
                 SNAPSHOT_PROTOCOL,
                 FrameCodec::new(config.max_snapshot_frame, MAX_ACK_FRAME),

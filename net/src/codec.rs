@@ -22,8 +22,6 @@ pub(crate) enum Frame {
     Data(Vec<u8>),
     /// A frame announcing more bytes than the limit; its body was not read.
     Oversized(OversizedFrame),
-    /// An outbound frame given as consecutive parts, written without joining them.
-    Parts(Vec<Vec<u8>>),
 }
 
 impl Frame {
@@ -32,7 +30,6 @@ impl Frame {
         match self {
             Frame::Data(bytes) => Ok(bytes),
             Frame::Oversized(o) => Err(o),
-            Frame::Parts(parts) => Ok(parts.concat()),
         }
     }
 }
@@ -159,7 +156,6 @@ impl request_response::Codec for FrameCodec {
     {
         match req {
             Frame::Data(bytes) => write_frame(io, &bytes).await,
-            Frame::Parts(parts) => write_parts(io, &parts).await,
             Frame::Oversized(o) => Err(io::Error::new(io::ErrorKind::InvalidInput, o)),
         }
     }

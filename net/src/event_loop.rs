@@ -29,6 +29,7 @@ use crate::protocol::{
     decode, encode, heartbeat_topic, same_cluster, Ack, HeartbeatFrame, Hello, HelloFrame,
     KvRequestFrame, KvResponseFrame, PeerInfo, RaftBatch, RaftFrame, SnapshotFrame,
 };
+use crate::raft_stream::{self, LinkFrame, RAFT_STREAM_PROTOCOL_NAME};
 use crate::rate::RateLimiter;
 use crate::{NetConfig, NetError};
 
@@ -57,6 +58,8 @@ const MAX_ADDRS: usize = 8;
 /// An inbound request from a peer that has not proven its cluster yet.
 enum Held {
     Raft(Vec<u8>, ResponseChannel<Vec<u8>>),
+    /// A frame read from the peer's Raft stream (nothing to answer).
+    RaftStream(Vec<u8>),
     Kv(Vec<u8>, ResponseChannel<Vec<u8>>),
     Snapshot(Vec<u8>, ResponseChannel<Vec<u8>>),
 }
@@ -65,6 +68,7 @@ impl Held {
     fn len(&self) -> usize {
         match self {
             Held::Raft(b, _) | Held::Kv(b, _) | Held::Snapshot(b, _) => b.len(),
+            Held::RaftStream(b) => b.len(),
         }
     }
 }
@@ -99,6 +103,8 @@ struct Peer {
     foreign_since: Option<Instant>,
     held: Vec<Held>,
     outbox: Outbox,
+    /// The writer task of our Raft stream to it (`raft_stream.rs`), started on first use.
+    link: Option<mpsc::UnboundedSender<LinkFrame>>,
     addrs: Vec<Multiaddr>,
 }
 
@@ -136,7 +142,10 @@ pub struct EventLoop {
     peers: HashMap<PeerId, Peer>,
     detector: FailureDetector,
     dialer: Dialer,
-    raft_in_flight: HashMap<OutboundRequestId, PeerId>,
+    /// Opens the peers' Raft streams and accepts theirs.
+    streams: libp2p_stream::Control,
+    /// The id of the next Raft frame handed to a link.
+    next_frame_id: u64,
     pending_kv: HashMap<OutboundRequestId, (PeerId, Reply<Vec<u8>>)>,
     pending_snapshot: HashMap<OutboundRequestId, (PeerId, Reply<()>)>,
     pending_raw_raft: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
@@ -172,6 +181,7 @@ impl EventLoop {
     ) -> Self {
         let now = Instant::now();
         let gossip_rate = RateLimiter::new(config.gossip_rate_per_peer);
+        let streams = swarm.behaviour().streams.new_control();
         Self {
             local: *swarm.local_peer_id(),
             swarm,
@@ -192,7 +202,8 @@ impl EventLoop {
                 now,
             ),
             config,
-            raft_in_flight: HashMap::new(),
+            streams,
+            next_frame_id: 0,
             pending_kv: HashMap::new(),
             pending_snapshot: HashMap::new(),
             pending_raw_raft: HashMap::new(),
@@ -215,6 +226,17 @@ impl EventLoop {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if !self.config.light_client {
+            if let Err(e) = raft_stream::spawn_acceptor(
+                self.streams.clone(),
+                self.weak_commands.clone(),
+                self.config.max_raft_frame,
+            ) {
+                // Only possible if the protocol were registered twice; frames then fail to
+                // reach us and our peers report it, as for an unreachable node.
+                log::error!("{e}");
+            }
+        }
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -255,6 +277,16 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::SendRaft { peer, batch } => self.queue_raft(peer, batch),
+            Command::RaftWritten { peer, id, result } => self.raft_frame_done(peer, id, result),
+            Command::RaftInbound { peer, frame } => self.on_inbound(peer, Held::RaftStream(frame)),
+            Command::RaftInboundRefused { peer, reason } => {
+                log::debug!("raft stream from {peer} refused: {reason}");
+                self.emit(NetEvent::FrameRejected {
+                    peer,
+                    protocol: RAFT_STREAM_PROTOCOL_NAME,
+                    reason,
+                });
+            }
             Command::Kv {
                 peer,
                 payload,
@@ -378,13 +410,28 @@ impl EventLoop {
         let Some((parts, n)) = p.outbox.next_frame(self.config.max_raft_frame) else {
             return;
         };
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .raft
-            .send_request(&peer, Frame::Parts(parts));
+        let id = self.next_frame_id;
+        self.next_frame_id += 1;
+        let link = p.link.get_or_insert_with(|| {
+            raft_stream::spawn_link(
+                self.streams.clone(),
+                peer,
+                self.weak_commands.clone(),
+                self.config.request_timeout,
+            )
+        });
+        if let Err(mpsc::error::SendError((_, parts))) = link.send((id, parts)) {
+            // The task is gone (only if it panicked): start another for this frame.
+            let link = raft_stream::spawn_link(
+                self.streams.clone(),
+                peer,
+                self.weak_commands.clone(),
+                self.config.request_timeout,
+            );
+            let _ = link.send((id, parts));
+            p.link = Some(link);
+        }
         p.outbox.sent(id, n);
-        self.raft_in_flight.insert(id, peer);
     }
 
     fn send_or_park(&mut self, peer: PeerId, request: Outbound) {
@@ -425,6 +472,12 @@ impl EventLoop {
             Outbound::Raw(RawProtocol::Kv, bytes, reply) => {
                 let id = behaviour.kv.send_request(&peer, Frame::Data(bytes));
                 self.pending_raw_kv.insert(id, reply);
+            }
+            Outbound::Raw(RawProtocol::RaftStream, bytes, reply) => {
+                let control = self.streams.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(raft_stream::send_raw(control, peer, bytes).await);
+                });
             }
         }
     }
@@ -591,6 +644,7 @@ impl EventLoop {
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Limits(never) | BehaviourEvent::Gate(never) => match never {},
+            BehaviourEvent::Streams(()) => {}
             BehaviourEvent::Raft(event) => self.on_raft_event(event),
             BehaviourEvent::Kv(event) => self.on_kv_event(event),
             BehaviourEvent::Snapshot(event) => self.on_snapshot_event(event),
@@ -680,11 +734,11 @@ impl EventLoop {
                         let _ = reply.send(Ok(response));
                         return;
                     }
-                    let result = match decode::<Ack>(&response) {
-                        Ok(Ack::V1(result)) => result,
-                        Err(e) => Err(format!("undecodable ack: {e}")),
-                    };
-                    self.raft_frame_done(request_id, result);
+                    // Our own Raft frames travel on streams; any other answer is stale.
+                    log::trace!(
+                        "unexpected raft answer from {peer} ({} bytes)",
+                        response.len()
+                    );
                 }
             },
             request_response::Event::OutboundFailure {
@@ -695,9 +749,7 @@ impl EventLoop {
             } => {
                 if let Some(reply) = self.pending_raw_raft.remove(&request_id) {
                     let _ = reply.send(Err(outbound_error(peer, &error)));
-                    return;
                 }
-                self.raft_frame_done(request_id, Err(error.to_string()));
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 self.inbound_failure(peer, "/swarmkv/raft/1", &error)
@@ -706,10 +758,7 @@ impl EventLoop {
         }
     }
 
-    fn raft_frame_done(&mut self, id: OutboundRequestId, result: Result<(), String>) {
-        let Some(peer) = self.raft_in_flight.remove(&id) else {
-            return;
-        };
+    fn raft_frame_done(&mut self, peer: PeerId, id: u64, result: Result<(), String>) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -1006,30 +1055,44 @@ impl EventLoop {
         // Otherwise the request is dropped with its channel: the sender sees a failure.
     }
 
+    /// Decodes a Raft frame and hands its batches to the application, or reports it refused.
+    fn deliver_raft(
+        &mut self,
+        peer: PeerId,
+        frame: &[u8],
+        protocol: &'static str,
+    ) -> Result<(), String> {
+        match decode::<RaftFrame>(frame) {
+            Ok(RaftFrame::V1 { batches }) => {
+                for batch in batches {
+                    self.emit(NetEvent::Raft { peer, batch });
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                self.emit(NetEvent::FrameRejected {
+                    peer,
+                    protocol,
+                    reason: reason.clone(),
+                });
+                Err(reason)
+            }
+        }
+    }
+
     fn deliver(&mut self, peer: PeerId, request: Held) {
         match request {
             Held::Raft(frame, channel) => {
-                let result = match decode::<RaftFrame>(&frame) {
-                    Ok(RaftFrame::V1 { batches }) => {
-                        for batch in batches {
-                            self.emit(NetEvent::Raft { peer, batch });
-                        }
-                        Ok(())
-                    }
-                    Err(reason) => {
-                        self.emit(NetEvent::FrameRejected {
-                            peer,
-                            protocol: "/swarmkv/raft/1",
-                            reason: reason.clone(),
-                        });
-                        Err(reason)
-                    }
-                };
+                let result = self.deliver_raft(peer, &frame, "/swarmkv/raft/1");
                 let _ = self
                     .swarm
                     .behaviour_mut()
                     .raft
                     .send_response(channel, ack(result));
+            }
+            Held::RaftStream(frame) => {
+                // A frame that does not decode is skipped: the stream stays in step.
+                let _ = self.deliver_raft(peer, &frame, RAFT_STREAM_PROTOCOL_NAME);
             }
             Held::Kv(frame, channel) => match decode::<KvRequestFrame>(&frame) {
                 Ok(KvRequestFrame::V1 { payload }) => {

@@ -18,12 +18,13 @@ use crate::protocol::{
 };
 use crate::{NetError, PeerInfo, RaftBatch, SnapshotChunk, KV_PROTOCOL};
 
-/// A `/swarmkv/raft/1` request: batches of `(group, raft message bytes)`.
+/// A Raft frame (a `/swarmkv/raft/1` request, or one frame on a `/swarmkv/raft-stream/1`
+/// stream): batches of `(group, raft message bytes)`.
 pub fn encode_raft_frame(batches: Vec<RaftBatch>) -> Result<Vec<u8>, String> {
     encode(&RaftFrame::V1 { batches }).map_err(|e| e.to_string())
 }
 
-/// Decodes a `/swarmkv/raft/1` request as the event loop does.
+/// Decodes a Raft frame (either protocol) as the event loop does.
 pub fn decode_raft_frame(bytes: &[u8]) -> Result<Vec<RaftBatch>, String> {
     decode::<RaftFrame>(bytes).map(|RaftFrame::V1 { batches }| batches)
 }

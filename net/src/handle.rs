@@ -17,6 +17,9 @@ pub enum RawProtocol {
     Raft,
     /// `/swarmkv/kv/1`.
     Kv,
+    /// `/swarmkv/raft-stream/1`: the bytes are written as they are (length prefixes included)
+    /// on a new stream, which is then closed; the answer is empty.
+    RaftStream,
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, NetError>>;
@@ -72,6 +75,22 @@ pub(crate) enum Command {
     SetAllowedPeers {
         allowed: Option<HashSet<PeerId>>,
         reply: Reply<()>,
+    },
+    /// From a peer's Raft link task (`raft_stream`): frame `id` was written, or not.
+    RaftWritten {
+        peer: PeerId,
+        id: u64,
+        result: Result<(), String>,
+    },
+    /// From a Raft stream reader: one frame, not decoded yet.
+    RaftInbound {
+        peer: PeerId,
+        frame: Vec<u8>,
+    },
+    /// From a Raft stream reader: a frame was refused unread (and the stream dropped).
+    RaftInboundRefused {
+        peer: PeerId,
+        reason: String,
     },
 }
 

@@ -31,6 +31,7 @@
 //! - `membership.rs`: the failure detector (Up / Suspect / Down), sans-IO.
 //! - `dialer.rs`: who to redial and when (exponential backoff), sans-IO.
 //! - `outbox.rs`: the per-peer ordered Raft send queue (one frame in flight, coalescing).
+//! - `raft_stream.rs`: Raft frames on one long-lived stream per peer (writer and reader tasks).
 //! - `handle.rs`: [`NetHandle`], the commands it sends.
 //! - `event.rs`: [`NetEvent`], [`NetEvents`], [`KvResponder`].
 //! - `event_loop.rs`: [`EventLoop`], the task that owns the swarm.
@@ -53,6 +54,7 @@ mod membership;
 mod outbox;
 mod protocol;
 mod psk;
+mod raft_stream;
 mod rate;
 
 pub use config::{NetConfig, DEFAULT_CLUSTER_NAME};

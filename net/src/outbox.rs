@@ -1,18 +1,16 @@
 //! Per-peer ordered Raft send queue.
 //!
-//! request-response opens one stream per request, and streams are not ordered with respect to
-//! each other. Raft does not need ordering for safety but the node layer is simpler and faster
-//! when a peer's messages arrive in the order they were sent, so each peer has exactly one raft
-//! frame in flight: while it travels, new batches queue up, and when its ack arrives everything
-//! queued (up to the frame limit) leaves as the next frame. This keeps order, and the
-//! coalescing makes the throughput independent of the round trip once batches are small.
+//! Each peer's frames go out on one stream (`raft_stream.rs`), written by a task of its own,
+//! so each peer has exactly one raft frame in flight: while it is written, new batches queue
+//! up, and when the link reports it written everything queued (up to the frame limit) leaves
+//! as the next frame. The coalescing keeps the number of writes per turn small under load,
+//! and the bound on what may queue turns a peer that stops reading into `QueueFull` failures
+//! rather than memory.
 //!
-//! Batches are encoded when queued (while the previous frame is on the wire) and a frame is
-//! written as its parts, so the ack of one frame is followed by the next without a large copy.
+//! Batches are encoded when queued (while the previous frame is being written) and a frame is
+//! written as its parts, so one frame is followed by the next without a large copy.
 
 use std::collections::VecDeque;
-
-use libp2p::request_response::OutboundRequestId;
 
 use crate::protocol::RAFT_FRAME_OVERHEAD;
 
@@ -21,7 +19,7 @@ use crate::protocol::RAFT_FRAME_OVERHEAD;
 pub(crate) struct Outbox {
     queue: VecDeque<Vec<u8>>,
     queued_bytes: usize,
-    in_flight: Option<(OutboundRequestId, usize)>,
+    in_flight: Option<(u64, usize)>,
 }
 
 /// Appends `n` as a postcard (LEB128) varint.
@@ -87,14 +85,14 @@ impl Outbox {
         Some((parts, n))
     }
 
-    /// Records the request carrying the frame just taken.
-    pub(crate) fn sent(&mut self, id: OutboundRequestId, batches: usize) {
+    /// Records the frame just taken as handed to the peer's link under `id`.
+    pub(crate) fn sent(&mut self, id: u64, batches: usize) {
         self.in_flight = Some((id, batches));
     }
 
-    /// The ack (or failure) of request `id` arrived; returns how many batches it carried if it
-    /// was this queue's frame in flight.
-    pub(crate) fn finished(&mut self, id: OutboundRequestId) -> Option<usize> {
+    /// Frame `id` was written (or failed); returns how many batches it carried if it was this
+    /// queue's frame in flight.
+    pub(crate) fn finished(&mut self, id: u64) -> Option<usize> {
         match self.in_flight {
             Some((current, n)) if current == id => {
                 self.in_flight = None;

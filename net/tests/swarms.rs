@@ -159,11 +159,9 @@ async fn ten_thousand_messages_arrive_in_order_per_peer_pair() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn oversized_and_garbage_frames_are_rejected_and_the_connection_keeps_working() -> Result<()>
-{
-    // Generous liveness timers: this test asserts that nobody is suspected, and a loaded CI
-    // machine must not make that fail.
+/// Two connected swarms with generous liveness timers (the garbage tests assert that nobody
+/// is suspected, and a loaded CI machine must not make that fail); `b` has small frame limits.
+async fn patient_pair(b_max_raft: usize, b_max_kv: usize) -> Result<(Node, Node)> {
     let patient = || {
         let mut c = config();
         c.suspect_timeout = Duration::from_secs(10);
@@ -172,10 +170,39 @@ async fn oversized_and_garbage_frames_are_rejected_and_the_connection_keeps_work
     };
     let mut a = spawn(patient()).await?;
     let mut small = patient();
-    small.max_raft_frame = 64 << 10;
-    small.max_kv_frame = 4 << 10;
+    small.max_raft_frame = b_max_raft;
+    small.max_kv_frame = b_max_kv;
     let mut b = spawn(small).await?;
     connect(&mut a, &mut b).await?;
+    Ok((a, b))
+}
+
+/// Waits for `b` to report a frame refused for its size.
+async fn oversize_refused(b: &mut Node) -> Result<()> {
+    let reason = b
+        .wait_for("oversize rejection", |e| match e {
+            NetEvent::FrameRejected { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .await?;
+    ensure!(reason.contains("exceeds"), "{reason}");
+    Ok(())
+}
+
+/// Fails if `a` saw a peer suspected or down in the next moments.
+async fn nobody_suspected(a: &mut Node) -> Result<()> {
+    for event in a.drain_for(Duration::from_millis(300)).await {
+        if let NetEvent::PeerSuspect { .. } | NetEvent::PeerDown { .. } = event {
+            bail!("connection suffered from garbage: {event:?}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_and_garbage_frames_are_rejected_and_the_connection_keeps_working() -> Result<()>
+{
+    let (mut a, mut b) = patient_pair(64 << 10, 4 << 10).await?;
 
     // A frame above b's limit: b refuses it without reading its body. a gets either the
     // refusal or a reset stream, depending on how much it had written when b answered.
@@ -191,13 +218,7 @@ async fn oversized_and_garbage_frames_are_rejected_and_the_connection_keeps_work
             "oversized frame was accepted: {text}"
         );
     }
-    let reason = b
-        .wait_for("oversize rejection", |e| match e {
-            NetEvent::FrameRejected { reason, .. } => Some(reason),
-            _ => None,
-        })
-        .await?;
-    ensure!(reason.contains("exceeds"), "{reason}");
+    oversize_refused(&mut b).await?;
 
     // Random garbage of every size, on the raft and kv protocols: refused with an answer.
     let seed: u64 = rand::random();
@@ -250,12 +271,96 @@ async fn oversized_and_garbage_frames_are_rejected_and_the_connection_keeps_work
     let batch = next_raft_from(&mut b, a.peer).await?;
     assert_eq!(batch, vec![(5, b"honest".to_vec())]);
     ensure!(a.handle.cluster_peers().await?.contains(&b.peer));
-    for event in a.drain_for(Duration::from_millis(300)).await {
-        if let NetEvent::PeerSuspect { .. } | NetEvent::PeerDown { .. } = event {
-            bail!("connection suffered from garbage: {event:?}");
+    nobody_suspected(&mut a).await
+}
+
+/// A length-prefixed frame as the Raft stream carries it.
+fn prefixed(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_frames_on_the_raft_stream_are_refused_and_raft_keeps_flowing(
+) -> Result<()> {
+    let (mut a, mut b) = patient_pair(64 << 10, 1 << 20).await?;
+    // The regular link is up first, so the raw streams below are extra streams.
+    a.handle
+        .send_raft(b.peer, vec![(1, b"first".to_vec())])
+        .await?;
+    assert_eq!(
+        next_raft_from(&mut b, a.peer).await?,
+        vec![(1, b"first".to_vec())]
+    );
+
+    // Well-delimited garbage: each frame is refused, the stream stays in step, and a good
+    // frame after them on the same stream is delivered.
+    let seed: u64 = rand::random();
+    println!("garbage seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut bytes = Vec::new();
+    let mut garbage_frames = 0;
+    for _ in 0..3 {
+        let len = rng.gen_range(1..2000);
+        let body: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        // Garbage that happens to decode would be a delivery: skip it, it proves nothing.
+        if swarmkv_net::fuzzing::decode_raft_frame(&body).is_ok() {
+            continue;
         }
+        bytes.extend(prefixed(&body));
+        garbage_frames += 1;
     }
-    Ok(())
+    let good = swarmkv_net::fuzzing::encode_raft_frame(vec![vec![(7, b"after garbage".to_vec())]])
+        .map_err(anyhow::Error::msg)?;
+    bytes.extend(prefixed(&good));
+    a.handle
+        .send_raw_frame(b.peer, RawProtocol::RaftStream, bytes)
+        .await?;
+    let mut refused = 0;
+    let delivered = loop {
+        match b
+            .wait_for("raft stream refusal or delivery", |e| match e {
+                e @ (NetEvent::FrameRejected { .. } | NetEvent::Raft { .. }) => Some(e),
+                _ => None,
+            })
+            .await?
+        {
+            NetEvent::FrameRejected { protocol, .. } => {
+                ensure!(
+                    protocol == "/swarmkv/raft-stream/1",
+                    "{protocol} (seed {seed})"
+                );
+                refused += 1;
+            }
+            NetEvent::Raft { batch, .. } => break batch,
+            _ => unreachable!(),
+        }
+    };
+    ensure!(
+        refused == garbage_frames,
+        "{refused} of {garbage_frames} refused (seed {seed})"
+    );
+    assert_eq!(delivered, vec![(7, b"after garbage".to_vec())]);
+
+    // A length above the reader's limit: refused unread, that stream dropped.
+    let mut oversized = ((200u32) << 10).to_be_bytes().to_vec();
+    oversized.extend(vec![0u8; 1000]);
+    let _ = a
+        .handle
+        .send_raw_frame(b.peer, RawProtocol::RaftStream, oversized)
+        .await;
+    oversize_refused(&mut b).await?;
+
+    // The regular link is untouched and nobody was reported lost.
+    a.handle
+        .send_raft(b.peer, vec![(5, b"honest".to_vec())])
+        .await?;
+    assert_eq!(
+        next_raft_from(&mut b, a.peer).await?,
+        vec![(5, b"honest".to_vec())]
+    );
+    nobody_suspected(&mut a).await
 }
 
 #[tokio::test]
