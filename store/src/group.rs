@@ -293,6 +293,11 @@ pub(crate) fn load<B: Backend>(backend: &B, group: u64) -> Result<GroupState> {
             "an entry at the largest index leaves the log no room",
         ));
     }
+    // Commit-only hard states are not written (`LogBatch::set_commit`): what this replica
+    // applied was committed, so the commit index is at least that, if the log holds it.
+    if meta.apply.index > meta.hard_state.commit && meta.apply.index <= meta.last_index {
+        meta.hard_state.commit = meta.apply.index;
+    }
     // raft-rs aborts the process on a commit index outside the log it is given (found by the
     // stored_records fuzz target): report the record instead.
     let commit = meta.hard_state.commit;

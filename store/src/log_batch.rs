@@ -15,6 +15,8 @@ use crate::store::Store;
 enum LogOp {
     Append(Vec<Entry>),
     HardState(HardState),
+    /// A hard state whose term and vote are the stored ones: kept in memory only.
+    Commit(HardState),
     ConfState(ConfState),
     Snapshot(Snapshot),
     Compact(u64),
@@ -53,11 +55,14 @@ impl LogBatch {
     }
 
     /// Records `group`'s hard state when only its commit index differs from the stored one
-    /// (raft-rs's `Ready::must_sync() == false`). This alone does not make the commit sync: a
-    /// commit index lost in a crash is learned again from the leader, and a later sync makes
-    /// it durable anyway (the backend's writes become durable in order).
+    /// (raft-rs's `Ready::must_sync() == false`). It is not written at all: the commit index
+    /// is volatile state in Raft, learned again from the leader after a restart, and loading
+    /// raises a stored commit index to the stored applied index (those entries were
+    /// committed), which is all raft-rs needs to restart. The next term or vote change
+    /// writes the commit index of its moment with it. Skipping it saves a key per active
+    /// group and turn in the store's write (a sled transaction pays for every key).
     pub fn set_commit(&mut self, group: u64, hs: HardState) {
-        self.ops.push((group, LogOp::HardState(hs)));
+        self.ops.push((group, LogOp::Commit(hs)));
     }
 
     /// Records `group`'s configuration.
@@ -179,6 +184,7 @@ impl<B: Backend> Store<B> {
                     );
                     w.meta.hard_state = hs.clone();
                 }
+                LogOp::Commit(hs) => w.meta.hard_state = hs.clone(),
                 LogOp::ConfState(cs) => {
                     bb.put(
                         TreeId::Raft,
@@ -231,7 +237,7 @@ impl<B: Backend> Store<B> {
                 }
                 LogOp::Compact(ci) => st.cache_drop_before(*ci),
                 LogOp::Snapshot(_) => st.cache_clear(),
-                LogOp::HardState(_) | LogOp::ConfState(_) => {}
+                LogOp::HardState(_) | LogOp::Commit(_) | LogOp::ConfState(_) => {}
             }
         }
         for (g, w) in &work {

@@ -136,6 +136,42 @@ fn applies_in_an_unsynced_commit_are_lost_with_it_not_apart() {
 }
 
 #[test]
+fn a_commit_index_alone_is_not_stored_and_reopening_raises_it_to_the_applied_index() {
+    let h = mem_harness(Default::default());
+    seed_log(&h.store, 5, 1, 1, &[entry(2, 1), entry(3, 1)]);
+    let mut applies = ApplyBatch::default();
+    let ops = [put("c", "1")];
+    h.store
+        .apply_into(&mut applies, 5, &entries(2, &ops))
+        .expect("apply");
+    let mut log = LogBatch::new();
+    log.set_commit(5, hard_state(1, 1, 3));
+    // A synced append in the same write makes the apply durable; the commit index is not.
+    log.append(5, vec![entry(4, 1)]);
+    h.store
+        .commit_with_applies(&log, applies)
+        .expect("commit with applies");
+    let g = h.store.group(5).expect("group");
+    let live = swarmkv_store::raft::Storage::initial_state(&g).expect("initial state");
+    assert_eq!(
+        live.hard_state.commit, 3,
+        "readers see the commit index at once"
+    );
+    let h = h.crash_and_reopen();
+    assert_eq!(h.store.apply_state(5).expect("state").index, 2);
+    let g = h.store.group(5).expect("group");
+    let hs = swarmkv_store::raft::Storage::initial_state(&g)
+        .expect("initial state")
+        .hard_state;
+    // raft-rs refuses an applied index above the commit index: loading raises it.
+    assert_eq!(
+        hs.commit, 2,
+        "commit raised to what was applied, not the unstored 3"
+    );
+    assert_eq!(hs.term, 1);
+}
+
+#[test]
 fn applies_alone_are_written_by_an_empty_commit() {
     let h = mem_harness(Default::default());
     seed_log(&h.store, 9, 1, 1, &[]);
