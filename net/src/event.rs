@@ -98,22 +98,41 @@ pub enum NetEvent {
 /// anyway (the node may crash at any time).
 #[derive(Debug)]
 pub struct KvResponder {
-    pub(crate) channel: ResponseChannel<Vec<u8>>,
-    pub(crate) commands: Option<mpsc::Sender<Command>>,
+    pub(crate) to: Responder,
+}
+
+/// Where an answer goes: a request-response channel (through the event loop, which owns the
+/// swarm) or a kv stream's writer task (directly).
+#[derive(Debug)]
+pub(crate) enum Responder {
+    Channel {
+        channel: ResponseChannel<Vec<u8>>,
+        commands: Option<mpsc::Sender<Command>>,
+    },
+    Stream {
+        id: u64,
+        answers: mpsc::UnboundedSender<Vec<u8>>,
+    },
 }
 
 impl KvResponder {
     /// Sends `payload` back to the requester.
     pub async fn respond(self, payload: Vec<u8>) -> Result<(), NetError> {
-        let frame = encode(&KvResponseFrame::V1(Ok(payload)))?;
-        let commands = self.commands.ok_or(NetError::Shutdown)?;
-        commands
-            .send(Command::RespondKv {
-                channel: self.channel,
-                frame,
-            })
-            .await
-            .map_err(|_| NetError::Shutdown)
+        match self.to {
+            Responder::Channel { channel, commands } => {
+                let frame = encode(&KvResponseFrame::V1(Ok(payload)))?;
+                let commands = commands.ok_or(NetError::Shutdown)?;
+                commands
+                    .send(Command::RespondKv { channel, frame })
+                    .await
+                    .map_err(|_| NetError::Shutdown)
+            }
+            Responder::Stream { id, answers } => {
+                let frame = crate::kv_stream::encode_answer(id, Ok(payload))?;
+                // The writer is gone only with its stream: the requester sees that instead.
+                answers.send(frame).map_err(|_| NetError::Shutdown)
+            }
+        }
     }
 }
 

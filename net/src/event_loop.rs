@@ -21,8 +21,9 @@ use tokio::sync::mpsc;
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::codec::{Frame, OversizedFrame};
 use crate::dialer::Dialer;
-use crate::event::{KvResponder, NetEvent};
+use crate::event::{KvResponder, NetEvent, Responder};
 use crate::handle::{Command, RawProtocol, Reply};
+use crate::kv_stream::{self, KvLink};
 use crate::membership::{FailureDetector, Liveness};
 use crate::outbox::Outbox;
 use crate::protocol::{
@@ -60,6 +61,8 @@ enum Held {
     Raft(Vec<u8>, ResponseChannel<Vec<u8>>),
     /// A frame read from the peer's Raft stream (nothing to answer).
     RaftStream(Vec<u8>),
+    /// A request read from one of the peer's kv streams: its id, payload and answer writer.
+    KvStream(u64, Vec<u8>, mpsc::UnboundedSender<Vec<u8>>),
     Kv(Vec<u8>, ResponseChannel<Vec<u8>>),
     Snapshot(Vec<u8>, ResponseChannel<Vec<u8>>),
 }
@@ -68,9 +71,17 @@ impl Held {
     fn len(&self) -> usize {
         match self {
             Held::Raft(b, _) | Held::Kv(b, _) | Held::Snapshot(b, _) => b.len(),
-            Held::RaftStream(b) => b.len(),
+            Held::RaftStream(b) | Held::KvStream(_, b, _) => b.len(),
         }
     }
+}
+
+/// A request sent on a kv link and not answered yet.
+struct PendingKv {
+    peer: PeerId,
+    generation: u64,
+    deadline: Instant,
+    reply: Reply<Vec<u8>>,
 }
 
 /// An outbound request waiting for its peer to connect and say hello.
@@ -105,6 +116,8 @@ struct Peer {
     outbox: Outbox,
     /// The writer task of our Raft stream to it (`raft_stream.rs`), started on first use.
     link: Option<mpsc::UnboundedSender<LinkFrame>>,
+    /// Our kv stream to it (`kv_stream.rs`), opened on the first request.
+    kv_link: Option<KvLink>,
     addrs: Vec<Multiaddr>,
 }
 
@@ -146,7 +159,11 @@ pub struct EventLoop {
     streams: libp2p_stream::Control,
     /// The id of the next Raft frame handed to a link.
     next_frame_id: u64,
-    pending_kv: HashMap<OutboundRequestId, (PeerId, Reply<Vec<u8>>)>,
+    /// Requests sent on kv links, by id, until answered, failed or timed out.
+    pending_kv_stream: HashMap<u64, PendingKv>,
+    /// The id of the next kv request, and of the next kv link.
+    next_kv_id: u64,
+    next_kv_generation: u64,
     pending_snapshot: HashMap<OutboundRequestId, (PeerId, Reply<()>)>,
     pending_raw_raft: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
     pending_raw_kv: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
@@ -204,7 +221,9 @@ impl EventLoop {
             config,
             streams,
             next_frame_id: 0,
-            pending_kv: HashMap::new(),
+            pending_kv_stream: HashMap::new(),
+            next_kv_id: 0,
+            next_kv_generation: 0,
             pending_snapshot: HashMap::new(),
             pending_raw_raft: HashMap::new(),
             pending_raw_kv: HashMap::new(),
@@ -227,13 +246,20 @@ impl EventLoop {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if !self.config.light_client {
+            // Errors are only possible if a protocol were registered twice; frames then fail
+            // to reach us and our peers report it, as for an unreachable node.
             if let Err(e) = raft_stream::spawn_acceptor(
                 self.streams.clone(),
                 self.weak_commands.clone(),
                 self.config.max_raft_frame,
             ) {
-                // Only possible if the protocol were registered twice; frames then fail to
-                // reach us and our peers report it, as for an unreachable node.
+                log::error!("{e}");
+            }
+            if let Err(e) = kv_stream::spawn_acceptor(
+                self.streams.clone(),
+                self.weak_commands.clone(),
+                self.config.max_kv_frame,
+            ) {
                 log::error!("{e}");
             }
         }
@@ -279,24 +305,42 @@ impl EventLoop {
             Command::SendRaft { peer, batch } => self.queue_raft(peer, batch),
             Command::RaftWritten { peer, id, result } => self.raft_frame_done(peer, id, result),
             Command::RaftInbound { peer, frame } => self.on_inbound(peer, Held::RaftStream(frame)),
-            Command::RaftInboundRefused { peer, reason } => {
-                log::debug!("raft stream from {peer} refused: {reason}");
+            Command::StreamFrameRefused {
+                peer,
+                protocol,
+                reason,
+            } => {
+                log::debug!("{protocol} frame from {peer} refused: {reason}");
                 self.emit(NetEvent::FrameRejected {
                     peer,
-                    protocol: RAFT_STREAM_PROTOCOL_NAME,
+                    protocol,
                     reason,
                 });
             }
+            Command::KvAnswer { peer, id, result } => {
+                if let Some(p) = self.pending_kv_stream.remove(&id) {
+                    let _ = p
+                        .reply
+                        .send(result.map_err(|reason| NetError::Rejected { peer, reason }));
+                }
+            }
+            Command::KvLinkBroken {
+                peer,
+                generation,
+                reason,
+                opened,
+            } => self.kv_link_broken(peer, generation, reason, opened),
+            Command::KvStreamRequest {
+                peer,
+                id,
+                payload,
+                answers,
+            } => self.on_inbound(peer, Held::KvStream(id, payload, answers)),
             Command::Kv {
                 peer,
                 payload,
                 reply,
-            } => match encode(&KvRequestFrame::V1 { payload }) {
-                Ok(frame) => self.send_or_park(peer, Outbound::Kv(frame, reply)),
-                Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                }
-            },
+            } => self.send_or_park(peer, Outbound::Kv(payload, reply)),
             Command::RespondKv { channel, frame } => {
                 let _ = self.swarm.behaviour_mut().kv.send_response(channel, frame);
             }
@@ -457,10 +501,7 @@ impl EventLoop {
     fn dispatch(&mut self, peer: PeerId, request: Outbound) {
         let behaviour = self.swarm.behaviour_mut();
         match request {
-            Outbound::Kv(frame, reply) => {
-                let id = behaviour.kv.send_request(&peer, Frame::Data(frame));
-                self.pending_kv.insert(id, (peer, reply));
-            }
+            Outbound::Kv(payload, reply) => self.send_kv(peer, payload, reply),
             Outbound::Snapshot(frame, reply) => {
                 let id = behaviour.snapshot.send_request(&peer, Frame::Data(frame));
                 self.pending_snapshot.insert(id, (peer, reply));
@@ -473,11 +514,105 @@ impl EventLoop {
                 let id = behaviour.kv.send_request(&peer, Frame::Data(bytes));
                 self.pending_raw_kv.insert(id, reply);
             }
-            Outbound::Raw(RawProtocol::RaftStream, bytes, reply) => {
+            Outbound::Raw(
+                protocol @ (RawProtocol::RaftStream | RawProtocol::KvStream),
+                bytes,
+                reply,
+            ) => {
                 let control = self.streams.clone();
+                let (protocol, wait) = match protocol {
+                    RawProtocol::KvStream => {
+                        (kv_stream::KV_STREAM_PROTOCOL, Duration::from_secs(2))
+                    }
+                    _ => (raft_stream::RAFT_STREAM_PROTOCOL, Duration::ZERO),
+                };
                 tokio::spawn(async move {
-                    let _ = reply.send(raft_stream::send_raw(control, peer, bytes).await);
+                    let sent = raft_stream::send_raw(control, peer, protocol, bytes, wait).await;
+                    let _ = reply.send(sent);
                 });
+            }
+        }
+    }
+
+    /// Sends a request on the peer's kv link, opening one if there is none.
+    fn send_kv(&mut self, peer: PeerId, payload: Vec<u8>, reply: Reply<Vec<u8>>) {
+        let id = self.next_kv_id;
+        self.next_kv_id += 1;
+        let frame = match kv_stream::encode_request(id, payload) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let Some(p) = self.peers.get_mut(&peer) else {
+            let _ = reply.send(Err(NetError::NotConnected(peer)));
+            return;
+        };
+        let mut frame = Some(frame);
+        // A link whose tasks ended (its report may still be on the way) takes nothing: the
+        // second attempt goes to a new one.
+        for _ in 0..2 {
+            let link = p.kv_link.get_or_insert_with(|| {
+                self.next_kv_generation += 1;
+                kv_stream::spawn_link(
+                    self.streams.clone(),
+                    peer,
+                    self.next_kv_generation,
+                    self.weak_commands.clone(),
+                    self.config.max_kv_frame,
+                    self.config.request_timeout,
+                )
+            });
+            let Some(f) = frame.take() else { break };
+            match link.tx.send(f) {
+                Ok(()) => {
+                    self.pending_kv_stream.insert(
+                        id,
+                        PendingKv {
+                            peer,
+                            generation: link.generation,
+                            deadline: Instant::now() + self.config.request_timeout,
+                            reply,
+                        },
+                    );
+                    return;
+                }
+                Err(mpsc::error::SendError(f)) => {
+                    frame = Some(f);
+                    p.kv_link = None;
+                }
+            }
+        }
+        let _ = reply.send(Err(NetError::Unreachable {
+            peer,
+            reason: "kv link could not be started".to_string(),
+        }));
+    }
+
+    /// A kv link ended: forget it and fail what waits on it.
+    fn kv_link_broken(&mut self, peer: PeerId, generation: u64, reason: String, opened: bool) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.kv_link.as_ref().map(|l| l.generation) == Some(generation) {
+                p.kv_link = None;
+            }
+        }
+        let failed: Vec<u64> = self
+            .pending_kv_stream
+            .iter()
+            .filter(|(_, p)| p.peer == peer && p.generation == generation)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in failed {
+            if let Some(p) = self.pending_kv_stream.remove(&id) {
+                let reason = reason.clone();
+                // Never written if the stream never opened: safe to retry elsewhere.
+                let err = if opened {
+                    NetError::RequestFailed { peer, reason }
+                } else {
+                    NetError::Unreachable { peer, reason }
+                };
+                let _ = p.reply.send(Err(err));
             }
         }
     }
@@ -809,17 +944,9 @@ impl EventLoop {
                     request_id,
                     response,
                 } => {
+                    // Our own kv requests travel on kv streams: only raw ones get answers here.
                     if let Some(reply) = self.pending_raw_kv.remove(&request_id) {
                         let _ = reply.send(Ok(response));
-                    } else if let Some((peer, reply)) = self.pending_kv.remove(&request_id) {
-                        let result = match decode::<KvResponseFrame>(&response) {
-                            Ok(KvResponseFrame::V1(Ok(payload))) => Ok(payload),
-                            Ok(KvResponseFrame::V1(Err(reason))) => {
-                                Err(NetError::Rejected { peer, reason })
-                            }
-                            Err(reason) => Err(NetError::Rejected { peer, reason }),
-                        };
-                        let _ = reply.send(result);
                     }
                 }
             },
@@ -831,8 +958,6 @@ impl EventLoop {
             } => {
                 let err = outbound_error(peer, &error);
                 if let Some(reply) = self.pending_raw_kv.remove(&request_id) {
-                    let _ = reply.send(Err(err));
-                } else if let Some((_, reply)) = self.pending_kv.remove(&request_id) {
                     let _ = reply.send(Err(err));
                 }
             }
@@ -1051,8 +1176,16 @@ impl EventLoop {
         {
             self.held_total += request.len();
             p.held.push(request);
+            return;
         }
-        // Otherwise the request is dropped with its channel: the sender sees a failure.
+        // Otherwise the request is dropped with its channel: the sender sees a failure. A kv
+        // stream's requester only learns it from an answer.
+        if let Held::KvStream(id, _, answers) = request {
+            let reason = "refused: too much held for a peer that has not said hello".to_string();
+            if let Ok(frame) = kv_stream::encode_answer(id, Err(reason)) {
+                let _ = answers.send(frame);
+            }
+        }
     }
 
     /// Decodes a Raft frame and hands its batches to the application, or reports it refused.
@@ -1097,8 +1230,10 @@ impl EventLoop {
             Held::Kv(frame, channel) => match decode::<KvRequestFrame>(&frame) {
                 Ok(KvRequestFrame::V1 { payload }) => {
                     let responder = KvResponder {
-                        channel,
-                        commands: self.weak_commands.upgrade(),
+                        to: Responder::Channel {
+                            channel,
+                            commands: self.weak_commands.upgrade(),
+                        },
                     };
                     self.emit(NetEvent::KvRequest {
                         peer,
@@ -1116,6 +1251,13 @@ impl EventLoop {
                     let _ = self.swarm.behaviour_mut().kv.send_response(channel, answer);
                 }
             },
+            Held::KvStream(id, payload, answers) => self.emit(NetEvent::KvRequest {
+                peer,
+                payload,
+                responder: KvResponder {
+                    to: Responder::Stream { id, answers },
+                },
+            }),
             Held::Snapshot(frame, channel) => {
                 let result = match decode::<SnapshotFrame>(&frame) {
                     Ok(SnapshotFrame::V1(chunk)) => {
@@ -1285,6 +1427,20 @@ impl EventLoop {
                     "refused {unreported} more malformed or oversized frames in the last {} s (not reported one by one)",
                     GOSSIP_REPORT_EVERY.as_secs()
                 );
+            }
+        }
+        let expired: Vec<u64> = self
+            .pending_kv_stream
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending_kv_stream.remove(&id) {
+                let _ = p.reply.send(Err(NetError::RequestFailed {
+                    peer: p.peer,
+                    reason: format!("no answer within {:?}", self.config.request_timeout),
+                }));
             }
         }
         for (peer, liveness) in self.detector.tick(now) {

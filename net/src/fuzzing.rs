@@ -39,6 +39,17 @@ pub fn decode_ack(bytes: &[u8]) -> Result<Result<(), String>, String> {
     decode::<Ack>(bytes).map(|Ack::V1(ack)| ack)
 }
 
+/// A request on a `/swarmkv/kv-stream/1` stream.
+pub fn encode_kv_stream_request(id: u64, payload: Vec<u8>) -> Result<Vec<u8>, String> {
+    crate::kv_stream::encode_request(id, payload).map_err(|e| e.to_string())
+}
+
+/// Decodes an answer on a `/swarmkv/kv-stream/1` stream: its request id and result.
+pub fn decode_kv_stream_answer(bytes: &[u8]) -> Result<(u64, Result<Vec<u8>, String>), String> {
+    decode::<crate::kv_stream::KvStreamAnswer>(bytes)
+        .map(|crate::kv_stream::KvStreamAnswer::V1 { id, result }| (id, result))
+}
+
 /// A `/swarmkv/kv/1` request around an opaque payload.
 pub fn encode_kv_request(payload: Vec<u8>) -> Result<Vec<u8>, String> {
     encode(&KvRequestFrame::V1 { payload }).map_err(|e| e.to_string())

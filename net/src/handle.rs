@@ -20,6 +20,9 @@ pub enum RawProtocol {
     /// `/swarmkv/raft-stream/1`: the bytes are written as they are (length prefixes included)
     /// on a new stream, which is then closed; the answer is empty.
     RaftStream,
+    /// `/swarmkv/kv-stream/1`: the bytes are written as they are on a new stream, whose
+    /// writing side is then closed; the answer is every byte the peer writes back within 2 s.
+    KvStream,
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, NetError>>;
@@ -87,10 +90,33 @@ pub(crate) enum Command {
         peer: PeerId,
         frame: Vec<u8>,
     },
-    /// From a Raft stream reader: a frame was refused unread (and the stream dropped).
-    RaftInboundRefused {
+    /// From a stream reader: a frame was refused (undecodable, or too large: then the
+    /// stream was dropped unread).
+    StreamFrameRefused {
         peer: PeerId,
+        protocol: &'static str,
         reason: String,
+    },
+    /// From a kv link's reader: the answer to request `id`.
+    KvAnswer {
+        peer: PeerId,
+        id: u64,
+        result: Result<Vec<u8>, String>,
+    },
+    /// From a kv link: its stream could not be opened or broke; requests waiting on it fail.
+    KvLinkBroken {
+        peer: PeerId,
+        generation: u64,
+        reason: String,
+        /// Whether the stream was open (requests may have reached the peer).
+        opened: bool,
+    },
+    /// From a kv stream server: a request, and where its answer goes.
+    KvStreamRequest {
+        peer: PeerId,
+        id: u64,
+        payload: Vec<u8>,
+        answers: mpsc::UnboundedSender<Vec<u8>>,
     },
 }
 

@@ -32,6 +32,7 @@
 //! - `dialer.rs`: who to redial and when (exponential backoff), sans-IO.
 //! - `outbox.rs`: the per-peer ordered Raft send queue (one frame in flight, coalescing).
 //! - `raft_stream.rs`: Raft frames on one long-lived stream per peer (writer and reader tasks).
+//! - `kv_stream.rs`: client requests on one long-lived stream per peer, answers by id.
 //! - `handle.rs`: [`NetHandle`], the commands it sends.
 //! - `event.rs`: [`NetEvent`], [`NetEvents`], [`KvResponder`].
 //! - `event_loop.rs`: [`EventLoop`], the task that owns the swarm.
@@ -50,6 +51,7 @@ pub mod fuzzing;
 mod gate;
 mod handle;
 mod identity;
+mod kv_stream;
 mod membership;
 mod outbox;
 mod protocol;

@@ -92,7 +92,7 @@ async fn write(
     parts: &[Vec<u8>],
 ) -> Result<(), String> {
     if stream.is_none() {
-        *stream = Some(open(control, peer).await?);
+        *stream = Some(open(control, peer, RAFT_STREAM_PROTOCOL).await?);
     }
     let Some(s) = stream.as_mut() else {
         return Err("no raft stream".to_string());
@@ -107,17 +107,18 @@ const OPEN_ATTEMPTS: usize = 3;
 /// The byte a reader writes first, once it owns the stream.
 const ACCEPTED: u8 = 1;
 
-/// Opens a stream to `peer` and waits for its reader to take it. libp2p-stream drops an
-/// inbound stream when its accept queue is full (two peers opening at the same moment), and
-/// whatever was written to a dropped stream is lost without an error on our side: the
-/// reader's first byte is the proof that frames written from now on will be read.
-async fn open(
+/// Opens a `protocol` stream to `peer` and waits for its reader to take it. libp2p-stream
+/// drops an inbound stream when its accept queue is full (two peers opening at the same
+/// moment), and whatever was written to a dropped stream is lost without an error on our
+/// side: the reader's first byte is the proof that frames written from now on will be read.
+pub(crate) async fn open(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
+    protocol: StreamProtocol,
 ) -> Result<libp2p::Stream, String> {
     let mut last = String::new();
     for _ in 0..OPEN_ATTEMPTS {
-        let mut s = match control.open_stream(peer, RAFT_STREAM_PROTOCOL).await {
+        let mut s = match control.open_stream(peer, protocol.clone()).await {
             Ok(s) => s,
             Err(e) => {
                 last = e.to_string();
@@ -127,45 +128,76 @@ async fn open(
         let mut first = [0u8; 1];
         match s.read_exact(&mut first).await {
             Ok(()) if first[0] == ACCEPTED => return Ok(s),
-            Ok(()) => last = format!("raft stream answered {:#x}, not its accept byte", first[0]),
-            Err(e) => last = format!("raft stream not taken by {peer}: {e}"),
+            Ok(()) => {
+                last = format!(
+                    "{protocol} stream answered {:#x}, not its accept byte",
+                    first[0]
+                )
+            }
+            Err(e) => last = format!("{protocol} stream not taken by {peer}: {e}"),
         }
     }
     Err(last)
 }
 
-/// Writes `bytes` as they are on a new Raft stream to `peer` and closes it (tests only: a
-/// peer's view of garbage and oversized frames).
+/// Writes `bytes` as they are on a new `protocol` stream to `peer`, closes its writing side
+/// and returns what the peer writes back until it closes its side or `wait` passes (tests
+/// only: a peer's view of garbage and oversized frames).
 pub(crate) async fn send_raw(
     mut control: libp2p_stream::Control,
     peer: PeerId,
+    protocol: StreamProtocol,
     bytes: Vec<u8>,
+    wait: Duration,
 ) -> Result<Vec<u8>, crate::NetError> {
     let failed = |e: String| crate::NetError::RequestFailed { peer, reason: e };
-    let mut s = open(&mut control, peer).await.map_err(failed)?;
+    let mut s = open(&mut control, peer, protocol).await.map_err(failed)?;
     s.write_all(&bytes)
         .await
         .map_err(|e| failed(e.to_string()))?;
     s.close().await.map_err(|e| failed(e.to_string()))?;
-    Ok(Vec::new())
+    let mut back = Vec::new();
+    // A reset or the deadline ends the answer as well as a close does.
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut back)).await;
+    Ok(back)
 }
 
 /// Accepts the peers' Raft streams and reads each in a task of its own, frames up to
 /// `max_frame` bytes. Ends when the event loop is gone.
 pub(crate) fn spawn_acceptor(
-    mut control: libp2p_stream::Control,
+    control: libp2p_stream::Control,
     commands: mpsc::WeakSender<Command>,
     max_frame: usize,
 ) -> Result<(), crate::NetError> {
+    accept_each(
+        control,
+        RAFT_STREAM_PROTOCOL,
+        commands,
+        move |peer, stream, commands| read_stream(peer, stream, commands, max_frame),
+    )
+}
+
+/// Accepts every inbound `protocol` stream and runs `serve` on it in a task of its own, until
+/// the event loop is gone.
+pub(crate) fn accept_each<F, Fut>(
+    mut control: libp2p_stream::Control,
+    protocol: StreamProtocol,
+    commands: mpsc::WeakSender<Command>,
+    serve: F,
+) -> Result<(), crate::NetError>
+where
+    F: Fn(PeerId, libp2p::Stream, mpsc::WeakSender<Command>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut incoming = control
-        .accept(RAFT_STREAM_PROTOCOL)
-        .map_err(|e| crate::NetError::Setup(format!("raft stream protocol: {e}")))?;
+        .accept(protocol.clone())
+        .map_err(|e| crate::NetError::Setup(format!("{protocol}: {e}")))?;
     tokio::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {
             if commands.upgrade().is_none() {
                 return;
             }
-            tokio::spawn(read_stream(peer, stream, commands.clone(), max_frame));
+            tokio::spawn(serve(peer, stream, commands.clone()));
         }
     });
     Ok(())
@@ -177,33 +209,70 @@ async fn read_stream(
     commands: mpsc::WeakSender<Command>,
     max_frame: usize,
 ) {
-    if stream.write_all(&[ACCEPTED]).await.is_err() || stream.flush().await.is_err() {
+    if send_accept(&mut stream).await.is_err() {
         return;
     }
+    let to_command = |frame| Command::RaftInbound { peer, frame };
+    read_frames(
+        stream,
+        peer,
+        RAFT_STREAM_PROTOCOL_NAME,
+        max_frame,
+        &commands,
+        to_command,
+    )
+    .await;
+}
+
+/// Reads length-prefixed frames until the stream ends (the peer opens another when it has
+/// more to send) and hands each to the event loop as `to_command` makes it. A length over
+/// `max_frame` is reported as refused and ends the reading: the stream's position is lost,
+/// and dropping it resets it.
+pub(crate) async fn read_frames<R>(
+    mut reader: R,
+    peer: PeerId,
+    protocol: &'static str,
+    max_frame: usize,
+    commands: &mpsc::WeakSender<Command>,
+    mut to_command: impl FnMut(Vec<u8>) -> Command,
+) where
+    R: futures::AsyncRead + Unpin + Send,
+{
     loop {
-        let command = match read_frame(&mut stream, max_frame).await {
-            Ok(frame) => Command::RaftInbound { peer, frame },
+        let (command, last) = match read_frame(&mut reader, max_frame).await {
+            Ok(frame) => (to_command(frame), false),
             Err(e) => match oversized(&e) {
-                Some(o) => Command::RaftInboundRefused {
-                    peer,
-                    reason: o.to_string(),
-                },
-                // The stream ended or broke: the peer opens another when it has more to send.
+                Some(o) => {
+                    let reason = o.to_string();
+                    (
+                        Command::StreamFrameRefused {
+                            peer,
+                            protocol,
+                            reason,
+                        },
+                        true,
+                    )
+                }
                 None => return,
             },
         };
-        let refused = matches!(command, Command::RaftInboundRefused { .. });
         let Some(commands) = commands.upgrade() else {
             return;
         };
-        if commands.send(command).await.is_err() || refused {
-            // After an oversized length the stream's position is lost: drop (reset) it.
+        if commands.send(command).await.is_err() || last {
             return;
         }
     }
 }
 
-fn oversized(e: &io::Error) -> Option<OversizedFrame> {
+/// Tells the opener of `stream` that its frames will be read (see [`open`]).
+pub(crate) async fn send_accept(stream: &mut libp2p::Stream) -> io::Result<()> {
+    stream.write_all(&[ACCEPTED]).await?;
+    stream.flush().await
+}
+
+/// The size refusal inside a frame reader's error, if that is what it is.
+pub(crate) fn oversized(e: &io::Error) -> Option<OversizedFrame> {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<OversizedFrame>())
         .copied()

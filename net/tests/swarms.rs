@@ -274,6 +274,120 @@ async fn oversized_and_garbage_frames_are_rejected_and_the_connection_keeps_work
     nobody_suspected(&mut a).await
 }
 
+/// The frames of a stream's raw bytes (length-prefixed).
+fn frames_of(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while bytes.len() >= 4 {
+        let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        let Some(frame) = bytes.get(4..4 + len) else {
+            break;
+        };
+        out.push(frame.to_vec());
+        bytes = &bytes[4 + len..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn kv_stream_requests_are_answered_by_id_and_garbage_or_oversized_frames_are_refused(
+) -> Result<()> {
+    let (mut a, mut b) = patient_pair(64 << 10, 4 << 10).await?;
+    // The regular path: a's requests travel on its kv link to b, answered by id, also when
+    // several are in flight at once and answered out of order.
+    let mut calls = Vec::new();
+    for i in 0..3u8 {
+        let h = a.handle.clone();
+        let peer = b.peer;
+        calls.push(tokio::spawn(
+            async move { h.kv_request(peer, vec![i]).await },
+        ));
+    }
+    let mut responders = Vec::new();
+    while responders.len() < 3 {
+        if let NetEvent::KvRequest {
+            payload, responder, ..
+        } = b.wait_for("an event", Some).await?
+        {
+            responders.push((payload, responder));
+        }
+    }
+    for (payload, responder) in responders.into_iter().rev() {
+        responder
+            .respond([payload.clone(), b"!".to_vec()].concat())
+            .await?;
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.await??, vec![i as u8, b'!']);
+    }
+
+    // Raw bytes on a new kv stream: garbage (refused and skipped), then a request that is
+    // answered on the same stream.
+    let seed: u64 = rand::random();
+    println!("garbage seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // A first byte of 0xff is a variant index other than V1's 0: never a request.
+    let mut garbage = vec![0xffu8];
+    garbage.extend((0..rng.gen_range(0..500)).map(|_| rng.gen::<u8>()));
+    let mut bytes = prefixed(&garbage);
+    let request = swarmkv_net::fuzzing::encode_kv_stream_request(42, b"raw".to_vec())
+        .map_err(anyhow::Error::msg)?;
+    bytes.extend(prefixed(&request));
+    let sent = {
+        let h = a.handle.clone();
+        let peer = b.peer;
+        tokio::spawn(async move { h.send_raw_frame(peer, RawProtocol::KvStream, bytes).await })
+    };
+    let mut refused = 0;
+    loop {
+        match b.wait_for("an event", Some).await? {
+            NetEvent::FrameRejected { protocol, .. } => {
+                ensure!(protocol == "/swarmkv/kv-stream/1", "{protocol}");
+                refused += 1;
+            }
+            NetEvent::KvRequest {
+                payload, responder, ..
+            } => {
+                assert_eq!(payload, b"raw");
+                responder.respond(b"answer".to_vec()).await?;
+                break;
+            }
+            _ => {}
+        }
+    }
+    ensure!(
+        refused == 1,
+        "{refused} refusals for one garbage frame (seed {seed})"
+    );
+    let back = sent.await??;
+    let answers: Vec<_> = frames_of(&back)
+        .iter()
+        .map(|f| swarmkv_net::fuzzing::decode_kv_stream_answer(f))
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(answers, vec![(42, Ok(b"answer".to_vec()))]);
+
+    // A length above b's kv limit: refused unread, that stream dropped.
+    let mut oversized = (64u32 << 10).to_be_bytes().to_vec();
+    oversized.extend(vec![0u8; 100]);
+    a.handle
+        .send_raw_frame(b.peer, RawProtocol::KvStream, oversized)
+        .await?;
+    oversize_refused(&mut b).await?;
+
+    // a's own link is untouched.
+    let h = a.handle.clone();
+    let peer = b.peer;
+    let call = tokio::spawn(async move { h.kv_request(peer, b"again".to_vec()).await });
+    loop {
+        if let NetEvent::KvRequest { responder, .. } = b.wait_for("an event", Some).await? {
+            responder.respond(b"ok".to_vec()).await?;
+            break;
+        }
+    }
+    assert_eq!(call.await??, b"ok");
+    nobody_suspected(&mut a).await
+}
+
 /// A length-prefixed frame as the Raft stream carries it.
 fn prefixed(body: &[u8]) -> Vec<u8> {
     let mut out = (body.len() as u32).to_be_bytes().to_vec();
