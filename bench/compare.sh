@@ -148,7 +148,8 @@ RUN_BASE=""
 port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # true if $1 is alive and its command line names our data dir $2
-is_ours() { [[ -r /proc/$1/cmdline ]] && tr '\0' ' ' </proc/"$1"/cmdline 2>/dev/null | grep -qF -- "$2/"; }
+# (a process may exit between the test and the read: the redirect's error is silenced too)
+is_ours() { [[ -r /proc/$1/cmdline ]] && { tr '\0' ' ' </proc/"$1"/cmdline; } 2>/dev/null | grep -qF -- "$2/"; }
 
 stop_cluster() {
   local pid live=() still
