@@ -19,10 +19,12 @@ fn main() -> ExitCode {
     // clap prints its own message and exits 2 on a bad argument (and 0 for --help/--version).
     let args = cli::Cli::parse();
     init_logging(args.command.is_node());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = args.command.worker_threads() {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

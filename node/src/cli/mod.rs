@@ -103,6 +103,15 @@ impl Command {
         matches!(self, Command::Start(_))
     }
 
+    /// The async runtime's worker threads: a node's own setting; `None` (one per CPU) for
+    /// the client verbs, whose load (the bench's many connections) is theirs alone.
+    pub fn worker_threads(&self) -> Option<usize> {
+        match self {
+            Command::Start(c) => Some(c.worker_threads()),
+            _ => None,
+        }
+    }
+
     /// Runs the command; `Ok` with the exit code of `start`, or `Ok(SUCCESS)` for a client
     /// verb that did what was asked.
     pub async fn run(self) -> Result<ExitCode, CliError> {
