@@ -270,15 +270,27 @@ async fn a_full_disk_under_every_node_fails_writes_cleanly_and_service_resumes()
     for w in writers {
         w.await?;
     }
-    wait_for("every node to recover", Duration::from_secs(30), || async {
-        for h in &cluster.handles {
-            if storage_error(h).await.is_some() {
-                return false;
+    // Every node comes back; one that does not names the error it is still stuck on.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut stuck = Vec::new();
+        for (i, h) in cluster.handles.iter().enumerate() {
+            if let Some(e) = storage_error(h).await {
+                stuck.push(format!("node {i}: {e}"));
             }
         }
-        true
-    })
-    .await;
+        if stuck.is_empty() {
+            break;
+        }
+        if Instant::now() > until {
+            bail!(
+                "{} node(s) still sidelined 30 s after space was freed: {}",
+                stuck.len(),
+                stuck.join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     eprintln!(
         "all nodes recovered {:?} after space was freed",
         freed.elapsed()
