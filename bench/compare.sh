@@ -237,8 +237,8 @@ start_swarmkv() {
   for i in 0 1 2; do
     local dir="$RUN_BASE/n$((i + 1))"
     mkdir -p "$dir" || return 1
-    # Defaults otherwise (64 partitions, 3 replicas); the tokio runtime has one worker per
-    # core (2 here), like etcd's GOMAXPROCS default.
+    # Defaults otherwise (64 partitions, 3 replicas, tokio workers for half the CPUs: one
+    # here, see `swarmkv start --help` on --threads; etcd keeps its GOMAXPROCS default).
     spawn "swarmkv-n$((i + 1))" env "${clear[@]}" "$BIN" start --no-mdns \
       --listen "/ip4/$HOST/tcp/${SKV_P2P_PORTS[$i]}" --http "$HOST:${SKV_HTTP_PORTS[$i]}" \
       --data "$dir/data" --expect 3 "${join[@]}" || return 1
