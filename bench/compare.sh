@@ -14,12 +14,16 @@
 #     127.0.0.1, fresh data directories on the local disk), both fsyncing their logs;
 #   - runs `swarmkv bench <op> --clients C --ops N --max-seconds 30` against it (which
 #     preloads the key space untimed first);
-#   - measures the CPU used by other processes during the timed run ("foreign CPU") and
+#   - measures the CPU used by other processes during the bench ("foreign CPU") and
 #     re-measures a run that exceeded FOREIGN_MAX % (the discarded file is kept);
+#   - measures the CPU (user + system) of the 3 cluster processes, not the bench client,
+#     during the timed phase only (not the preload) and divides it by the phase's completed
+#     operations (`total_ops`): `cpu_ms_per_op=` on the raw file's cpu line;
 #   - stops exactly the processes it started (by PID; also on exit or Ctrl-C).
 # Raw files: OUT/<system>/r<round>-<op>-c<C>.txt (the baseline's summarize.sh reads each
-# system's directory); the table (medians over rounds, ratios swarmkv/etcd) is printed at the
-# end and written to OUT/table.md.
+# system's directory); the table (medians over rounds of ops/s, p50, p99 and cluster CPU ms
+# per op, ratios swarmkv/etcd) is printed at the end and written to OUT/table.md. With
+# --table, an older run's files without `cpu_ms_per_op` show "-" in the CPU columns.
 #
 # Env knobs (as the etcd baseline's run-baseline.sh): MAX_SECONDS (30), FOREIGN_MAX (10),
 # MAX_RETRIES (1), QUIET_PCT (15), QUIET_MAX_WAIT (300), SWARMKV_BIN (skip the build and
@@ -44,7 +48,7 @@ FULL_CASES=(put:1:15000 put:16:40000 put:64:50000 put:256:60000
 # --quick: a smoke of the whole pipeline in about two minutes (NOT comparable numbers).
 QUICK_CASES=(put:1:1000 put:64:5000 get-linearizable:64:5000 get-serializable:64:5000)
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 2; }  # the comment above
 
 ROUNDS="" CASES_ARG="" QUICK=0 OUT="" TRANSPORT=peer BUILD=1 QUIET_WAIT=1 SKV_ARGS="" TABLE_ONLY=""
 while (($#)); do
@@ -179,6 +183,7 @@ trap 'exit 130' INT TERM
 # wrapper writes its own pid, then execs).
 spawn() { # name cmd...
   local name=$1; shift
+  # shellcheck disable=SC2016  # $$ and $@ are the inner sh's
   setsid sh -c 'echo $$ > "$0"; exec "$@"' "$RUN_BASE/$name.pid" "$@" \
     >"$RUN_BASE/$name.log" 2>&1 </dev/null &
   local n=0
@@ -296,6 +301,22 @@ cluster_ticks() {
   echo "$t"
 }
 
+# Copies the bench's output (stdin) to stdout and samples cluster_ticks at the start of the
+# timed phase (the preload's summary line, printed right before the warm-up and the barrier;
+# without a preload, $1: the ticks before the bench started) and at its end (the report's
+# first line, printed once the last client has finished) into OUT/.cticks: "start end".
+mark_timed() {
+  local line t0=$1 t1=""
+  while IFS= read -r line || [[ -n $line ]]; do
+    case $line in
+      "preloaded keys="*) t0=$(cluster_ticks) ;;
+      "op="*" system="*) [[ -n $t1 ]] || t1=$(cluster_ticks) ;;
+    esac
+    printf '%s\n' "$line"
+  done
+  echo "$t0 $t1" >"$OUT/.cticks"
+}
+
 # Waits (at most QUIET_MAX_WAIT s) until other processes use less than QUIET_PCT % of the
 # CPUs over 2 s; prints that share.
 wait_quiet() {
@@ -331,18 +352,27 @@ run_case() { # system round op clients ops
     if [[ $sys == swarmkv && -n $SKV_ARGS ]]; then read -r -a extra <<<"$SKV_ARGS"; fi
     rc=0
     read -r busy0 steal0 < <(cpu_ticks); local ct0; ct0=$(cluster_ticks); local w0; w0=$(date +%s.%N)
+    : >"$OUT/.cticks"
+    # (pipefail: rc is the bench's exit status; mark_timed itself does not fail)
     /usr/bin/env time -f "%U %S %e" -o "$OUT/.btime" \
       "$BIN" bench "$op" --clients "$clients" --ops "$ops" --keys "$KEYS" \
-      --max-seconds "$MAXS" "${targets[@]}" "${extra[@]}" >>"$f" 2>&1 || rc=$?
+      --max-seconds "$MAXS" "${targets[@]}" "${extra[@]}" 2>&1 | mark_timed "$ct0" >>"$f" || rc=$?
     read -r busy1 steal1 < <(cpu_ticks); local ct1; ct1=$(cluster_ticks); local w1; w1=$(date +%s.%N)
+    # The cluster's ticks in the timed phase, and the phase's completed operations.
+    local tt0="" tt1="" nops
+    read -r tt0 tt1 <"$OUT/.cticks" || true
+    nops=$(sed -n 's/^total_ops=\([0-9]*\) .*/\1/p' "$f" | tail -n 1)
     # The bench's own CPU covers its whole life (connect + preload + timed run), as does the
     # window: foreign = the machine's busy time not used by our cluster or the bench.
+    # cpu_ms_per_op covers the timed phase only: "-" if it did not report.
     cpu=$(awk -v b="$((busy1 - busy0))" -v st="$((steal1 - steal0))" -v e="$((ct1 - ct0))" \
-          -v hz="$HZ" -v n="$NCPU" -v w0="$w0" -v w1="$w1" -v bt="$(tail -n 1 "$OUT/.btime")" '
+          -v hz="$HZ" -v n="$NCPU" -v w0="$w0" -v w1="$w1" -v bt="$(tail -n 1 "$OUT/.btime")" \
+          -v te="${tt1:+$((tt1 - tt0))}" -v nops="$nops" '
       BEGIN { split(bt, x, " "); bench = x[1] + x[2]; cap = (w1 - w0) * n
               f = 100*(b/hz - e/hz - bench)/cap; if (f < 0) f = 0
-              printf "cpu_total=%.0f%% cluster=%.0f%% bench=%.0f%% foreign=%.0f%% steal=%.0f%%",
-                100*b/hz/cap, 100*e/hz/cap, 100*bench/cap, f, 100*st/hz/cap }')
+              per = (te != "" && nops + 0 > 0) ? sprintf("%.4f", te/hz*1000/nops) : "-"
+              printf "cpu_total=%.0f%% cluster=%.0f%% bench=%.0f%% foreign=%.0f%% steal=%.0f%% cpu_ms_per_op=%s",
+                100*b/hz/cap, 100*e/hz/cap, 100*bench/cap, f, 100*st/hz/cap, per }')
     echo "$cpu" >>"$f"
     echo "bench_exit=$rc" >>"$f"
     stop_cluster
@@ -376,7 +406,7 @@ for r in $(seq 1 "$ROUNDS"); do
     for sys in "${order[@]}"; do run_case "$sys" "$r" "$op" "$clients" "$ops"; done
   done
 done
-rm -f "$OUT/.btime"
+rm -f "$OUT/.btime" "$OUT/.cticks"
 }
 
 if [[ -z $TABLE_ONLY ]]; then run_all; fi
@@ -407,24 +437,27 @@ maxof() { sort -g | tail -n 1; }
 
 {
   echo "swarmkv vs etcd, $(date -u '+%Y-%m-%d %H:%M UTC'), $ROUNDS round(s), medians; ratios are swarmkv/etcd"
-  echo "(ops/s: higher is better for swarmkv above 1x; p99: lower is better for swarmkv below 1x)."
+  echo "(ops/s: higher is better for swarmkv above 1x; p99 and CPU/op: lower is better for swarmkv below 1x)."
+  echo "CPU ms/op: user + system CPU of the 3 cluster processes (not the bench client) in the timed"
+  echo "phase (not the preload), per completed operation; \"-\" where the raw files predate it."
   echo "Both systems fsync their logs before acknowledging a write (etcd its WAL, swarmkv its Raft log in"
   echo "sled); each is 3 processes on 127.0.0.1, started fresh and preloaded for every run."
   echo "swarmkv bench over ${TRANSPORT}${SKV_ARGS:+ with $SKV_ARGS}; etcd bench: one gRPC channel per client."
   echo
-  echo "| case | etcd ops/s | swarmkv ops/s | ops/s ratio | etcd p50 ms | swarmkv p50 ms | etcd p99 ms | swarmkv p99 ms | p99 ratio | max foreign CPU |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| case | etcd ops/s | swarmkv ops/s | ops/s ratio | etcd p50 ms | swarmkv p50 ms | etcd p99 ms | swarmkv p99 ms | p99 ratio | etcd CPU ms/op | swarmkv CPU ms/op | CPU/op ratio | max foreign CPU |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for c in "${CASES[@]}"; do
     IFS=: read -r op clients _ <<<"$c"
     e_tp=$(stat_of etcd "$op" "$clients" ops/s); s_tp=$(stat_of swarmkv "$op" "$clients" ops/s)
     e_50=$(stat_of etcd "$op" "$clients" p50_ms); s_50=$(stat_of swarmkv "$op" "$clients" p50_ms)
     e_99=$(stat_of etcd "$op" "$clients" p99_ms); s_99=$(stat_of swarmkv "$op" "$clients" p99_ms)
+    e_cpu=$(stat_of etcd "$op" "$clients" cpu_ms_per_op); s_cpu=$(stat_of swarmkv "$op" "$clients" cpu_ms_per_op)
     fmax=$(for f in "$OUT"/*/r*-"$op"-c"$clients".txt; do [[ -e $f ]] && field "$f" foreign; done | grep -E '^[0-9]+$' | maxof || true)
-    echo "| $op c$clients | ${e_tp:--} | ${s_tp:--} | $(ratio "$s_tp" "$e_tp") | ${e_50:--} | ${s_50:--} | ${e_99:--} | ${s_99:--} | $(ratio "$s_99" "$e_99") | ${fmax:--}% |"
+    echo "| $op c$clients | ${e_tp:--} | ${s_tp:--} | $(ratio "$s_tp" "$e_tp") | ${e_50:--} | ${s_50:--} | ${e_99:--} | ${s_99:--} | $(ratio "$s_99" "$e_99") | ${e_cpu:--} | ${s_cpu:--} | $(ratio "$s_cpu" "$e_cpu") | ${fmax:--}% |"
   done
   if ls "$OUT"/*/*discarded* >/dev/null 2>&1; then
     echo
-    echo "Discarded runs (foreign CPU > $FOREIGN_MAX %, re-measured): $(ls "$OUT"/*/*discarded* | sed "s|$OUT/||" | paste -sd' ')"
+    echo "Discarded runs (foreign CPU > $FOREIGN_MAX %, re-measured): $(printf '%s\n' "$OUT"/*/*discarded* | sed "s|$OUT/||" | paste -sd' ')"
   fi
   if grep -l '^NOTE: stopped early' "$OUT"/*/r*.txt >/dev/null 2>&1; then
     echo
