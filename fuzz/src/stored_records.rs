@@ -15,9 +15,10 @@ use swarmkv::core::{
     ClusterSettings, Command, Consistency, LeaseRecord, NodeRecord, NodeState, Request,
     RequestBody, Target,
 };
+use swarmkv_store::kv::SessionRecord;
 use swarmkv_store::raft::eraftpb::{ConfState, Entry, HardState};
 use swarmkv_store::raft::{GetEntriesContext, Storage};
-use swarmkv_store::{keys, KvOp, KvRecord, MemBackend, Store, TreeId};
+use swarmkv_store::{keys, KvError, KvOp, KvOutcome, KvRecord, MemBackend, Store, TreeId};
 
 use crate::single_node::{backend_with, records, store_config, Node};
 
@@ -95,16 +96,19 @@ pub enum Encoded {
         version: u64,
         lease: u64,
     },
-    SessionWatermark {
+    /// Arbitrary bytes as a client's session record.
+    SessionBytes {
         group: u8,
-        client: u64,
+        client: u8,
         value: Vec<u8>,
     },
-    SessionResult {
+    /// A session record that decodes, with arbitrary contents: results out of order, repeated
+    /// or below the watermark among them (`Some(revision)` is a put's result, `None` a refusal).
+    SessionRecord {
         group: u8,
-        client: u64,
-        seq: u64,
-        value: Vec<u8>,
+        client: u8,
+        watermark: u64,
+        results: Vec<(u64, Option<u64>)>,
     },
     RevokedLease {
         group: u8,
@@ -197,6 +201,8 @@ pub fn template() -> &'static [Record] {
                     other => panic!("a write failed: {other:?}"),
                 }
             }
+            // The partitions' writes reach the backend with a flush of the state layer.
+            node.core.store().sync()?;
             Ok(records(&node.backend))
         })();
         match made {
@@ -223,6 +229,16 @@ fn meta_key(name: &str) -> Vec<u8> {
 
 fn group(g: u8) -> u64 {
     u64::from(g % 4)
+}
+
+/// Mostly the client whose session the template and the checked writes use (7), so that a
+/// replaced session record is the one those writes read.
+fn client(c: u8) -> u64 {
+    if c < 192 {
+        7
+    } else {
+        u64::from(c)
+    }
 }
 
 fn pb(m: &impl protobuf::Message) -> Vec<u8> {
@@ -345,25 +361,47 @@ impl Encoded {
                 })
                 .unwrap_or_default(),
             ),
-            Encoded::SessionWatermark {
+            Encoded::SessionBytes {
                 group: g,
-                client,
+                client: c,
                 value,
             } => (
                 TreeId::Kv,
-                keys::session_watermark_key(group(*g), *client),
+                keys::session_key(group(*g), client(*c)),
                 value.clone(),
             ),
-            Encoded::SessionResult {
+            Encoded::SessionRecord {
                 group: g,
-                client,
-                seq,
-                value,
-            } => (
-                TreeId::Kv,
-                keys::session_result_key(group(*g), *client, *seq),
-                value.clone(),
-            ),
+                client: c,
+                watermark,
+                results,
+            } => {
+                let results = results
+                    .iter()
+                    .map(|&(seq, r)| {
+                        let r = match r {
+                            Some(revision) => Ok(KvOutcome::Put {
+                                revision,
+                                prev: None,
+                            }),
+                            None => Err(KvError::StaleRetry {
+                                client: client(*c),
+                                seq,
+                            }),
+                        };
+                        (seq, r)
+                    })
+                    .collect();
+                let record = SessionRecord {
+                    watermark: *watermark,
+                    results,
+                };
+                (
+                    TreeId::Kv,
+                    keys::session_key(group(*g), client(*c)),
+                    record.encode(),
+                )
+            }
             Encoded::RevokedLease {
                 group: g,
                 lease,

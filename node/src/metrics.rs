@@ -34,7 +34,13 @@ pub struct Metrics {
     peers_up: Gauge,
     storage_failed: Gauge,
     quiesced_groups: Gauge,
-    last: [AtomicU64; 5],
+    persist_turns: Counter,
+    log_syncs: Counter,
+    log_entries: Counter,
+    log_bytes: Counter,
+    state_flushes: Counter,
+    state_flush_keys: Counter,
+    last: [AtomicU64; 11],
 }
 
 fn latency_histogram() -> Histogram {
@@ -63,6 +69,38 @@ impl Metrics {
         let peers_up = Gauge::default();
         let storage_failed = Gauge::default();
         let quiesced_groups = Gauge::default();
+        let persist_turns = Counter::default();
+        let log_syncs = Counter::default();
+        let log_entries = Counter::default();
+        let log_bytes = Counter::default();
+        let state_flushes = Counter::default();
+        let state_flush_keys = Counter::default();
+        registry.register(
+            "persist_turns",
+            "Node turns that persisted Raft state or applies (entries per turn: log_entries / this)",
+            persist_turns.clone(),
+        );
+        registry.register("log_syncs", "Syncs of the Raft log", log_syncs.clone());
+        registry.register(
+            "log_entries",
+            "Entries appended to the Raft log",
+            log_entries.clone(),
+        );
+        registry.register(
+            "log_bytes",
+            "Bytes written to the Raft log",
+            log_bytes.clone(),
+        );
+        registry.register(
+            "state_flushes",
+            "Flushes of the partitions' in-memory writes to sled",
+            state_flushes.clone(),
+        );
+        registry.register(
+            "state_flush_keys",
+            "Keys written to sled by state flushes",
+            state_flush_keys.clone(),
+        );
         registry.register("proposals", "Writes proposed to Raft", proposals.clone());
         registry.register(
             "applies",
@@ -121,6 +159,12 @@ impl Metrics {
             peers_up,
             storage_failed,
             quiesced_groups,
+            persist_turns,
+            log_syncs,
+            log_entries,
+            log_bytes,
+            state_flushes,
+            state_flush_keys,
             last: Default::default(),
         }
     }
@@ -133,6 +177,12 @@ impl Metrics {
             s.leader_changes,
             s.messages_out,
             s.messages_in,
+            s.persist_turns,
+            s.log_syncs,
+            s.log_entries,
+            s.log_bytes,
+            s.state_flushes,
+            s.state_flush_keys,
         ];
         let counters = [
             &self.proposals,
@@ -140,6 +190,12 @@ impl Metrics {
             &self.leader_changes,
             &self.raft_messages_out,
             &self.raft_messages_in,
+            &self.persist_turns,
+            &self.log_syncs,
+            &self.log_entries,
+            &self.log_bytes,
+            &self.state_flushes,
+            &self.state_flush_keys,
         ];
         for ((value, counter), last) in values.iter().zip(counters).zip(&self.last) {
             let before = last.swap(*value, Ordering::Relaxed);

@@ -106,30 +106,6 @@ impl<B: Backend> KvView for Overlay<'_, B> {
         self.backend.get(TreeId::Kv, key)
     }
 
-    fn raw_keys_in(&mut self, start: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>> {
-        let mut found = std::collections::BTreeSet::new();
-        self.backend.scan(
-            TreeId::Kv,
-            Bound::Included(start),
-            Bound::Excluded(end),
-            false,
-            &mut |k, _| {
-                found.insert(k.to_vec());
-                Ok(Scan::Continue)
-            },
-        )?;
-        for (k, v) in self
-            .raw
-            .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
-        {
-            match v {
-                Some(_) => found.insert(k.clone()),
-                None => found.remove(k),
-            };
-        }
-        Ok(found.into_iter().collect())
-    }
-
     fn raw_set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.raw.insert(key, value);
     }
@@ -294,8 +270,9 @@ impl<B: Backend> Store<B> {
         Ok(())
     }
 
-    /// Makes every write so far durable (applies are not synced on their own).
+    /// Makes every write so far durable, the state layer's included (applies are not synced
+    /// on their own).
     pub fn sync(&self) -> Result<()> {
-        self.inner.backend.sync()
+        self.flush_state().map(|_| ())
     }
 }

@@ -50,7 +50,10 @@ pub enum StoreError {
     MissingTree { path: PathBuf, tree: &'static str },
 
     /// The database was written by a different (newer or older) on-disk format.
-    #[error("database at {path} has format version {found}, this build reads {supported}")]
+    #[error(
+        "database at {path} has format version {found}, this build reads {supported}: run the \
+         build that wrote it, or rebuild this node from its peers (`swarmkv repair --from-peers`)"
+    )]
     FormatVersion {
         path: PathBuf,
         found: u32,
@@ -125,6 +128,19 @@ pub enum StoreError {
     #[error("group {group}: no snapshot chunk {seq} at index {index}")]
     SnapshotNotFound { group: u64, index: u64, seq: u32 },
 
+    /// A record of the raft log (`raft_log`) fails its checksum or cannot be decoded where a
+    /// torn final write cannot explain it (an earlier segment, or a record with data after it):
+    /// acknowledged Raft state may be lost, so the node must not start on it.
+    #[error(
+        "the raft log is damaged at {file} offset {offset}: {detail}; rebuild this node from \
+         its peers with `swarmkv repair --from-peers`"
+    )]
+    LogDamaged {
+        file: String,
+        offset: u64,
+        detail: String,
+    },
+
     /// Input bytes (a chunk from a peer, an encoded record) are larger than allowed.
     #[error("{what} is {len} bytes, the limit is {max}")]
     TooLarge {
@@ -136,15 +152,18 @@ pub enum StoreError {
 
 impl StoreError {
     /// True when the error means the stored data is damaged or incomplete (a corrupt record,
-    /// lost durable writes, a hole in a log, a missing tree): retrying cannot help, and the
-    /// node must be rebuilt from its peers rather than started on it.
+    /// lost durable writes, a hole in a log, a damaged raft log, a missing tree, a store in a
+    /// format this build does not read): retrying cannot help, and the node must be rebuilt
+    /// from its peers rather than started on it.
     pub fn is_damage(&self) -> bool {
         matches!(
             self,
             StoreError::Corrupt { .. }
                 | StoreError::LostWrites { .. }
                 | StoreError::LogHole { .. }
+                | StoreError::LogDamaged { .. }
                 | StoreError::MissingTree { .. }
+                | StoreError::FormatVersion { .. }
         )
     }
 

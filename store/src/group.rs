@@ -86,6 +86,9 @@ impl LogMeta {
 #[derive(Debug, Default)]
 pub(crate) struct GroupState {
     pub meta: LogMeta,
+    /// The applied index the engine holds durably (the state layer's last flush): the log is
+    /// never compacted past it, so a restart can replay what the layer lost.
+    pub durable_applied: u64,
     pub cache: VecDeque<Entry>,
     pub cache_bytes: usize,
 }
@@ -329,6 +332,7 @@ pub(crate) fn load<B: Backend>(backend: &B, group: u64) -> Result<GroupState> {
         ));
     }
     Ok(GroupState {
+        durable_applied: meta.apply.index,
         meta,
         cache: VecDeque::new(),
         cache_bytes: 0,
@@ -456,7 +460,7 @@ impl<B: Backend> GroupStorage<B> {
             return Ok(out);
         }
         drop(st);
-        read_entries(self.store.backend(), self.group, lo, hi, max_size)
+        read_entries(&self.store.inner.backend, self.group, lo, hi, max_size)
     }
 
     fn term_inner(&self, idx: u64) -> Result<u64> {
@@ -488,7 +492,8 @@ impl<B: Backend> GroupStorage<B> {
         drop(st);
         match self
             .store
-            .backend()
+            .inner
+            .backend
             .get(TreeId::Raft, &keys::entry_key(self.group, idx))?
         {
             Some(b) => Ok(decode_entry(self.group, idx, &b)?.term),

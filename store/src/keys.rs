@@ -20,8 +20,8 @@ pub const TAG_ENTRY: u8 = 0x10;
 pub const TAG_APPLY_STATE: u8 = 0x01;
 /// Kv tree: user data, followed by the user key.
 pub const TAG_DATA: u8 = 0x02;
-/// Kv tree: client sessions (deduplication of retried writes), followed by the client id and,
-/// for a remembered result, the request's sequence number.
+/// Kv tree: client sessions (deduplication of retried writes), followed by the client id: one
+/// [`crate::kv::SessionRecord`] per client.
 pub const TAG_SESSION: u8 = 0x03;
 /// Kv tree: leases revoked in this partition, followed by the lease id. A put naming one of
 /// them is refused, so a put racing the lease's revocation cannot leave a key behind.
@@ -62,16 +62,10 @@ pub fn data_key(group: u64, key: &[u8]) -> Vec<u8> {
     k
 }
 
-/// `[group][TAG_SESSION][client]`: the client's watermark (lowest sequence still in flight).
-pub fn session_watermark_key(group: u64, client: u64) -> Vec<u8> {
+/// `[group][TAG_SESSION][client]`: the client's [`crate::kv::SessionRecord`] (its watermark
+/// and remembered results).
+pub fn session_key(group: u64, client: u64) -> Vec<u8> {
     group_tag_index(group, TAG_SESSION, client)
-}
-
-/// `[group][TAG_SESSION][client][seq]`: the remembered result of one request.
-pub fn session_result_key(group: u64, client: u64, seq: u64) -> Vec<u8> {
-    let mut k = group_tag_index(group, TAG_SESSION, client);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
 }
 
 /// `[group][TAG_REVOKED_LEASE][lease]`: present once the partition deleted the lease's keys.

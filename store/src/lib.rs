@@ -11,10 +11,12 @@
 //! - [`store`]: opening a store, group handles, reads (get, scan).
 //! - [`group`]: one group's cached log state and its `raft::Storage` implementation.
 //! - [`log_batch`]: group commit of appends, hard/conf states, snapshots and compaction.
+//! - [`raft_log`]: a segmented, preallocated log file of every group's Raft state (etcd's WAL).
 //! - [`kv`]: the partition data model: operations, records with revisions, limits.
 //! - [`apply`]: applying committed entries, atomically with the applied index.
 //! - [`apply_wait`]: a future that resolves when a group applies past an index.
 //! - [`history`]: each partition's recent events (what watches read), written by the apply.
+//! - [`state_layer`]: the partitions' recent writes in memory, written to sled in batches.
 //! - [`snapshot`] / [`snapshot_io`]: chunk formats; freezing, serving, staging, installing.
 //! - [`error`]: the typed [`StoreError`].
 
@@ -29,9 +31,11 @@ pub mod keys;
 pub mod kv;
 pub mod log_batch;
 pub mod mem_backend;
+pub mod raft_log;
 pub mod sled_backend;
 pub mod snapshot;
 pub mod snapshot_io;
+pub mod state_layer;
 pub mod store;
 
 pub use apply::{ApplyBatch, ApplyEntry, ApplyOp};
@@ -43,8 +47,10 @@ pub use history::{Event, EventKind, HistoryPage, HistoryQuery, HistoryRead};
 pub use kv::{CasAction, Compare, KvError, KvOp, KvOutcome, KvRecord, KvResult, Limits, Session};
 pub use log_batch::{CommitStats, LogBatch};
 pub use mem_backend::MemBackend;
+pub use raft_log::{DirFs, GroupLog, LogFs, MemFs, RaftLog, RaftLogBatch, RaftLogConfig};
 pub use sled_backend::{SledBackend, SledConfig};
 pub use snapshot::{ChunkProgress, DiscardedSnapshot, SnapshotChunk, SnapshotDescriptor};
+pub use state_layer::FlushStats;
 pub use store::{
     ApplyObserver, MemStore, ScanPage, SledStore, Store, StoreConfig, SyncObserver, FORMAT_VERSION,
 };

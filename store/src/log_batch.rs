@@ -208,11 +208,13 @@ impl<B: Backend> Store<B> {
             .into_iter()
             .map(|(g, a)| Ok((g, self.shared_group(g)?, a)))
             .collect::<Result<_>>()?;
-        bb.writes.extend(applies.writes.writes);
         {
             // As in `write_applies`: no reader sees a group's data ahead of its applied state.
+            // The Raft part goes to the engine, the applies to the state layer (two writes:
+            // an apply needs no atomicity with the log, which holds what it applied).
             let mut locked: Vec<_> = applied.iter().map(|(_, s, _)| group::write(s)).collect();
             self.inner.backend.write(&bb)?;
+            self.inner.backend.write(&applies.writes)?;
             for (st, (_, _, apply)) in locked.iter_mut().zip(&applied) {
                 st.meta.apply = apply.clone();
             }
@@ -251,6 +253,14 @@ impl<B: Backend> Store<B> {
             if let Some(apply) = apply {
                 st.meta.apply = apply;
             }
+            if batch
+                .ops
+                .iter()
+                .any(|(bg, op)| bg == g && matches!(op, LogOp::Snapshot(_)))
+            {
+                // An install is written through to the engine and synced with the batch.
+                st.durable_applied = w.meta.apply.index;
+            }
         }
         for (g, _, apply) in &applied {
             self.applied(*g, apply.index);
@@ -287,6 +297,12 @@ impl<B: Backend> Store<B> {
                 applied: meta.apply.index,
                 last: meta.last_index,
             });
+        }
+        // Entries the engine does not hold applied durably stay: after a crash they are
+        // replayed into the state the layer lost. A later compaction removes them.
+        let ci = ci.min(group::read(shared).durable_applied + 1);
+        if ci <= meta.first_index() {
+            return Ok(());
         }
         // ci - 1 is applied, hence committed, hence not rewritten by an append in this batch:
         // its term can be read from the state as it was before the batch.

@@ -13,9 +13,10 @@ use crate::kv::{decode_record, KvRecord, Limits};
 use crate::mem_backend::MemBackend;
 use crate::sled_backend::{SledBackend, SledConfig};
 use crate::snapshot::DiscardedSnapshot;
+use crate::state_layer::{FlushStats, Layered};
 
 /// Version of the on-disk layout (key layout, record encodings). Stored in the `meta` tree.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const FORMAT_KEY: &[u8] = b"format";
 
 /// Settings of a store.
@@ -34,6 +35,12 @@ pub struct StoreConfig {
     /// Revisions of event history kept per partition for watches (at least 1): a watch may
     /// resume from up to about this many revisions back. Each change costs one more record.
     pub history_revisions: u64,
+    /// The partitions' writes wait in memory at most this long before they are written to
+    /// sled and synced (see [`crate::state_layer`]); a restart replays the Raft log from the
+    /// last flush, so this bounds the replay, not what survives.
+    pub state_flush_ms: u64,
+    /// ... or until this many bytes wait.
+    pub state_flush_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -45,6 +52,8 @@ impl Default for StoreConfig {
             max_chunk_message: 16 * 1024 * 1024,
             sled: SledConfig::default(),
             history_revisions: 10_000,
+            state_flush_ms: 100,
+            state_flush_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -57,7 +66,10 @@ pub type SyncObserver = std::sync::Arc<dyn Fn(std::time::Duration) + Send + Sync
 pub type ApplyObserver = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 pub(crate) struct Inner<B> {
-    pub backend: B,
+    /// The engine, with the partitions' recent writes in memory in front of it.
+    pub backend: Layered<B>,
+    /// When the state layer was last flushed (the caller's clock, milliseconds).
+    pub last_flush_ms: Mutex<Option<u64>>,
     pub sync_observer: std::sync::OnceLock<SyncObserver>,
     pub apply_observer: std::sync::OnceLock<ApplyObserver>,
     pub waiters: crate::apply_wait::ApplyWaiters,
@@ -158,7 +170,8 @@ impl<B: Backend> Store<B> {
         }
         Ok(Store {
             inner: Arc::new(Inner {
-                backend,
+                backend: Layered::new(backend),
+                last_flush_ms: Mutex::new(None),
                 sync_observer: std::sync::OnceLock::new(),
                 apply_observer: std::sync::OnceLock::new(),
                 waiters: Default::default(),
@@ -188,9 +201,65 @@ impl<B: Backend> Store<B> {
         }
     }
 
-    /// The engine underneath.
+    /// The engine underneath (without the writes still waiting in the state layer).
     pub fn backend(&self) -> &B {
-        &self.inner.backend
+        self.inner.backend.inner()
+    }
+
+    /// Writes the partitions' waiting writes to the engine in one batch and syncs it; then
+    /// the Raft log may be compacted up to what each group had applied when the flush began.
+    pub fn flush_state(&self) -> Result<FlushStats> {
+        // Applies write their data before they publish their applied index (under the group's
+        // lock), so an index read here is covered by the flush that follows.
+        let groups: Vec<SharedGroup> = self
+            .inner
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let applied: Vec<u64> = groups
+            .iter()
+            .map(|g| group::read(g).meta.apply.index)
+            .collect();
+        let stats = self.inner.backend.flush()?;
+        for (g, index) in groups.iter().zip(applied) {
+            let mut st = group::write(g);
+            st.durable_applied = st.durable_applied.max(index);
+        }
+        Ok(stats)
+    }
+
+    /// Flushes the state layer (see [`Store::flush_state`]) when [`StoreConfig::state_flush_ms`]
+    /// have passed since the last flush or [`StoreConfig::state_flush_bytes`] wait. `now_ms` is
+    /// the caller's clock. Returns what was flushed, if it flushed.
+    pub fn flush_state_if_due(&self, now_ms: u64) -> Result<Option<FlushStats>> {
+        let due = {
+            let mut last = self
+                .inner
+                .last_flush_ms
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let since = *last.get_or_insert(now_ms);
+            now_ms.saturating_sub(since) >= self.inner.config.state_flush_ms
+                || self.inner.backend.pending_bytes() >= self.inner.config.state_flush_bytes
+        };
+        if !due {
+            return Ok(None);
+        }
+        let stats = self.flush_state()?;
+        *self
+            .inner
+            .last_flush_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(now_ms);
+        Ok(Some(stats))
+    }
+
+    /// Bytes of partition writes waiting in the state layer.
+    pub fn state_pending_bytes(&self) -> usize {
+        self.inner.backend.pending_bytes()
     }
 
     /// The settings the store was opened with.

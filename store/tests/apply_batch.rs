@@ -82,7 +82,7 @@ fn a_group_applied_twice_reads_its_first_apply() {
 }
 
 #[test]
-fn applies_in_a_synced_commit_survive_a_crash() {
+fn applies_survive_a_crash_once_the_state_is_flushed_and_the_log_keeps_them_until_then() {
     let h = mem_harness(Default::default());
     seed_log(&h.store, 3, 1, 1, &[entry(2, 1)]);
     let mut applies = ApplyBatch::default();
@@ -96,16 +96,27 @@ fn applies_in_a_synced_commit_survive_a_crash() {
     h.store
         .commit_with_applies(&log, applies)
         .expect("commit with applies");
-    // Visible at once, durable with the commit's sync.
+    // Visible at once; the commit's sync made the log durable, not the state layer: a crash
+    // loses the apply, and the log still holds the entry to apply it again.
     assert_eq!(value_of(&h.store, 3, "x").as_deref(), Some("durable"));
     let h = h.crash_and_reopen();
-    assert_eq!(value_of(&h.store, 3, "x").as_deref(), Some("durable"));
-    assert_eq!(h.store.apply_state(3).expect("state").index, 2);
+    assert_eq!(value_of(&h.store, 3, "x"), None);
+    assert_eq!(h.store.apply_state(3).expect("state").index, 1);
     let g = h.store.group(3).expect("group");
     assert_eq!(
         swarmkv_store::raft::Storage::last_index(&g).expect("last index"),
         3
     );
+    // Applied again and flushed, it survives.
+    let mut applies = ApplyBatch::default();
+    h.store
+        .apply_into(&mut applies, 3, &entries(2, &ops))
+        .expect("apply");
+    h.store.write_applies(applies).expect("write");
+    h.store.flush_state().expect("flush");
+    let h = h.crash_and_reopen();
+    assert_eq!(value_of(&h.store, 3, "x").as_deref(), Some("durable"));
+    assert_eq!(h.store.apply_state(3).expect("state").index, 2);
 }
 
 #[test]
@@ -157,6 +168,8 @@ fn a_commit_index_alone_is_not_stored_and_reopening_raises_it_to_the_applied_ind
         live.hard_state.commit, 3,
         "readers see the commit index at once"
     );
+    drop(g);
+    h.store.flush_state().expect("flush the applied state");
     let h = h.crash_and_reopen();
     assert_eq!(h.store.apply_state(5).expect("state").index, 2);
     let g = h.store.group(5).expect("group");

@@ -3,10 +3,13 @@
 
 mod common;
 
+use std::ops::Bound;
+
 use common::*;
+use swarmkv_store::kv::SessionRecord;
 use swarmkv_store::{
-    ApplyEntry, ApplyOp, Backend, CasAction, Compare, KvError, KvOp, KvOutcome, KvRecord, Store,
-    StoreConfig, StoreError,
+    keys, ApplyEntry, ApplyOp, Backend, BackendBatch, CasAction, Compare, KvError, KvOp, KvOutcome,
+    KvRecord, KvResult, MemBackend, Scan, Session, Store, StoreConfig, StoreError, TreeId,
 };
 
 const G: u64 = 5;
@@ -548,3 +551,249 @@ both!(
         );
     }
 );
+
+/// Applies `op` with `session` to `group` as its next entry.
+fn apply_once<B: Backend>(store: &Store<B>, group: u64, op: &KvOp, session: Session) -> KvResult {
+    let index = store.apply_state(group).unwrap().index + 1;
+    store
+        .apply(
+            group,
+            &[ApplyEntry {
+                index,
+                term: 1,
+                op: ApplyOp::KvOnce(op, session),
+            }],
+        )
+        .unwrap()
+        .remove(0)
+        .unwrap()
+}
+
+fn session(client: u64, seq: u64, first_incomplete: u64) -> Session {
+    Session {
+        client,
+        seq,
+        first_incomplete,
+    }
+}
+
+/// Every stored record of `group`'s session family (`[group][TAG_SESSION]...`), read from the
+/// backend itself: (key, value).
+fn session_records<B: Backend>(store: &Store<B>, group: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    // Whatever the store keeps above the backend reaches it first.
+    store.sync().unwrap();
+    let lo = keys::group_tag(group, keys::TAG_SESSION);
+    let hi = keys::group_tag(group, keys::TAG_SESSION + 1);
+    let mut found = Vec::new();
+    store
+        .backend()
+        .scan(
+            TreeId::Kv,
+            Bound::Included(&lo),
+            Bound::Excluded(&hi),
+            false,
+            &mut |k, v| {
+                found.push((k.to_vec(), v.to_vec()));
+                Ok(Scan::Continue)
+            },
+        )
+        .unwrap();
+    found
+}
+
+/// The one session record of `group`, which must be `client`'s, decoded.
+fn only_session_record<B: Backend>(store: &Store<B>, group: u64, client: u64) -> SessionRecord {
+    let records = session_records(store, group);
+    assert_eq!(records.len(), 1, "session records of group {group}");
+    assert_eq!(records[0].0, keys::session_key(group, client));
+    SessionRecord::decode(group, client, &records[0].1).unwrap()
+}
+
+fn seqs(record: &SessionRecord) -> Vec<u64> {
+    record.results.iter().map(|(s, _)| *s).collect()
+}
+
+both!(
+    a_session_keeps_one_record_per_client_and_group,
+    |store: &Store<_>| {
+        // Four writes in flight at once (first_incomplete stays 1): all four remembered, in
+        // the one record of the client.
+        for seq in 1..=4 {
+            let r = apply_once(store, G, &put("k", "v"), session(42, seq, 1));
+            assert!(matches!(r, Ok(KvOutcome::Put { .. })), "{r:?}");
+            let record = only_session_record(store, G, 42);
+            assert_eq!(record.watermark, 1);
+            assert_eq!(seqs(&record), (1..=seq).collect::<Vec<_>>());
+        }
+        // Writes 1 and 2 answered: forgotten, and the watermark rises; still one record.
+        apply_once(store, G, &put("k", "v"), session(42, 5, 3)).unwrap();
+        let record = only_session_record(store, G, 42);
+        assert_eq!(record.watermark, 3);
+        assert_eq!(seqs(&record), vec![3, 4, 5]);
+        // A retry and a stale retry write nothing.
+        let before = session_records(store, G);
+        apply_once(store, G, &put("k", "v"), session(42, 4, 3)).unwrap();
+        assert_eq!(
+            apply_once(store, G, &put("k", "v"), session(42, 2, 3)),
+            Err(KvError::StaleRetry { client: 42, seq: 2 })
+        );
+        assert_eq!(session_records(store, G), before);
+        // Another client has its own record; another group its own family.
+        apply_once(store, G, &put("j", "x"), session(7, 1, 1)).unwrap();
+        let keys_of_g: Vec<_> = session_records(store, G)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            keys_of_g,
+            vec![keys::session_key(G, 7), keys::session_key(G, 42)]
+        );
+        apply_once(store, G + 1, &put("k", "v"), session(42, 1, 1)).unwrap();
+        assert_eq!(only_session_record(store, G + 1, 42).watermark, 1);
+        assert_eq!(session_records(store, G).len(), 2);
+    }
+);
+
+both!(
+    retries_are_answered_from_the_session_until_forgotten,
+    |store: &Store<_>| {
+        // Three writes of one client in flight, out of order with their answers.
+        let first: Vec<KvResult> = (1..=3)
+            .map(|seq| {
+                apply_once(
+                    store,
+                    G,
+                    &put_prev("k", &format!("v{seq}")),
+                    session(42, seq, 1),
+                )
+            })
+            .collect();
+        assert_eq!(
+            first[1],
+            Ok(KvOutcome::Put {
+                revision: 2,
+                prev: Some(rec("v1", 1, 1, 1))
+            })
+        );
+        // Each retry gets its own first answer and changes nothing.
+        for seq in [2, 1, 3] {
+            let again = apply_once(store, G, &put_prev("k", "retry"), session(42, seq, 1));
+            assert_eq!(again, first[seq as usize - 1]);
+        }
+        assert_eq!(get(store, "k"), Some(rec("v3", 1, 3, 3)));
+        // Write 4 says 1 and 2 were answered: their retries are refused from now on, 3's is
+        // still answered.
+        let r4 = apply_once(store, G, &put_prev("k", "v4"), session(42, 4, 3));
+        assert!(matches!(r4, Ok(KvOutcome::Put { .. })), "{r4:?}");
+        for seq in [1, 2] {
+            assert_eq!(
+                apply_once(store, G, &put("k", "late"), session(42, seq, 3)),
+                Err(KvError::StaleRetry { client: 42, seq })
+            );
+        }
+        assert_eq!(
+            apply_once(store, G, &put("k", "late"), session(42, 3, 3)),
+            first[2]
+        );
+        // A write carrying an older first_incomplete (sent before a later one was answered)
+        // does not lower the watermark.
+        apply_once(store, G, &put("other", "x"), session(42, 5, 1)).unwrap();
+        assert_eq!(
+            apply_once(store, G, &put("k", "late"), session(42, 2, 1)),
+            Err(KvError::StaleRetry { client: 42, seq: 2 })
+        );
+        // A write whose own number is already answered (first_incomplete past it) is applied
+        // and not remembered.
+        apply_once(store, G, &put("own", "x"), session(42, 6, 7)).unwrap();
+        assert_eq!(
+            apply_once(store, G, &put("own", "y"), session(42, 6, 7)),
+            Err(KvError::StaleRetry { client: 42, seq: 6 })
+        );
+        assert_eq!(get(store, "k").unwrap().value, b"v4");
+        assert_eq!(get(store, "own").unwrap().value, b"x");
+        // A retry in the same apply call as the write: answered from the record the call has
+        // not written yet.
+        let op = put_prev("same", "1");
+        let s = session(42, 8, 7);
+        let at = store.apply_state(G).unwrap().index + 1;
+        let r = store
+            .apply(
+                G,
+                &[
+                    ApplyEntry {
+                        index: at,
+                        term: 1,
+                        op: ApplyOp::KvOnce(&op, s),
+                    },
+                    ApplyEntry {
+                        index: at + 1,
+                        term: 1,
+                        op: ApplyOp::KvOnce(&op, s),
+                    },
+                ],
+            )
+            .unwrap();
+        assert_eq!(r[0], r[1]);
+        assert_eq!(get(store, "same"), Some(rec("1", at, at, 1)));
+        let record = only_session_record(store, G, 42);
+        assert_eq!(record.watermark, 7);
+        assert_eq!(seqs(&record), vec![8]);
+    }
+);
+
+#[test]
+fn a_corrupt_session_record_is_reported_with_group_and_client() {
+    let good = |watermark, results: &[u64]| SessionRecord {
+        watermark,
+        results: results
+            .iter()
+            .map(|&seq| {
+                let outcome = KvOutcome::Put {
+                    revision: seq,
+                    prev: None,
+                };
+                (seq, Ok(outcome))
+            })
+            .collect(),
+    };
+    let mut trailing = good(1, &[1]).encode();
+    trailing.push(0);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("undecodable", vec![0xff; 3]),
+        ("empty", Vec::new()),
+        ("trailing bytes", trailing),
+        ("out of order", good(1, &[3, 2]).encode()),
+        ("repeated seq", good(1, &[2, 2]).encode()),
+        ("below the watermark", good(5, &[4, 6]).encode()),
+    ];
+    for (what, bytes) in cases {
+        let mem = MemBackend::new();
+        let mut b = BackendBatch::default();
+        b.put(TreeId::Kv, keys::session_key(G, 42), bytes);
+        mem.write(&b).unwrap();
+        let store = Store::with_backend(mem, StoreConfig::default()).unwrap();
+        let r = store.apply(
+            G,
+            &[ApplyEntry {
+                index: 1,
+                term: 1,
+                op: ApplyOp::KvOnce(&put("k", "v"), session(42, 7, 7)),
+            }],
+        );
+        match r {
+            Err(StoreError::Corrupt { tree, location, .. }) => {
+                assert_eq!(tree, "kv", "{what}");
+                assert_eq!(location, "group 5 session of client 2a", "{what}");
+            }
+            other => panic!("{what}: expected corruption, got {other:?}"),
+        }
+        // Nothing of the refused apply happened.
+        assert_eq!(get(&store, "k"), None, "{what}");
+        // Other clients are unaffected.
+        let r = apply_once(&store, G, &put("k", "v"), session(43, 1, 1));
+        assert!(
+            matches!(r, Ok(KvOutcome::Put { revision: 1, .. })),
+            "{what}: {r:?}"
+        );
+    }
+}

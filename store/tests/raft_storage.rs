@@ -399,3 +399,38 @@ fn unsynced_applies_are_lost_by_a_crash_but_the_log_is_not() {
     assert_eq!(h.store.group(1).unwrap().last_index(), Ok(2));
     assert_eq!(h.store.get(1, b"k").unwrap(), None);
 }
+
+#[test]
+fn compaction_stops_at_the_applied_index_the_engine_holds_durably() {
+    let h = mem_harness(StoreConfig::default());
+    seed_log(&h.store, 4, 2, 2, &[entry(3, 3), entry(4, 4), entry(5, 5)]);
+    // Applied through 5, but only 3 of it flushed.
+    apply_noops_to(&h.store, 4, 3, 3);
+    h.store
+        .apply(
+            4,
+            &[4u64, 5].map(|i| swarmkv_store::ApplyEntry {
+                index: i,
+                term: i,
+                op: swarmkv_store::ApplyOp::Noop,
+            }),
+        )
+        .unwrap();
+    let mut b = LogBatch::new();
+    b.compact(4, 6);
+    h.store.commit(&b).unwrap();
+    let s = h.store.group(4).unwrap();
+    assert_eq!(s.first_index(), Ok(4), "entries 4 and 5 wait for a flush");
+    drop(s);
+    // A crash loses the unflushed applies; the log still holds what replays them.
+    let h = h.crash_and_reopen();
+    assert_eq!(h.store.apply_state(4).unwrap().index, 3);
+    let s = h.store.group(4).unwrap();
+    assert_eq!(s.entries(4, 6, u64::MAX, ctx()).unwrap().len(), 2);
+    drop(s);
+    apply_noops_to(&h.store, 4, 5, 5);
+    let mut b = LogBatch::new();
+    b.compact(4, 6);
+    h.store.commit(&b).unwrap();
+    assert_eq!(h.store.group(4).unwrap().first_index(), Ok(6));
+}

@@ -122,6 +122,18 @@ pub struct CoreStats {
     pub messages_out: u64,
     /// Raft messages stepped.
     pub messages_in: u64,
+    /// Turns that persisted something (Raft state or applies).
+    pub persist_turns: u64,
+    /// Syncs of the Raft log.
+    pub log_syncs: u64,
+    /// Entries appended to the Raft log.
+    pub log_entries: u64,
+    /// Bytes written to the Raft log.
+    pub log_bytes: u64,
+    /// Flushes of the state layer to sled.
+    pub state_flushes: u64,
+    /// Keys written to sled by those flushes.
+    pub state_flush_keys: u64,
 }
 
 struct InFlight {
@@ -1088,7 +1100,11 @@ impl<B: Backend> Core<B> {
         } = staged;
         let applies = std::mem::take(&mut self.applies);
         if !batch.is_empty() || !applies.is_empty() {
-            self.store.commit_with_applies(&batch, applies)?;
+            let done = self.store.commit_with_applies(&batch, applies)?;
+            self.stats.persist_turns += 1;
+            self.stats.log_syncs += done.syncs as u64;
+            self.stats.log_entries += done.entries as u64;
+            self.stats.log_bytes += done.bytes as u64;
         }
         if reload_leases {
             self.reload_leases()?;
@@ -1117,7 +1133,13 @@ impl<B: Backend> Core<B> {
                 }
             }
         }
-        self.write_applies()
+        self.write_applies()?;
+        // The partitions' writes reach sled in batches (about every 100 ms), behind the log.
+        if let Some(flushed) = self.store.flush_state_if_due(self.now_ms)? {
+            self.stats.state_flushes += 1;
+            self.stats.state_flush_keys += flushed.keys as u64;
+        }
+        Ok(())
     }
 
     /// Writes the applies gathered so far in this half turn (see [`Core::stage`]).

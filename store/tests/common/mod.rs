@@ -45,6 +45,8 @@ impl Harness<SledBackend> {
         let Harness {
             store, dir, config, ..
         } = self;
+        // A clean stop, as the node's: the state layer reaches sled.
+        store.sync().expect("sync before reopening");
         drop(store);
         let path = dir.as_ref().expect("sled harness").path().join("store");
         // sled's background threads may hold the directory lock for a moment after the last
@@ -168,7 +170,8 @@ pub fn apply_ops<B: Backend>(store: &Store<B>, group: u64, ops: &[KvOp]) -> Vec<
         .collect()
 }
 
-/// Applies empty entries up to `index`.
+/// Applies empty entries up to `index` and flushes the state layer (compaction never passes
+/// what the engine holds durably).
 pub fn apply_noops_to<B: Backend>(store: &Store<B>, group: u64, index: u64, term: u64) {
     let start = store.apply_state(group).expect("apply state").index + 1;
     let entries: Vec<ApplyEntry<'_>> = (start..=index)
@@ -179,6 +182,8 @@ pub fn apply_noops_to<B: Backend>(store: &Store<B>, group: u64, index: u64, term
         })
         .collect();
     store.apply(group, &entries).expect("apply noops");
+    // Durable, so that the log may be compacted up to it.
+    store.flush_state().expect("flush the state layer");
 }
 
 pub fn put(key: &str, value: &str) -> KvOp {
