@@ -1,8 +1,10 @@
 //! What a node reads back from its disk: a real node's store (made once: a two-partition
-//! cluster with writes, sessions, a lease and compacted logs) with records dropped, damaged,
-//! replaced, renamed or added (raw bytes, or well-formed records of every stored type with
-//! arbitrary contents), then opened, read through every store API raft-rs and the core use,
-//! and served by a core.
+//! cluster with writes, sessions, a lease and compacted logs) with engine records dropped,
+//! damaged, replaced, renamed or added (raw bytes, or well-formed records of every stored type
+//! with arbitrary contents) and Raft log records added (hard states, configurations,
+//! truncation points and entries with arbitrary contents, as far as the log accepts them:
+//! its framing and checksums are the raft_log module's own tests), then opened, read through
+//! every store API raft-rs and the core use, and served by a core.
 //!
 //! Checked: opening and serving never panic (a bad record is a typed error, or is skipped
 //! where the code says so); a store that opened answers reads of every group; a core that
@@ -18,12 +20,39 @@ use swarmkv::core::{
 use swarmkv_store::kv::SessionRecord;
 use swarmkv_store::raft::eraftpb::{ConfState, Entry, HardState};
 use swarmkv_store::raft::{GetEntriesContext, Storage};
-use swarmkv_store::{keys, KvError, KvOp, KvOutcome, KvRecord, MemBackend, Store, TreeId};
+use swarmkv_store::{
+    keys, Backend, GroupLog, KvError, KvOp, KvOutcome, KvRecord, MemBackend, RaftLog, RaftLogBatch,
+    RaftLogConfig, Store, TreeId,
+};
 
 use crate::single_node::{backend_with, records, store_config, Node};
 
-/// A stored record: (tree, key, value).
+/// A stored record of the engine: (tree, key, value).
 pub type Record = (TreeId, Vec<u8>, Vec<u8>);
+
+/// A record of a group's Raft log, written as a batch of its own.
+#[derive(Debug, Clone)]
+pub enum LogRecord {
+    HardState(u64, HardState),
+    ConfState(u64, ConfState),
+    /// The log starts after (index, term).
+    Compact(u64, u64, u64),
+    Entry(u64, Entry),
+}
+
+/// A record of either store.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    Engine(Record),
+    Log(LogRecord),
+}
+
+/// What a node reads back: the engine's records and its Raft log's.
+#[derive(Debug, Clone, Default)]
+pub struct Disk {
+    pub records: Vec<Record>,
+    pub log: Vec<LogRecord>,
+}
 
 /// One change to the stored records.
 #[derive(Arbitrary, Debug, Clone)]
@@ -157,10 +186,10 @@ pub struct Damage {
 }
 
 /// The real node's records, made once.
-pub fn template() -> &'static [Record] {
-    static TEMPLATE: OnceLock<Vec<Record>> = OnceLock::new();
+pub fn template() -> &'static Disk {
+    static TEMPLATE: OnceLock<Disk> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
-        let made = (|| -> Result<Vec<Record>, swarmkv::core::CoreError> {
+        let made = (|| -> Result<Disk, swarmkv::core::CoreError> {
             let mut node = Node::bootstrap(2)?;
             assert!(
                 node.await_leadership(200)?,
@@ -203,13 +232,66 @@ pub fn template() -> &'static [Record] {
             }
             // The partitions' writes reach the backend with a flush of the state layer.
             node.core.store().sync()?;
-            Ok(records(&node.backend))
+            let backend = node.backend.clone();
+            drop(node);
+            Ok(Disk {
+                records: records(&backend),
+                log: log_records(&backend)?,
+            })
         })();
         match made {
             Ok(r) => r,
             Err(e) => panic!("the template node failed: {e}"),
         }
     })
+}
+
+/// Every group's Raft log in `backend`, as the records that rebuild it.
+fn log_records(backend: &MemBackend) -> swarmkv_store::Result<Vec<LogRecord>> {
+    let log = RaftLog::open(backend.raft_log_fs()?, RaftLogConfig::default())?;
+    let mut out = Vec::new();
+    for g in log.groups() {
+        let GroupLog {
+            hard_state,
+            conf_state,
+            truncated_index,
+            truncated_term,
+            last_index,
+            ..
+        } = log.group(g).unwrap_or_default();
+        out.push(LogRecord::Compact(g, truncated_index, truncated_term));
+        for e in log.entries(g, truncated_index + 1, last_index + 1, None)? {
+            out.push(LogRecord::Entry(g, e));
+        }
+        out.push(LogRecord::HardState(g, hard_state));
+        out.push(LogRecord::ConfState(g, conf_state));
+    }
+    Ok(out)
+}
+
+/// Writes `records` to `backend`'s Raft log, a batch each; one the log refuses (an entry that
+/// does not continue its group's log) is left out, as the log would refuse it.
+fn write_log(backend: &MemBackend, records: &[LogRecord]) -> swarmkv_store::Result<()> {
+    let mut log = RaftLog::open(backend.raft_log_fs()?, RaftLogConfig::default())?;
+    for r in records {
+        let mut b = RaftLogBatch::default();
+        match r {
+            LogRecord::HardState(g, hs) => b.set_hard_state(*g, hs),
+            LogRecord::ConfState(g, cs) => b.set_conf_state(*g, cs),
+            LogRecord::Compact(g, index, term) => b.compact(*g, *index, *term),
+            LogRecord::Entry(g, e) => b.append(*g, std::slice::from_ref(e)),
+        }
+        if let Err(e) = log.write(&b, true) {
+            if !matches!(
+                e,
+                swarmkv_store::StoreError::BadAppend { .. }
+                    | swarmkv_store::StoreError::NonConsecutiveAppend { .. }
+            ) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The key a node-level meta record is stored under (found by writing one).
@@ -258,45 +340,39 @@ fn kv_record(value: Vec<u8>) -> Vec<u8> {
 
 impl Encoded {
     /// The record, under the key its type is stored at.
-    pub fn record(&self) -> Record {
-        match self {
+    pub fn record(&self) -> Stored {
+        let record = match self {
             Encoded::HardState {
                 group: g,
                 term,
                 vote,
                 commit,
-            } => (
-                TreeId::Raft,
-                keys::group_tag(group(*g), keys::TAG_HARD_STATE),
-                pb(&HardState {
+            } => {
+                let hs = HardState {
                     term: *term,
                     vote: *vote,
                     commit: *commit,
                     ..Default::default()
-                }),
-            ),
+                };
+                return Stored::Log(LogRecord::HardState(group(*g), hs));
+            }
             Encoded::ConfState {
                 group: g,
                 voters,
                 learners,
-            } => (
-                TreeId::Raft,
-                keys::group_tag(group(*g), keys::TAG_CONF_STATE),
-                pb(&ConfState {
+            } => {
+                let cs = ConfState {
                     voters: voters.clone(),
                     learners: learners.clone(),
                     ..Default::default()
-                }),
-            ),
+                };
+                return Stored::Log(LogRecord::ConfState(group(*g), cs));
+            }
             Encoded::Truncated {
                 group: g,
                 index,
                 term,
-            } => (
-                TreeId::Raft,
-                keys::group_tag(group(*g), keys::TAG_TRUNCATED),
-                postcard::to_stdvec(&(*index, *term)).unwrap_or_default(),
-            ),
+            } => return Stored::Log(LogRecord::Compact(group(*g), *index, *term)),
             Encoded::Entry {
                 group: g,
                 index,
@@ -322,7 +398,7 @@ impl Encoded {
                     };
                     e.data = Command::Kv { op, session: None }.encode().into();
                 }
-                (TreeId::Raft, keys::entry_key(group(*g), *index), pb(&e))
+                return Stored::Log(LogRecord::Entry(group(*g), e));
             }
             Encoded::ApplyState {
                 group: g,
@@ -495,13 +571,17 @@ impl Encoded {
                     kv_record(postcard::to_stdvec(&t).unwrap_or_default()),
                 )
             }
-        }
+        };
+        Stored::Engine(record)
     }
 }
 
 /// Applies the mutations to a copy of the template's records.
-pub fn damaged(mutations: &[Mutation]) -> Vec<Record> {
-    let mut recs: Vec<Record> = template().to_vec();
+pub fn damaged(mutations: &[Mutation]) -> Disk {
+    let Disk {
+        records: mut recs,
+        mut log,
+    } = template().clone();
     for m in mutations.iter().take(8) {
         let pick = |at: u16, len: usize| usize::from(at) % len.max(1);
         match m {
@@ -533,18 +613,24 @@ pub fn damaged(mutations: &[Mutation]) -> Vec<Record> {
                 let tree = TreeId::ALL[usize::from(*tree) % TreeId::ALL.len()];
                 recs.push((tree, key.clone(), value.clone()));
             }
-            Mutation::Encoded(e) => recs.push(e.record()),
+            Mutation::Encoded(e) => match e.record() {
+                Stored::Engine(r) => recs.push(r),
+                Stored::Log(r) => log.push(r),
+            },
             _ => {}
         }
     }
-    recs
+    Disk { records: recs, log }
 }
 
 /// Opens and serves the damaged store; decodes the key file.
 pub fn check(damage: &Damage) {
     check_key_file(&damage.key_file);
-    let recs = damaged(&damage.mutations);
-    let backend = backend_with(&recs);
+    let disk = damaged(&damage.mutations);
+    let backend = backend_with(&disk.records);
+    if write_log(&backend, &disk.log).is_err() {
+        return;
+    }
     let Ok(store) = Store::with_backend(backend.clone(), store_config()) else {
         return;
     };

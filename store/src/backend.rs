@@ -1,9 +1,10 @@
 //! The ordered, atomic key-value engine underneath the store, as a trait.
 //!
-//! Everything the store does (Raft logs, partition state machines, snapshots) is written once
-//! against [`Backend`]; [`crate::SledBackend`] makes it durable on disk and
-//! [`crate::MemBackend`] keeps it in memory for the simulator and fast tests, where it can also
-//! model a crash that loses what was not synced.
+//! The partition state machines, snapshots and node records are written once against
+//! [`Backend`]; [`crate::SledBackend`] makes them durable on disk and [`crate::MemBackend`]
+//! keeps them in memory for the simulator and fast tests, where it can also model a crash that
+//! loses what was not synced. The Raft logs live beside the engine, in a
+//! [`crate::RaftLog`] on the files the backend names ([`Backend::raft_log_fs`]).
 
 use std::ops::Bound;
 
@@ -14,8 +15,6 @@ use crate::error::Result;
 pub enum TreeId {
     /// Store-wide metadata (format version).
     Meta,
-    /// Raft logs, hard states, conf states and truncation points of every group.
-    Raft,
     /// Partition state machines: user data and apply states.
     Kv,
     /// Frozen copies of partitions, chunked, served to peers that need a snapshot.
@@ -26,19 +25,12 @@ pub enum TreeId {
 
 impl TreeId {
     /// Every tree, in a fixed order.
-    pub const ALL: [TreeId; 5] = [
-        TreeId::Meta,
-        TreeId::Raft,
-        TreeId::Kv,
-        TreeId::SnapOut,
-        TreeId::SnapIn,
-    ];
+    pub const ALL: [TreeId; 4] = [TreeId::Meta, TreeId::Kv, TreeId::SnapOut, TreeId::SnapIn];
 
     /// The tree's name on disk.
     pub fn name(self) -> &'static str {
         match self {
             TreeId::Meta => "meta",
-            TreeId::Raft => "raft",
             TreeId::Kv => "kv",
             TreeId::SnapOut => "snap_out",
             TreeId::SnapIn => "snap_in",
@@ -129,6 +121,10 @@ pub trait Backend: Send + Sync + 'static {
     /// True if the tree exists in an engine opened from existing files; engines without the
     /// notion answer true.
     fn has_tree(&self, tree: TreeId) -> bool;
+
+    /// The files of the node's Raft log: a directory beside the engine's files on disk, the
+    /// same memory files again for a memory backend (so a reopened store finds its log).
+    fn raft_log_fs(&self) -> Result<Box<dyn crate::raft_log::LogFs>>;
 
     /// Where the data lives, for error messages; `None` for memory.
     fn path(&self) -> Option<&std::path::Path> {

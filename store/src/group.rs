@@ -1,17 +1,17 @@
 //! One Raft group's persistent state, cached, and its `raft::Storage` implementation.
 
 use std::collections::VecDeque;
-use std::ops::Bound;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, Scan, TreeId};
+use crate::backend::{Backend, TreeId};
 use crate::error::{Result, StoreError};
 use crate::keys;
+use crate::raft_log::{RaftLog, RaftLogBatch};
 use crate::store::Store;
 
 /// Where the state machine of a partition stands: persisted atomically with the data it
@@ -152,25 +152,6 @@ pub(crate) fn write(g: &SharedGroup) -> RwLockWriteGuard<'_, GroupState> {
     g.write().unwrap_or_else(|p| p.into_inner())
 }
 
-pub(crate) fn decode_entry(group: u64, index: u64, bytes: &[u8]) -> Result<Entry> {
-    let e = Entry::parse_from_bytes(bytes)
-        .map_err(|e| StoreError::corrupt("raft", format!("group {group} entry {index}"), e))?;
-    if e.index != index {
-        return Err(StoreError::corrupt(
-            "raft",
-            format!("group {group} entry {index}"),
-            format!("record holds index {}", e.index),
-        ));
-    }
-    Ok(e)
-}
-
-pub(crate) fn encode_pb(m: &impl protobuf::Message, what: &str) -> Result<Vec<u8>> {
-    m.write_to_bytes()
-        .map_err(|e| StoreError::corrupt("raft", what.to_string(), e))
-}
-
-/// Loads a group's state from the backend and checks that its log has no hole.
 /// Whether raft-rs can restore configuration `cs`: it replays the outgoing voters, then (in a
 /// joint configuration) enters the joint state with the incoming voters, learners and next
 /// learners, and insists that the result equals `cs` (as sets). So a node has one role per half, next learners exist only in a joint configuration and are outgoing
@@ -223,72 +204,55 @@ pub fn check_conf_state(cs: &ConfState) -> std::result::Result<(), String> {
     Ok(())
 }
 
-pub(crate) fn load<B: Backend>(backend: &B, group: u64) -> Result<GroupState> {
-    let mut meta = LogMeta::default();
-    let get = |tag| backend.get(TreeId::Raft, &keys::group_tag(group, tag));
-    if let Some(b) = get(keys::TAG_HARD_STATE)? {
-        meta.hard_state = HardState::parse_from_bytes(&b)
-            .map_err(|e| StoreError::corrupt("raft", format!("group {group} hard state"), e))?;
-    }
-    if let Some(b) = get(keys::TAG_CONF_STATE)? {
-        meta.conf_state = ConfState::parse_from_bytes(&b)
-            .map_err(|e| StoreError::corrupt("raft", format!("group {group} conf state"), e))?;
-    }
-    if let Some(b) = get(keys::TAG_TRUNCATED)? {
-        let (i, t): (u64, u64) = postcard::from_bytes(&b).map_err(|e| {
-            StoreError::corrupt("raft", format!("group {group} truncated state"), e)
-        })?;
-        meta.truncated_index = i;
-        meta.truncated_term = t;
-    }
+/// Loads a group's state: its log's from the Raft log, its applied state from the engine.
+///
+/// A snapshot install reaches the engine (synced) before the log records it, so a crash in
+/// between leaves an applied index that the log does not hold at its term: the install
+/// happened, and the log restarts after it, as the lost record would have made it.
+pub(crate) fn load<B: Backend>(
+    backend: &B,
+    raft_log: &Mutex<RaftLog>,
+    group: u64,
+) -> Result<GroupState> {
+    let mut log = raft_log.lock().unwrap_or_else(|p| p.into_inner());
+    let stored = log.group(group).unwrap_or_default();
+    let mut meta = LogMeta {
+        hard_state: stored.hard_state,
+        conf_state: stored.conf_state,
+        truncated_index: stored.truncated_index,
+        truncated_term: stored.truncated_term,
+        last_index: stored.last_index,
+        last_term: stored.last_term,
+        apply: ApplyState::default(),
+    };
     if let Some(b) = backend.get(TreeId::Kv, &keys::group_tag(group, keys::TAG_APPLY_STATE))? {
         meta.apply = ApplyState::decode(group, &b)?;
     }
-
-    // Walk the entry keys (not their values) to find the last index and any hole.
-    let lo = keys::entry_key(group, 0);
-    let hi = keys::group_tag(group, keys::TAG_ENTRY + 1);
-    // A truncated index of u64::MAX leaves no room for an entry after it (found by the
-    // stored_records fuzz target as an overflow).
-    let mut expected = meta.truncated_index.checked_add(1).ok_or_else(|| {
-        StoreError::corrupt(
-            "raft",
-            format!("group {group} truncated state"),
-            "truncated index is the largest index",
-        )
-    })?;
-    let mut last: Option<(u64, Vec<u8>)> = None;
-    backend.scan(
-        TreeId::Raft,
-        Bound::Included(&lo),
-        Bound::Excluded(&hi),
-        false,
-        &mut |k, v| {
-            let index = keys::u64_at(k, 9).ok_or_else(|| {
-                StoreError::corrupt("raft", format!("group {group}"), "short entry key")
-            })?;
-            if index != expected {
-                return Err(StoreError::LogHole {
-                    group,
-                    expected,
-                    found: index,
-                });
-            }
-            expected = expected.saturating_add(1);
-            last = Some((index, v.to_vec()));
-            Ok(Scan::Continue)
-        },
-    )?;
-    match last {
-        Some((index, bytes)) => {
-            meta.last_index = index;
-            meta.last_term = decode_entry(group, index, &bytes)?.term;
-        }
-        None => {
-            meta.last_index = meta.truncated_index;
-            meta.last_term = meta.truncated_term;
-        }
+    let apply = &meta.apply;
+    let lost_install = apply.index > meta.last_index
+        || (apply.index >= meta.truncated_index
+            && apply.index > 0
+            && log.term(group, apply.index)? != apply.term);
+    if lost_install {
+        meta.truncated_index = apply.index;
+        meta.truncated_term = apply.term;
+        meta.last_index = apply.index;
+        meta.last_term = apply.term;
+        meta.hard_state.term = meta.hard_state.term.max(apply.term);
+        meta.hard_state.commit = apply.index;
+        meta.conf_state = apply.conf_state.clone();
+        let mut redo = RaftLogBatch::default();
+        redo.reset(group, apply.index, apply.term);
+        redo.set_hard_state(group, &meta.hard_state);
+        redo.set_conf_state(group, &meta.conf_state);
+        log.write(&redo, true)?;
+        log::warn!(
+            "group {group}: the raft log lacked the snapshot installed at {} (a crash between \
+             the install and its log record): the log restarts there",
+            meta.apply.index
+        );
     }
+    drop(log);
     if meta.last_index == u64::MAX {
         return Err(StoreError::corrupt(
             "raft",
@@ -337,57 +301,6 @@ pub(crate) fn load<B: Backend>(backend: &B, group: u64) -> Result<GroupState> {
         cache: VecDeque::new(),
         cache_bytes: 0,
     })
-}
-
-/// Reads entries `[lo, hi)` from the backend, at most `max_size` bytes (but at least one
-/// entry), checking that none is missing.
-pub(crate) fn read_entries<B: Backend>(
-    backend: &B,
-    group: u64,
-    lo: u64,
-    hi: u64,
-    max_size: Option<u64>,
-) -> Result<Vec<Entry>> {
-    let mut out = Vec::with_capacity((hi - lo).min(1024) as usize);
-    let mut size = 0u64;
-    let mut expected = lo;
-    let mut stopped = false;
-    let (start, end) = (keys::entry_key(group, lo), keys::entry_key(group, hi));
-    backend.scan(
-        TreeId::Raft,
-        Bound::Included(&start),
-        Bound::Excluded(&end),
-        false,
-        &mut |k, v| {
-            let index = keys::u64_at(k, 9).unwrap_or(0);
-            if index != expected {
-                return Err(StoreError::LogHole {
-                    group,
-                    expected,
-                    found: index,
-                });
-            }
-            let e = decode_entry(group, index, v)?;
-            size += u64::from(e.compute_size());
-            if let Some(max) = max_size {
-                if !out.is_empty() && size > max {
-                    stopped = true;
-                    return Ok(Scan::Stop);
-                }
-            }
-            out.push(e);
-            expected += 1;
-            Ok(Scan::Continue)
-        },
-    )?;
-    if !stopped && expected != hi {
-        return Err(StoreError::LogHole {
-            group,
-            expected,
-            found: hi,
-        });
-    }
-    Ok(out)
 }
 
 /// One group's Raft log as raft-rs sees it: a cheap handle onto the store's shared cache.
@@ -460,7 +373,7 @@ impl<B: Backend> GroupStorage<B> {
             return Ok(out);
         }
         drop(st);
-        read_entries(&self.store.inner.backend, self.group, lo, hi, max_size)
+        self.store.raft_log().entries(self.group, lo, hi, max_size)
     }
 
     fn term_inner(&self, idx: u64) -> Result<u64> {
@@ -490,19 +403,7 @@ impl<B: Backend> GroupStorage<B> {
             return Ok(e.term);
         }
         drop(st);
-        match self
-            .store
-            .inner
-            .backend
-            .get(TreeId::Raft, &keys::entry_key(self.group, idx))?
-        {
-            Some(b) => Ok(decode_entry(self.group, idx, &b)?.term),
-            None => Err(StoreError::LogHole {
-                group: self.group,
-                expected: idx,
-                found: idx + 1,
-            }),
-        }
+        self.store.raft_log().term(self.group, idx)
     }
 }
 

@@ -1,21 +1,13 @@
 //! Key layout of every tree: `[group id BE u64][tag u8][rest]`.
 //!
 //! Big-endian integers make byte order equal numeric order, so one group's records are one
-//! contiguous range and a log's entries iterate in index order. The layout is part of the
+//! contiguous range and a family's records iterate in numeric order. The layout is part of the
 //! on-disk format: change it only together with [`crate::FORMAT_VERSION`].
 
 /// Kv tree: the partition's event history (see [`crate::history`]): alone, the compacted
 /// revision; followed by a revision and an event number, one event. It sorts before the
 /// partition's data, so snapshots (which copy from [`TAG_DATA`] on) leave it out.
 pub const TAG_HISTORY: u8 = 0x00;
-/// Raft tree: the group's hard state.
-pub const TAG_HARD_STATE: u8 = 0x01;
-/// Raft tree: the group's conf state as last persisted by raft.
-pub const TAG_CONF_STATE: u8 = 0x02;
-/// Raft tree: index and term of the last entry removed by compaction or a snapshot.
-pub const TAG_TRUNCATED: u8 = 0x03;
-/// Raft tree: log entries, followed by the entry index.
-pub const TAG_ENTRY: u8 = 0x10;
 /// Kv tree: the apply state (applied index, term, conf state) of the partition.
 pub const TAG_APPLY_STATE: u8 = 0x01;
 /// Kv tree: user data, followed by the user key.
@@ -46,11 +38,6 @@ pub fn group_tag_index(group: u64, tag: u8, index: u64) -> Vec<u8> {
     k.push(tag);
     k.extend_from_slice(&index.to_be_bytes());
     k
-}
-
-/// `[group][TAG_ENTRY][index]`.
-pub fn entry_key(group: u64, index: u64) -> Vec<u8> {
-    group_tag_index(group, TAG_ENTRY, index)
 }
 
 /// `[group][TAG_DATA][user key]`.
@@ -121,24 +108,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entry_keys_sort_by_group_then_index() {
-        let mut keys = vec![
-            entry_key(2, 1),
-            entry_key(1, 256),
-            entry_key(1, 2),
-            entry_key(1, u64::MAX),
+    fn group_keys_sort_by_group_then_index() {
+        let mut keys = [
+            group_tag_index(2, TAG_DATA, 1),
+            group_tag_index(1, TAG_DATA, 256),
+            group_tag_index(1, TAG_DATA, 2),
         ];
         keys.sort();
-        assert_eq!(
-            keys,
-            vec![
-                entry_key(1, 2),
-                entry_key(1, 256),
-                entry_key(1, u64::MAX),
-                entry_key(2, 1)
-            ]
-        );
-        assert_eq!(group_of(&keys[3]), Some(2));
+        assert_eq!(keys[0], group_tag_index(1, TAG_DATA, 2));
+        assert_eq!(group_of(&keys[2]), Some(2));
         assert_eq!(u64_at(&keys[1], 9), Some(256));
     }
 

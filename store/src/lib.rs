@@ -1,13 +1,14 @@
-//! The durable state of a swarmkv node: every Raft group's log and every partition's key-value
-//! state machine, in one sled database, with group commit (one atomic write and one real
-//! fdatasync for any number of groups) and chunked snapshots. No networking here.
+//! The durable state of a swarmkv node: every Raft group's log in a log of its own, with group
+//! commit (one write and one fdatasync for any number of groups), and every partition's
+//! key-value state machine in sled, written in batches behind the log; chunked snapshots. No
+//! networking here.
 //!
 //! # Layout
-//! - [`backend`]: the ordered, atomic engine trait the rest is written against.
+//! - [`backend`]: the ordered, atomic engine trait the state machines are written against.
 //! - [`sled_backend`]: sled on disk, with a real fdatasync (see its docs for why).
 //! - [`durable_mark`]: detecting at open a store that lost writes it had made durable.
 //! - [`mem_backend`]: memory, with simulated crashes, for the simulator and fast tests.
-//! - [`keys`]: the `[group id BE][tag][index BE]` key layout of every tree.
+//! - [`keys`]: the `[group id BE][tag][rest]` key layout of every tree.
 //! - [`store`]: opening a store, group handles, reads (get, scan).
 //! - [`group`]: one group's cached log state and its `raft::Storage` implementation.
 //! - [`log_batch`]: group commit of appends, hard/conf states, snapshots and compaction.

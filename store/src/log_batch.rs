@@ -1,14 +1,14 @@
-//! Group commit: one atomic write and one fsync for the Raft state of many groups.
+//! Group commit: one write and one fsync of the Raft log for the Raft state of many groups.
 
 use std::collections::HashMap;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 use crate::apply::ApplyBatch;
-use crate::backend::{Backend, BackendBatch, TreeId};
+use crate::backend::{Backend, BackendBatch};
 use crate::error::{Result, StoreError};
-use crate::group::{self, encode_pb, ApplyState, LogMeta, SharedGroup};
-use crate::keys;
+use crate::group::{self, ApplyState, LogMeta, SharedGroup};
+use crate::raft_log::RaftLogBatch;
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -23,8 +23,8 @@ enum LogOp {
 }
 
 /// Raft persistence work for any number of groups, committed by [`Store::commit`] as one
-/// atomic write followed by one sync (no sync when only commit indexes and compactions are in
-/// it). Operations apply in the order they were added; for a raft-rs `Ready` that is:
+/// write of the Raft log followed by one sync (no sync when only commit indexes and
+/// compactions are in it). Operations apply in the order they were added; for a raft-rs `Ready` that is:
 /// snapshot, entries, hard state.
 #[derive(Debug, Default, Clone)]
 pub struct LogBatch {
@@ -60,7 +60,7 @@ impl LogBatch {
     /// raises a stored commit index to the stored applied index (those entries were
     /// committed), which is all raft-rs needs to restart. The next term or vote change
     /// writes the commit index of its moment with it. Skipping it saves a key per active
-    /// group and turn in the store's write (a sled transaction pays for every key).
+    /// group and turn in the log's write.
     pub fn set_commit(&mut self, group: u64, hs: HardState) {
         self.ops.push((group, LogOp::Commit(hs)));
     }
@@ -127,18 +127,19 @@ struct Work {
 }
 
 impl<B: Backend> Store<B> {
-    /// Commits `batch`: validates every operation, writes them all in one atomic write, makes it
-    /// durable with one sync (unless [`LogBatch::needs_sync`] is false), then updates the in-memory state raft-rs reads. On error nothing
-    /// was applied to the in-memory state (and, unless the error came from the sync itself,
-    /// nothing was written).
+    /// Commits `batch`: validates every operation, writes them all to the Raft log in one
+    /// write, makes it durable with one sync (unless [`LogBatch::needs_sync`] is false), then
+    /// updates the in-memory state raft-rs reads. A snapshot install first writes the
+    /// partition to the engine and syncs it, so the log never points past what the engine
+    /// holds. On error nothing was applied to the in-memory state (and, unless the error came
+    /// from a write or sync itself, nothing was written).
     pub fn commit(&self, batch: &LogBatch) -> Result<CommitStats> {
         self.commit_with_applies(batch, ApplyBatch::default())
     }
 
-    /// As [`Store::commit`], with the gathered `applies` in the same atomic write (sled's
-    /// price for a write is per write, not per byte: a turn that applied and appended pays it
-    /// once). The applies become visible with the write, before the sync, as
-    /// [`Store::write_applies`] would make them; their waiters are woken after it.
+    /// As [`Store::commit`], with the gathered `applies` written to the state layer in the
+    /// same turn. The applies become visible with the write, as [`Store::write_applies`]
+    /// would make them; their waiters are woken after it.
     pub fn commit_with_applies(
         &self,
         batch: &LogBatch,
@@ -159,8 +160,10 @@ impl<B: Backend> Store<B> {
             return Ok(CommitStats::default());
         }
         let mut work: HashMap<u64, Work> = HashMap::new();
-        let mut bb = BackendBatch::default();
+        let mut installs = BackendBatch::default();
+        let mut rb = RaftLogBatch::default();
         let mut entries = 0;
+        let mut compacted = false;
         for (group, op) in &batch.ops {
             let group = *group;
             let w = match work.entry(group) {
@@ -174,56 +177,68 @@ impl<B: Backend> Store<B> {
             match op {
                 LogOp::Append(ents) => {
                     entries += ents.len();
-                    prepare_append(group, &mut w.meta, ents, &mut bb)?
+                    check_append(group, &mut w.meta, ents)?;
+                    rb.append(group, ents);
                 }
                 LogOp::HardState(hs) => {
-                    bb.put(
-                        TreeId::Raft,
-                        keys::group_tag(group, keys::TAG_HARD_STATE),
-                        encode_pb(hs, "hard state")?,
-                    );
+                    rb.set_hard_state(group, hs);
                     w.meta.hard_state = hs.clone();
                 }
                 LogOp::Commit(hs) => w.meta.hard_state = hs.clone(),
                 LogOp::ConfState(cs) => {
-                    bb.put(
-                        TreeId::Raft,
-                        keys::group_tag(group, keys::TAG_CONF_STATE),
-                        encode_pb(cs, "conf state")?,
-                    );
+                    rb.set_conf_state(group, cs);
                     w.meta.conf_state = cs.clone();
                 }
                 LogOp::Snapshot(snap) => {
-                    self.prepare_snapshot(group, &mut w.meta, snap, &mut bb)?
+                    self.prepare_snapshot(group, &mut w.meta, snap, &mut installs)?;
+                    let m = &w.meta;
+                    rb.reset(group, m.truncated_index, m.truncated_term);
+                    rb.set_hard_state(group, &m.hard_state);
+                    rb.set_conf_state(group, &m.conf_state);
                 }
                 LogOp::Compact(ci) => {
                     let shared = w.shared.clone();
-                    self.prepare_compact(group, &shared, &mut w.meta, *ci, &mut bb)?
+                    if self.prepare_compact(group, &shared, &mut w.meta, *ci)? {
+                        rb.compact(group, w.meta.truncated_index, w.meta.truncated_term);
+                        compacted = true;
+                    }
                 }
             }
         }
-        let bytes = bb.bytes();
         let applied: Vec<(u64, SharedGroup, ApplyState)> = applies
             .pending
             .into_iter()
             .map(|(g, a)| Ok((g, self.shared_group(g)?, a)))
             .collect::<Result<_>>()?;
+        if !installs.is_empty() {
+            // Durable in the engine before the log says the log restarts after it (a crash in
+            // between is repaired at load, see `group::load`).
+            // An install of an empty partition writes only `kv` records, which the state
+            // layer would hold: the flush moves them (and the layer) into the engine, synced.
+            self.inner.backend.write(&installs)?;
+            self.inner.backend.flush()?;
+        }
+        let mut bytes = 0;
+        if !rb.is_empty() {
+            let started = std::time::Instant::now();
+            let mut log = self.raft_log();
+            bytes = log.write(&rb, batch.sync)?.bytes as usize;
+            if compacted && log.segment_count() > 1 {
+                log.purge()?;
+            }
+            drop(log);
+            if batch.sync {
+                if let Some(observe) = self.inner.sync_observer.get() {
+                    observe(started.elapsed());
+                }
+            }
+        }
         {
             // As in `write_applies`: no reader sees a group's data ahead of its applied state.
-            // The Raft part goes to the engine, the applies to the state layer (two writes:
-            // an apply needs no atomicity with the log, which holds what it applied).
             let mut locked: Vec<_> = applied.iter().map(|(_, s, _)| group::write(s)).collect();
-            self.inner.backend.write(&bb)?;
             self.inner.backend.write(&applies.writes)?;
             for (st, (_, _, apply)) in locked.iter_mut().zip(&applied) {
                 st.meta.apply = apply.clone();
-            }
-        }
-        if batch.sync {
-            let started = std::time::Instant::now();
-            self.inner.backend.sync()?;
-            if let Some(observe) = self.inner.sync_observer.get() {
-                observe(started.elapsed());
             }
         }
 
@@ -237,7 +252,7 @@ impl<B: Backend> Store<B> {
                     st.cache_truncate_from(ents[0].index);
                     st.cache_push(ents, budget);
                 }
-                LogOp::Compact(ci) => st.cache_drop_before(*ci),
+                LogOp::Compact(_) => st.cache_drop_before(w.meta.first_index()),
                 LogOp::Snapshot(_) => st.cache_clear(),
                 LogOp::HardState(_) | LogOp::Commit(_) | LogOp::ConfState(_) => {}
             }
@@ -258,7 +273,7 @@ impl<B: Backend> Store<B> {
                 .iter()
                 .any(|(bg, op)| bg == g && matches!(op, LogOp::Snapshot(_)))
             {
-                // An install is written through to the engine and synced with the batch.
+                // An install is written through to the engine and synced.
                 st.durable_applied = w.meta.apply.index;
             }
         }
@@ -275,20 +290,21 @@ impl<B: Backend> Store<B> {
             groups: work.len(),
             entries,
             bytes,
-            syncs: usize::from(batch.sync),
+            syncs: usize::from(batch.sync && !rb.is_empty()),
         })
     }
 
+    /// Moves `meta`'s truncation point for a compaction to `ci`; false when there is nothing
+    /// to compact.
     fn prepare_compact(
         &self,
         group: u64,
         shared: &SharedGroup,
         meta: &mut LogMeta,
         ci: u64,
-        bb: &mut BackendBatch,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         if ci <= meta.first_index() {
-            return Ok(());
+            return Ok(false);
         }
         if ci > meta.last_index + 1 || ci - 1 > meta.apply.index {
             return Err(StoreError::BadCompact {
@@ -302,7 +318,7 @@ impl<B: Backend> Store<B> {
         // replayed into the state the layer lost. A later compaction removes them.
         let ci = ci.min(group::read(shared).durable_applied + 1);
         if ci <= meta.first_index() {
-            return Ok(());
+            return Ok(false);
         }
         // ci - 1 is applied, hence committed, hence not rewritten by an append in this batch:
         // its term can be read from the state as it was before the batch.
@@ -318,15 +334,13 @@ impl<B: Backend> Store<B> {
                 StoreError::corrupt("raft", format!("group {group} entry {}", ci - 1), e)
             })?
         };
-        for i in meta.first_index()..ci {
-            bb.delete(TreeId::Raft, keys::entry_key(group, i));
-        }
         meta.truncated_index = ci - 1;
         meta.truncated_term = term;
-        put_truncated(group, meta, bb);
-        Ok(())
+        Ok(true)
     }
 
+    /// Prepares an install into `bb` (the partition's new state) and moves `meta` to the
+    /// snapshot's point.
     fn prepare_snapshot(
         &self,
         group: u64,
@@ -342,12 +356,7 @@ impl<B: Backend> Store<B> {
                 first: meta.first_index(),
             });
         }
-        // The state machine part first: it may fail (chunks missing) and must not leave a
-        // half-prepared raft part behind (nothing is written before the whole batch is ready).
         let apply = self.prepare_install(group, snap, bb)?;
-        for i in meta.first_index()..=meta.last_index {
-            bb.delete(TreeId::Raft, keys::entry_key(group, i));
-        }
         meta.truncated_index = sm.index;
         meta.truncated_term = sm.term;
         meta.last_index = sm.index;
@@ -356,35 +365,13 @@ impl<B: Backend> Store<B> {
         meta.hard_state.commit = sm.index;
         meta.conf_state = sm.get_conf_state().clone();
         meta.apply = apply;
-        put_truncated(group, meta, bb);
-        bb.put(
-            TreeId::Raft,
-            keys::group_tag(group, keys::TAG_HARD_STATE),
-            encode_pb(&meta.hard_state, "hard state")?,
-        );
-        bb.put(
-            TreeId::Raft,
-            keys::group_tag(group, keys::TAG_CONF_STATE),
-            encode_pb(&meta.conf_state, "conf state")?,
-        );
         Ok(())
     }
 }
 
-fn put_truncated(group: u64, meta: &LogMeta, bb: &mut BackendBatch) {
-    bb.put(
-        TreeId::Raft,
-        keys::group_tag(group, keys::TAG_TRUNCATED),
-        postcard::to_stdvec(&(meta.truncated_index, meta.truncated_term)).unwrap_or_default(),
-    );
-}
-
-fn prepare_append(
-    group: u64,
-    meta: &mut LogMeta,
-    ents: &[Entry],
-    bb: &mut BackendBatch,
-) -> Result<()> {
+/// Checks that `ents` continue `group`'s log (replacing a conflicting suffix) and moves
+/// `meta`'s last index to them.
+fn check_append(group: u64, meta: &mut LogMeta, ents: &[Entry]) -> Result<()> {
     let first = ents[0].index;
     if first <= meta.truncated_index || first > meta.last_index + 1 {
         return Err(StoreError::BadAppend {
@@ -401,19 +388,10 @@ fn prepare_append(
                 index: e.index,
             });
         }
-        bb.put(
-            TreeId::Raft,
-            keys::entry_key(group, e.index),
-            encode_pb(e, "entry")?,
-        );
     }
-    let Some(last) = ents.last() else {
-        return Ok(());
-    };
-    for i in last.index + 1..=meta.last_index {
-        bb.delete(TreeId::Raft, keys::entry_key(group, i));
+    if let Some(last) = ents.last() {
+        meta.last_index = last.index;
+        meta.last_term = last.term;
     }
-    meta.last_index = last.index;
-    meta.last_term = last.term;
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::{range_is_empty, Backend, BackendBatch, Scan, TreeId, Visitor};
 use crate::error::Result;
+use crate::raft_log::{LogFs, MemFs};
 
 type Trees = Vec<BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -28,7 +29,13 @@ struct MemState {
 #[derive(Clone, Default)]
 pub struct MemBackend {
     state: Arc<Mutex<MemState>>,
+    /// The Raft log's files, which crash with the engine.
+    log: MemFs,
 }
+
+/// Bytes of the Raft log's unsynced tail a crash keeps per unsynced engine batch it keeps:
+/// enough to leave a torn record behind.
+const LOG_BYTES_KEPT_PER_BATCH: usize = 61;
 
 fn empty_trees() -> Trees {
     vec![BTreeMap::new(); TreeId::ALL.len()]
@@ -59,6 +66,7 @@ impl MemBackend {
         };
         MemBackend {
             state: Arc::new(Mutex::new(state)),
+            log: MemFs::new(),
         }
     }
 
@@ -71,8 +79,10 @@ impl MemBackend {
 
     /// Simulates a crash: every batch written after the last sync is lost, except the first
     /// `keep_unsynced` of them (a real disk may have written some of them already; writes are
-    /// ordered, so what survives is always a prefix).
+    /// ordered, so what survives is always a prefix). The Raft log loses its unsynced tail
+    /// likewise, but for a prefix of `keep_unsynced` times a few dozen bytes (a torn record).
     pub fn crash(&self, keep_unsynced: usize) {
+        self.log.crash(keep_unsynced * LOG_BYTES_KEPT_PER_BATCH);
         let mut s = self.lock();
         let pending = std::mem::take(&mut s.pending);
         let mut trees = s.durable.clone();
@@ -83,14 +93,20 @@ impl MemBackend {
         s.live = trees;
     }
 
+    /// The Raft log's files (tests damage them through [`MemFs::corrupt`]).
+    pub fn raft_log_files(&self) -> MemFs {
+        self.log.clone()
+    }
+
     /// Number of batches written since the last sync.
     pub fn unsynced_batches(&self) -> usize {
         self.lock().pending.len()
     }
 
-    /// Number of syncs so far (what the group-commit tests count).
+    /// Number of syncs so far, of the engine and of the Raft log (what the group-commit tests
+    /// count).
     pub fn sync_count(&self) -> u64 {
-        self.lock().syncs
+        self.lock().syncs + self.log.sync_count()
     }
 }
 
@@ -147,6 +163,10 @@ impl Backend for MemBackend {
 
     fn has_tree(&self, _tree: TreeId) -> bool {
         true
+    }
+
+    fn raft_log_fs(&self) -> Result<Box<dyn LogFs>> {
+        Ok(Box::new(self.log.clone()))
     }
 }
 

@@ -317,6 +317,13 @@ impl Backend for SledBackend {
         self.preexisting.contains(tree.name())
     }
 
+    /// `wal/` inside the store's directory, beside sled's own files.
+    fn raft_log_fs(&self) -> Result<Box<dyn crate::raft_log::LogFs>> {
+        Ok(Box::new(crate::raft_log::DirFs::open(
+            &self.path.join("wal"),
+        )?))
+    }
+
     fn path(&self) -> Option<&Path> {
         Some(&self.path)
     }

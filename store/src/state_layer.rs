@@ -275,6 +275,10 @@ impl<B: Backend> Backend for Layered<B> {
     fn path(&self) -> Option<&std::path::Path> {
         self.inner.path()
     }
+
+    fn raft_log_fs(&self) -> Result<Box<dyn crate::raft_log::LogFs>> {
+        self.inner.raft_log_fs()
+    }
 }
 
 #[cfg(test)]

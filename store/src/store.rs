@@ -11,12 +11,14 @@ use crate::group::{self, ApplyState, GroupStorage, SharedGroup};
 use crate::keys;
 use crate::kv::{decode_record, KvRecord, Limits};
 use crate::mem_backend::MemBackend;
+use crate::raft_log::{RaftLog, RaftLogBatch, RaftLogConfig};
 use crate::sled_backend::{SledBackend, SledConfig};
 use crate::snapshot::DiscardedSnapshot;
 use crate::state_layer::{FlushStats, Layered};
 
-/// Version of the on-disk layout (key layout, record encodings). Stored in the `meta` tree.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version of the on-disk layout (key layout, record encodings, where the Raft log lives).
+/// Stored in the `meta` tree.
+pub const FORMAT_VERSION: u32 = 3;
 const FORMAT_KEY: &[u8] = b"format";
 
 /// Settings of a store.
@@ -41,6 +43,8 @@ pub struct StoreConfig {
     pub state_flush_ms: u64,
     /// ... or until this many bytes wait.
     pub state_flush_bytes: usize,
+    /// The Raft log's segment size.
+    pub raft_log: RaftLogConfig,
 }
 
 impl Default for StoreConfig {
@@ -54,6 +58,7 @@ impl Default for StoreConfig {
             history_revisions: 10_000,
             state_flush_ms: 100,
             state_flush_bytes: 8 * 1024 * 1024,
+            raft_log: RaftLogConfig::default(),
         }
     }
 }
@@ -68,6 +73,8 @@ pub type ApplyObserver = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
 pub(crate) struct Inner<B> {
     /// The engine, with the partitions' recent writes in memory in front of it.
     pub backend: Layered<B>,
+    /// Every group's Raft log, hard state and configuration.
+    pub raft_log: Mutex<RaftLog>,
     /// When the state layer was last flushed (the caller's clock, milliseconds).
     pub last_flush_ms: Mutex<Option<u64>>,
     pub sync_observer: std::sync::OnceLock<SyncObserver>,
@@ -159,6 +166,13 @@ impl<B: Backend> Store<B> {
                 backend.sync()?;
             }
         }
+        let raft_log = RaftLog::open(backend.raft_log_fs()?, config.raft_log.clone())?;
+        if let Some((file, offset, bytes)) = &raft_log.open_report().torn_tail {
+            log::warn!(
+                "cut a torn write at the end of the raft log: {bytes} bytes at {file} offset \
+                 {offset} (never acknowledged)"
+            );
+        }
         let discarded = crate::snapshot_io::discard_staged(&backend)?;
         for d in &discarded {
             log::warn!(
@@ -171,6 +185,7 @@ impl<B: Backend> Store<B> {
         Ok(Store {
             inner: Arc::new(Inner {
                 backend: Layered::new(backend),
+                raft_log: Mutex::new(raft_log),
                 last_flush_ms: Mutex::new(None),
                 sync_observer: std::sync::OnceLock::new(),
                 apply_observer: std::sync::OnceLock::new(),
@@ -257,6 +272,15 @@ impl<B: Backend> Store<B> {
         Ok(Some(stats))
     }
 
+    pub(crate) fn raft_log(&self) -> std::sync::MutexGuard<'_, RaftLog> {
+        // The log's state changes only after its writes succeed, and a failed write makes it
+        // refuse further writes: a poisoned lock still guards a consistent log.
+        self.inner
+            .raft_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Bytes of partition writes waiting in the state layer.
     pub fn state_pending_bytes(&self) -> usize {
         self.inner.backend.pending_bytes()
@@ -277,7 +301,7 @@ impl<B: Backend> Store<B> {
         if let Some(g) = groups.get(&group) {
             return Ok(g.clone());
         }
-        let state = group::load(&self.inner.backend, group)?;
+        let state = group::load(&self.inner.backend, &self.inner.raft_log, group)?;
         let g = Arc::new(RwLock::new(state));
         groups.insert(group, g.clone());
         Ok(g)
@@ -294,8 +318,9 @@ impl<B: Backend> Store<B> {
 
     /// Every group the store holds Raft or state-machine data for, in id order.
     pub fn groups(&self) -> Result<Vec<u64>> {
-        let mut out = BTreeSet::new();
-        for tree in [TreeId::Raft, TreeId::Kv] {
+        let mut out: BTreeSet<u64> = self.raft_log().groups().into_iter().collect();
+        {
+            let tree = TreeId::Kv;
             let mut from: Option<u64> = Some(0);
             while let Some(start) = from {
                 let start_key = start.to_be_bytes();
@@ -381,7 +406,7 @@ impl<B: Backend> Store<B> {
         let shared = self.shared_group(group)?;
         let mut st = group::write(&shared);
         let mut batch = BackendBatch::default();
-        for tree in [TreeId::Raft, TreeId::Kv, TreeId::SnapOut, TreeId::SnapIn] {
+        for tree in [TreeId::Kv, TreeId::SnapOut, TreeId::SnapIn] {
             let lo = group.to_be_bytes();
             let hi = group.checked_add(1).map(u64::to_be_bytes);
             let mut doomed = Vec::new();
@@ -402,6 +427,9 @@ impl<B: Backend> Store<B> {
         }
         self.inner.backend.write(&batch)?;
         self.inner.backend.sync()?;
+        let mut forget = RaftLogBatch::default();
+        forget.remove_group(group);
+        self.raft_log().write(&forget, true)?;
         *st = group::GroupState::default();
         drop(st);
         self.inner

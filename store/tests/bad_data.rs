@@ -12,52 +12,66 @@ fn ctx() -> GetEntriesContext {
     GetEntriesContext::empty(false)
 }
 
+/// The Raft log's segment file of a store in `dir`, and where its written data ends.
+fn segment_and_data_end(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
+    let seg = dir.join("wal").join(format!("{:016x}.log", 1));
+    let bytes = std::fs::read(&seg).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+    (seg, end)
+}
+
 #[test]
-fn an_undecodable_entry_is_reported_with_group_and_index() {
-    let h = mem_harness(StoreConfig::default());
+fn a_damaged_record_in_the_middle_of_the_raft_log_is_refused_with_its_file_and_offset() {
+    let h = sled_harness(StoreConfig::default());
     seed_log(&h.store, 3, 2, 2, &[entry(3, 3), entry(4, 3), entry(5, 3)]);
-    let mem = h.mem.clone().unwrap();
-    let mut b = BackendBatch::default();
-    b.put(
-        TreeId::Raft,
-        keys::entry_key(3, 4),
-        vec![0xff, 0xff, 0xff, 0x01],
-    );
-    mem.write(&b).unwrap();
-    mem.sync().unwrap();
+    let mut b = LogBatch::new();
+    b.append(3, vec![entry(6, 3)]);
+    h.store.commit(&b).unwrap();
+    let dir = h.dir.as_ref().unwrap().path().join("store");
     drop(h.store);
-    let store = Store::with_backend(mem, StoreConfig::default()).unwrap();
-    let s = store.group(3).unwrap();
-    match s.entries(3, 6, u64::MAX, ctx()) {
-        Err(swarmkv_store::raft::Error::Store(swarmkv_store::raft::StorageError::Other(e))) => {
-            let msg = e.to_string();
-            assert!(msg.contains("group 3 entry 4"), "{msg}");
+    let (seg, end) = segment_and_data_end(&dir);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[end / 2] ^= 0x5a;
+    std::fs::write(&seg, &bytes).unwrap();
+    match Store::open(&dir, StoreConfig::default()) {
+        Err(e @ StoreError::LogDamaged { .. }) => {
+            assert!(e.is_damage());
+            let StoreError::LogDamaged { file, offset, .. } = &e else {
+                unreachable!()
+            };
+            assert!(file.ends_with("0000000000000001.log"), "{e}");
+            assert!(*offset <= (end / 2) as u64, "{e}");
+            assert!(e.to_string().contains("repair --from-peers"), "{e}");
         }
-        other => panic!("expected a corruption error, got {other:?}"),
+        Err(other) => panic!("expected a damaged log, got {other}"),
+        Ok(_) => panic!("expected a damaged log, the store opened"),
     }
 }
 
 #[test]
-fn a_hole_in_the_log_is_found_when_the_group_loads() {
-    let h = mem_harness(StoreConfig::default());
+fn a_torn_write_at_the_end_of_the_raft_log_is_cut_and_the_store_opens() {
+    let h = sled_harness(StoreConfig::default());
     seed_log(&h.store, 3, 2, 2, &[entry(3, 3), entry(4, 3), entry(5, 3)]);
-    let mem = h.mem.clone().unwrap();
-    let mut b = BackendBatch::default();
-    b.delete(TreeId::Raft, keys::entry_key(3, 4));
-    mem.write(&b).unwrap();
+    let mut b = LogBatch::new();
+    b.append(3, vec![entry_with_data(6, 3, &[7; 600])]);
+    h.store.commit(&b).unwrap();
+    let dir = h.dir.as_ref().unwrap().path().join("store");
     drop(h.store);
-    let store = Store::with_backend(mem, StoreConfig::default()).unwrap();
-    match store.group(3) {
-        Err(StoreError::LogHole {
-            group: 3,
-            expected: 4,
-            found: 5,
-        }) => {}
-        Err(other) => panic!("expected a log hole, got {other}"),
-        Ok(_) => panic!("expected a log hole, got a storage"),
-    }
-    // Other groups are unaffected.
-    assert!(store.group(4).is_ok());
+    // The last write reached the disk only in part: its last bytes are still zeros.
+    let (seg, end) = segment_and_data_end(&dir);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[end - 300..end].fill(0);
+    std::fs::write(&seg, &bytes).unwrap();
+    let store = Store::open(&dir, StoreConfig::default()).unwrap();
+    let s = store.group(3).unwrap();
+    assert_eq!(s.last_index(), Ok(5), "the torn append is gone");
+    assert_eq!(s.entries(3, 6, u64::MAX, ctx()).unwrap().len(), 3);
+    // And the log goes on from there.
+    drop(s);
+    let mut b = LogBatch::new();
+    b.append(3, vec![entry(6, 4)]);
+    store.commit(&b).unwrap();
+    assert_eq!(store.group(3).unwrap().last_index(), Ok(6));
 }
 
 #[test]

@@ -81,8 +81,6 @@ const SMALL: Workload = Workload {
     keep: 40,
 };
 
-/// Entries above sled's blob threshold (a quarter of its 512 KiB segment): sled writes each to
-/// a file of its own under `blobs/`.
 const BLOB: Workload = Workload {
     name: "blob",
     groups: &[7, 8],
@@ -505,24 +503,20 @@ fn sigkill_never_loses_acknowledged_batches() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The same with entries of 160 to 320 KiB, which sled keeps in blob files of their own: kills
-/// land while large values are being written, synced and compacted away.
+/// The same with entries of 160 to 320 KiB: kills land while large records of the Raft log are
+/// being written, synced and compacted away.
 #[test]
-fn sigkill_during_blob_appends_never_loses_acknowledged_batches() -> anyhow::Result<()> {
+fn sigkill_during_large_appends_never_loses_acknowledged_batches() -> anyhow::Result<()> {
     let dir = crash_rounds(
-        "sigkill_during_blob_appends_never_loses_acknowledged_batches",
+        "sigkill_during_large_appends_never_loses_acknowledged_batches",
         &BLOB,
         8,
         150,
     )?;
-    // Guards the premise, not the store: if sled stopped using blob files for these sizes,
-    // this test would no longer test what its name says.
-    let blobs = std::fs::read_dir(dir.path().join("store").join("blobs"))
-        .context("sled wrote no blobs directory")?
+    // Guards the premise: the entries went to the Raft log's segment files.
+    let segments = std::fs::read_dir(dir.path().join("store").join("wal"))
+        .context("the store wrote no raft log directory")?
         .count();
-    ensure!(
-        blobs > 0,
-        "sled wrote no blob file for entries above its threshold"
-    );
+    ensure!(segments > 0, "the raft log has no segment file");
     Ok(())
 }

@@ -1,32 +1,27 @@
 //! Inputs the fuzz targets (`fuzz/`) found crashing the store's readers, each decoded here
 //! through the public API: they must stay typed errors that name the record, never a panic.
 
-use protobuf::Message as _;
 use swarmkv_store::raft::eraftpb::{Entry, HardState};
 use swarmkv_store::raft::Storage;
 use swarmkv_store::{
-    keys, Backend, BackendBatch, MemBackend, Store, StoreConfig, StoreError, TreeId,
+    Backend, MemBackend, RaftLog, RaftLogBatch, RaftLogConfig, Store, StoreConfig, StoreError,
 };
 
 /// A backend holding a three-entry log of group 2 with the given hard state.
 fn log_with_hard_state(hs: &HardState) -> anyhow::Result<MemBackend> {
     let mem = MemBackend::new();
-    let mut b = BackendBatch::default();
-    for index in 1..=3 {
-        let e = Entry {
+    let mut log = RaftLog::open(mem.raft_log_fs()?, RaftLogConfig::default())?;
+    let entries: Vec<Entry> = (1..=3)
+        .map(|index| Entry {
             index,
             term: 1,
             ..Default::default()
-        };
-        b.put(TreeId::Raft, keys::entry_key(2, index), e.write_to_bytes()?);
-    }
-    b.put(
-        TreeId::Raft,
-        keys::group_tag(2, keys::TAG_HARD_STATE),
-        hs.write_to_bytes()?,
-    );
-    mem.write(&b)?;
-    mem.sync()?;
+        })
+        .collect();
+    let mut b = RaftLogBatch::default();
+    b.append(2, &entries);
+    b.set_hard_state(2, hs);
+    log.write(&b, true)?;
     Ok(mem)
 }
 
@@ -153,18 +148,15 @@ fn the_conf_state_check_accepts_exactly_what_raft_restores() {
 #[test]
 fn a_truncated_index_at_the_largest_index_is_corrupt_not_an_overflow() -> anyhow::Result<()> {
     let mem = MemBackend::new();
-    let mut b = BackendBatch::default();
-    b.put(
-        TreeId::Raft,
-        keys::group_tag(2, keys::TAG_TRUNCATED),
-        postcard::to_stdvec(&(u64::MAX, 1u64))?,
-    );
-    mem.write(&b)?;
-    mem.sync()?;
+    let mut log = RaftLog::open(mem.raft_log_fs()?, RaftLogConfig::default())?;
+    let mut b = RaftLogBatch::default();
+    b.compact(2, u64::MAX, 1);
+    log.write(&b, true)?;
+    drop(log);
     let store = Store::with_backend(mem, StoreConfig::default())?;
     match store.group(2) {
         Err(StoreError::Corrupt { location, .. }) => {
-            assert_eq!(location, "group 2 truncated state");
+            assert_eq!(location, format!("group 2 entry {}", u64::MAX));
         }
         Err(other) => panic!("expected a corrupt truncated state, got {other}"),
         Ok(_) => panic!("expected a corrupt truncated state, got a storage"),

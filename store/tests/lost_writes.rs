@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use common::*;
 use swarmkv_store::durable_mark::{mark_path, read_mark, SEQ_KEY};
 use swarmkv_store::raft::Storage;
-use swarmkv_store::{LogBatch, SledStore, Store, StoreConfig, StoreError};
+use swarmkv_store::{ApplyEntry, ApplyOp, LogBatch, SledStore, Store, StoreConfig, StoreError};
 
 /// A store in `dir/store`, so that its mark (beside it) stays inside the temporary directory.
 fn store_dir(dir: &tempfile::TempDir) -> PathBuf {
@@ -36,12 +36,23 @@ fn open(path: &Path) -> Result<SledStore, StoreError> {
     }
 }
 
-/// Appends entries `from..=to` to group 1, one synced batch each.
+/// Appends entries `from..=to` to group 1, one synced batch each, and applies each (a put),
+/// flushing the state to sled: sled's syncs are what the durable mark follows.
 fn append(store: &SledStore, from: u64, to: u64) -> Result<()> {
     for i in from..=to {
         let mut b = LogBatch::new();
         b.append(1, vec![entry_with_data(i, 1, &[i as u8; 300])]);
         store.commit(&b)?;
+        let op = put(&format!("k{i}"), "v");
+        store.apply(
+            1,
+            &[ApplyEntry {
+                index: i,
+                term: 1,
+                op: ApplyOp::Kv(&op),
+            }],
+        )?;
+        store.flush_state()?;
     }
     Ok(())
 }

@@ -190,6 +190,8 @@ struct MemState {
     segments: BTreeMap<u64, MemSegment>,
     /// Orders unsynced writes across segments: a crash keeps a prefix in this order.
     next_seq: u64,
+    /// Syncs so far.
+    syncs: u64,
 }
 
 #[derive(Default)]
@@ -237,6 +239,11 @@ impl MemFs {
                 format!("segment {id} does not exist"),
             ),
         }
+    }
+
+    /// Number of segment syncs so far.
+    pub fn sync_count(&self) -> u64 {
+        self.state().syncs
     }
 
     /// Simulates a power loss: every write since the last sync of its segment is lost, except
@@ -348,6 +355,7 @@ impl LogFs for MemFs {
 
     fn sync(&self, id: u64) -> Result<()> {
         let mut st = self.state();
+        st.syncs += 1;
         let seg = st.segments.get_mut(&id).ok_or_else(|| Self::missing(id))?;
         for (_, offset, data) in std::mem::take(&mut seg.unsynced) {
             overwrite(&mut seg.durable, offset, &data);

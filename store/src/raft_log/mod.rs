@@ -37,7 +37,7 @@ pub struct RaftLogConfig {
 impl Default for RaftLogConfig {
     fn default() -> Self {
         RaftLogConfig {
-            segment_bytes: 64 << 20,
+            segment_bytes: 16 << 20,
         }
     }
 }
