@@ -1,6 +1,6 @@
 //! Group commit: one write and one fsync of the Raft log for the Raft state of many groups.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
@@ -145,14 +145,15 @@ impl<B: Backend> Store<B> {
         batch: &LogBatch,
         mut applies: ApplyBatch,
     ) -> Result<CommitStats> {
+        let installed: BTreeSet<u64> = batch
+            .ops
+            .iter()
+            .filter(|(_, op)| matches!(op, LogOp::Snapshot(_)))
+            .map(|(g, _)| *g)
+            .collect();
         // An install replaces a partition and its applied state: an apply of the same group
         // goes first, on its own, so that the install reads and overwrites what it wrote.
-        if applies.pending.iter().any(|(g, _)| {
-            batch
-                .ops
-                .iter()
-                .any(|(bg, op)| bg == g && matches!(op, LogOp::Snapshot(_)))
-        }) {
+        if applies.pending.iter().any(|(g, _)| installed.contains(g)) {
             self.write_applies(std::mem::take(&mut applies))?;
         }
         if batch.is_empty() {
@@ -257,22 +258,16 @@ impl<B: Backend> Store<B> {
                 LogOp::HardState(_) | LogOp::Commit(_) | LogOp::ConfState(_) => {}
             }
         }
+        let applied_groups: BTreeSet<u64> = applied.iter().map(|(g, _, _)| *g).collect();
         for (g, w) in &work {
             let mut st = group::write(&w.shared);
             // `w.meta` was read before the write: an apply in it is newer.
-            let apply = applied
-                .iter()
-                .any(|(a, _, _)| a == g)
-                .then(|| st.meta.apply.clone());
+            let apply = applied_groups.contains(g).then(|| st.meta.apply.clone());
             st.meta = w.meta.clone();
             if let Some(apply) = apply {
                 st.meta.apply = apply;
             }
-            if batch
-                .ops
-                .iter()
-                .any(|(bg, op)| bg == g && matches!(op, LogOp::Snapshot(_)))
-            {
+            if installed.contains(g) {
                 // An install is written through to the engine and synced.
                 st.durable_applied = w.meta.apply.index;
             }
