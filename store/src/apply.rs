@@ -8,7 +8,7 @@ use raft::eraftpb::ConfState;
 use crate::backend::{Backend, BackendBatch, Scan, TreeId};
 use crate::error::{Result, StoreError};
 use crate::group::{self, ApplyState};
-use crate::history::{self, Event};
+use crate::history::{self, Event, HistoryTail};
 use crate::keys;
 use crate::kv::{
     decode_record, encode_record, execute, execute_once, KvOp, KvRecord, KvResult, KvView, Session,
@@ -130,14 +130,22 @@ impl<B: Backend> KvView for Overlay<'_, B> {
 #[derive(Debug, Default)]
 pub struct ApplyBatch {
     pub(crate) writes: BackendBatch,
-    /// Each group's applied state after the batch, in the order they were gathered.
-    pub(crate) pending: Vec<(u64, ApplyState)>,
+    /// Each group's state after the batch, in the order they were gathered.
+    pub(crate) pending: Vec<Applied>,
+}
+
+/// What one group's gathered apply leaves in memory once its writes are stored.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    pub group: u64,
+    pub apply: ApplyState,
+    pub history: HistoryTail,
 }
 
 impl ApplyBatch {
     /// True when a gathered apply of `group` is waiting to be written.
     pub fn contains(&self, group: u64) -> bool {
-        self.pending.iter().any(|(g, _)| *g == group)
+        self.pending.iter().any(|a| a.group == group)
     }
 
     /// True when nothing waits to be written.
@@ -212,9 +220,10 @@ impl<B: Backend> Store<B> {
             return Ok(results);
         }
         let bb = &mut batch.writes;
-        history::record(
+        let history = history::record(
             &self.inner.backend,
             group,
+            &st.history,
             &view.events,
             applied_before,
             apply.index,
@@ -240,19 +249,23 @@ impl<B: Backend> Store<B> {
             apply.encode()?,
         );
         drop(st);
-        batch.pending.push((group, apply));
+        batch.pending.push(Applied {
+            group,
+            apply,
+            history,
+        });
         Ok(results)
     }
 
     /// Writes what `batch` gathered in one atomic write, then makes it visible: each group's
     /// applied state, and the waiters and observer of its applied index.
-    pub fn write_applies(&self, batch: ApplyBatch) -> Result<()> {
+    pub fn write_applies(&self, mut batch: ApplyBatch) -> Result<()> {
         if batch.pending.is_empty() {
             return Ok(());
         }
         let mut shared = Vec::with_capacity(batch.pending.len());
-        for (group, _) in &batch.pending {
-            shared.push(self.shared_group(*group)?);
+        for a in &batch.pending {
+            shared.push(self.shared_group(a.group)?);
         }
         {
             // Every group's lock is held across the write, as one apply's was: nothing reads a
@@ -260,12 +273,13 @@ impl<B: Backend> Store<B> {
             // and only the thread that writes it takes two locks, so no order is needed.
             let mut locked: Vec<_> = shared.iter().map(group::write).collect();
             self.inner.backend.write(&batch.writes)?;
-            for (st, (_, apply)) in locked.iter_mut().zip(&batch.pending) {
-                st.meta.apply = apply.clone();
+            for (st, a) in locked.iter_mut().zip(&mut batch.pending) {
+                st.meta.apply = a.apply.clone();
+                st.history = std::mem::take(&mut a.history);
             }
         }
-        for (group, apply) in &batch.pending {
-            self.applied(*group, apply.index);
+        for a in &batch.pending {
+            self.applied(a.group, a.apply.index);
         }
         Ok(())
     }

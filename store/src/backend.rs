@@ -144,3 +144,24 @@ pub(crate) fn range_is_empty(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
         _ => false,
     }
 }
+
+/// The keys of `tree` in `[lo, hi)`, in order.
+pub(crate) fn keys_in<B: Backend + ?Sized>(
+    backend: &B,
+    tree: TreeId,
+    lo: &[u8],
+    hi: &[u8],
+) -> Result<Vec<Vec<u8>>> {
+    let mut keys = Vec::new();
+    backend.scan(
+        tree,
+        Bound::Included(lo),
+        Bound::Excluded(hi),
+        false,
+        &mut |k, _| {
+            keys.push(k.to_vec());
+            Ok(Scan::Continue)
+        },
+    )?;
+    Ok(keys)
+}

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, TreeId};
 use crate::error::{Result, StoreError};
+use crate::history::HistoryTail;
 use crate::keys;
 use crate::raft_log::{RaftLog, RaftLogBatch};
 use crate::store::Store;
@@ -91,6 +92,8 @@ pub(crate) struct GroupState {
     pub durable_applied: u64,
     pub cache: VecDeque<Entry>,
     pub cache_bytes: usize,
+    /// Where the next apply's history events go.
+    pub history: HistoryTail,
 }
 
 impl GroupState {
@@ -300,6 +303,7 @@ pub(crate) fn load<B: Backend>(
         meta,
         cache: VecDeque::new(),
         cache_bytes: 0,
+        history: HistoryTail::default(),
     })
 }
 

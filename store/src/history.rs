@@ -1,11 +1,20 @@
 //! Each partition's recent event history: what watches read.
 //!
 //! Every apply that changes keys also records one [`Event`] per changed key, in the same atomic
-//! write as the data and the applied index, under `[group][TAG_HISTORY][revision][n]` (`n`
-//! numbers the events of one revision: a range delete changes many keys at once). So on every
-//! replica, and at every instant a reader can see, the history holds exactly the events of the
-//! revisions in `(compacted, applied]`: nothing is written without the apply, and the apply is
-//! never visible without its events.
+//! write as the data and the applied index. So on every replica, and at every instant a reader
+//! can see, the history holds exactly the events of the revisions in `(compacted, applied]`:
+//! nothing is written without the apply, and the apply is never visible without its events.
+//!
+//! Events are stored in *chunks*: `[group][TAG_HISTORY][revision][0]` holds the events of
+//! consecutive applies, the first at `revision`, each event postcard-encoded after the other
+//! (a chunk of one event is that event's encoding). An apply appends its events to the
+//! group's open chunk and rewrites it, which the state layer absorbs: the engine receives one
+//! chunk per group per flush, not one key per event, and a key per event (always a new key,
+//! at the end of the range) was most of what a flush cost the engine. A chunk closes at each
+//! flush of the state layer (so an event reaches the engine once), at [`CHUNK_EVENTS`] events
+//! or [`CHUNK_BYTES`] bytes (which bound what an apply copies); the next apply opens a new
+//! one. The open chunk is remembered per group in memory ([`HistoryTail`]); after a restart or
+//! an install the next apply opens a new chunk.
 //!
 //! A revision is the Raft index of the entry that made the change, and every replica applies
 //! the same committed entries with the same deterministic state machine, so the events at a
@@ -24,7 +33,7 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, BackendBatch, Scan, TreeId};
+use crate::backend::{keys_in, Backend, BackendBatch, Scan, TreeId};
 use crate::error::{Result, StoreError};
 use crate::group;
 use crate::keys;
@@ -136,7 +145,38 @@ pub(crate) fn compacted_key(group: u64) -> Vec<u8> {
     keys::group_tag(group, keys::TAG_HISTORY)
 }
 
-/// `[group][TAG_HISTORY][revision][n]`: the `n`th event of a revision.
+/// A chunk takes no more events once it holds this many ...
+pub(crate) const CHUNK_EVENTS: usize = 32;
+/// ... or this many bytes.
+pub(crate) const CHUNK_BYTES: usize = 8 * 1024;
+
+/// What the history writer keeps of a group between applies: the chunk still taking events
+/// and the stored compacted revision (read once instead of at every apply). It is updated
+/// with the group's applied state, after the write that stores it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HistoryTail {
+    /// The stored compacted mark once read (`Some(None)`: the group has none).
+    mark: Option<Option<u64>>,
+    /// The open chunk: its key, its encoded events and how many.
+    open: Option<OpenChunk>,
+}
+
+impl HistoryTail {
+    /// The next apply's events start a new chunk.
+    pub(crate) fn close(&mut self) {
+        self.open = None;
+    }
+}
+
+#[derive(Clone, Debug)]
+struct OpenChunk {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    events: usize,
+}
+
+/// `[group][TAG_HISTORY][revision][n]`: the chunk whose first event is the `n`th of `revision`
+/// (chunks start at an apply, so `n` is 0 in what this version writes).
 pub(crate) fn event_key(group: u64, revision: u64, n: u32) -> Vec<u8> {
     let mut k = keys::group_tag_index(group, keys::TAG_HISTORY, revision);
     k.extend_from_slice(&n.to_be_bytes());
@@ -160,73 +200,133 @@ pub(crate) fn read_compacted<B: Backend>(backend: &B, group: u64) -> Result<Opti
     }
 }
 
-fn decode_event(group: u64, bytes: &[u8]) -> Result<Event> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| StoreError::corrupt("kv", format!("group {group} history event"), e))
+/// The events of a stored chunk, in order.
+fn decode_chunk(group: u64, mut bytes: &[u8], out: &mut Vec<Event>) -> Result<()> {
+    if bytes.is_empty() {
+        return Err(StoreError::corrupt(
+            "kv",
+            format!("group {group} history"),
+            "an empty chunk",
+        ));
+    }
+    while !bytes.is_empty() {
+        let (e, rest) = postcard::take_from_bytes::<Event>(bytes)
+            .map_err(|e| StoreError::corrupt("kv", format!("group {group} history event"), e))?;
+        out.push(e);
+        bytes = rest;
+    }
+    Ok(())
+}
+
+/// The key of the chunk that holds the first event after revision `after`: the last chunk
+/// starting at or before `after + 1` (`None`: no chunk does).
+fn chunk_holding<B: Backend>(backend: &B, group: u64, after: u64) -> Result<Option<Vec<u8>>> {
+    let lo = event_key(group, 0, 0);
+    let at = event_key(group, after.saturating_add(1), 0);
+    let mut found = None;
+    backend.scan(
+        TreeId::Kv,
+        Bound::Included(&lo),
+        Bound::Included(&at),
+        true,
+        &mut |k, _| {
+            found = Some(k.to_vec());
+            Ok(Scan::Stop)
+        },
+    )?;
+    Ok(found)
 }
 
 /// Adds to `bb` the writes that record `events` (each with its revision) and, when the
 /// history has grown past the retention, remove its oldest revisions. `applied_before` is the
-/// applied index before this apply, `applied` the one after it.
+/// applied index before this apply, `applied` the one after it. `tail` is the group's tail
+/// before the apply; the returned one goes with the applied state once `bb` is written.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn record<B: Backend>(
     backend: &B,
     group: u64,
+    tail: &HistoryTail,
     events: &[Event],
     applied_before: u64,
     applied: u64,
     retain: u64,
     bb: &mut BackendBatch,
-) -> Result<()> {
-    let mut n = 0u32;
-    let mut last_rev = 0;
-    for e in events {
-        if e.revision != last_rev {
-            last_rev = e.revision;
-            n = 0;
+) -> Result<HistoryTail> {
+    let before = tail;
+    let mut tail = HistoryTail {
+        mark: before.mark,
+        open: None,
+    };
+    if events.is_empty() {
+        tail.open = before.open.clone();
+    }
+    if let Some(first) = events.first() {
+        let mut open = match &before.open {
+            Some(o) if o.events < CHUNK_EVENTS && o.value.len() < CHUNK_BYTES => o.clone(),
+            _ => OpenChunk {
+                key: event_key(group, first.revision, 0),
+                value: Vec::new(),
+                events: 0,
+            },
+        };
+        for e in events {
+            let bytes = postcard::to_stdvec(e)
+                .map_err(|e| StoreError::corrupt("kv", format!("group {group} history"), e))?;
+            open.value.extend_from_slice(&bytes);
+            open.events += 1;
         }
-        bb.put(
-            TreeId::Kv,
-            event_key(group, e.revision, n),
-            postcard::to_stdvec(e).unwrap_or_default(),
-        );
-        n += 1;
+        bb.put(TreeId::Kv, open.key.clone(), open.value.clone());
+        tail.open = Some(open);
     }
     // A group without a mark has recorded nothing before this apply (a store from before
     // histories existed, or a group that started empty): its history starts here.
-    let stored = read_compacted(backend, group)?;
+    let stored = match tail.mark {
+        Some(m) => m,
+        None => read_compacted(backend, group)?,
+    };
     let compacted = stored.unwrap_or(applied_before);
+    tail.mark = Some(stored);
     let retain = retain.max(1);
     // Trim in steps of an eighth of the retention, so most applies only add.
     let slack = (retain / 8).max(1);
     let target = applied.saturating_sub(retain);
     if target >= compacted + slack {
-        let lo = event_key(group, compacted.saturating_add(1), 0);
-        let hi = event_key(group, target.saturating_add(1), 0);
-        delete_range(backend, &lo, &hi, bb)?;
+        trim(backend, group, target, bb)?;
         set_compacted(group, target, bb);
+        tail.mark = Some(Some(target));
     } else if stored.is_none() {
         set_compacted(group, compacted, bb);
+        tail.mark = Some(Some(compacted));
     }
-    Ok(())
+    Ok(tail)
 }
 
-/// Adds to `bb` the deletion of every event key in `[lo, hi)`.
-fn delete_range<B: Backend>(
-    backend: &B,
-    lo: &[u8],
-    hi: &[u8],
-    bb: &mut BackendBatch,
-) -> Result<()> {
+/// Adds to `bb` the deletion of the chunks that hold only events at or below `target`: every
+/// chunk starting at or below it but the last of them, which may go on past it (its older
+/// events stay until the chunk after it starts below the compacted revision).
+fn trim<B: Backend>(backend: &B, group: u64, target: u64, bb: &mut BackendBatch) -> Result<()> {
+    let hi = event_key(group, target.saturating_add(1), 0);
+    let mut starts = keys_in(backend, TreeId::Kv, &event_key(group, 0, 0), &hi)?;
+    // The first chunk after the range: when it starts right after `target`, the last chunk
+    // of the range ends at or before `target` and goes too.
+    let mut next_starts_after_target = false;
     backend.scan(
         TreeId::Kv,
-        Bound::Included(lo),
-        Bound::Excluded(hi),
+        Bound::Included(&hi),
+        Bound::Excluded(&history_end(group)),
         false,
         &mut |k, _| {
-            bb.delete(TreeId::Kv, k.to_vec());
-            Ok(Scan::Continue)
+            next_starts_after_target = k.starts_with(&hi[..hi.len() - 4]);
+            Ok(Scan::Stop)
         },
-    )
+    )?;
+    if !next_starts_after_target {
+        starts.pop();
+    }
+    for k in starts {
+        bb.delete(TreeId::Kv, k);
+    }
+    Ok(())
 }
 
 /// Adds to `bb` the record that `group`'s history starts after revision `compacted`.
@@ -246,7 +346,14 @@ pub(crate) fn reset<B: Backend>(
     compacted: u64,
     bb: &mut BackendBatch,
 ) -> Result<()> {
-    delete_range(backend, &event_key(group, 0, 0), &history_end(group), bb)?;
+    for k in keys_in(
+        backend,
+        TreeId::Kv,
+        &event_key(group, 0, 0),
+        &history_end(group),
+    )? {
+        bb.delete(TreeId::Kv, k);
+    }
     set_compacted(group, compacted, bb);
     Ok(())
 }
@@ -276,34 +383,41 @@ impl<B: Backend> Store<B> {
                 compacted,
             };
             if query.after < applied {
-                let lo = event_key(group, query.after + 1, 0);
+                let lo = match chunk_holding(backend, group, query.after)? {
+                    Some(k) => k,
+                    None => event_key(group, query.after + 1, 0),
+                };
                 let hi = event_key(group, applied.saturating_add(1), 0);
                 let (mut count, mut bytes) = (0usize, 0usize);
                 let mut current = 0u64;
+                let mut chunk = Vec::new();
                 backend.scan(
                     TreeId::Kv,
                     Bound::Included(&lo),
                     Bound::Excluded(&hi),
                     false,
-                    &mut |k, v| {
-                        let rev = keys::u64_at(k, 9).ok_or_else(|| {
-                            StoreError::corrupt("kv", format!("group {group} history"), "bad key")
-                        })?;
-                        if rev != current {
-                            // A revision boundary: the page may stop here.
-                            let full = (query.max_events != 0 && count >= query.max_events)
-                                || (query.max_bytes != 0 && bytes >= query.max_bytes);
-                            if full {
-                                page.through = current;
-                                return Ok(Scan::Stop);
+                    &mut |_, v| {
+                        chunk.clear();
+                        decode_chunk(group, v, &mut chunk)?;
+                        for e in chunk.drain(..) {
+                            if e.revision <= query.after || e.revision > applied {
+                                continue;
                             }
-                            current = rev;
-                        }
-                        let e = decode_event(group, v)?;
-                        count += 1;
-                        bytes += e.size();
-                        if in_range(&e.key) {
-                            page.events.push(e);
+                            if e.revision != current {
+                                // A revision boundary: the page may stop here.
+                                let full = (query.max_events != 0 && count >= query.max_events)
+                                    || (query.max_bytes != 0 && bytes >= query.max_bytes);
+                                if full {
+                                    page.through = current;
+                                    return Ok(Scan::Stop);
+                                }
+                                current = e.revision;
+                            }
+                            count += 1;
+                            bytes += e.size();
+                            if in_range(&e.key) {
+                                page.events.push(e);
+                            }
                         }
                         Ok(Scan::Continue)
                     },

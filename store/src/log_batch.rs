@@ -4,10 +4,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
-use crate::apply::ApplyBatch;
+use crate::apply::{Applied, ApplyBatch};
 use crate::backend::{Backend, BackendBatch};
 use crate::error::{Result, StoreError};
-use crate::group::{self, ApplyState, LogMeta, SharedGroup};
+use crate::group::{self, LogMeta, SharedGroup};
+use crate::history::HistoryTail;
 use crate::raft_log::RaftLogBatch;
 use crate::store::Store;
 
@@ -153,7 +154,7 @@ impl<B: Backend> Store<B> {
             .collect();
         // An install replaces a partition and its applied state: an apply of the same group
         // goes first, on its own, so that the install reads and overwrites what it wrote.
-        if applies.pending.iter().any(|(g, _)| installed.contains(g)) {
+        if applies.pending.iter().any(|a| installed.contains(&a.group)) {
             self.write_applies(std::mem::take(&mut applies))?;
         }
         if batch.is_empty() {
@@ -206,10 +207,10 @@ impl<B: Backend> Store<B> {
                 }
             }
         }
-        let applied: Vec<(u64, SharedGroup, ApplyState)> = applies
-            .pending
-            .into_iter()
-            .map(|(g, a)| Ok((g, self.shared_group(g)?, a)))
+        let mut applied: Vec<Applied> = applies.pending;
+        let applied_shared: Vec<SharedGroup> = applied
+            .iter()
+            .map(|a| self.shared_group(a.group))
             .collect::<Result<_>>()?;
         if !installs.is_empty() {
             // Durable in the engine before the log says the log restarts after it (a crash in
@@ -236,10 +237,11 @@ impl<B: Backend> Store<B> {
         }
         {
             // As in `write_applies`: no reader sees a group's data ahead of its applied state.
-            let mut locked: Vec<_> = applied.iter().map(|(_, s, _)| group::write(s)).collect();
+            let mut locked: Vec<_> = applied_shared.iter().map(group::write).collect();
             self.inner.backend.write(&applies.writes)?;
-            for (st, (_, _, apply)) in locked.iter_mut().zip(&applied) {
-                st.meta.apply = apply.clone();
+            for (st, a) in locked.iter_mut().zip(&mut applied) {
+                st.meta.apply = a.apply.clone();
+                st.history = std::mem::take(&mut a.history);
             }
         }
 
@@ -258,7 +260,7 @@ impl<B: Backend> Store<B> {
                 LogOp::HardState(_) | LogOp::Commit(_) | LogOp::ConfState(_) => {}
             }
         }
-        let applied_groups: BTreeSet<u64> = applied.iter().map(|(g, _, _)| *g).collect();
+        let applied_groups: BTreeSet<u64> = applied.iter().map(|a| a.group).collect();
         for (g, w) in &work {
             let mut st = group::write(&w.shared);
             // `w.meta` was read before the write: an apply in it is newer.
@@ -268,12 +270,14 @@ impl<B: Backend> Store<B> {
                 st.meta.apply = apply;
             }
             if installed.contains(g) {
-                // An install is written through to the engine and synced.
+                // An install is written through to the engine and synced, and it replaced
+                // the history: the next apply opens a new chunk after the new mark.
                 st.durable_applied = w.meta.apply.index;
+                st.history = HistoryTail::default();
             }
         }
-        for (g, _, apply) in &applied {
-            self.applied(*g, apply.index);
+        for a in &applied {
+            self.applied(a.group, a.apply.index);
         }
         // An install replaced partitions (and their histories): wake their watchers.
         for (group, op) in &batch.ops {

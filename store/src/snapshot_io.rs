@@ -294,18 +294,7 @@ impl<B: Backend> Store<B> {
         // Replace the partition: remove what is there, write the snapshot's records.
         let lo = keys::group_tag(group, keys::TAG_DATA);
         let hi = partition_end(group);
-        let mut old = Vec::new();
-        backend.scan(
-            TreeId::Kv,
-            Bound::Included(&lo),
-            Bound::Excluded(&hi),
-            false,
-            &mut |k, _| {
-                old.push(k.to_vec());
-                Ok(Scan::Continue)
-            },
-        )?;
-        for k in old {
+        for k in crate::backend::keys_in(backend, TreeId::Kv, &lo, &hi)? {
             bb.delete(TreeId::Kv, k);
         }
         // The history before the snapshot is gone. A snapshot without data is a new group's

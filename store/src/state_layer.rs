@@ -258,7 +258,10 @@ impl<B: Backend> Backend for Layered<B> {
         let mut layer = self.write_layer();
         for (_, k, v) in &batch.writes {
             layer.live_bytes += entry_bytes(k, v);
-            layer.live.insert(k.clone(), v.clone());
+            if let Some(old) = layer.live.insert(k.clone(), v.clone()) {
+                // A rewrite (a history chunk, a hot key) replaces what it counted.
+                layer.live_bytes -= entry_bytes(k, &old);
+            }
         }
         Ok(())
     }

@@ -242,6 +242,9 @@ impl<B: Backend> Store<B> {
         for (g, index) in groups.iter().zip(applied) {
             let mut st = group::write(g);
             st.durable_applied = st.durable_applied.max(index);
+            // The engine has the open history chunks: the next events start new ones, so that
+            // each event reaches the engine once.
+            st.history.close();
         }
         Ok(stats)
     }

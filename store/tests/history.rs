@@ -407,6 +407,153 @@ fn the_history_survives_a_restart() {
     );
 }
 
+/// The keys of group `G`'s history chunks in the engine (the tag sorts first in a group, and
+/// its compacted mark is the bare tag, 9 bytes).
+fn chunk_keys<B: Backend>(store: &Store<B>) -> Vec<Vec<u8>> {
+    let mut lo = G.to_be_bytes().to_vec();
+    lo.push(0);
+    let mut hi = G.to_be_bytes().to_vec();
+    hi.push(1);
+    let mut keys = Vec::new();
+    store
+        .backend()
+        .scan(
+            swarmkv_store::TreeId::Kv,
+            std::ops::Bound::Included(&lo),
+            std::ops::Bound::Excluded(&hi),
+            false,
+            &mut |k, _| {
+                if k.len() > 9 {
+                    keys.push(k.to_vec());
+                }
+                Ok(swarmkv_store::Scan::Continue)
+            },
+        )
+        .unwrap();
+    keys
+}
+
+/// Reads the history after its compacted revision in pages of at most `max_events`,
+/// following `through`.
+fn read_in_pages<B: Backend>(store: &Store<B>, max_events: usize) -> Vec<u64> {
+    let mut revisions = Vec::new();
+    let mut after = store.history_compacted(G).unwrap();
+    loop {
+        let p = page(
+            store,
+            &HistoryQuery {
+                after,
+                max_events,
+                ..all()
+            },
+        );
+        revisions.extend(p.events.iter().map(|e| e.revision));
+        if p.through == p.applied {
+            return revisions;
+        }
+        assert!(p.through > after, "a page that does not advance");
+        after = p.through;
+    }
+}
+
+both!(
+    the_events_of_many_applies_reach_the_engine_as_a_few_chunks,
+    StoreConfig::default(),
+    |store: &Store<_>| {
+        for i in 0..300u64 {
+            apply_ops(store, G, &[put(&format!("k{}", i % 11), &i.to_string())]);
+        }
+        store.sync().unwrap();
+        let chunks = chunk_keys(store);
+        // 32 events at most per chunk: 300 single-event applies make 10.
+        assert_eq!(chunks.len(), 10, "{} chunks", chunks.len());
+        // Pages of any size cut at revision boundaries inside chunks and follow on exactly.
+        for max in [1, 7, 64, 100, 0] {
+            assert_eq!(read_in_pages(store, max), (1..=300).collect::<Vec<_>>());
+        }
+        // A read from the middle of a chunk starts at the right event.
+        let p = page(
+            store,
+            &HistoryQuery {
+                after: 130,
+                ..all()
+            },
+        );
+        assert_eq!(p.events.first().map(|e| e.revision), Some(131));
+        assert_eq!(p.events.len(), 170);
+    }
+);
+
+both!(
+    each_flush_closes_the_open_chunks,
+    StoreConfig::default(),
+    |store: &Store<_>| {
+        for i in 0..30u64 {
+            apply_ops(store, G, &[put("k", &i.to_string())]);
+            if i % 3 == 2 {
+                store.sync().unwrap();
+            }
+        }
+        assert_eq!(chunk_keys(store).len(), 10);
+        assert_eq!(read_in_pages(store, 2), (1..=30).collect::<Vec<_>>());
+    }
+);
+
+both!(
+    retention_deletes_whole_chunks_and_keeps_the_engine_bounded,
+    StoreConfig {
+        history_revisions: 16,
+        ..StoreConfig::default()
+    },
+    |store: &Store<_>| {
+        for i in 0..1000u64 {
+            apply_ops(store, G, &[put("k", &i.to_string())]);
+        }
+        store.sync().unwrap();
+        let c = store.history_compacted(G).unwrap();
+        assert!((1000 - 16 - 2..=1000 - 16).contains(&c), "compacted {c}");
+        // What is kept: the chunk that holds the compacted revision and the ones after it.
+        assert!(chunk_keys(store).len() <= 2, "{:?}", chunk_keys(store));
+        assert_eq!(read_in_pages(store, 5), (c + 1..=1000).collect::<Vec<_>>());
+    }
+);
+
+#[test]
+fn after_a_restart_the_next_apply_opens_a_new_chunk_and_nothing_is_lost() {
+    let h = sled_harness(StoreConfig::default());
+    for i in 0..10u64 {
+        apply_ops(&h.store, G, &[put("a", &i.to_string())]);
+    }
+    h.store.sync().unwrap();
+    let h = h.reopen();
+    // The flush closed the first chunk; the restart changes nothing to that.
+    for i in 10..20u64 {
+        apply_ops(&h.store, G, &[put("a", &i.to_string())]);
+    }
+    h.store.sync().unwrap();
+    assert_eq!(chunk_keys(&h.store).len(), 2);
+    assert_eq!(read_in_pages(&h.store, 3), (1..=20).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_crash_loses_the_open_chunk_with_its_applies_and_the_replay_records_them_once() {
+    let mut h = mem_harness(StoreConfig::default());
+    for i in 0..5u64 {
+        apply_ops(&h.store, G, &[put("a", &i.to_string())]);
+    }
+    h.store.sync().unwrap();
+    // These open a chunk held in the layer only: the crash loses it with them.
+    for i in 5..9u64 {
+        apply_ops(&h.store, G, &[put("a", &i.to_string())]);
+    }
+    h = h.crash_and_reopen();
+    assert_eq!(read_in_pages(&h.store, 0), (1..=5).collect::<Vec<_>>());
+    for i in 5..9u64 {
+        apply_ops(&h.store, G, &[put("a", &i.to_string())]);
+    }
+    assert_eq!(read_in_pages(&h.store, 2), (1..=9).collect::<Vec<_>>());
+}
+
 /// A waker that counts its wake-ups.
 struct CountingWaker(std::sync::atomic::AtomicUsize);
 
