@@ -440,8 +440,8 @@ maxof() { sort -g | tail -n 1; }
   echo "(ops/s: higher is better for swarmkv above 1x; p99 and CPU/op: lower is better for swarmkv below 1x)."
   echo "CPU ms/op: user + system CPU of the 3 cluster processes (not the bench client) in the timed"
   echo "phase (not the preload), per completed operation; \"-\" where the raw files predate it."
-  echo "Both systems fsync their logs before acknowledging a write (etcd its WAL, swarmkv its Raft log in"
-  echo "sled); each is 3 processes on 127.0.0.1, started fresh and preloaded for every run."
+  echo "Both systems fsync their logs before acknowledging a write (etcd its WAL, swarmkv its own Raft"
+  echo "log); each is 3 processes on 127.0.0.1, started fresh and preloaded for every run."
   echo "swarmkv bench over ${TRANSPORT}${SKV_ARGS:+ with $SKV_ARGS}; etcd bench: one gRPC channel per client."
   echo
   echo "| case | etcd ops/s | swarmkv ops/s | ops/s ratio | etcd p50 ms | swarmkv p50 ms | etcd p99 ms | swarmkv p99 ms | p99 ratio | etcd CPU ms/op | swarmkv CPU ms/op | CPU/op ratio | max foreign CPU |"

@@ -1,7 +1,7 @@
-//! Idle cost (issue 9): partitions with no traffic quiesce (their replicas stop ticking and
+//! Idle cost: partitions with no traffic quiesce (their replicas stop ticking and
 //! heartbeating), wake on traffic, and wake on a node's failure so that the failed node's
 //! partitions elect new leaders. The CPU and memory an idle cluster costs are measured by hand
-//! (README, "Performance"); these tests check the mechanism, not timings.
+//! (docs/benchmarks.md, "Idle cost"); these tests check the mechanism, not timings.
 
 mod common;
 

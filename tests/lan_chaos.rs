@@ -464,7 +464,7 @@ fn perform(client: usize, node: usize, key: usize, input: Input, epoch: Instant)
     Ok(Op { key, op, trouble })
 }
 
-/// What an HTTP answer says about an operation (README, "HTTP API": which errors mean the
+/// What an HTTP answer says about an operation (docs/http-api.md, "Errors": which errors mean the
 /// write did not happen and which leave it open).
 fn classify(input: Input, status: u16, json: &Value) -> Result<Outcome, String> {
     let code = json["error"]["code"].as_str().unwrap_or("");

@@ -69,7 +69,7 @@ pub struct Start {
     #[arg(long, env = "SWARMKV_DEAD_AFTER", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub dead_after: u64,
-    /// Address of the HTTP/JSON gateway (see README "HTTP API"), or `off` [default:
+    /// Address of the HTTP/JSON gateway (see docs/http-api.md), or `off` [default:
     /// 127.0.0.1:7380, or a free loopback port if 7380 is taken]. Loopback by default: the
     /// API has no authentication. An address given here is used as given or refused.
     #[arg(long, env = "SWARMKV_HTTP", value_parser = parse_http)]

@@ -23,7 +23,7 @@
 //! - [`error`]: [`ClientError`](crate::core::ClientError) to HTTP status and
 //!   `{"error": {"code", "message"}}`.
 //!
-//! The API is described in `docs/openapi.yaml` and, with curl examples, in the README.
+//! The API is described in `docs/openapi.yaml` and, with curl examples, in `docs/http-api.md`.
 //!
 //! The gateway keeps no data of its own: every request is one or a few calls on the
 //! [`Client`] (an in-process client on the node's handle in `swarmkv start`), which routes,
