@@ -59,7 +59,7 @@ const ORIGIN_LEN: usize = 1 + 3 * 8;
 /// It travels in the Raft entry's `context`, not in the [`Command`]: the command's encoding,
 /// and so every entry already in a log, stays as it was, and a node that does not know
 /// origins applies the entry all the same (it ignores the context).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Origin {
     pub node: NodeId,
     /// The proposing node's boot count: request ids start over at each start, and an entry

@@ -43,7 +43,7 @@
 //! resigning with someone else's token ends that leadership at once, and the holder learns
 //! it only when it next hears from the cluster. Fencing tokens protect the resource then.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use swarmkv_store::{CasAction, Compare, KvOp, KvRecord};
@@ -227,10 +227,10 @@ pub struct ElectionTable {
     records: BTreeMap<(String, u64), Stored>,
     /// Campaigns proposed and not answered yet, by (name, lease): a resend waits for them
     /// instead of creating a second record.
-    campaigning: HashMap<(String, LeaseId), u64>,
+    campaigning: BTreeMap<(String, LeaseId), u64>,
     /// Deletions of dead candidates proposed, and when.
-    deleting: HashMap<(String, u64), u64>,
-    waiting: HashMap<RequestId, Waiting>,
+    deleting: BTreeMap<(String, u64), u64>,
+    waiting: BTreeMap<RequestId, Waiting>,
     observers: Vec<Observer>,
     /// A deletion that did not apply within this time is proposed again.
     retry_ms: u64,
@@ -242,9 +242,9 @@ impl ElectionTable {
     pub fn new(retry_ms: u64) -> ElectionTable {
         ElectionTable {
             records: BTreeMap::new(),
-            campaigning: HashMap::new(),
-            deleting: HashMap::new(),
-            waiting: HashMap::new(),
+            campaigning: BTreeMap::new(),
+            deleting: BTreeMap::new(),
+            waiting: BTreeMap::new(),
             observers: Vec::new(),
             retry_ms: retry_ms.max(1),
         }

@@ -26,7 +26,7 @@
 //!   asks again with the same context (a later index is as good: the reads are still
 //!   waiting); and the request deadline still applies to everything.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 use raft::eraftpb::{Message, MessageType};
 use raft::StateRole;
@@ -81,11 +81,10 @@ struct FollowerOps {
 /// index stay: that index was confirmed by a leader and stays valid).
 fn take_follower_ops<B: Backend>(r: &mut Replica<B>) -> FollowerOps {
     FollowerOps {
-        writes: r.follower_writes.drain().collect(),
-        reads: r
-            .reads_pending
-            .drain()
-            .flat_map(|(_, b)| b.reads)
+        writes: std::mem::take(&mut r.follower_writes).into_iter().collect(),
+        reads: std::mem::take(&mut r.reads_pending)
+            .into_values()
+            .flat_map(|b| b.reads)
             .map(|(id, _)| id)
             .collect(),
         hint: r.leader_hint(),
@@ -307,7 +306,7 @@ impl<B: Backend> Core<B> {
             if r.reads_pending.is_empty() {
                 continue;
             }
-            let mut resend = HashSet::new();
+            let mut resend = BTreeSet::new();
             r.reads_pending.retain(|seq, b| {
                 b.reads.retain(|(id, _)| self.in_flight.contains_key(id));
                 if !b.reads.is_empty() && now.saturating_sub(b.sent_ms) >= resend_ms {

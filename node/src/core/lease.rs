@@ -41,7 +41,7 @@
 //! new coordinator redoes the deletions of every revoked record it finds, so a crash in the
 //! middle loses nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use swarmkv_store::{CasAction, Compare, KvOp};
@@ -193,7 +193,7 @@ pub struct LeaseTable {
     /// Appended, not yet applied meta entries: index -> time appended.
     received: BTreeMap<u64, u64>,
     /// Lease requests proposed and waiting for their record to apply.
-    waiting: HashMap<RequestId, LeaseId>,
+    waiting: BTreeMap<RequestId, LeaseId>,
     /// One election timeout (ms): the grace of a new leader.
     grace_ms: u64,
     /// A live lease is checkpointed when its last record is older than this.
@@ -206,7 +206,7 @@ impl LeaseTable {
         LeaseTable {
             leases: BTreeMap::new(),
             received: BTreeMap::new(),
-            waiting: HashMap::new(),
+            waiting: BTreeMap::new(),
             grace_ms: election_timeout_ms,
             checkpoint_ms: election_timeout_ms.max(1000),
         }

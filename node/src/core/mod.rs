@@ -37,7 +37,7 @@ mod replica;
 pub mod routing;
 pub mod types;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -172,7 +172,7 @@ pub struct Core<B: Backend> {
     outbox: BTreeMap<NodeId, Vec<(GroupId, Message)>>,
     snapshots_out: VecDeque<SnapshotSend>,
     replies: VecDeque<(RequestId, Reply)>,
-    in_flight: HashMap<RequestId, InFlight>,
+    in_flight: BTreeMap<RequestId, InFlight>,
     stats: CoreStats,
     /// Leases as this node's meta replica knows them (see [`lease`]).
     leases: lease::LeaseTable,
@@ -235,7 +235,7 @@ impl<B: Backend> Core<B> {
             outbox: BTreeMap::new(),
             snapshots_out: VecDeque::new(),
             replies: VecDeque::new(),
-            in_flight: HashMap::new(),
+            in_flight: BTreeMap::new(),
             stats: CoreStats::default(),
             leases: lease::LeaseTable::new(election_ms),
             elections: election::ElectionTable::new(election_ms),
@@ -997,10 +997,9 @@ impl<B: Backend> Core<B> {
                     }
                     // Reads in flight can no longer be confirmed here; they are safe to retry.
                     let hint = r.leader_hint();
-                    let reads: Vec<RequestId> = r
-                        .reads_pending
-                        .drain()
-                        .flat_map(|(_, b)| b.reads)
+                    let reads: Vec<RequestId> = std::mem::take(&mut r.reads_pending)
+                        .into_values()
+                        .flat_map(|b| b.reads)
                         .map(|(id, _)| id)
                         .collect();
                     let ready: Vec<RequestId> =
@@ -1171,7 +1170,7 @@ impl<B: Backend> Core<B> {
         }
         let mut decoded = Vec::with_capacity(entries.len());
         // Entries this node proposed as a follower, by index, to answer once applied.
-        let mut mine: HashMap<u64, RequestId> = HashMap::new();
+        let mut mine: BTreeMap<u64, RequestId> = BTreeMap::new();
         for e in &entries {
             if e.index <= applied {
                 // Re-delivered after a restart: the state machine already has it.

@@ -1,6 +1,6 @@
 //! One local replica of a Raft group and the requests waiting on it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use raft::RawNode;
 use swarmkv_store::{Backend, GroupStorage};
@@ -42,13 +42,13 @@ pub(crate) struct Replica<B: Backend> {
     /// it: its heartbeat round may have started before they did.
     pub reads_next: Vec<(RequestId, RequestBody)>,
     /// Batches sent through ReadIndex, by the sequence number in their context.
-    pub reads_pending: HashMap<u64, ReadBatch>,
+    pub reads_pending: BTreeMap<u64, ReadBatch>,
     /// The sequence number of the last ReadIndex call.
     pub read_seq: u64,
     pub reads_ready: Vec<ReadyRead>,
     /// Writes this follower proposed (raft-rs forwards them to the leader); each is answered
     /// when the entry carrying its origin applies here, or fails when `follower_epoch` moves.
-    pub follower_writes: HashSet<RequestId>,
+    pub follower_writes: BTreeSet<RequestId>,
     /// The (term, leader) the follower's writes and read batches were sent under. A leader
     /// drops a forwarded proposal or read it cannot take without a word, so any change of
     /// term or leader fails what is pending (the caller retries) instead of leaving it to
@@ -57,7 +57,7 @@ pub(crate) struct Replica<B: Backend> {
     /// As leader: the origins of the followers' proposals taken in term `seen_term`, oldest
     /// first, so that a duplicated `MsgPropose` does not append the same write twice (see
     /// `Core::admit_forwarded_proposal`).
-    pub seen_origins: HashSet<Origin>,
+    pub seen_origins: BTreeSet<Origin>,
     pub seen_order: VecDeque<Origin>,
     pub seen_term: u64,
     pub leader: Option<NodeId>,
@@ -90,12 +90,12 @@ impl<B: Backend> Replica<B> {
             node,
             proposals: BTreeMap::new(),
             reads_next: Vec::new(),
-            reads_pending: HashMap::new(),
+            reads_pending: BTreeMap::new(),
             read_seq: 0,
             reads_ready: Vec::new(),
-            follower_writes: HashSet::new(),
+            follower_writes: BTreeSet::new(),
             follower_epoch: (0, 0),
-            seen_origins: HashSet::new(),
+            seen_origins: BTreeSet::new(),
             seen_order: VecDeque::new(),
             seen_term: 0,
             leader: None,
