@@ -794,9 +794,16 @@ impl<B: Backend> Core<B> {
         // A learner being brought in is missing from the leader's voters too, yet the leader
         // counts on what it acknowledged (it promotes it on that): never drop a replica whose
         // configuration names this node a learner.
+        // Nor one whose configuration is joint with this node among the outgoing voters: the
+        // leader that announced the new configuration may have committed the change to leave
+        // the joint configuration without the new voters knowing it yet. They still need the
+        // outgoing voters' majority to elect a leader, and if that leader is gone for good the
+        // group could never elect one again.
         if self.replicas.get(&group).is_some_and(|r| {
             let cs = r.node.raft.prs().conf().to_conf_state();
-            cs.learners.contains(&self.id) || cs.learners_next.contains(&self.id)
+            cs.learners.contains(&self.id)
+                || cs.learners_next.contains(&self.id)
+                || cs.voters_outgoing.contains(&self.id)
         }) {
             return Ok(());
         }
