@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# swarmkv vs etcd on this machine, the workload of WORKLOAD.md (issue 9), in one run:
+# swarmkv vs etcd on this machine, the workload of WORKLOAD.md, in one run:
 #
 #   bench/compare.sh [--rounds N] [--cases "put:64 get-linearizable:64:50000"] [--quick]
 #                    [--out DIR] [--transport peer|http] [--no-build] [--no-quiet-wait]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The scaling table of issue 9: put throughput of a swarmkv cluster on this machine with 1, 4,
+# The scaling table: put throughput of a swarmkv cluster on this machine with 1, 4,
 # 16 and 64 partitions (3 nodes), and with 3 against 5 nodes (64 partitions).
 #
 #   bash bench/scaling.sh                 # builds the release binary, prints the table

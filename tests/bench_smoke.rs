@@ -1,4 +1,4 @@
-//! A short smoke of `swarmkv bench` (issue 9) against three real `swarmkv start` processes on
+//! A short smoke of `swarmkv bench` against three real `swarmkv start` processes on
 //! 127.0.0.1: the built binary preloads a small key space and runs the workload over libp2p
 //! (`--peer`, three endpoints, four clients), then reads it back over the HTTP gateways
 //! (`--endpoint`, `--json`). It checks that the output is what `bench/compare.sh` and the

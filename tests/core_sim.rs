@@ -476,7 +476,7 @@ fn a_group_formed_on_one_node_moves_entirely_to_three_others() {
     assert_eq!(sim.get("after-move"), Some(b"ok".to_vec()));
 }
 
-/// Issue 9: a follower serves a linearizable read and a write itself, through Raft (ReadIndex
+/// A follower serves a linearizable read and a write itself, through Raft (ReadIndex
 /// and a forwarded proposal), instead of answering `NotLeader`; the read on the other follower
 /// sees the write the first one acknowledged.
 #[test]
@@ -525,7 +525,7 @@ fn followers_serve_linearizable_reads_and_writes_through_raft() {
     }
 }
 
-/// Issue 9: reads that reach a leader between two turns share one ReadIndex call, so the
+/// Reads that reach a leader between two turns share one ReadIndex call, so the
 /// leader confirms its leadership with one heartbeat round for all of them, not one each.
 #[test]
 fn reads_arriving_together_share_one_heartbeat_round() {

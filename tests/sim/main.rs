@@ -1,4 +1,4 @@
-//! The deterministic simulator (issue 7): real `Core`s on memory stores, a virtual clock and
+//! The deterministic simulator: real `Core`s on memory stores, a virtual clock and
 //! network, faults, clients, invariants after every step and a linearizability check of every
 //! history, all derived from one seed.
 //!
