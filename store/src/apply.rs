@@ -139,7 +139,8 @@ pub struct ApplyBatch {
 pub(crate) struct Applied {
     pub group: u64,
     pub apply: ApplyState,
-    pub history: HistoryTail,
+    /// The group's new history tail (`None`: unchanged).
+    pub history: Option<HistoryTail>,
 }
 
 impl ApplyBatch {
@@ -275,7 +276,9 @@ impl<B: Backend> Store<B> {
             self.inner.backend.write(&batch.writes)?;
             for (st, a) in locked.iter_mut().zip(&mut batch.pending) {
                 st.meta.apply = a.apply.clone();
-                st.history = std::mem::take(&mut a.history);
+                if let Some(tail) = a.history.take() {
+                    st.history = tail;
+                }
             }
         }
         for a in &batch.pending {

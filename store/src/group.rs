@@ -80,6 +80,18 @@ impl LogMeta {
     pub fn first_index(&self) -> u64 {
         self.truncated_index + 1
     }
+
+    /// The log restarts after a snapshot at `index`/`term` with configuration `conf_state`:
+    /// nothing before it remains, and everything up to it counts as committed.
+    pub fn restart_at(&mut self, index: u64, term: u64, conf_state: &ConfState) {
+        self.truncated_index = index;
+        self.truncated_term = term;
+        self.last_index = index;
+        self.last_term = term;
+        self.hard_state.term = self.hard_state.term.max(term);
+        self.hard_state.commit = index;
+        self.conf_state = conf_state.clone();
+    }
 }
 
 /// Cached state of one group. `cache` holds the most recent entries (contiguous, ending at
@@ -237,13 +249,8 @@ pub(crate) fn load<B: Backend>(
             && apply.index > 0
             && log.term(group, apply.index)? != apply.term);
     if lost_install {
-        meta.truncated_index = apply.index;
-        meta.truncated_term = apply.term;
-        meta.last_index = apply.index;
-        meta.last_term = apply.term;
-        meta.hard_state.term = meta.hard_state.term.max(apply.term);
-        meta.hard_state.commit = apply.index;
-        meta.conf_state = apply.conf_state.clone();
+        let apply = apply.clone();
+        meta.restart_at(apply.index, apply.term, &apply.conf_state);
         let mut redo = RaftLogBatch::default();
         redo.reset(group, apply.index, apply.term);
         redo.set_hard_state(group, &meta.hard_state);

@@ -240,7 +240,8 @@ fn chunk_holding<B: Backend>(backend: &B, group: u64, after: u64) -> Result<Opti
 /// Adds to `bb` the writes that record `events` (each with its revision) and, when the
 /// history has grown past the retention, remove its oldest revisions. `applied_before` is the
 /// applied index before this apply, `applied` the one after it. `tail` is the group's tail
-/// before the apply; the returned one goes with the applied state once `bb` is written.
+/// before the apply; a changed one is returned, to replace it once `bb` is written (`None`:
+/// the tail stays as it is, so an apply without events copies nothing).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record<B: Backend>(
     backend: &B,
@@ -251,33 +252,7 @@ pub(crate) fn record<B: Backend>(
     applied: u64,
     retain: u64,
     bb: &mut BackendBatch,
-) -> Result<HistoryTail> {
-    let before = tail;
-    let mut tail = HistoryTail {
-        mark: before.mark,
-        open: None,
-    };
-    if events.is_empty() {
-        tail.open = before.open.clone();
-    }
-    if let Some(first) = events.first() {
-        let mut open = match &before.open {
-            Some(o) if o.events < CHUNK_EVENTS && o.value.len() < CHUNK_BYTES => o.clone(),
-            _ => OpenChunk {
-                key: event_key(group, first.revision, 0),
-                value: Vec::new(),
-                events: 0,
-            },
-        };
-        for e in events {
-            let bytes = postcard::to_stdvec(e)
-                .map_err(|e| StoreError::corrupt("kv", format!("group {group} history"), e))?;
-            open.value.extend_from_slice(&bytes);
-            open.events += 1;
-        }
-        bb.put(TreeId::Kv, open.key.clone(), open.value.clone());
-        tail.open = Some(open);
-    }
+) -> Result<Option<HistoryTail>> {
     // A group without a mark has recorded nothing before this apply (a store from before
     // histories existed, or a group that started empty): its history starts here.
     let stored = match tail.mark {
@@ -285,20 +260,44 @@ pub(crate) fn record<B: Backend>(
         None => read_compacted(backend, group)?,
     };
     let compacted = stored.unwrap_or(applied_before);
-    tail.mark = Some(stored);
     let retain = retain.max(1);
     // Trim in steps of an eighth of the retention, so most applies only add.
     let slack = (retain / 8).max(1);
     let target = applied.saturating_sub(retain);
-    if target >= compacted + slack {
+    let mark = if target >= compacted + slack {
         trim(backend, group, target, bb)?;
         set_compacted(group, target, bb);
-        tail.mark = Some(Some(target));
+        Some(target)
     } else if stored.is_none() {
         set_compacted(group, compacted, bb);
-        tail.mark = Some(Some(compacted));
+        Some(compacted)
+    } else {
+        stored
+    };
+    let Some(first) = events.first() else {
+        return Ok((tail.mark != Some(mark)).then(|| HistoryTail {
+            mark: Some(mark),
+            open: tail.open.clone(),
+        }));
+    };
+    let mut open = match &tail.open {
+        Some(o) if o.events < CHUNK_EVENTS && o.value.len() < CHUNK_BYTES => o.clone(),
+        _ => OpenChunk {
+            key: event_key(group, first.revision, 0),
+            value: Vec::new(),
+            events: 0,
+        },
+    };
+    for e in events {
+        open.value = postcard::to_extend(e, std::mem::take(&mut open.value))
+            .map_err(|e| StoreError::corrupt("kv", format!("group {group} history"), e))?;
+        open.events += 1;
     }
-    Ok(tail)
+    bb.put(TreeId::Kv, open.key.clone(), open.value.clone());
+    Ok(Some(HistoryTail {
+        mark: Some(mark),
+        open: Some(open),
+    }))
 }
 
 /// Adds to `bb` the deletion of the chunks that hold only events at or below `target`: every

@@ -241,7 +241,9 @@ impl<B: Backend> Store<B> {
             self.inner.backend.write(&applies.writes)?;
             for (st, a) in locked.iter_mut().zip(&mut applied) {
                 st.meta.apply = a.apply.clone();
-                st.history = std::mem::take(&mut a.history);
+                if let Some(tail) = a.history.take() {
+                    st.history = tail;
+                }
             }
         }
 
@@ -356,13 +358,7 @@ impl<B: Backend> Store<B> {
             });
         }
         let apply = self.prepare_install(group, snap, bb)?;
-        meta.truncated_index = sm.index;
-        meta.truncated_term = sm.term;
-        meta.last_index = sm.index;
-        meta.last_term = sm.term;
-        meta.hard_state.term = meta.hard_state.term.max(sm.term);
-        meta.hard_state.commit = sm.index;
-        meta.conf_state = sm.get_conf_state().clone();
+        meta.restart_at(sm.index, sm.term, sm.get_conf_state());
         meta.apply = apply;
         Ok(())
     }
