@@ -74,7 +74,7 @@ const REGRESSION_SEEDS: &[u64] = &[
     // word of a leader that had left the joint configuration; the new voters had not heard
     // of that commit, and the leader's node was then replaced: the group, still joint for
     // them, never had a majority of its outgoing half again (commit "core: never drop a
-    // replica that its joint configuration names an outgoing voter").
+    // replica its joint config names an outgoing voter").
     1001646,
 ];
 /// Size of the CI set: seeds `0..CI_SEEDS`.
