@@ -198,6 +198,37 @@ async fn bad_input_is_400_and_oversized_input_is_413() -> Result<()> {
     gw.shutdown().await
 }
 
+/// A client that sends its whole body before reading (Python's `urllib` does) still reads the
+/// 413 of an oversized body, whether the route refuses it (2 MiB `PUT`) or the gateway's
+/// admission does (3 MiB, over any route's limit), instead of a reset connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_sent_before_reading_gets_its_413() -> Result<()> {
+    let _serial = serial().await;
+    let (_cluster, gw) = cluster_and_gateway(Duration::from_secs(10)).await?;
+    let addr = gw.addr;
+    let refused = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let two = vec![b'x'; 2 << 20];
+        let three = vec![b'x'; 3 << 20];
+        let mut codes = Vec::new();
+        for i in 0..100 {
+            let reply = common::http::send_first(addr, "PUT", "/v1/kv/big", &two)
+                .with_context(|| format!("2 MiB try {i}"))?;
+            codes.push(reply.error(413)?);
+        }
+        for i in 0..10 {
+            let reply = common::http::send_first(addr, "PUT", "/v1/kv/big", &three)
+                .with_context(|| format!("3 MiB try {i}"))?;
+            codes.push(reply.error(413)?);
+        }
+        Ok(codes)
+    })
+    .await??;
+    assert_eq!(refused.len(), 110);
+    assert!(refused.iter().all(|c| c == "body_too_large"), "{refused:?}");
+    assert_eq!(gw.get("/v1/kv/big").await?.error(404)?, "not_found");
+    gw.shutdown().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cas_applies_on_a_matching_compare_and_conflicts_with_the_current_record() -> Result<()> {
     let _serial = serial().await;

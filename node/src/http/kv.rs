@@ -12,11 +12,9 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::StreamExt;
 use serde::Deserialize;
 use swarmkv_store::{CasAction, Compare};
 
@@ -24,6 +22,7 @@ use crate::core::routing::partition_of;
 use crate::core::{group_of_partition, ClientError, Consistency};
 use crate::Client;
 
+use super::body::read_body;
 use super::encoding::{flag, from_b64, parse_query, percent_decode, RecordJson};
 use super::error::{ApiError, CasConflict};
 use super::state::Gateway;
@@ -222,31 +221,6 @@ fn no_parameters(uri: &Uri) -> Result<(), ApiError> {
 
 pub fn unknown_parameter(name: &str) -> ApiError {
     ApiError::bad_request(format!("unknown query parameter {name:?}"))
-}
-
-/// Reads the whole body, refusing (413) as soon as it passes `max` bytes, so an oversized
-/// upload is neither buffered nor proposed to Raft. A declared `Content-Length` over the
-/// limit is refused before reading anything: a client that sent `Expect: 100-continue` (curl
-/// does for large bodies) then never sends the body at all.
-pub async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, ApiError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return Err(ApiError::body_too_large(max));
-    }
-    let mut stream = body.into_data_stream();
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
-        if out.len() + chunk.len() > max {
-            return Err(ApiError::body_too_large(max));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 /// The error of a single-key request, with the leader this node knows for the key's

@@ -18,6 +18,7 @@
 //! - [`metrics`]: `GET /metrics`, the node's Prometheus metrics.
 //! - [`auth`]: the bearer token (`--http-token`) and when the gateway may leave loopback.
 //! - [`limit`]: the gateway's budget of requests and bodies held at once (429 `busy`).
+//! - [`body`]: bodies read under a bound; a refused body is drained so its sender reads the 413.
 //! - [`state`]: what handlers share: the client, made once the node is part of a cluster.
 //! - [`encoding`]: bytes in and out: percent-decoded paths and queries, UTF-8 + base64 JSON.
 //! - [`error`]: [`ClientError`](crate::core::ClientError) to HTTP status and
@@ -30,6 +31,7 @@
 //! forwards and retries; the gateway only translates.
 
 pub mod auth;
+pub mod body;
 pub mod cluster;
 pub mod election;
 pub mod encoding;
