@@ -26,6 +26,7 @@ use super::body::read_body;
 use super::encoding::{flag, from_b64, parse_query, percent_decode, RecordJson};
 use super::error::{ApiError, CasConflict};
 use super::state::Gateway;
+use super::ErrorCode;
 use super::{MAX_CAS_BODY, MAX_PUT_BODY};
 
 /// The path prefix of single-key routes.
@@ -191,8 +192,7 @@ pub fn key_of(uri: &Uri, cas: bool) -> Result<Vec<u8>, ApiError> {
     let raw = if cas {
         raw.strip_suffix("/cas").ok_or_else(|| {
             ApiError::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::METHOD_NOT_ALLOWED,
                 "POST is only for compare-and-swap: POST /v1/kv/{key}/cas",
             )
         })?
@@ -201,11 +201,7 @@ pub fn key_of(uri: &Uri, cas: bool) -> Result<Vec<u8>, ApiError> {
     };
     let key = percent_decode(raw, "key")?;
     if key.is_empty() {
-        return Err(ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "empty_key",
-            "the key is empty",
-        ));
+        return Err(ApiError::new(ErrorCode::EMPTY_KEY, "the key is empty"));
     }
     Ok(key)
 }

@@ -53,7 +53,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use axum::routing::{any, get, post};
 use axum::Router;
 use tokio::net::TcpListener;
@@ -61,7 +60,7 @@ use tokio::net::TcpListener;
 use crate::driver::NodeHandle;
 use crate::Client;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 pub use state::Gateway;
 
 /// The address `swarmkv start` serves the gateway on: loopback only, because the API has no
@@ -118,9 +117,7 @@ fn routes(gateway: Gateway) -> Router {
         // `{*key}` does not match an empty key: say so rather than 404.
         .route(
             "/v1/kv/",
-            any(|| async {
-                ApiError::new(StatusCode::BAD_REQUEST, "empty_key", "the key is empty")
-            }),
+            any(|| async { ApiError::new(ErrorCode::EMPTY_KEY, "the key is empty") }),
         )
         .route(
             "/v1/kv/{*key}",
@@ -146,8 +143,7 @@ fn routes(gateway: Gateway) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::METHOD_NOT_ALLOWED,
                 "this method is not allowed on this path",
             )
         })
