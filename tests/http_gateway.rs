@@ -681,6 +681,9 @@ async fn leases_grant_attach_keep_alive_query_revoke_and_expire_over_http() -> R
         json!({}),
         json!({ "ttl": 0 }),
         json!({ "ttl": 1, "ttl_ms": 5 }),
+        // Under the minimum, four election timeouts (2 s with this test's 50 ms ticks).
+        json!({ "ttl_ms": 1999 }),
+        json!({ "ttl": 1 }),
     ] {
         let r = post("/v1/lease".into(), bad.clone()).await?;
         assert_eq!(r.error(400)?, "bad_request", "{bad}");
@@ -730,8 +733,8 @@ async fn leases_grant_attach_keep_alive_query_revoke_and_expire_over_http() -> R
     let after = post(format!("/v1/lease/{id}/keepalive"), json!({})).await?;
     assert_eq!(after.error(404)?, "lease_not_found");
 
-    // A short lease expires on its own and takes its key with it.
-    let short = post("/v1/lease".into(), json!({ "ttl_ms": 800 }))
+    // A short lease (the shortest allowed here) expires on its own and takes its key with it.
+    let short = post("/v1/lease".into(), json!({ "ttl_ms": 2000 }))
         .await?
         .expect(200)?;
     let short_id = short["id"].as_str().context("id")?.to_string();
