@@ -1,24 +1,24 @@
 //! Raft traffic on one long-lived stream per peer and direction.
 //!
-//! A request-response exchange per Raft frame costs a new yamux stream (its opening, the
-//! protocol proposal, its closing), an ack travelling back and a timer, each a separate
-//! encrypted write on the socket: about six small writes per frame on each side, and the
-//! next frame to a peer waited for the ack. Here each peer gets one outbound stream,
-//! `/swarmkv/raft-stream/1`, on which frames follow each other as the same length-prefixed
-//! `RaftFrame`s, so a frame costs one write and ordering comes from the stream itself.
+//! Raft frames are not request-response exchanges, which would cost a new yamux stream each
+//! (its opening, the protocol proposal, its closing), an ack travelling back and a timer, each
+//! a separate encrypted write on the socket: about six small writes per frame on each side,
+//! and the next frame to a peer would wait for the ack. Instead each peer gets one outbound
+//! stream, `/swarmkv/raft-stream/1`, on which length-prefixed `RaftFrame`s follow each other,
+//! so a frame costs one write and ordering comes from the stream itself.
 //!
 //! - Outbound: [`spawn_link`] starts a task per peer that owns its stream (opened once the
 //!   peer's reader confirms it with one byte, see `stream.rs`), writes the frames
-//!   the event loop hands it one at a time and reports each as written (or failed) through
+//!   the Raft handler hands it one at a time and reports each as written (or failed) through
 //!   the command channel; the Raft handler's [`crate::outbox::Outbox`] keeps coalescing what
 //!   queues up meanwhile. A failed or stalled write drops the stream; the next frame opens a
 //!   new one. "Written" means handed to the connection, not received: Raft resends what is
 //!   lost, as it does for any lost message.
 //! - Inbound: [`spawn_acceptor`] reads every peer's stream in a task of its own and hands
 //!   each frame to the event loop, which holds it until the peer proves its cluster and then
-//!   decodes it (`raft.rs`). A frame over the limit is reported and the
-//!   stream is dropped without reading its body. A stream is read only as fast as the event
-//!   loop takes its frames, which is the backpressure: yamux's window stops the writer.
+//!   decodes it (`raft.rs`). A frame over the limit is reported and the stream is dropped
+//!   without reading its body. A stream is read only as fast as the event loop takes its
+//!   frames, which is the backpressure: yamux's window stops the writer.
 
 use std::time::Duration;
 
