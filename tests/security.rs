@@ -384,12 +384,14 @@ fn a_flood_of_garbage_frames_and_gossip_keeps_memory_bounded_and_the_node_servin
             let mut rng = StdRng::seed_from_u64(seed ^ (task + 1));
             floods.push(tokio::spawn(async move {
                 while Instant::now() < until {
-                    let len = rng.gen_range(1..(256 << 10));
-                    let frame: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                    // One length-prefixed frame of garbage on a new Raft or kv stream.
+                    let len: u32 = rng.gen_range(1..(256 << 10));
+                    let mut frame = len.to_be_bytes().to_vec();
+                    frame.extend((0..len).map(|_| rng.gen::<u8>()));
                     let protocol = if rng.gen_bool(0.5) {
-                        swarmkv_net::RawProtocol::Raft
+                        swarmkv_net::RawProtocol::RaftStream
                     } else {
-                        swarmkv_net::RawProtocol::Kv
+                        swarmkv_net::RawProtocol::KvStream
                     };
                     // Refusals and resets are the point; only the volume matters.
                     let _ = tokio::time::timeout(

@@ -1,13 +1,14 @@
-//! Length-prefixed, size-bounded frames for the request-response protocols.
+//! Length-prefixed, size-bounded frames: the request-response codec (snapshots, hello) and the
+//! frame reader and writers of the long-lived streams.
 //!
-//! The codec moves bytes only: a big-endian `u32` length, then that many bytes. It refuses a
+//! A frame is bytes only: a big-endian `u32` length, then that many bytes. The reader refuses a
 //! length above its limit *before* allocating, so a peer cannot make us buffer more than the
-//! configured frame size. Decoding the postcard envelope happens in the event loop, which
-//! answers an undecodable frame with a typed refusal instead of resetting the stream.
+//! configured frame size. Decoding the postcard envelope happens in the protocol's handler,
+//! which refuses an undecodable frame with a typed reason instead of resetting the stream.
 //!
 //! An oversized *request* is not an I/O error but a [`Frame::Oversized`] value: libp2p's
 //! request-response only logs a failed `read_request` and never tells the application, so the
-//! refusal travels up as a request and the event loop reports it and answers with an error.
+//! refusal travels up as a request and its handler reports it and answers with an error.
 
 use std::io;
 
@@ -50,7 +51,7 @@ impl FrameCodec {
     }
 }
 
-/// The error a reader returns for a frame above the limit; recognised by the event loop.
+/// The error a reader returns for a frame above the limit; recognised by the handlers.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("frame of {size} bytes exceeds the {limit}-byte limit")]
 pub(crate) struct OversizedFrame {

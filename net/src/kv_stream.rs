@@ -1,15 +1,16 @@
 //! Client requests on one long-lived stream per peer, answered on the same stream.
 //!
-//! Like the Raft traffic (`raft_stream.rs`), a request-response exchange per client request
-//! paid a new yamux stream, a protocol proposal, a closing handshake and a timer, and those
-//! small encrypted writes were most of what a node's network layer did per request. Here a
-//! requester keeps one `/swarmkv/kv-stream/1` stream per peer and tags each request with an
-//! id; the peer answers each request with its id, in any order, on the same stream.
+//! Like the Raft traffic (`raft_stream.rs`), client requests do not pay a new yamux stream, a
+//! protocol proposal, a closing handshake and a timer each: a requester keeps one
+//! `/swarmkv/kv-stream/1` stream per peer and tags each request with an id; the peer answers
+//! each request with its id, in any order, on the same stream. This is how a light client
+//! talks to a node and how a node forwards a request to another.
 //!
 //! - Requester: [`spawn_link`] opens the stream (after the reader's accept byte, see
-//!   `raft_stream::open`) and runs a writer and a reader task. Answers come back to the event
+//!   `stream.rs`) and runs a writer and a reader task. Answers come back to the event
 //!   loop as [`Command::KvAnswer`]; a broken stream as [`Command::KvLinkBroken`], which fails
-//!   every request still waiting on it (the event loop keeps them and their deadlines).
+//!   every request still waiting on it (the kv handler, `kv.rs`, keeps them and their
+//!   deadlines).
 //! - Server: [`spawn_acceptor`] reads each peer's requests and hands them to the event loop as
 //!   [`Command::KvStreamRequest`], with the sender of the stream's writer task; the
 //!   [`crate::KvResponder`] writes the answer through it without going through the event loop.
@@ -19,36 +20,17 @@ use std::time::Duration;
 
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncReadExt, AsyncWriteExt};
-use libp2p::{PeerId, StreamProtocol};
-use serde::{Deserialize, Serialize};
+use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use crate::codec::{read_frame, write_parts};
 use crate::handle::Command;
-use crate::protocol::{decode, encode};
-use crate::raft_stream::{accept_each, read_frames, send_accept};
+use crate::protocol::{
+    decode, encode, KvStreamAnswer, KvStreamRequest, KV_STREAM_PROTOCOL, KV_STREAM_PROTOCOL_NAME,
+};
+use crate::stream::{accept_each, open, read_frames, send_accept};
 
-/// The protocol name of the long-lived client request streams.
-pub(crate) const KV_STREAM_PROTOCOL_NAME: &str = "/swarmkv/kv-stream/1";
-/// The protocol of the long-lived client request streams.
-pub const KV_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new(KV_STREAM_PROTOCOL_NAME);
-
-/// A request on a kv stream.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum KvStreamRequest {
-    V1 { id: u64, payload: Vec<u8> },
-}
-
-/// An answer on a kv stream: the application's payload, or the transport's refusal.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum KvStreamAnswer {
-    V1 {
-        id: u64,
-        result: Result<Vec<u8>, String>,
-    },
-}
-
-/// The requester's side of one peer's kv stream, as the event loop holds it.
+/// The requester's side of one peer's kv stream, as the kv handler (`kv.rs`) holds it.
 #[derive(Debug)]
 pub(crate) struct KvLink {
     /// Encoded requests for the writer task.
@@ -68,12 +50,10 @@ pub(crate) fn spawn_link(
 ) -> KvLink {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
-        let opened = tokio::time::timeout(
-            open_timeout,
-            crate::raft_stream::open(&mut control, peer, KV_STREAM_PROTOCOL),
-        )
-        .await
-        .unwrap_or_else(|_| Err(format!("no kv stream to {peer} within {open_timeout:?}")));
+        let opened =
+            tokio::time::timeout(open_timeout, open(&mut control, peer, KV_STREAM_PROTOCOL))
+                .await
+                .unwrap_or_else(|_| Err(format!("no kv stream to {peer} within {open_timeout:?}")));
         let stream = match opened {
             Ok(s) => s,
             Err(reason) => {

@@ -24,21 +24,32 @@
 //! - `identity.rs`: the persistent ed25519 keypair that gives a node its PeerId.
 //! - `psk.rs`: pre-shared key files for private networks (pnet).
 //! - `protocol.rs`: versioned postcard wire types and protocol names.
-//! - `codec.rs`: length-prefixed frames with a size bound, for request-response.
+//! - `codec.rs`: length-prefixed frames with a size bound.
 //! - `behaviour.rs`: the composed libp2p behaviour and the transport (TCP, pnet, noise, yamux).
 //! - `gate.rs`: which PeerIds may connect (a closed registry), logged once per peer.
 //! - `rate.rs`: per-peer token buckets (gossip message rate).
 //! - `membership.rs`: the failure detector (Up / Suspect / Down), sans-IO.
 //! - `dialer.rs`: who to redial and when (exponential backoff), sans-IO.
 //! - `outbox.rs`: the per-peer ordered Raft send queue (one frame in flight, coalescing).
+//! - `stream.rs`: opening, accepting and reading the long-lived streams.
 //! - `raft_stream.rs`: Raft frames on one long-lived stream per peer (writer and reader tasks).
 //! - `kv_stream.rs`: client requests on one long-lived stream per peer, answers by id.
 //! - `handle.rs`: [`NetHandle`], the commands it sends.
 //! - `event.rs`: [`NetEvent`], [`NetEvents`], [`KvResponder`].
-//! - `event_loop.rs`: [`EventLoop`], the task that owns the swarm.
+//! - `event_loop.rs`: [`EventLoop`], the task that owns the swarm and dispatches to the
+//!   handlers below, one per protocol.
+//! - `shared.rs`: what the handlers share (the swarm, the failure detector, the dialer, the
+//!   events for the application).
+//! - `admission.rs`: the hello exchange and the gate; what waits for a peer's proof.
+//! - `gossip.rs`: the membership heartbeats.
+//! - `raft.rs`: Raft batches out (queues, links) and in.
+//! - `kv.rs`: client requests out (pending by id) and in.
+//! - `snapshot.rs`: snapshot chunks (request-response).
+//! - `housekeeping.rs`: dials, redials, discovery, dead connections, the failure detector.
 //! - `error.rs`: [`NetError`].
 //! - `fuzzing.rs`: the frame decoders and encoders, for the fuzz targets (hidden).
 
+mod admission;
 mod behaviour;
 mod codec;
 mod config;
@@ -49,15 +60,22 @@ mod event_loop;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gate;
+mod gossip;
 mod handle;
+mod housekeeping;
 mod identity;
+mod kv;
 mod kv_stream;
 mod membership;
 mod outbox;
 mod protocol;
 mod psk;
+mod raft;
 mod raft_stream;
 mod rate;
+mod shared;
+mod snapshot;
+mod stream;
 
 pub use config::{NetConfig, DEFAULT_CLUSTER_NAME};
 pub use error::NetError;
@@ -71,8 +89,8 @@ pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
 pub use membership::Liveness;
 pub use protocol::{
-    heartbeat_topic, PeerInfo, RaftBatch, SnapshotChunk, KV_PROTOCOL, RAFT_PROTOCOL,
-    SNAPSHOT_PROTOCOL,
+    heartbeat_topic, PeerInfo, RaftBatch, SnapshotChunk, HELLO_PROTOCOL, KV_STREAM_PROTOCOL,
+    RAFT_STREAM_PROTOCOL, SNAPSHOT_PROTOCOL,
 };
 pub use psk::{generate_psk_file, load_psk};
 
