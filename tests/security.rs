@@ -676,14 +676,27 @@ fn the_gateway_checks_its_token_on_every_route_but_the_probes_and_the_page_and_n
         denied.code == Some(1) && denied.stderr.contains("401"),
         "{denied:?}"
     );
-    let allowed = cli(&[
-        "status",
-        "--endpoint",
-        &node.endpoint(),
-        "--http-token",
-        TOKEN,
-    ])?;
-    allowed.expect(0)?;
+    // A lone node forms its cluster after its discovery window: until then `status` exits 1
+    // (not ready), with the token accepted.
+    let mut last = None;
+    wait_until(
+        "status with the token to exit 0",
+        Duration::from_secs(30),
+        || {
+            let allowed = cli(&[
+                "status",
+                "--endpoint",
+                &node.endpoint(),
+                "--http-token",
+                TOKEN,
+            ])?;
+            ensure!(!allowed.stderr.contains("401"), "{allowed:?}");
+            let ok = allowed.code == Some(0);
+            last = Some(allowed);
+            Ok(ok)
+        },
+    )
+    .with_context(|| format!("last: {last:?}"))?;
 
     // A non-loopback gateway without a token or --http-insecure stops the start before
     // anything listens. 10.77.0.1 is not an address of this machine, so even a failed check
