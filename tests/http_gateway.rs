@@ -341,6 +341,46 @@ async fn scan_returns_keys_in_order_by_prefix_or_range_and_says_when_there_are_m
     let empty = gw.get("/v1/kv?prefix=nothing").await?.expect(200)?;
     assert_eq!(keys(&empty), Vec::<String>::new());
 
+    // Keys only; a count of the whole range, whatever the limit.
+    let names = gw
+        .get("/v1/kv?prefix=user%2F&limit=3&keys_only=true")
+        .await?
+        .expect(200)?;
+    assert_eq!(names["keys"][2]["key"], "user/02");
+    assert_eq!(names["keys"][2]["key_b64"], b64(b"user/02"));
+    assert!(names.get("records").is_none() && names["keys"][2].get("value").is_none());
+    assert_eq!(names["more"], true);
+    let count = gw
+        .get("/v1/kv?prefix=user%2F&limit=1&count=true")
+        .await?
+        .expect(200)?;
+    assert_eq!(count, serde_json::json!({ "count": 15 }));
+
+    // A range delete needs a bound, removes exactly its range and says how many.
+    for unbounded in ["/v1/kv", "/v1/kv?prefix="] {
+        let r = gw.call("DELETE", unbounded, b"").await?;
+        assert_eq!(r.error(400)?, "bad_request", "{unbounded}");
+    }
+    let deleted = gw
+        .call("DELETE", "/v1/kv?prefix=user%2F", b"")
+        .await?
+        .expect(200)?;
+    assert_eq!(deleted, serde_json::json!({ "deleted": 15 }));
+    let rest = gw.get("/v1/kv").await?.expect(200)?;
+    assert_eq!(keys(&rest), vec!["app/1", "userz"]);
+
+    // A put can answer the record it replaced.
+    let first_write = gw
+        .put("/v1/kv/app/1?prev_kv=true", b"b")
+        .await?
+        .expect(200)?;
+    assert_eq!(first_write["prev"]["value"], "a");
+    let new_key = gw
+        .put("/v1/kv/app/2?prev_kv=true", b"c")
+        .await?
+        .expect(200)?;
+    assert!(new_key["prev"].is_null() && new_key["rev"].as_u64().is_some());
+
     gw.shutdown().await
 }
 

@@ -51,9 +51,10 @@ pub async fn get(State(gw): State<Arc<Gateway>>, uri: Uri) -> Result<Response, A
     }
 }
 
-/// `PUT /v1/kv/{key}[?lease={id}]`: the body, whatever its content type, is the value.
-/// Answers `{rev}`. With a lease, the key is deleted when the lease ends; a lease that does
-/// not exist answers 404 `lease_not_found`.
+/// `PUT /v1/kv/{key}[?lease={id}][&prev_kv=true]`: the body, whatever its content type, is
+/// the value. Answers `{rev}`, and with `prev_kv` also `prev`, the record it replaced (null if
+/// none). With a lease, the key is deleted when the lease ends; a lease that does not exist
+/// answers 404 `lease_not_found`.
 pub async fn put(
     State(gw): State<Arc<Gateway>>,
     uri: Uri,
@@ -62,16 +63,25 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let key = key_of(&uri, false)?;
     let mut lease = 0;
+    let mut prev_kv = false;
     for (name, value) in parse_query(uri.query())? {
         match name.as_str() {
             "lease" => lease = super::lease::lease_id(&String::from_utf8_lossy(&value))?,
+            "prev_kv" => prev_kv = flag(&name, &value)?,
             _ => return Err(unknown_parameter(&name)),
         }
     }
     let value = read_body(&headers, body, MAX_PUT_BODY).await?;
     let client = gw.client()?;
-    match client.put_with_lease(&key, &value, lease).await {
-        Ok(rev) => Ok(Json(serde_json::json!({ "rev": rev })).into_response()),
+    match client
+        .put_with_lease_prev(&key, &value, lease, prev_kv)
+        .await
+    {
+        Ok((rev, _)) if !prev_kv => Ok(Json(serde_json::json!({ "rev": rev })).into_response()),
+        Ok((rev, prev)) => {
+            let prev = prev.map(|r| RecordJson::new(&key, &r));
+            Ok(Json(serde_json::json!({ "rev": rev, "prev": prev })).into_response())
+        }
         Err(e) => Err(with_leader_hint(client, &key, e).await),
     }
 }

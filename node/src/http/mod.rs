@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`page`]: `GET /`, the live status page (one embedded HTML file).
 //! - [`kv`]: one key: `GET`/`PUT`/`DELETE /v1/kv/{key}`, `POST /v1/kv/{key}/cas`.
-//! - [`scan`]: `GET /v1/kv?prefix=&start=&end=&limit=`.
+//! - [`scan`]: `GET /v1/kv?prefix=&start=&end=&limit=&keys_only=&count=`, and `DELETE
+//!   /v1/kv?prefix=` (or `start=&end=`), a range delete.
 //! - [`status`]: `GET /v1/status`, the node's report and a replica-health summary.
 //! - [`watch`]: `GET /v1/watch`, the changes of a key or prefix as server-sent events.
 //! - [`cluster`]: the `cluster` part of the status: every node and partition, with health.
@@ -113,7 +114,7 @@ pub fn router_for_node(node: NodeHandle) -> Router {
 fn routes(gateway: Gateway) -> Router {
     let routes = Router::new()
         .route("/", get(page::status_page))
-        .route("/v1/kv", get(scan::scan))
+        .route("/v1/kv", get(scan::scan).delete(scan::delete_range))
         // `{*key}` does not match an empty key: say so rather than 404.
         .route(
             "/v1/kv/",
