@@ -221,6 +221,10 @@ impl From<ClientError> for ApiError {
             | ClientError::Rejected(KvError::LeaseNotFound { .. }) => {
                 ApiError::new(ErrorCode::LEASE_NOT_FOUND, message)
             }
+            ClientError::Rejected(KvError::TooManyOps { .. })
+            | ClientError::Rejected(KvError::DuplicateTxnKey { .. }) => {
+                ApiError::new(ErrorCode::BAD_REQUEST, message)
+            }
             ClientError::BadRequest(_) => ApiError::new(ErrorCode::BAD_REQUEST, message),
             // Ambiguous like the three above; the node refuses everything after it.
             ClientError::Storage(_) => ApiError::new(ErrorCode::STORAGE, message),

@@ -7,6 +7,26 @@ use swarmkv_store::{
     StoreConfig,
 };
 
+/// Defines `mod $name` with the test body run on a sled store and on a memory store (the
+/// test file declares `#[macro_use] mod common;` and imports `common::*` and `StoreConfig`).
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn sled() {
+                let h = sled_harness(StoreConfig::default());
+                ($body)(&h.store);
+            }
+            #[test]
+            fn memory() {
+                let h = mem_harness(StoreConfig::default());
+                ($body)(&h.store);
+            }
+        }
+    };
+}
+
 /// A store under test with whatever keeps it alive (a temporary directory for sled).
 pub struct Harness<B: Backend> {
     pub store: Store<B>,
