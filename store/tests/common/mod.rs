@@ -1,5 +1,5 @@
 //! Helpers shared by the store's integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use swarmkv_store::raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use swarmkv_store::{
