@@ -138,6 +138,10 @@ pub enum KvError {
     /// it also deletes): each key changes at most once per revision, as in etcd.
     #[error("a transaction writes the key {:?} more than once", String::from_utf8_lossy(.key))]
     DuplicateTxnKey { key: Vec<u8> },
+    /// A transaction whose keys and values add up to more than [`Limits::max_value`]: it is
+    /// one Raft entry, which must stay as small as the largest single put.
+    #[error("a transaction of {bytes} bytes of keys and values exceeds the limit of {max}")]
+    TxnTooLarge { bytes: usize, max: usize },
 }
 
 /// The outcome of an applied operation.

@@ -122,23 +122,26 @@ impl TxnCompare {
 }
 
 impl TxnOp {
-    /// The key the operation names first (a range's start).
-    pub fn key(&self) -> &[u8] {
+    /// The one key the operation reads or writes; `None` for a range, which covers what of it
+    /// lives in the partition the transaction runs in.
+    pub fn key(&self) -> Option<&[u8]> {
         match self {
-            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key,
-            TxnOp::DeleteRange { start, .. } => start,
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => Some(key),
+            TxnOp::DeleteRange { .. } => None,
         }
     }
 }
 
 impl Txn {
-    /// Every key the transaction names: the compares' keys, then every operation's (a range
-    /// by its start). The node checks that they share one partition.
+    /// Every single key the transaction names: the compares' keys, then the operations' (not
+    /// ranges). They must share one partition, which the transaction runs in.
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
-        self.compares
-            .iter()
-            .map(|c| c.key.as_slice())
-            .chain(self.success.iter().chain(&self.failure).map(TxnOp::key))
+        self.compares.iter().map(|c| c.key.as_slice()).chain(
+            self.success
+                .iter()
+                .chain(&self.failure)
+                .filter_map(TxnOp::key),
+        )
     }
 
     /// The bytes of keys and values it carries (what admission control weighs).
@@ -171,6 +174,13 @@ impl Txn {
             return Err(KvError::TooManyOps {
                 ops,
                 max: MAX_TXN_OPS,
+            });
+        }
+        let bytes = self.payload_bytes();
+        if bytes > limits.max_value {
+            return Err(KvError::TxnTooLarge {
+                bytes,
+                max: limits.max_value,
             });
         }
         for c in &self.compares {

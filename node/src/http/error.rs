@@ -225,6 +225,9 @@ impl From<ClientError> for ApiError {
             | ClientError::Rejected(KvError::DuplicateTxnKey { .. }) => {
                 ApiError::new(ErrorCode::BAD_REQUEST, message)
             }
+            ClientError::Rejected(KvError::TxnTooLarge { .. }) => {
+                ApiError::new(ErrorCode::VALUE_TOO_LARGE, message)
+            }
             ClientError::BadRequest(_) => ApiError::new(ErrorCode::BAD_REQUEST, message),
             // Ambiguous like the three above; the node refuses everything after it.
             ClientError::Storage(_) => ApiError::new(ErrorCode::STORAGE, message),

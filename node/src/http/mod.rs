@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`page`]: `GET /`, the live status page (one embedded HTML file).
 //! - [`kv`]: one key: `GET`/`PUT`/`DELETE /v1/kv/{key}`, `POST /v1/kv/{key}/cas`.
+//! - [`txn`]: `POST /v1/txn`, a transaction: compares, then one of two operation lists.
 //! - [`scan`]: `GET /v1/kv?prefix=&start=&end=&limit=&keys_only=&count=`, and `DELETE
 //!   /v1/kv?prefix=` (or `start=&end=`), a range delete.
 //! - [`status`]: `GET /v1/status`, the node's report and a replica-health summary.
@@ -47,6 +48,7 @@ pub mod page;
 pub mod scan;
 pub mod state;
 pub mod status;
+pub mod txn;
 pub mod watch;
 
 use std::future::Future;
@@ -124,6 +126,7 @@ fn routes(gateway: Gateway) -> Router {
             "/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete).post(kv::cas),
         )
+        .route("/v1/txn", post(txn::txn))
         .route("/v1/status", get(status::status))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/nodes/{node}/decommission", post(nodes::decommission))
