@@ -18,6 +18,7 @@
 //! backpressure: while the loop waits it reads nothing, so senders slow down instead of memory
 //! growing.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -35,6 +36,7 @@ use crate::protocol::{encode, SnapshotFrame, KV_STREAM_PROTOCOL, RAFT_STREAM_PRO
 use crate::raft::Raft;
 use crate::shared::Shared;
 use crate::snapshot::Snapshots;
+use crate::stats::Counters;
 use crate::{kv_stream, raft_stream, stream, NetConfig, NetError, NetEvent};
 
 /// How often the failure detector, the redial schedule and the timeouts are looked at.
@@ -66,12 +68,13 @@ impl EventLoop {
         weak_commands: mpsc::WeakSender<Command>,
         events: mpsc::Sender<NetEvent>,
         config: NetConfig,
+        counters: Arc<Counters>,
     ) -> Self {
         let now = Instant::now();
         Self {
             gossip: Gossip::new(&config, now),
             housekeeping: Housekeeping::new(now),
-            shared: Shared::new(swarm, config, weak_commands, now),
+            shared: Shared::new(swarm, config, weak_commands, counters, now),
             commands,
             events,
             stopping: None,
@@ -134,6 +137,7 @@ impl EventLoop {
             sh.streams.clone(),
             sh.commands.clone(),
             sh.config.max_kv_frame,
+            Arc::clone(&sh.counters.kv),
         ) {
             log::error!("{e}");
         }

@@ -1,6 +1,7 @@
 //! The cheap, cloneable handle through which the node talks to the event loop.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
@@ -9,7 +10,8 @@ use crate::protocol::{
     raft_batch_size_bound, RaftBatch, SnapshotChunk, KV_STREAM_PROTOCOL_NAME, RAFT_FRAME_OVERHEAD,
     RAFT_STREAM_PROTOCOL_NAME, SNAPSHOT_PROTOCOL_NAME,
 };
-use crate::NetError;
+use crate::stats::Counters;
+use crate::{NetError, NetStats};
 
 /// Which protocol a raw frame goes to (tests only).
 #[doc(hidden)]
@@ -128,6 +130,8 @@ pub struct NetHandle {
     pub(crate) max_raft_frame: usize,
     pub(crate) max_kv_frame: usize,
     pub(crate) max_snapshot_frame: usize,
+    /// What the stream tasks have written; read without asking the event loop.
+    pub(crate) counters: Arc<Counters>,
 }
 
 async fn ask<T>(
@@ -263,6 +267,13 @@ impl NetHandle {
     /// Stops the event loop; its connections close and every handle starts failing.
     pub async fn shutdown(&self) -> Result<(), NetError> {
         ask(&self.commands, |reply| Command::Shutdown { reply }).await
+    }
+
+    /// What the long-lived Raft and kv streams have written since the network started:
+    /// frames, and the stream writes that carried them (each a yamux frame and a socket
+    /// write). Read from shared counters, so it works after the loop has stopped too.
+    pub fn stats(&self) -> NetStats {
+        self.counters.snapshot()
     }
 
     /// Sends arbitrary bytes as one frame and returns the raw response. Exists so tests can

@@ -6,6 +6,7 @@
 //! stream's writer task.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use libp2p::PeerId;
@@ -66,6 +67,7 @@ impl Kv {
                     sh.commands.clone(),
                     sh.config.max_kv_frame,
                     sh.config.request_timeout,
+                    Arc::clone(&sh.counters.kv),
                 )
             });
             let Some(f) = frame.take() else { break };

@@ -15,7 +15,12 @@
 //!   [`Command::KvStreamRequest`], with the sender of the stream's writer task; the
 //!   [`crate::KvResponder`] writes the answer through it without going through the event loop.
 //!   An undecodable request is refused and skipped, an oversized one drops the stream.
+//!
+//! On both sides one writer task owns the stream's writing half, and each turn it writes
+//! everything queued for it as one buffer (`stream::write_queued`): a burst of N requests or
+//! answers leaves in one write, not N.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::io::{ReadHalf, WriteHalf};
@@ -23,12 +28,13 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
-use crate::codec::{read_frame, write_parts};
+use crate::codec::read_frame;
 use crate::handle::Command;
 use crate::protocol::{
     decode, encode, KvStreamAnswer, KvStreamRequest, KV_STREAM_PROTOCOL, KV_STREAM_PROTOCOL_NAME,
 };
-use crate::stream::{accept_each, open, read_frames, send_accept};
+use crate::stats::{CountedWriter, StreamCounters};
+use crate::stream::{accept_each, open, read_frames, send_accept, write_queued};
 
 /// The requester's side of one peer's kv stream, as the kv handler (`kv.rs`) holds it.
 #[derive(Debug)]
@@ -39,7 +45,8 @@ pub(crate) struct KvLink {
     pub generation: u64,
 }
 
-/// Starts the writer and reader tasks of a kv link to `peer`.
+/// Starts the writer and reader tasks of a kv link to `peer`; its writes count into
+/// `counters`.
 pub(crate) fn spawn_link(
     mut control: libp2p_stream::Control,
     peer: PeerId,
@@ -47,6 +54,7 @@ pub(crate) fn spawn_link(
     commands: mpsc::WeakSender<Command>,
     max_frame: usize,
     open_timeout: Duration,
+    counters: Arc<StreamCounters>,
 ) -> KvLink {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
@@ -61,7 +69,7 @@ pub(crate) fn spawn_link(
                 return;
             }
         };
-        let (reader, mut writer) = stream.split();
+        let (reader, writer) = stream.split();
         tokio::spawn(read_answers(
             reader,
             peer,
@@ -69,8 +77,10 @@ pub(crate) fn spawn_link(
             commands.clone(),
             max_frame,
         ));
+        let mut writer = CountedWriter::new(writer, counters);
+        let mut buf = Vec::new();
         while let Some(frame) = rx.recv().await {
-            if let Err(e) = write_queued(&mut writer, frame, &mut rx).await {
+            if let Err(e) = write_queued(&mut writer, frame, &mut rx, &mut buf).await {
                 broken(&commands, peer, generation, e.to_string(), true).await;
                 return;
             }
@@ -134,17 +144,20 @@ async fn read_answers(
 }
 
 /// Accepts the peers' kv streams and serves each in tasks of its own, requests up to
-/// `max_frame` bytes. Ends when the event loop is gone.
+/// `max_frame` bytes, answers counted into `counters`. Ends when the event loop is gone.
 pub(crate) fn spawn_acceptor(
     control: libp2p_stream::Control,
     commands: mpsc::WeakSender<Command>,
     max_frame: usize,
+    counters: Arc<StreamCounters>,
 ) -> Result<(), crate::NetError> {
     accept_each(
         control,
         KV_STREAM_PROTOCOL,
         commands,
-        move |peer, stream, commands| serve_stream(peer, stream, commands, max_frame),
+        move |peer, stream, commands| {
+            serve_stream(peer, stream, commands, max_frame, Arc::clone(&counters))
+        },
     )
 }
 
@@ -153,13 +166,14 @@ async fn serve_stream(
     mut stream: libp2p::Stream,
     commands: mpsc::WeakSender<Command>,
     max_frame: usize,
+    counters: Arc<StreamCounters>,
 ) {
     if send_accept(&mut stream).await.is_err() {
         return;
     }
     let (reader, writer) = stream.split();
     let (answers, rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(write_answers(writer, rx));
+    tokio::spawn(write_answers(CountedWriter::new(writer, counters), rx));
     // An undecodable request is refused and skipped: its length kept the stream in step.
     let to_command = |frame: Vec<u8>| match decode::<KvStreamRequest>(&frame) {
         Ok(KvStreamRequest::V1 { id, payload }) => Command::KvStreamRequest {
@@ -186,28 +200,18 @@ async fn serve_stream(
 }
 
 async fn write_answers(
-    mut writer: WriteHalf<libp2p::Stream>,
+    mut writer: CountedWriter<WriteHalf<libp2p::Stream>>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
+    let mut buf = Vec::new();
     while let Some(frame) = rx.recv().await {
-        if write_queued(&mut writer, frame, &mut rx).await.is_err() {
+        if write_queued(&mut writer, frame, &mut rx, &mut buf)
+            .await
+            .is_err()
+        {
             return;
         }
     }
-}
-
-/// Writes `frame` and every frame queued behind it, then flushes once: what queued while the
-/// last flush was under way leaves in one socket write.
-async fn write_queued(
-    writer: &mut WriteHalf<libp2p::Stream>,
-    frame: Vec<u8>,
-    rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
-) -> std::io::Result<()> {
-    write_parts(writer, std::slice::from_ref(&frame)).await?;
-    while let Ok(next) = rx.try_recv() {
-        write_parts(writer, std::slice::from_ref(&next)).await?;
-    }
-    writer.flush().await
 }
 
 /// Encodes a request for a kv link.

@@ -34,6 +34,8 @@
 //! - `stream.rs`: opening, accepting and reading the long-lived streams.
 //! - `raft_stream.rs`: Raft frames on one long-lived stream per peer (writer and reader tasks).
 //! - `kv_stream.rs`: client requests on one long-lived stream per peer, answers by id.
+//! - `stats.rs`: [`NetStats`], counts of the frames the long-lived streams write and of the
+//!   writes that carry them.
 //! - `handle.rs`: [`NetHandle`], the commands it sends.
 //! - `event.rs`: [`NetEvent`], [`NetEvents`], [`KvResponder`].
 //! - `event_loop.rs`: [`EventLoop`], the task that owns the swarm and dispatches to the
@@ -75,6 +77,7 @@ mod raft_stream;
 mod rate;
 mod shared;
 mod snapshot;
+mod stats;
 mod stream;
 
 pub use config::{NetConfig, DEFAULT_CLUSTER_NAME};
@@ -93,6 +96,9 @@ pub use protocol::{
     RAFT_STREAM_PROTOCOL, SNAPSHOT_PROTOCOL,
 };
 pub use psk::{generate_psk_file, load_psk};
+pub use stats::{NetStats, StreamStats};
+
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
@@ -114,15 +120,18 @@ pub fn new(config: NetConfig) -> Result<(NetHandle, NetEvents, EventLoop), NetEr
     }
     let (command_tx, command_rx) = mpsc::channel(config.command_buffer);
     let (event_tx, event_rx) = mpsc::channel(config.event_buffer);
+    let counters = Arc::new(stats::Counters::default());
     let handle = NetHandle {
         local_peer_id: config.peer_id(),
         max_raft_frame: config.max_raft_frame,
         max_kv_frame: config.max_kv_frame,
         max_snapshot_frame: config.max_snapshot_frame,
         commands: command_tx.clone(),
+        counters: Arc::clone(&counters),
     };
     let weak = command_tx.downgrade();
     drop(command_tx);
-    let event_loop = event_loop::EventLoop::new(swarm, command_rx, weak, event_tx, config);
+    let event_loop =
+        event_loop::EventLoop::new(swarm, command_rx, weak, event_tx, config, counters);
     Ok((handle, NetEvents { rx: event_rx }, event_loop))
 }

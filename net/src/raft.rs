@@ -6,6 +6,7 @@
 //! Batches that cannot be delivered are reported as [`NetEvent::RaftSendFailed`]: Raft resends.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use libp2p::PeerId;
@@ -108,6 +109,7 @@ impl Raft {
                 peer,
                 sh.commands.clone(),
                 sh.config.request_timeout,
+                Arc::clone(&sh.counters.raft),
             )
         };
         let link = p.link.get_or_insert_with(spawn);

@@ -20,6 +20,7 @@
 //!   without reading its body. A stream is read only as fast as the event loop takes its
 //!   frames, which is the backpressure: yamux's window stops the writer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::AsyncWriteExt;
@@ -29,21 +30,24 @@ use tokio::sync::mpsc;
 use crate::codec::write_parts;
 use crate::handle::Command;
 use crate::protocol::{RAFT_STREAM_PROTOCOL, RAFT_STREAM_PROTOCOL_NAME};
+use crate::stats::{CountedWriter, StreamCounters};
 use crate::stream::{accept_each, open, read_frames, send_accept};
 
 /// A frame for a link: its id (for the report) and its parts, written back to back.
 pub(crate) type LinkFrame = (u64, Vec<Vec<u8>>);
 
-/// Starts the writer task of `peer`; frames sent to the returned channel go out in order.
-/// The task ends when the channel is dropped or the event loop is gone.
+/// Starts the writer task of `peer`; frames sent to the returned channel go out in order,
+/// their writes counted into `counters`. The task ends when the channel is dropped or the
+/// event loop is gone.
 pub(crate) fn spawn_link(
     control: libp2p_stream::Control,
     peer: PeerId,
     commands: mpsc::WeakSender<Command>,
     timeout: Duration,
+    counters: Arc<StreamCounters>,
 ) -> mpsc::UnboundedSender<LinkFrame> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(link(control, peer, rx, commands, timeout));
+    tokio::spawn(link(control, peer, rx, commands, timeout, counters));
     tx
 }
 
@@ -53,17 +57,16 @@ async fn link(
     mut frames: mpsc::UnboundedReceiver<LinkFrame>,
     commands: mpsc::WeakSender<Command>,
     timeout: Duration,
+    counters: Arc<StreamCounters>,
 ) {
-    let mut stream: Option<libp2p::Stream> = None;
+    let mut stream: Option<CountedWriter<libp2p::Stream>> = None;
     while let Some((id, parts)) = frames.recv().await {
-        let result =
-            match tokio::time::timeout(timeout, write(&mut control, &mut stream, peer, &parts))
-                .await
-            {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(format!("raft stream write stalled for {timeout:?}")),
-            };
+        let written = write(&mut control, &mut stream, peer, &parts, &counters);
+        let result = match tokio::time::timeout(timeout, written).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("raft stream write stalled for {timeout:?}")),
+        };
         if result.is_err() {
             // A half-written frame cannot be continued: the next one starts a new stream.
             stream = None;
@@ -83,19 +86,24 @@ async fn link(
 
 async fn write(
     control: &mut libp2p_stream::Control,
-    stream: &mut Option<libp2p::Stream>,
+    stream: &mut Option<CountedWriter<libp2p::Stream>>,
     peer: PeerId,
     parts: &[Vec<u8>],
+    counters: &Arc<StreamCounters>,
 ) -> Result<(), String> {
     if stream.is_none() {
-        *stream = Some(open(control, peer, RAFT_STREAM_PROTOCOL).await?);
+        let opened = open(control, peer, RAFT_STREAM_PROTOCOL).await?;
+        *stream = Some(CountedWriter::new(opened, Arc::clone(counters)));
     }
     let Some(s) = stream.as_mut() else {
         return Err("no raft stream".to_string());
     };
-    // Small parts are gathered with the length prefix into one write (one yamux frame).
+    // The outbox already joined everything queued for the peer into this one frame; its
+    // small parts are gathered with the length prefix into one write (one yamux frame).
     write_parts(s, parts).await.map_err(|e| e.to_string())?;
-    s.flush().await.map_err(|e| e.to_string())
+    s.flush().await.map_err(|e| e.to_string())?;
+    counters.frames_written(1);
+    Ok(())
 }
 
 /// Accepts the peers' Raft streams and reads each in a task of its own, frames up to

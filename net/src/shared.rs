@@ -5,6 +5,7 @@
 //! each handler keeps only its own protocol's state and nothing is locked.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use libp2p::{PeerId, Swarm};
@@ -16,6 +17,7 @@ use crate::handle::Command;
 use crate::membership::FailureDetector;
 use crate::protocol::same_cluster;
 use crate::rate::RateLimiter;
+use crate::stats::Counters;
 use crate::{NetConfig, NetEvent};
 
 /// Frame refusals per second and peer handed to the application (bursts of twice that).
@@ -35,6 +37,8 @@ pub(crate) struct Shared {
     pub streams: libp2p_stream::Control,
     /// Where the stream tasks report; weak, so the loop still stops once every handle is gone.
     pub commands: mpsc::WeakSender<Command>,
+    /// What the stream tasks write, also read by the handles.
+    pub counters: Arc<Counters>,
     /// Events for the application, handed over after each step of the loop.
     out: VecDeque<NetEvent>,
     /// Frame refusals reported to the application per peer (the rest are counted).
@@ -46,6 +50,7 @@ impl Shared {
         swarm: Swarm<Behaviour>,
         config: NetConfig,
         commands: mpsc::WeakSender<Command>,
+        counters: Arc<Counters>,
         now: Instant,
     ) -> Self {
         let streams = swarm.behaviour().streams.new_control();
@@ -63,6 +68,7 @@ impl Shared {
             config,
             streams,
             commands,
+            counters,
             out: VecDeque::new(),
             reject_reports: RateLimiter::new(REJECT_REPORTS_PER_SEC),
         }

@@ -1,6 +1,6 @@
 //! What the long-lived streams (`raft_stream.rs`, `kv_stream.rs`) have in common: opening a
-//! stream a peer has taken, accepting the peers' streams, and reading length-prefixed frames
-//! up to a limit.
+//! stream a peer has taken, accepting the peers' streams, reading length-prefixed frames up to
+//! a limit, and writing what queued for a stream in one write per turn.
 //!
 //! libp2p-stream drops an inbound stream when its accept queue is full (two peers opening at
 //! the same moment), and whatever was written to a dropped stream is lost without an error on
@@ -14,14 +14,19 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::mpsc;
 
-use crate::codec::{read_frame, OversizedFrame};
+use crate::codec::{push_frame, read_frame, OversizedFrame};
 use crate::handle::Command;
+use crate::stats::CountedWriter;
 use crate::NetError;
 
 /// How often opening a stream is tried for one frame before the frame is reported failed.
 const OPEN_ATTEMPTS: usize = 3;
 /// The byte a reader writes first, once it owns the stream.
 const ACCEPTED: u8 = 1;
+/// How many bytes of queued frames one turn of a writer joins at most: enough for hundreds
+/// of small requests or answers, small enough that one large batch neither holds much memory
+/// nor keeps the frames behind it waiting long. A frame larger than this goes alone.
+const JOIN: usize = 256 << 10;
 
 /// Opens a `protocol` stream to `peer` and waits for its reader to take it.
 pub(crate) async fn open(
@@ -126,6 +131,43 @@ pub(crate) async fn read_frames<R>(
     }
 }
 
+/// Writes `first` and the frames queued behind it in `rx`, each with its length prefix, as
+/// one buffer with one `write_all` and one flush, and counts them. It takes no more frames
+/// once the buffer holds [`JOIN`] bytes.
+///
+/// Each write on a yamux stream is a yamux frame, a noise message and a socket write of its
+/// own, so joining the frames before writing turns N small frames into one of each (yamux
+/// still splits what it sends at its 16 KiB frame size). What is left in `rx` waits for the
+/// next turn. `buf` is kept by the caller between turns so a busy stream does not allocate.
+pub(crate) async fn write_queued<W>(
+    writer: &mut CountedWriter<W>,
+    first: Vec<u8>,
+    rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    buf: &mut Vec<u8>,
+) -> io::Result<()>
+where
+    W: futures::AsyncWrite + Unpin,
+{
+    buf.clear();
+    if buf.capacity() > 2 * JOIN {
+        // Only a frame larger than JOIN grows it this far: do not keep that much per stream.
+        buf.shrink_to(JOIN);
+    }
+    push_frame(buf, &first)?;
+    let mut frames = 1;
+    while buf.len() < JOIN {
+        let Ok(next) = rx.try_recv() else {
+            break;
+        };
+        push_frame(buf, &next)?;
+        frames += 1;
+    }
+    writer.write_all(buf).await?;
+    writer.flush().await?;
+    writer.counters().frames_written(frames);
+    Ok(())
+}
+
 /// The size refusal inside a frame reader's error, if that is what it is.
 fn oversized(e: &io::Error) -> Option<OversizedFrame> {
     e.get_ref()
@@ -153,4 +195,64 @@ pub(crate) async fn send_raw(
     // A reset or the deadline ends the answer as well as a close does.
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut back)).await;
     Ok(back)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::stats::Counters;
+
+    /// Reads back every frame of `wire`, one by one as a stream reader does.
+    fn read_all(wire: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        futures::executor::block_on(async {
+            let mut cursor = futures::io::Cursor::new(wire);
+            let mut frames = Vec::new();
+            while (cursor.position() as usize) < wire.len() {
+                frames.push(read_frame(&mut cursor, JOIN).await?);
+            }
+            Ok(frames)
+        })
+    }
+
+    #[test]
+    fn queued_frames_leave_in_one_write_and_a_turn_stops_taking_more_at_the_bound() -> io::Result<()>
+    {
+        let counters = Counters::default();
+        let mut wire = Vec::new();
+        let mut writer = CountedWriter::new(
+            futures::io::Cursor::new(&mut wire),
+            Arc::clone(&counters.kv),
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let small: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 10]).collect();
+        for frame in &small[1..] {
+            let _ = tx.send(frame.clone());
+        }
+        let mut buf = Vec::new();
+        futures::executor::block_on(write_queued(
+            &mut writer,
+            small[0].clone(),
+            &mut rx,
+            &mut buf,
+        ))?;
+        let stats = counters.snapshot().kv;
+        assert_eq!((stats.frames, stats.writes), (100, 1));
+
+        // Three frames of half the bound: the first two fill a turn, the third waits.
+        let half = vec![7u8; JOIN / 2];
+        for _ in 0..2 {
+            let _ = tx.send(half.clone());
+        }
+        futures::executor::block_on(write_queued(&mut writer, half.clone(), &mut rx, &mut buf))?;
+        assert_eq!(counters.snapshot().kv.frames, 102);
+        assert_eq!(rx.try_recv().ok(), Some(half.clone()));
+        drop(writer);
+
+        let mut want = small;
+        want.extend([half.clone(), half]);
+        assert_eq!(read_all(&wire)?, want);
+        Ok(())
+    }
 }

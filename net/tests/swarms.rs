@@ -437,6 +437,59 @@ async fn kv_stream_requests_are_answered_by_id_and_garbage_or_oversized_frames_a
     nobody_suspected(&mut a).await
 }
 
+/// The test runtime is single-threaded, so answers given in one go (without awaiting
+/// anything that waits) all queue before the stream's writer task runs: one turn of the writer
+/// then carries them all, and small answers fit in one write.
+#[tokio::test]
+async fn answers_queued_together_leave_in_one_write_each_once_under_its_id() -> Result<()> {
+    const N: u32 = 64;
+    let (a, mut b) = patient_pair(FrameLimits::default()).await?;
+    let mut calls = Vec::new();
+    for i in 0..N {
+        let h = a.handle.clone();
+        let peer = b.peer;
+        calls.push(tokio::spawn(async move {
+            h.kv_request(peer, i.to_be_bytes().to_vec()).await
+        }));
+    }
+    let mut responders = Vec::new();
+    while responders.len() < N as usize {
+        if let NetEvent::KvRequest {
+            payload, responder, ..
+        } = b.wait_for("a kv request", Some).await?
+        {
+            responders.push((payload, responder));
+        }
+    }
+    let before = b.handle.stats().kv;
+    // Out of order, so only the ids can match answers to requests.
+    for (payload, responder) in responders.into_iter().rev() {
+        responder
+            .respond([b"re:".to_vec(), payload].concat())
+            .await?;
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let want = [b"re:".to_vec(), (i as u32).to_be_bytes().to_vec()].concat();
+        assert_eq!(call.await??, want, "answer to request {i}");
+    }
+    let after = b.handle.stats().kv;
+    let frames = after.frames - before.frames;
+    let writes = after.writes - before.writes;
+    println!(
+        "{frames} answers in {writes} writes; requests: {:?}",
+        a.handle.stats().kv
+    );
+    // Each request had its answer and no more left b: no answer was written twice.
+    assert_eq!(frames, u64::from(N));
+    assert!(writes < frames, "{frames} answers took {writes} writes");
+    assert_eq!(
+        writes, 1,
+        "{frames} small answers queued together take one write"
+    );
+    assert_eq!(a.handle.stats().kv.frames, u64::from(N), "requests written");
+    Ok(())
+}
+
 /// A length-prefixed frame as the Raft stream carries it.
 fn prefixed(body: &[u8]) -> Vec<u8> {
     let mut out = (body.len() as u32).to_be_bytes().to_vec();
