@@ -36,16 +36,6 @@ const P: u32 = 8;
 /// A token for the gateway tests (16+ visible characters).
 const TOKEN: &str = "s3cr3t-token-for-tests-0123456789";
 
-/// The seed of this run: `SWARMKV_TEST_SEED`, or fresh (and printed either way).
-fn seed() -> u64 {
-    let seed = std::env::var("SWARMKV_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (replay with SWARMKV_TEST_SEED={seed})");
-    seed
-}
-
 /// A field of `/proc/PID/status` in KiB (`VmRSS`: resident now; `VmHWM`: the peak).
 fn proc_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -318,7 +308,7 @@ fn strangers_without_the_key_of_another_cluster_or_unregistered_cannot_read_writ
 #[test]
 fn a_flood_of_garbage_frames_and_gossip_keeps_memory_bounded_and_the_node_serving() -> Result<()> {
     let _serial = serial();
-    let seed = seed();
+    let seed = common::test_seed();
     let cluster = ProcCluster::start(3, P)?;
     let n0 = &cluster.nodes[0];
     let pid = n0.pid().context("node 0 is not running")?;
@@ -556,7 +546,7 @@ fn ten_thousand_concurrent_oversized_uploads_get_413_and_memory_stays_bounded() 
 fn a_write_flood_beyond_the_in_flight_limit_gets_busy_and_every_acknowledged_write_is_stored(
 ) -> Result<()> {
     let _serial = serial();
-    let seed = seed();
+    let seed = common::test_seed();
     let cluster = ProcCluster::start_with(1, P, &["--max-in-flight", "16"])?;
     let node = &cluster.nodes[0];
     let pid = node.pid().context("node is not running")?;

@@ -22,8 +22,10 @@ use crate::wire::{Answer, Call, KvAnswer, KvCall};
 
 mod election;
 mod lease;
+mod lock;
 pub use election::{CampaignError, Leadership, LeadershipLoss, LossReason, Observer};
 pub use lease::{KeepAlive, LeaseLost};
+pub use lock::{lock_election, LockGuard, LOCK_PREFIX};
 mod txn;
 pub use txn::{txn_partition, TxnResponse};
 mod watch;

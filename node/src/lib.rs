@@ -19,8 +19,8 @@ pub mod metrics;
 pub mod wire;
 
 pub use client::{
-    CampaignError, CasResult, Client, KeepAlive, Leadership, LeadershipLoss, LeaseLost, LossReason,
-    Observer, TxnResponse,
+    CampaignError, CasResult, Client, KeepAlive, Leadership, LeadershipLoss, LeaseLost, LockGuard,
+    LossReason, Observer, TxnResponse,
 };
 pub use driver::{
     ControlConfig, DecommissionError, Node, NodeConfig, NodeError, NodeHandle, NodeLimits,

@@ -207,6 +207,17 @@ impl TestCluster {
     }
 }
 
+/// The seed of this run: `SWARMKV_TEST_SEED`, or fresh (and printed either way, so a failing
+/// run can be replayed).
+pub fn test_seed() -> u64 {
+    let seed = std::env::var("SWARMKV_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (replay with SWARMKV_TEST_SEED={seed})");
+    seed
+}
+
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs the calling test alone among the tests of its binary that take this guard: each of

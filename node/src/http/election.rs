@@ -69,7 +69,7 @@ pub struct LeaderJson {
 }
 
 impl LeaderJson {
-    fn of(c: Option<&Candidate>) -> LeaderJson {
+    pub(super) fn of(c: Option<&Candidate>) -> LeaderJson {
         LeaderJson {
             leader: c.map(CandidateJson::from),
         }
@@ -89,23 +89,30 @@ pub struct ElectionBody {
 }
 
 impl ElectionBody {
-    fn parse(body: &[u8]) -> Result<ElectionBody, ApiError> {
+    pub(super) fn parse(body: &[u8]) -> Result<ElectionBody, ApiError> {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
     }
 
     /// The value: exactly one of `value` and `value_b64`.
     fn value(&self) -> Result<Vec<u8>, ApiError> {
+        self.value_or_none()?
+            .ok_or_else(|| ApiError::bad_request("give exactly one of value and value_b64"))
+    }
+
+    /// The value when one is given; both at once is a 400.
+    pub(super) fn value_or_none(&self) -> Result<Option<Vec<u8>>, ApiError> {
         match (&self.value, &self.value_b64) {
-            (Some(v), None) => Ok(v.clone().into_bytes()),
-            (None, Some(b)) => from_b64(b, "value_b64"),
-            _ => Err(ApiError::bad_request(
+            (Some(v), None) => Ok(Some(v.clone().into_bytes())),
+            (None, Some(b)) => from_b64(b, "value_b64").map(Some),
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(ApiError::bad_request(
                 "give exactly one of value and value_b64",
             )),
         }
     }
 
-    fn token(&self) -> Result<u64, ApiError> {
+    pub(super) fn token(&self) -> Result<u64, ApiError> {
         let t = self
             .token
             .as_deref()
@@ -182,9 +189,18 @@ pub async fn leader(
     RawQuery(query): RawQuery,
 ) -> Result<Json<LeaderJson>, ApiError> {
     let name = name_of(&name)?;
+    leader_of(&gw, &name, query.as_deref()).await
+}
+
+/// The leader of election `name`, or a long poll for a change of it (see [`leader`]).
+pub(super) async fn leader_of(
+    gw: &Gateway,
+    name: &str,
+    query: Option<&str>,
+) -> Result<Json<LeaderJson>, ApiError> {
     let mut after = None;
     let mut wait_ms = None;
-    for (k, v) in parse_query(query.as_deref())? {
+    for (k, v) in parse_query(query)? {
         let v = String::from_utf8(v).map_err(|_| ApiError::bad_request("query not UTF-8"))?;
         match k.as_str() {
             "after" => after = Some(parse_after(&v)?),
@@ -203,10 +219,10 @@ pub async fn leader(
     }
     let client = gw.client()?;
     let l = match after {
-        None => client.leader(&name).await?,
+        None => client.leader(name).await?,
         Some(known) => {
             let wait = wait_ms.map(Duration::from_millis);
-            client.observe_once(&name, known, wait).await?
+            client.observe_once(name, known, wait).await?
         }
     };
     Ok(Json(LeaderJson::of(l.as_ref())))

@@ -16,6 +16,8 @@
 //! - [`election`]: `POST /v1/election/{name}/campaign|proclaim|resign`, `GET
 //!   /v1/election/{name}` (the leader) and `GET /v1/election/{name}/observe` (server-sent
 //!   events): leader election on a lease the caller keeps alive.
+//! - [`lock`]: `POST /v1/lock/{name}/acquire|release`, `GET /v1/lock/{name}`: locks with
+//!   fencing tokens, on a lease the caller keeps alive (lock `NAME` is election `lock:NAME`).
 //! - [`health`]: `GET /healthz` (liveness) and `GET /readyz` (readiness).
 //! - [`metrics`]: `GET /metrics`, the node's Prometheus metrics.
 //! - [`auth`]: the bearer token (`--http-token`) and when the gateway may leave loopback.
@@ -42,6 +44,7 @@ pub mod health;
 pub mod kv;
 pub mod lease;
 pub mod limit;
+pub mod lock;
 pub mod metrics;
 pub mod nodes;
 pub mod page;
@@ -141,6 +144,9 @@ fn routes(gateway: Gateway) -> Router {
         .route("/v1/election/{name}/proclaim", post(election::proclaim))
         .route("/v1/election/{name}/resign", post(election::resign))
         .route("/v1/election/{name}/observe", get(election::observe))
+        .route("/v1/lock/{name}", get(lock::holder))
+        .route("/v1/lock/{name}/acquire", post(lock::acquire))
+        .route("/v1/lock/{name}/release", post(lock::release))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
