@@ -122,6 +122,7 @@ impl Client {
                     other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
                 }
             }
+            Transport::Http(h) => h.lease(&req).await,
         }
     }
 
@@ -193,6 +194,10 @@ impl Client {
     ) -> Result<u64, ClientError> {
         if lease == 0 {
             return self.put(key, value).await;
+        }
+        // The gateway checks the lease and writes in one request.
+        if let Transport::Http(h) = &self.transport {
+            return h.put(key, value, lease).await;
         }
         self.time_to_live(lease).await?;
         let op = KvOp::Put {
