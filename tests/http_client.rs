@@ -185,9 +185,27 @@ async fn the_http_transport_gives_the_results_and_errors_of_the_in_process_clien
         "{unknown_node:?}"
     );
 
-    // What the gateway has no route for is refused, not faked.
+    // A put that asks for the record it replaced, and range deletes (s/01..s/19 are left,
+    // and s/new is added), give what the in-process client gives.
+    let (rev, prev) = http.put_prev(b"s/01", b"y", true).await?;
+    ensure!(
+        prev.as_ref().map(|p| p.value.as_slice()) == Some(b"x".as_slice()),
+        "{prev:?}"
+    );
+    ensure!(local.get(b"s/01").await?.map(|r| r.mod_rev) == Some(rev));
+    ensure!(http.put_prev(b"s/new", b"z", true).await?.1.is_none());
+    ensure!(http.delete_range(b"s/", Some(b"s/10")).await? == 9);
+    ensure!(http.delete_range(b"s/", Some(b"s0")).await? == 11);
+    ensure!(local.scan_prefix(b"s/", 0).await?.is_empty());
+
+    // A transaction is refused, not faked (nor routed by a partition count of 0).
+    let txn = swarmkv_store::Txn {
+        compares: Vec::new(),
+        success: vec![swarmkv_store::TxnOp::Get { key: b"k".to_vec() }],
+        failure: Vec::new(),
+    };
     ensure!(matches!(
-        http.delete_range(b"s/", None).await,
+        http.txn(txn).await,
         Err(ClientError::BadRequest(_))
     ));
     // The gateway's graceful shutdown waits for open streams (the watch's, the observer's).

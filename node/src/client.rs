@@ -38,6 +38,8 @@ mod lease;
 pub use election::{CampaignError, Leadership, LeadershipLoss, LossReason, Observer};
 pub use http::{Endpoint, EndpointError, HttpOptions, DEFAULT_ENDPOINT};
 pub use lease::{KeepAlive, LeaseLost};
+mod txn;
+pub use txn::{txn_partition, TxnResponse};
 mod watch;
 pub use watch::{
     Cursor, CursorParseError, Position, Watch, WatchError, WatchEvent, WatchOptions, WatchTarget,
@@ -243,10 +245,10 @@ impl Client {
     /// first call's error ([`ClientError::Unavailable`], "cannot connect").
     ///
     /// Over HTTP, [`Client::partitions`] is 0 (the gateway routes keys),
-    /// [`Client::delete_range`], [`Client::cluster_view`], [`Client::call`] and
-    /// `put_prev(.., true)` are refused with [`ClientError::BadRequest`] (the gateway has no
-    /// route for them; the cluster view is inside [`Client::status_document`]'s JSON), and
-    /// records come without their lease (0).
+    /// [`Client::cluster_view`], [`Client::call`] and [`Client::txn`] are refused with
+    /// [`ClientError::BadRequest`] (the cluster view is inside [`Client::status_document`]'s
+    /// JSON; a transaction goes to `POST /v1/txn` as JSON), and records come without their
+    /// lease (0).
     pub fn http(endpoint: Endpoint, options: HttpOptions) -> Client {
         Client {
             transport: Transport::Http(HttpTransport::new(endpoint, options)),
@@ -494,10 +496,7 @@ impl Client {
         prev_kv: bool,
     ) -> Result<(u64, Option<KvRecord>), ClientError> {
         if let Transport::Http(h) = &self.transport {
-            if prev_kv {
-                return Err(not_over_http("the replaced record of a put"));
-            }
-            return h.put(key, value, 0).await.map(|rev| (rev, None));
+            return h.put(key, value, 0, prev_kv).await;
         }
         let op = KvOp::Put {
             key: key.to_vec(),
@@ -558,8 +557,8 @@ impl Client {
     /// Deletes every key in `[start, end)` (`end = None`: to the end), on every partition;
     /// returns how many were deleted. Each partition deletes atomically; the whole is not.
     pub async fn delete_range(&self, start: &[u8], end: Option<&[u8]>) -> Result<u64, ClientError> {
-        if let Transport::Http(_) = &self.transport {
-            return Err(not_over_http("range deletes"));
+        if let Transport::Http(h) = &self.transport {
+            return h.delete_range(start, end).await;
         }
         let calls = (0..self.partitions).map(|p| {
             let op = KvOp::DeleteRange {

@@ -668,6 +668,17 @@ impl<B: Backend> Core<B> {
             ));
             return;
         }
+        if let Some(key) = routing::misrouted_key(&req.body, req.partition, settings.partitions) {
+            let reason = format!(
+                "the key {:?} belongs to partition {}, not {}",
+                String::from_utf8_lossy(key),
+                routing::partition_of(key, settings.partitions),
+                req.partition
+            );
+            self.replies
+                .push_back((id, Err(ClientError::BadRequest(reason))));
+            return;
+        }
         let group = group_of_partition(req.partition);
         let Some(r) = self.replicas.get_mut(&group) else {
             // Not a replica here: point at one that is.

@@ -49,16 +49,24 @@ pub(super) fn from_b64(text: &str, field: &str) -> Result<Vec<u8>, ClientError> 
     })
 }
 
-/// `{"rev": N}`.
+/// `{"rev": N}`, with `"prev"` (a record or null) when the put asked for it.
 #[derive(Deserialize)]
-struct RevWire {
+struct PutWire {
     rev: u64,
+    #[serde(default)]
+    prev: Option<RecordWire>,
 }
 
 /// `{"deleted": bool}`.
 #[derive(Deserialize)]
 struct DeletedWire {
     deleted: bool,
+}
+
+/// `{"deleted": N}`, the answer of a range delete.
+#[derive(Deserialize)]
+struct DeletedCountWire {
+    deleted: u64,
 }
 
 /// The answer of `POST .../cas`, 200 or 409.
@@ -196,21 +204,36 @@ impl HttpTransport {
         }
     }
 
-    /// Writes the key, attached to `lease` unless it is 0 (`PUT /v1/kv/{key}?lease={id}`).
+    /// Writes the key, attached to `lease` unless it is 0 (`PUT
+    /// /v1/kv/{key}?lease={id}&prev_kv=true`); the revision, and the record it replaced when
+    /// `prev_kv` asks for it.
     pub(crate) async fn put(
         &self,
         key: &[u8],
         value: &[u8],
         lease: u64,
-    ) -> Result<u64, ClientError> {
+        prev_kv: bool,
+    ) -> Result<(u64, Option<KvRecord>), ClientError> {
         let body = Some(("application/octet-stream", value.to_vec()));
-        let mut path = key_path(key);
+        let mut query = Vec::new();
         if lease != 0 {
-            path.push_str(&format!("?lease={}", lease_hex(lease)));
+            query.push(format!("lease={}", lease_hex(lease)));
+        }
+        if prev_kv {
+            query.push("prev_kv=true".to_string());
+        }
+        let mut path = key_path(key);
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(&query.join("&"));
         }
         let answer = self.call(Method::PUT, &path, body).await?;
         match answer.status {
-            StatusCode::OK => Ok(answer.json::<RevWire>()?.rev),
+            StatusCode::OK => {
+                let wire: PutWire = answer.json()?;
+                let prev = wire.prev.map(|r| r.decode().map(|(_, r)| r)).transpose()?;
+                Ok((wire.rev, prev))
+            }
             _ => Err(answer.error(&Asked {
                 lease: Some(lease),
                 ..Asked::default()
@@ -222,6 +245,24 @@ impl HttpTransport {
         let answer = self.call(Method::DELETE, &key_path(key), None).await?;
         match answer.status {
             StatusCode::OK => Ok(answer.json::<DeletedWire>()?.deleted),
+            _ => Err(answer.error(&Asked::default())),
+        }
+    }
+
+    /// Deletes the keys of `[start, end)` (`DELETE /v1/kv?start=&end=`); how many were
+    /// deleted.
+    pub(crate) async fn delete_range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<u64, ClientError> {
+        let mut path = format!("/v1/kv?start={}", encode(start, false));
+        if let Some(end) = end {
+            path.push_str(&format!("&end={}", encode(end, false)));
+        }
+        let answer = self.call(Method::DELETE, &path, None).await?;
+        match answer.status {
+            StatusCode::OK => Ok(answer.json::<DeletedCountWire>()?.deleted),
             _ => Err(answer.error(&Asked::default())),
         }
     }
