@@ -1,9 +1,20 @@
-//! The Rust client: in-process on a node's handle, or remote over `/swarmkv/kv/1`.
+//! The Rust client, over one of three transports: in-process on a node's handle
+//! ([`Client::in_process`]), remote over libp2p's `/swarmkv/kv/1` ([`Client::connect`]), or
+//! through a node's HTTP gateway ([`Client::http`]). The same calls give the same results and
+//! the same [`ClientError`]s over all three.
 //!
-//! It routes each key to its partition, retries what is safe to retry (no leader yet, a
-//! leader change, a dropped proposal) with backoff until its deadline, and otherwise returns
-//! the typed error. Reads are linearizable unless asked otherwise. Multi-partition calls
-//! (scan, delete-range) run on every partition; a scan merges the answers in key order.
+//! In process and over libp2p it routes each key to its partition, retries what is safe to
+//! retry (no leader yet, a leader change, a dropped proposal) with backoff until its
+//! deadline, and otherwise returns the typed error. Multi-partition calls (scan,
+//! delete-range) run on every partition; a scan merges the answers in key order. Over HTTP
+//! the gateway does the routing and the retrying, so each call is one request (a scan pages
+//! through the range). Reads are linearizable unless asked otherwise.
+//!
+//! # Layout
+//! - this file: the client, its transports, and the key-value calls.
+//! - [`lease`]: leases and puts attached to them; [`election`]: leader election.
+//! - [`watch`]: watches of a key or a prefix.
+//! - [`http`]: the HTTP transport ([`Endpoint`], [`HttpOptions`]).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +29,15 @@ use tokio::task::JoinHandle;
 use crate::core::routing::partition_of;
 use crate::core::{ClientError, Consistency, Reply, Request, RequestBody, Response};
 use crate::driver::NodeHandle;
-use crate::wire::{Answer, Call, KvAnswer, KvCall};
+use crate::wire::{Answer, Call, KvAnswer, KvCall, StatusReport};
+use http::HttpTransport;
 
 mod election;
+mod http;
 mod lease;
 mod lock;
 pub use election::{CampaignError, Leadership, LeadershipLoss, LossReason, Observer};
+pub use http::{Endpoint, EndpointError, HttpOptions, DEFAULT_ENDPOINT};
 pub use lease::{KeepAlive, LeaseLost};
 pub use lock::{lock_election, LockGuard, LOCK_PREFIX};
 mod txn;
@@ -52,6 +66,7 @@ enum Transport {
         event_loop: JoinHandle<()>,
         events: JoinHandle<()>,
     },
+    Http(HttpTransport),
 }
 
 impl Drop for Transport {
@@ -103,6 +118,15 @@ impl Sessions {
     }
 }
 
+/// A node's status report, and the JSON document it came as: the gateway's `GET /v1/status`
+/// body over HTTP (with the node's state, a health summary and the cluster view), the report
+/// itself serialized over the other transports.
+#[derive(Clone, Debug)]
+pub struct StatusDocument {
+    pub report: StatusReport,
+    pub json: serde_json::Value,
+}
+
 /// A swarmkv client.
 pub struct Client {
     transport: Transport,
@@ -115,6 +139,11 @@ fn unavailable(reason: impl Into<String>) -> ClientError {
     ClientError::Unavailable {
         reason: reason.into(),
     }
+}
+
+/// The refusal of a call the HTTP gateway has no route for.
+fn not_over_http(what: &str) -> ClientError {
+    ClientError::BadRequest(format!("{what}: not offered by the HTTP gateway"))
 }
 
 fn unexpected(r: Response) -> ClientError {
@@ -213,8 +242,26 @@ impl Client {
         })
     }
 
+    /// A client of the node whose HTTP gateway listens at `endpoint`. Nothing is sent yet:
+    /// each call makes (or reuses) a connection, so a gateway that is down shows in the
+    /// first call's error ([`ClientError::Unavailable`], "cannot connect").
+    ///
+    /// Over HTTP, [`Client::partitions`] is 0 (the gateway routes keys),
+    /// [`Client::cluster_view`], [`Client::call`] and [`Client::txn`] are refused with
+    /// [`ClientError::BadRequest`] (the cluster view is inside [`Client::status_document`]'s
+    /// JSON; a transaction goes to `POST /v1/txn` as JSON), and records come without their
+    /// lease (0).
+    pub fn http(endpoint: Endpoint, options: HttpOptions) -> Client {
+        Client {
+            transport: Transport::Http(HttpTransport::new(endpoint, options)),
+            partitions: 0,
+            deadline: Duration::from_secs(10),
+            sessions: Sessions::new(),
+        }
+    }
+
     /// The status report of the node this client talks to.
-    pub async fn status(&self) -> Result<crate::wire::StatusReport, ClientError> {
+    pub async fn status(&self) -> Result<StatusReport, ClientError> {
         match &self.transport {
             Transport::Local(h) => h
                 .report()
@@ -224,7 +271,20 @@ impl Client {
                 Answer::Status(r) => Ok(r),
                 other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
             },
+            Transport::Http(h) => h.status().await.map(|(report, _)| report),
         }
+    }
+
+    /// [`Client::status`] with the JSON document it came as (see [`StatusDocument`]).
+    pub async fn status_document(&self) -> Result<StatusDocument, ClientError> {
+        if let Transport::Http(h) = &self.transport {
+            let (report, json) = h.status().await?;
+            return Ok(StatusDocument { report, json });
+        }
+        let report = self.status().await?;
+        let json = serde_json::to_value(&report)
+            .map_err(|e| ClientError::BadRequest(format!("the report is not JSON: {e}")))?;
+        Ok(StatusDocument { report, json })
     }
 
     /// The view of the whole cluster of the node this client talks to: every node with its
@@ -240,6 +300,9 @@ impl Client {
                 Answer::ClusterView(v) => Ok(v),
                 other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
             },
+            Transport::Http(_) => Err(not_over_http(
+                "the cluster view (it is the `cluster` part of the status document)",
+            )),
         }
     }
 
@@ -257,6 +320,7 @@ impl Client {
                 Ok(other) => Err(DecommissionError::Unavailable(format!("{other:?}"))),
                 Err(e) => Err(DecommissionError::Unavailable(e.to_string())),
             },
+            Transport::Http(h) => h.decommission(node).await,
         }
     }
 
@@ -265,7 +329,7 @@ impl Client {
     pub fn local_node(&self) -> Option<&NodeHandle> {
         match &self.transport {
             Transport::Local(h) => Some(h),
-            Transport::Remote { .. } => None,
+            Transport::Remote { .. } | Transport::Http(_) => None,
         }
     }
 
@@ -275,7 +339,15 @@ impl Client {
         self
     }
 
-    /// The number of partitions of the cluster.
+    /// The gateway an HTTP client talks to (`None` for the other transports).
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        match &self.transport {
+            Transport::Http(h) => Some(h.endpoint()),
+            Transport::Local(_) | Transport::Remote { .. } => None,
+        }
+    }
+
+    /// The number of partitions of the cluster (0 over HTTP: the gateway routes keys).
     pub fn partitions(&self) -> u32 {
         self.partitions
     }
@@ -303,6 +375,7 @@ impl Client {
                     other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
                 }
             }
+            Transport::Http(_) => Err(not_over_http("requests addressed to a partition")),
         }
     }
 
@@ -399,6 +472,9 @@ impl Client {
         key: &[u8],
         consistency: Consistency,
     ) -> Result<Option<KvRecord>, ClientError> {
+        if let Transport::Http(h) = &self.transport {
+            return h.get(key, consistency).await;
+        }
         let body = RequestBody::Get {
             key: key.to_vec(),
             consistency,
@@ -421,6 +497,9 @@ impl Client {
         value: &[u8],
         prev_kv: bool,
     ) -> Result<(u64, Option<KvRecord>), ClientError> {
+        if let Transport::Http(h) = &self.transport {
+            return h.put(key, value, 0, prev_kv).await;
+        }
         let op = KvOp::Put {
             key: key.to_vec(),
             value: value.to_vec(),
@@ -435,6 +514,9 @@ impl Client {
 
     /// Deletes a key; true if it existed.
     pub async fn delete(&self, key: &[u8]) -> Result<bool, ClientError> {
+        if let Transport::Http(h) = &self.transport {
+            return h.delete(key).await;
+        }
         let op = KvOp::Delete {
             key: key.to_vec(),
             prev_kv: false,
@@ -452,6 +534,9 @@ impl Client {
         compare: Compare,
         action: CasAction,
     ) -> Result<CasResult, ClientError> {
+        if let Transport::Http(h) = &self.transport {
+            return h.cas(key, &compare, &action).await;
+        }
         let op = KvOp::Cas {
             key: key.to_vec(),
             compare,
@@ -474,6 +559,9 @@ impl Client {
     /// Deletes every key in `[start, end)` (`end = None`: to the end), on every partition;
     /// returns how many were deleted. Each partition deletes atomically; the whole is not.
     pub async fn delete_range(&self, start: &[u8], end: Option<&[u8]>) -> Result<u64, ClientError> {
+        if let Transport::Http(h) = &self.transport {
+            return h.delete_range(start, end).await;
+        }
         let calls = (0..self.partitions).map(|p| {
             let op = KvOp::DeleteRange {
                 start: start.to_vec(),
@@ -499,6 +587,9 @@ impl Client {
         limit: usize,
         consistency: Consistency,
     ) -> Result<Vec<(Vec<u8>, KvRecord)>, ClientError> {
+        if let Transport::Http(h) = &self.transport {
+            return h.scan(start, end, limit, consistency).await;
+        }
         let calls = (0..self.partitions).map(|p| {
             self.call(Request {
                 partition: p,

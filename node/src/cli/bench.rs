@@ -17,8 +17,8 @@ use anyhow::anyhow;
 use clap::Args;
 use swarmkv_net::Multiaddr;
 
-use super::endpoint::Endpoint;
 use super::{say, say_json, CliError};
+use swarmkv::client::Endpoint;
 
 mod conn;
 #[cfg(feature = "etcd")]
@@ -141,9 +141,9 @@ impl TargetArgs {
         if !self.endpoint.is_empty() {
             return Ok(Targets::Http(self.endpoint.clone()));
         }
-        let local = super::endpoint::DEFAULT_ENDPOINT
+        let local = swarmkv::client::DEFAULT_ENDPOINT
             .parse()
-            .map_err(|e: String| CliError::Other(anyhow!(e)))?;
+            .map_err(|e: swarmkv::client::EndpointError| CliError::Other(anyhow!(e)))?;
         Ok(Targets::Http(vec![local]))
     }
 }

@@ -76,11 +76,11 @@ impl CliError {
         }
     }
 
-    /// A libp2p client's error, with what was being done (`get "k"`) in front. The split
-    /// follows the HTTP gateway's, so both transports give the same exit status for the same
-    /// failure: everything that means "no leader / no path to it right now" is 3, including
-    /// the ambiguous failures (timeout, leader change, lost connection), which the gateway
-    /// answers with 503/504.
+    /// A client's error (over either transport: the HTTP transport gives the same
+    /// [`ClientError`]s), with what was being done (`get "k"`) in front. Everything that means
+    /// "no leader / no path to it right now" is 3, including the ambiguous failures (timeout,
+    /// leader change, lost connection), which the gateway answers with 503/504; a refusal
+    /// (a 4xx over HTTP) is 1.
     pub fn from_client(e: ClientError, doing: impl std::fmt::Display) -> CliError {
         let message = format!("{doing}: {e}");
         match e {

@@ -5,8 +5,7 @@ use clap::Args;
 use swarmkv::core::{lease_hex, Candidate};
 use swarmkv::http::election::LeaderJson;
 
-use super::elect_http::ElectHttp;
-use super::transport::{Need, Target, TransportArgs};
+use super::transport::{Need, TransportArgs};
 use super::{say, say_json, show, CliError};
 
 /// Show the leader of an election (its fencing token and value)
@@ -38,17 +37,12 @@ pub(super) fn print_leader(name: &str, c: Option<&Candidate>, json: bool) -> Res
 
 impl Leader {
     pub async fn run(self) -> Result<(), CliError> {
-        let leader = match self.transport.connect(Need::Keys).await? {
-            Target::Peer { client, .. } => client
-                .leader(&self.name)
-                .await
-                .map_err(|e| CliError::from_client(e, format!("leader {}", self.name)))?,
-            Target::Http(_) => {
-                ElectHttp::new(&self.transport)
-                    .leader(&self.name, None)
-                    .await?
-            }
-        };
+        let target = self.transport.connect(Need::Keys).await?;
+        let leader = target
+            .client
+            .leader(&self.name)
+            .await
+            .map_err(|e| CliError::from_client(e, format!("leader {}", self.name)))?;
         match (&leader, self.json) {
             (None, false) => Err(CliError::NotFound(format!(
                 "election {} has no leader",

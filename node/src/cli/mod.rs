@@ -9,11 +9,12 @@
 //! - [`watch`]: print the changes of a prefix or key as they happen (resumable).
 //! - [`lease`]: grant, keep alive, revoke and inspect leases (keys attach with `put --lease`).
 //! - [`elect`], [`leader`], [`observe`]: campaign for an election and hold the leadership
-//!   until Ctrl-C, show its leader, follow its leaders ([`elect_http`]: their HTTP routes).
+//!   until Ctrl-C, show its leader, follow its leaders.
 //! - [`keygen`]: create the pre-shared key file of a private cluster.
 //! - [`bench`]: the benchmark of WORKLOAD.md, against swarmkv or (feature `etcd`) etcd.
-//! - [`transport`]: how a client verb reaches the cluster, chosen by its flags: a node's HTTP
-//!   gateway ([`endpoint`], the default) or a node's libp2p port (`--peer`).
+//! - [`transport`]: how a client verb reaches the cluster, chosen by its flags: a
+//!   [`swarmkv::Client`] of a node's HTTP gateway (the default) or of a node's libp2p port
+//!   (`--peer`).
 //! - [`error`]: why a verb failed, and the exit status (0, 1, 2 or 3) that tells a script.
 //!
 //! Every verb but `start` is a client: by default it sends HTTP requests to the local node's
@@ -34,8 +35,6 @@ mod cas;
 mod decommission;
 mod del;
 mod elect;
-mod elect_http;
-mod endpoint;
 mod error;
 mod get;
 mod keygen;

@@ -462,32 +462,30 @@ fn progress(len: u64) -> Option<indicatif::ProgressBar> {
 
 /// The cluster's view from the node `target` talks to.
 async fn membership(target: &Target) -> Result<Membership, CliError> {
-    match target {
-        Target::Peer { client, addr } => {
-            let view = client
-                .cluster_view()
-                .await
-                .map_err(|e| CliError::from_client(e, format!("cluster view of {addr}")))?;
-            Ok(Membership {
-                groups: view
-                    .groups
-                    .iter()
-                    .map(|g| (g.group, g.voters.clone()))
-                    .collect(),
-                reachable: view
-                    .nodes
-                    .iter()
-                    .filter(|n| n.reachable)
-                    .map(|n| n.id)
-                    .collect(),
-                known: view.nodes.iter().map(|n| n.id).collect(),
-            })
-        }
-        Target::Http(_) => {
-            let status = target.status().await?;
-            membership_of_json(&status.json).map_err(CliError::Other)
-        }
+    // A gateway gives the cluster view inside its status document.
+    if target.client.endpoint().is_some() {
+        let status = target.status().await?;
+        return membership_of_json(&status.json).map_err(CliError::Other);
     }
+    let view = target
+        .client
+        .cluster_view()
+        .await
+        .map_err(|e| CliError::from_client(e, format!("cluster view of {}", target.via)))?;
+    Ok(Membership {
+        groups: view
+            .groups
+            .iter()
+            .map(|g| (g.group, g.voters.clone()))
+            .collect(),
+        reachable: view
+            .nodes
+            .iter()
+            .filter(|n| n.reachable)
+            .map(|n| n.id)
+            .collect(),
+        known: view.nodes.iter().map(|n| n.id).collect(),
+    })
 }
 
 /// The [`Membership`] in a gateway's `GET /v1/status` body (its `cluster` part).

@@ -1,6 +1,7 @@
 //! How a client verb reaches the cluster: a node's HTTP gateway (`--endpoint`, the default)
-//! or a node's libp2p port (`--peer`). Both give the same operations with the same results
-//! and the same errors, so each verb is written once.
+//! or a node's libp2p port (`--peer`). Either way the verb gets a [`Client`] (its HTTP or its
+//! libp2p transport), which gives the same operations with the same results and the same
+//! errors, so each verb is written once.
 //!
 //! The gateway is the default because it is what a local node always serves
 //! (`http://127.0.0.1:7380`) and it needs nothing but TCP; `--peer` dials a node over libp2p
@@ -8,17 +9,16 @@
 //! for a node whose gateway is off or not reachable.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
-use serde_json::Value;
+use swarmkv::client::{Endpoint, HttpOptions, StatusDocument, DEFAULT_ENDPOINT};
 use swarmkv::core::{lease_hex, ClientError, Consistency, LeaseInfo, LeaseRequest};
 use swarmkv::http::encoding::{b64, text, RecordJson};
-use swarmkv::wire::StatusReport;
 use swarmkv::{Client, DecommissionError};
 use swarmkv_net::Multiaddr;
 use swarmkv_store::{CasAction, Compare, KvRecord};
 
-use super::endpoint::{Endpoint, HttpClient, DEFAULT_ENDPOINT};
 use super::error::CliError;
 use super::{node_hex, show};
 
@@ -63,20 +63,31 @@ pub enum Need {
     Admin,
 }
 
-/// A connected transport.
-pub enum Target {
-    Http(HttpClient),
-    Peer { client: Client, addr: Multiaddr },
+/// A client, and the node it talks to (named in messages).
+pub struct Target {
+    pub client: Arc<Client>,
+    /// `http://HOST:PORT` or the libp2p address.
+    pub via: String,
 }
 
 impl TransportArgs {
-    /// Connects as the flags say. Over HTTP nothing is sent yet (each request makes its own
-    /// connection); over libp2p the node is dialled now.
+    /// The client of the gateway `--endpoint` names.
+    pub fn http_client(&self) -> Client {
+        let options = HttpOptions {
+            token: self.http_token.clone(),
+            ..HttpOptions::default()
+        };
+        Client::http(self.endpoint.clone(), options)
+    }
+
+    /// Connects as the flags say. Over HTTP nothing is sent yet (the first request connects);
+    /// over libp2p the node is dialled now.
     pub async fn connect(&self, need: Need) -> Result<Target, CliError> {
         let Some(addr) = self.peer.clone() else {
-            return Ok(Target::Http(
-                HttpClient::new(self.endpoint.clone()).with_token(self.http_token.as_deref()),
-            ));
+            return Ok(Target {
+                client: Arc::new(self.http_client()),
+                via: self.endpoint.to_string(),
+            });
         };
         // A missing or malformed key file is a local mistake: usage, not a failure of the
         // cluster. The network error names the file and the cause already.
@@ -92,7 +103,10 @@ impl TransportArgs {
         };
         let client =
             connected.map_err(|e| CliError::from_client(e, format!("cannot use {addr}")))?;
-        Ok(Target::Peer { client, addr })
+        Ok(Target {
+            client: Arc::new(client),
+            via: addr.to_string(),
+        })
     }
 }
 
@@ -179,42 +193,27 @@ pub struct KeyRange {
     pub end: Option<Vec<u8>>,
 }
 
-/// A node's status: the report the table is drawn from, and the JSON `--json` prints (the
-/// libp2p report as it is for `--peer`, the gateway's `/v1/status` body for `--endpoint`).
-pub struct StatusView {
-    pub report: StatusReport,
-    pub json: Value,
-}
-
 impl Target {
     /// The key's record, or `None` when it does not exist.
     pub async fn get(&self, key: &[u8], serializable: bool) -> Result<Option<Record>, CliError> {
-        match self {
-            Target::Http(h) => h.get(key, serializable).await,
-            Target::Peer { client, .. } => {
-                let consistency = if serializable {
-                    Consistency::Serializable
-                } else {
-                    Consistency::Linearizable
-                };
-                client
-                    .get_with(key, consistency)
-                    .await
-                    .map(|r| r.map(|r| Record::from_kv(key, &r)))
-                    .map_err(|e| CliError::from_client(e, format!("get {}", show(key))))
-            }
-        }
+        let consistency = if serializable {
+            Consistency::Serializable
+        } else {
+            Consistency::Linearizable
+        };
+        self.client
+            .get_with(key, consistency)
+            .await
+            .map(|r| r.map(|r| Record::from_kv(key, &r)))
+            .map_err(|e| CliError::from_client(e, format!("get {}", show(key))))
     }
 
     /// Writes the key; the write's revision.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, CliError> {
-        match self {
-            Target::Http(h) => h.put(key, value).await,
-            Target::Peer { client, .. } => client
-                .put(key, value)
-                .await
-                .map_err(|e| CliError::from_client(e, format!("put {}", show(key)))),
-        }
+        self.client
+            .put(key, value)
+            .await
+            .map_err(|e| CliError::from_client(e, format!("put {}", show(key))))
     }
 
     /// Writes the key attached to `lease` (deleted when the lease ends); the revision.
@@ -224,58 +223,48 @@ impl Target {
         value: &[u8],
         lease: u64,
     ) -> Result<u64, CliError> {
-        match self {
-            Target::Http(h) => h.put_with_lease(key, value, lease).await,
-            Target::Peer { client, .. } => client
-                .put_with_lease(key, value, lease)
-                .await
-                .map_err(|e| CliError::from_client(e, format!("put {}", show(key)))),
-        }
+        self.client
+            .put_with_lease(key, value, lease)
+            .await
+            .map_err(|e| CliError::from_client(e, format!("put {}", show(key))))
     }
 
     /// A lease request (grant, keep-alive, revoke, time-to-live); the lease after it.
     pub async fn lease(&self, req: &LeaseRequest) -> Result<LeaseInfo, CliError> {
-        match self {
-            Target::Http(h) => h.lease(req).await,
-            Target::Peer { client, .. } => {
-                let (r, doing): (Result<LeaseInfo, ClientError>, String) = match req {
-                    LeaseRequest::Grant { ttl_ms } => (
-                        client
-                            .grant(std::time::Duration::from_millis(*ttl_ms))
-                            .await,
-                        "lease grant".into(),
-                    ),
-                    LeaseRequest::KeepAlive { id } => (
-                        client.keep_alive_once(*id).await,
-                        format!("lease keep-alive {}", lease_hex(*id)),
-                    ),
-                    LeaseRequest::Revoke { id } => (
-                        client.revoke(*id).await.map(|()| LeaseInfo {
-                            id: *id,
-                            ttl_ms: 0,
-                            remaining_ms: 0,
-                        }),
-                        format!("lease revoke {}", lease_hex(*id)),
-                    ),
-                    LeaseRequest::TimeToLive { id } => (
-                        client.time_to_live(*id).await,
-                        format!("lease ttl {}", lease_hex(*id)),
-                    ),
-                };
-                r.map_err(|e| CliError::from_client(e, doing))
-            }
-        }
+        let client = &self.client;
+        let (r, doing): (Result<LeaseInfo, ClientError>, String) = match req {
+            LeaseRequest::Grant { ttl_ms } => (
+                client
+                    .grant(std::time::Duration::from_millis(*ttl_ms))
+                    .await,
+                "lease grant".into(),
+            ),
+            LeaseRequest::KeepAlive { id } => (
+                client.keep_alive_once(*id).await,
+                format!("lease keep-alive {}", lease_hex(*id)),
+            ),
+            LeaseRequest::Revoke { id } => (
+                client.revoke(*id).await.map(|()| LeaseInfo {
+                    id: *id,
+                    ttl_ms: 0,
+                    remaining_ms: 0,
+                }),
+                format!("lease revoke {}", lease_hex(*id)),
+            ),
+            LeaseRequest::TimeToLive { id } => (
+                client.time_to_live(*id).await,
+                format!("lease ttl {}", lease_hex(*id)),
+            ),
+        };
+        r.map_err(|e| CliError::from_client(e, doing))
     }
 
     /// Deletes the key; whether it existed.
     pub async fn delete(&self, key: &[u8]) -> Result<bool, CliError> {
-        match self {
-            Target::Http(h) => h.delete(key).await,
-            Target::Peer { client, .. } => client
-                .delete(key)
-                .await
-                .map_err(|e| CliError::from_client(e, format!("del {}", show(key)))),
-        }
+        self.client
+            .delete(key)
+            .await
+            .map_err(|e| CliError::from_client(e, format!("del {}", show(key))))
     }
 
     /// Writes `value` if the key is as `expect` says.
@@ -285,66 +274,56 @@ impl Target {
         expect: &Expect,
         value: &[u8],
     ) -> Result<CasOutcome, CliError> {
-        match self {
-            Target::Http(h) => h.cas(key, expect, value).await,
-            Target::Peer { client, .. } => {
-                let r = client
-                    .cas(key, expect.compare(), CasAction::Put(value.to_vec()))
-                    .await
-                    .map_err(|e| CliError::from_client(e, format!("cas {}", show(key))))?;
-                Ok(if r.succeeded {
-                    CasOutcome::Swapped { rev: r.revision }
-                } else {
-                    CasOutcome::Failed {
-                        current: r.current.map(|c| Record::from_kv(key, &c)),
-                    }
-                })
+        let r = self
+            .client
+            .cas(key, expect.compare(), CasAction::Put(value.to_vec()))
+            .await
+            .map_err(|e| CliError::from_client(e, format!("cas {}", show(key))))?;
+        Ok(if r.succeeded {
+            CasOutcome::Swapped { rev: r.revision }
+        } else {
+            CasOutcome::Failed {
+                current: r.current.map(|c| Record::from_kv(key, &c)),
             }
-        }
+        })
     }
 
     /// The first `limit` records of `range` (0: all), in key order, read linearizably.
     pub async fn scan(&self, range: &KeyRange, limit: usize) -> Result<Vec<Record>, CliError> {
-        match self {
-            Target::Http(h) => h.scan(range, limit).await,
-            Target::Peer { client, .. } => client
-                .scan(
-                    &range.start,
-                    range.end.as_deref(),
-                    limit,
-                    Consistency::Linearizable,
-                )
-                .await
-                .map(|records| records.iter().map(|(k, r)| Record::from_kv(k, r)).collect())
-                .map_err(|e| CliError::from_client(e, "scan")),
-        }
+        self.client
+            .scan(
+                &range.start,
+                range.end.as_deref(),
+                limit,
+                Consistency::Linearizable,
+            )
+            .await
+            .map(|records| records.iter().map(|(k, r)| Record::from_kv(k, r)).collect())
+            .map_err(|e| CliError::from_client(e, "scan"))
     }
 
-    /// The serving node's status.
-    pub async fn status(&self) -> Result<StatusView, CliError> {
-        match self {
-            Target::Http(h) => h.status().await,
-            Target::Peer { client, addr } => {
-                let report = client.status().await.map_err(|e| {
-                    CliError::from_client(e, format!("{addr} did not report its status"))
-                })?;
-                let json = serde_json::to_value(&report).map_err(anyhow::Error::from)?;
-                Ok(StatusView { report, json })
-            }
-        }
+    /// The serving node's status: the report the table is drawn from, and the JSON `--json`
+    /// prints (the gateway's `/v1/status` body for `--endpoint`, the libp2p report as it is
+    /// for `--peer`).
+    pub async fn status(&self) -> Result<StatusDocument, CliError> {
+        let doing = match self.client.endpoint() {
+            Some(endpoint) => format!("status of {endpoint}"),
+            None => format!("{} did not report its status", self.via),
+        };
+        self.client
+            .status_document()
+            .await
+            .map_err(|e| CliError::from_client(e, doing))
     }
 
     /// Asks the cluster to drain `node`.
     pub async fn decommission(&self, node: u64) -> Result<(), CliError> {
-        match self {
-            Target::Http(h) => h.decommission(node).await,
-            Target::Peer { client, .. } => client.decommission(node).await.map_err(|e| {
-                let message = format!("decommission {}: {e}", node_hex(node));
-                match e {
-                    DecommissionError::UnknownNode(_) => CliError::Rejected(message),
-                    DecommissionError::Unavailable(_) => CliError::Unavailable(message),
-                }
-            }),
-        }
+        self.client.decommission(node).await.map_err(|e| {
+            let message = format!("decommission {}: {e}", node_hex(node));
+            match e {
+                DecommissionError::UnknownNode(_) => CliError::Rejected(message),
+                DecommissionError::Unavailable(_) => CliError::Unavailable(message),
+            }
+        })
     }
 }

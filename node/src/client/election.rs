@@ -134,6 +134,7 @@ impl Client {
                     other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
                 }
             }
+            Transport::Http(h) => h.election(&req).await,
         }
     }
 

@@ -122,6 +122,7 @@ impl Client {
                     other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
                 }
             }
+            Transport::Http(h) => h.lease(&req).await,
         }
     }
 
@@ -207,6 +208,10 @@ impl Client {
     ) -> Result<(u64, Option<KvRecord>), ClientError> {
         if lease == 0 {
             return self.put_prev(key, value, prev_kv).await;
+        }
+        // The gateway checks the lease and writes in one request.
+        if let Transport::Http(h) = &self.transport {
+            return h.put(key, value, lease, prev_kv).await;
         }
         self.time_to_live(lease).await?;
         let op = KvOp::Put {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use swarmkv_store::{KvOp, KvOutcome, Txn, TxnOpResult};
 
-use super::Client;
+use super::{not_over_http, Client, Transport};
 use crate::core::routing::partition_of;
 use crate::core::ClientError;
 
@@ -30,6 +30,11 @@ impl Client {
     /// Runs `txn` atomically in the partition of its keys. A retry after an ambiguous failure
     /// cannot apply it twice (the write carries the client's session).
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, ClientError> {
+        if let Transport::Http(_) = &self.transport {
+            return Err(not_over_http(
+                "transactions (POST /v1/txn takes them as JSON)",
+            ));
+        }
         let partition = txn_partition(&txn, self.partitions)?;
         match self.write_to(partition, KvOp::Txn(txn)).await? {
             KvOutcome::Txn {

@@ -30,6 +30,11 @@
 //! or has no answer, the task moves to the next client's node and asks again from the same
 //! position.
 //!
+//! A client of a node's HTTP gateway ([`Client::http`]) reads the gateway's server-sent events
+//! instead (the gateway runs this watch on its node and sends each event with the cursor after
+//! it); when the connection breaks it reconnects with that cursor, so the guarantees are the
+//! same.
+//!
 //! When the events after a position are no longer kept (retention, see
 //! `swarmkv_store::history`), the watch ends with [`WatchError::Compacted`]: the caller must
 //! re-read the current state and watch from there.
@@ -229,6 +234,14 @@ pub enum WatchError {
     /// The watch could not start (no client given, or a cursor naming unknown partitions).
     #[error("bad watch: {0}")]
     BadRequest(String),
+    /// Over HTTP: the gateway could not be reached, or its stream broke and could not be
+    /// resumed within the give-up time.
+    #[error("the gateway could not serve the watch: {reason}")]
+    Unreachable { reason: String },
+    /// Over HTTP: the gateway refused the watch (a wrong token, say) or sent what is not a
+    /// watch's stream.
+    #[error("{0}")]
+    Gateway(String),
 }
 
 /// Tuning of a watch.
@@ -250,14 +263,14 @@ impl Default for WatchOptions {
 }
 
 /// An event on its way to the consumer, with its place among its revision's events.
-struct Pending {
+pub(super) struct Pending {
     partition: u32,
     event: Event,
     index: u32,
     count: u32,
 }
 
-enum Item {
+pub(super) enum Item {
     /// Events of one partition (possibly none) and the revision the partition's task has
     /// reached once they are delivered.
     Batch {
@@ -266,6 +279,12 @@ enum Item {
         through: u64,
     },
     Failed(WatchError),
+    /// One event from the gateway's stream, with the cursor just after it (over HTTP the
+    /// gateway keeps the positions).
+    Sse {
+        event: WatchEvent,
+        cursor: Cursor,
+    },
 }
 
 enum Queued {
@@ -300,6 +319,9 @@ async fn watch_call(client: &Client, req: WatchRequest) -> Result<WatchReply, Cl
             Answer::Reply(Err(e)) => Err(e),
             other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
         },
+        Transport::Http(_) => Err(ClientError::BadRequest(
+            "a gateway serves watches as a stream, not as polls".into(),
+        )),
     }
 }
 
@@ -316,6 +338,10 @@ impl Watch {
         let Some(first) = sources.first() else {
             return Err(WatchError::BadRequest("no client to watch through".into()));
         };
+        // A gateway watches through its own node and resumes on any: its stream is enough.
+        if let Transport::Http(http) = &first.transport {
+            return super::http::sse::watch(http, target, from, options).await;
+        }
         let partitions = target.partitions(first.partitions());
         if let Some(p) = from.at.keys().find(|p| **p >= first.partitions()) {
             return Err(WatchError::BadRequest(format!(
@@ -361,6 +387,21 @@ impl Watch {
             queue: VecDeque::new(),
             done: false,
         })
+    }
+
+    /// A watch fed by one task that sends [`Item::Sse`] events (the HTTP transport's).
+    pub(super) fn of_stream(
+        rx: mpsc::Receiver<Item>,
+        task: JoinHandle<()>,
+        cursor: Cursor,
+    ) -> Watch {
+        Watch {
+            rx,
+            tasks: vec![task],
+            cursor,
+            queue: VecDeque::new(),
+            done: false,
+        }
     }
 
     /// Exactly what was delivered so far: resume from it to continue without loss or repeat.
@@ -425,6 +466,10 @@ impl Watch {
                         t.abort();
                     }
                     return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Item::Sse { event, cursor })) => {
+                    self.cursor = cursor;
+                    return Poll::Ready(Some(Ok(event)));
                 }
                 Poll::Ready(Some(Item::Batch {
                     partition,

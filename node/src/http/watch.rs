@@ -157,6 +157,11 @@ fn error_event(e: &WatchError) -> SseEvent {
             "code": "bad_request",
             "message": e.to_string(),
         }}),
+        // Only an HTTP client's watch fails these ways; the gateway's own client is in-process.
+        WatchError::Unreachable { .. } | WatchError::Gateway(_) => serde_json::json!({"error": {
+            "code": "unavailable",
+            "message": e.to_string(),
+        }}),
     };
     SseEvent::default().event("error").data(body.to_string())
 }

@@ -14,7 +14,8 @@ use swarmkv::core::Consistency;
 use swarmkv::Client;
 use swarmkv_net::{Multiaddr, PreSharedKey};
 
-use crate::cli::endpoint::{Endpoint, HttpClient};
+use swarmkv::client::{Endpoint, HttpOptions};
+
 use crate::cli::CliError;
 
 #[cfg(feature = "etcd")]
@@ -76,9 +77,12 @@ impl Targets {
                 let client = Client::connect(addr, cluster, *psk)
                     .await
                     .map_err(|e| anyhow!("{e}"))?;
-                Conn::Peer(Arc::new(client))
+                Conn::Swarmkv(Arc::new(client))
             }
-            Targets::Http(e) => Conn::Http(Arc::new(HttpClient::new(e[i % e.len()].clone()))),
+            Targets::Http(e) => Conn::Swarmkv(Arc::new(Client::http(
+                e[i % e.len()].clone(),
+                HttpOptions::default(),
+            ))),
             #[cfg(feature = "etcd")]
             Targets::Etcd(e) => Conn::Etcd(Box::new(EtcdConn::connect(&e[i % e.len()]).await?)),
         };
@@ -88,8 +92,8 @@ impl Targets {
 
 /// A connection of one bench client.
 pub enum Conn {
-    Peer(Arc<Client>),
-    Http(Arc<HttpClient>),
+    /// A swarmkv client, over libp2p or HTTP.
+    Swarmkv(Arc<Client>),
     /// Boxed: a gRPC client is much larger than the other variants' pointers.
     #[cfg(feature = "etcd")]
     Etcd(Box<EtcdConn>),
@@ -99,8 +103,7 @@ impl Conn {
     /// Another handle on the same connection (for a preload loader).
     pub fn share(&self) -> Conn {
         match self {
-            Conn::Peer(c) => Conn::Peer(c.clone()),
-            Conn::Http(c) => Conn::Http(c.clone()),
+            Conn::Swarmkv(c) => Conn::Swarmkv(c.clone()),
             #[cfg(feature = "etcd")]
             Conn::Etcd(c) => Conn::Etcd(c.clone()),
         }
@@ -110,12 +113,11 @@ impl Conn {
     /// that [`exit_error`] can tell "unavailable" from other failures.
     pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         match self {
-            Conn::Peer(c) => c
+            Conn::Swarmkv(c) => c
                 .put(key, value)
                 .await
                 .map(drop)
                 .map_err(|e| anyhow!(CliError::from_client(e, "put"))),
-            Conn::Http(c) => c.put(key, value).await.map(drop).map_err(|e| anyhow!(e)),
             #[cfg(feature = "etcd")]
             Conn::Etcd(c) => c.put(key, value).await,
         }
@@ -124,7 +126,7 @@ impl Conn {
     /// A read of `key`; whether it exists.
     pub async fn get(&mut self, key: &[u8], serializable: bool) -> Result<bool> {
         match self {
-            Conn::Peer(c) => {
+            Conn::Swarmkv(c) => {
                 let consistency = if serializable {
                     Consistency::Serializable
                 } else {
@@ -135,11 +137,6 @@ impl Conn {
                     .map(|r| r.is_some())
                     .map_err(|e| anyhow!(CliError::from_client(e, "get")))
             }
-            Conn::Http(c) => c
-                .get(key, serializable)
-                .await
-                .map(|r| r.is_some())
-                .map_err(|e| anyhow!(e)),
             #[cfg(feature = "etcd")]
             Conn::Etcd(c) => c.get(key, serializable).await,
         }
