@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use common::gateway::Gateway;
 use common::*;
 use serde_json::json;
+use swarmkv::client::{Endpoint, HttpOptions};
 use swarmkv::core::routing::partition_of;
 use swarmkv::core::{group_of_partition, ClientError, CoreConfig, Request, RequestBody};
 use swarmkv::Client;
@@ -277,10 +278,100 @@ async fn post_txn_runs_compares_and_branches_over_http() -> Result<()> {
         assert_eq!(reply.status, code, "{shown}: {}", reply.text());
         assert_eq!(reply.json()?["error"]["code"], "bad_request", "{shown}");
     }
+    // The Rust client over HTTP speaks the same route, with bytes intact.
+    let endpoint: Endpoint = gw.endpoint().parse()?;
+    let over_http = Client::http(endpoint, HttpOptions::default());
+    let bytes = vec![0xff, 0x00, b'{'];
+    let r = over_http
+        .txn(Txn {
+            compares: vec![TxnCompare {
+                key: b"{bin}/k".to_vec(),
+                target: CompareTarget::Version(0),
+                op: CompareOp::Equal,
+            }],
+            success: vec![
+                TxnOp::Put {
+                    key: b"{bin}/k".to_vec(),
+                    value: bytes.clone(),
+                    lease: 0,
+                },
+                get(b"{bin}/k"),
+                TxnOp::Delete {
+                    key: b"{bin}/other".to_vec(),
+                },
+            ],
+            failure: vec![],
+        })
+        .await?;
+    assert!(r.succeeded);
+    assert_eq!(r.results.len(), 3);
+    match &r.results[1] {
+        TxnOpResult::Get(Some(rec)) => {
+            assert_eq!((rec.value.clone(), rec.mod_rev), (bytes, r.revision));
+        }
+        other => panic!("expected the record, got {other:?}"),
+    }
+    assert_eq!(r.results[2], TxnOpResult::Delete { deleted: false });
+    let spanning = over_http
+        .txn(Txn {
+            compares: vec![],
+            success: vec![get(b"x"), get(b"y0"), get(b"y1"), get(b"y2")],
+            failure: vec![],
+        })
+        .await;
+    assert!(
+        matches!(&spanning, Err(ClientError::BadRequest(m)) if m.contains("partition")),
+        "{spanning:?}"
+    );
     let many: Vec<_> = (0..129).map(|_| json!({"get": {"key": "k"}})).collect();
     let reply = post(json!({ "success": many })).await?;
     assert_eq!(reply.status, 400, "{}", reply.text());
     assert!(reply.text().contains("128"), "{}", reply.text());
     let _ = cluster;
+    gw.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_a_transaction_written_as_etcdctl_writes_one() -> Result<()> {
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, P, fast_core()).await;
+    let gw = Gateway::for_client(cluster.client(0).await).await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("txn");
+    std::fs::write(
+        &file,
+        "# create both, once\nversion(\"{job}/a\") = \"0\"\n\n\
+         put {job}/a \"first value\"\nput {job}/b 2\nget {job}/a\n\n\
+         get {job}/a\ndel {job}/missing\n",
+    )?;
+    let endpoint = gw.endpoint();
+    let args = |file: &std::path::Path| {
+        vec![
+            "txn".to_string(),
+            "--file".into(),
+            file.display().to_string(),
+            "--endpoint".into(),
+            endpoint.clone(),
+        ]
+    };
+    let run = |args: Vec<String>| tokio::task::spawn_blocking(move || process::cli(&args));
+    let first = run(args(&file)).await??;
+    let out = first.expect(0)?;
+    assert!(
+        out.starts_with("SUCCESS\nput {job}/a\nput {job}/b\nget {job}/a: first value"),
+        "{out}"
+    );
+    let second = run(args(&file)).await??;
+    let out = second.expect(1)?;
+    assert!(
+        out.starts_with("FAILURE\nget {job}/a: first value"),
+        "{out}"
+    );
+    assert!(out.contains("del {job}/missing: 0"), "{out}");
+    // A malformed file is a usage error (exit 2) naming the line; nothing is sent.
+    std::fs::write(&file, "age(\"k\") = \"1\"\n\nput k v\n")?;
+    let bad = run(args(&file)).await??;
+    bad.expect(2)?;
+    assert!(bad.stderr.contains("age(\\\"k\\\")"), "{}", bad.stderr);
     gw.shutdown().await
 }

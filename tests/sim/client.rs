@@ -1,13 +1,18 @@
 //! Simulated clients: what they ask (get / put / compare-and-swap / delete on a few keys, with
 //! a unique value per write) and how an answer becomes an entry of the history the
-//! linearizability checker reads.
+//! linearizability checker reads. Half of the compare-and-swaps go as transactions (a compare,
+//! then the write and a read of the key, or else a read), which the register model checks as
+//! the compare-and-swap they are.
 
 use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::Rng;
 use swarmkv::core::{ClientError, Consistency, NodeId, Reply, RequestBody, RequestId, Response};
-use swarmkv_store::{CasAction, Compare, KvOp, KvOutcome, KvRecord, Session};
+use swarmkv_store::{
+    CasAction, Compare, CompareOp, CompareTarget, KvOp, KvOutcome, KvRecord, Session, Txn,
+    TxnCompare, TxnOp, TxnOpResult,
+};
 
 use crate::linearizability::{Expect, Input, Output, Value};
 
@@ -153,14 +158,16 @@ impl Client {
             } else {
                 (None, CasAction::Delete)
             };
-            (
-                Input::Cas { expect, then },
+            let op = if rng.gen_bool(0.5) {
+                txn_of(kb, compare, action)
+            } else {
                 KvOp::Cas {
                     key: kb,
                     compare,
                     action,
-                },
-            )
+                }
+            };
+            (Input::Cas { expect, then }, op)
         };
         (key, input, RequestBody::Write { op, session })
     }
@@ -176,6 +183,33 @@ impl Client {
             }
         }
     }
+}
+
+/// A compare-and-swap as a transaction: the compare; then the action and a read of the key;
+/// else a read of the key (what the compare saw).
+fn txn_of(key: Vec<u8>, compare: Compare, action: CasAction) -> KvOp {
+    let target = match compare {
+        Compare::Absent => CompareTarget::Version(0),
+        Compare::Value(v) => CompareTarget::Value(v),
+        Compare::ModRevision(r) => CompareTarget::ModRevision(r),
+    };
+    let write = match action {
+        CasAction::Put(value) => TxnOp::Put {
+            key: key.clone(),
+            value,
+            lease: 0,
+        },
+        CasAction::Delete => TxnOp::Delete { key: key.clone() },
+    };
+    KvOp::Txn(Txn {
+        compares: vec![TxnCompare {
+            key: key.clone(),
+            target,
+            op: CompareOp::Equal,
+        }],
+        success: vec![write, TxnOp::Get { key: key.clone() }],
+        failure: vec![TxnOp::Get { key }],
+    })
 }
 
 /// What an answer means for the history.
@@ -284,6 +318,59 @@ pub fn interpret(input: &Input, reply: &Reply) -> Interpretation {
             }
             Err(e) => Interpretation::Nonsense(e),
         },
+        (
+            Input::Cas { expect, then },
+            Ok(Response::Write(KvOutcome::Txn {
+                revision,
+                succeeded,
+                results,
+            })),
+        ) => {
+            // The last result is the read of the key: after the write, or what the compare saw.
+            let read = match results.last() {
+                Some(TxnOpResult::Get(r)) => r,
+                _ => {
+                    return Interpretation::Nonsense(format!(
+                        "a transaction's results end without its read: {results:?}"
+                    ))
+                }
+            };
+            let seen = match seen_of(read) {
+                Ok(s) => s,
+                Err(e) => return Interpretation::Nonsense(e),
+            };
+            if !*succeeded {
+                return ok(
+                    Output::Cas {
+                        succeeded: false,
+                        before: seen.map(|(v, _)| v),
+                    },
+                    vec![seen],
+                    Some(read.clone()),
+                    None,
+                    None,
+                );
+            }
+            if seen.map(|(v, _)| v) != *then {
+                return Interpretation::Nonsense(format!(
+                    "a transaction wrote {then:?} and then read {seen:?}"
+                ));
+            }
+            let before = match expect {
+                Expect::Absent => None,
+                Expect::Value(v) => Some(*v),
+            };
+            ok(
+                Output::Cas {
+                    succeeded: true,
+                    before,
+                },
+                vec![seen],
+                Some(read.clone()),
+                then.map(|v| (v, *revision)),
+                Some(*revision),
+            )
+        }
         (i, Ok(r)) => Interpretation::Nonsense(format!("answer {r:?} to {i:?}")),
     }
 }

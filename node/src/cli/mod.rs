@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`start`]: run a node (zero-config formation, until Ctrl-C or SIGTERM).
 //! - [`status`]: a node's report on itself and its groups, as a table or as JSON.
-//! - [`put`], [`get`], [`del`], [`cas`], [`scan`]: the key-value verbs.
+//! - [`put`], [`get`], [`del`], [`cas`], [`scan`]: the key-value verbs; [`txn`]: a
+//!   transaction in etcdctl's text form.
 //! - [`decommission`]: drain a node out of the cluster.
 //! - [`repair`]: rebuild a node whose stored data is damaged from its peers (as a new node).
 //! - [`watch`]: print the changes of a prefix or key as they happen (resumable).
@@ -47,6 +48,7 @@ mod scan;
 mod start;
 mod status;
 mod transport;
+mod txn;
 mod watch;
 
 pub use error::CliError;
@@ -84,6 +86,7 @@ pub enum Command {
     #[command(visible_alias = "delete")]
     Del(del::Del),
     Cas(cas::Cas),
+    Txn(txn::TxnCmd),
     Scan(scan::Scan),
     Decommission(decommission::Decommission),
     Lease(lease::Lease),
@@ -121,6 +124,7 @@ impl Command {
             Command::Get(c) => with_timeout(c.run()).await,
             Command::Del(c) => with_timeout(c.run()).await,
             Command::Cas(c) => with_timeout(c.run()).await,
+            Command::Txn(c) => with_timeout(c.run()).await,
             Command::Scan(c) => with_timeout(c.run()).await,
             Command::Decommission(c) => with_timeout(c.run()).await,
             // `keep-alive` runs until Ctrl-C; the other lease verbs bound themselves.
@@ -240,6 +244,7 @@ mod tests {
             Command::Get(c) => Some(&c.transport),
             Command::Del(c) => Some(&c.transport),
             Command::Cas(c) => Some(&c.transport),
+            Command::Txn(c) => Some(&c.transport),
             Command::Scan(c) => Some(&c.transport),
             Command::Decommission(c) => Some(&c.transport),
             Command::Lease(c) => Some(c.transport()),

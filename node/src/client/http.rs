@@ -45,6 +45,7 @@ use crate::core::ClientError;
 mod coord;
 mod kv;
 pub(super) mod sse;
+mod txn;
 
 /// Where a node's gateway listens unless told otherwise.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7380";

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use swarmkv_store::{KvOp, KvOutcome, Txn, TxnOpResult};
 
-use super::{not_over_http, Client, Transport};
+use super::{Client, Transport};
 use crate::core::routing::partition_of;
 use crate::core::ClientError;
 
@@ -27,13 +27,13 @@ pub struct TxnResponse {
 }
 
 impl Client {
-    /// Runs `txn` atomically in the partition of its keys. A retry after an ambiguous failure
-    /// cannot apply it twice (the write carries the client's session).
+    /// Runs `txn` atomically in the partition of its keys. In process and over libp2p a retry
+    /// after an ambiguous failure cannot apply it twice (the write carries the client's
+    /// session); over HTTP the gateway's own client retries it so.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, ClientError> {
-        if let Transport::Http(_) = &self.transport {
-            return Err(not_over_http(
-                "transactions (POST /v1/txn takes them as JSON)",
-            ));
+        if let Transport::Http(h) = &self.transport {
+            // The gateway routes it (and refuses one that spans partitions).
+            return h.txn(&txn).await;
         }
         let partition = txn_partition(&txn, self.partitions)?;
         match self.write_to(partition, KvOp::Txn(txn)).await? {

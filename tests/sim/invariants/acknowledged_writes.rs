@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use swarmkv::core::GroupId;
-use swarmkv_store::{CasAction, KvOp, KvRecord};
+use swarmkv_store::{CasAction, KvOp, KvRecord, TxnOp};
 
 use super::committed_entries::CommittedEntries;
 use super::Violation;
@@ -19,6 +19,7 @@ pub struct AckedWrite {
     pub op: KvOp,
 }
 
+/// Whether `op` may delete `key` (a transaction: if either branch deletes it).
 fn deletes(op: &KvOp, key: &[u8]) -> bool {
     match op {
         KvOp::Delete { key: k, .. } => k == key,
@@ -27,6 +28,13 @@ fn deletes(op: &KvOp, key: &[u8]) -> bool {
             action: CasAction::Delete,
             ..
         } => k == key,
+        KvOp::Txn(txn) => txn.success.iter().chain(&txn.failure).any(|o| match o {
+            TxnOp::Delete { key: k } => k == key,
+            TxnOp::DeleteRange { start, end } => {
+                key >= start.as_slice() && end.as_ref().is_none_or(|e| key < e.as_slice())
+            }
+            _ => false,
+        }),
         _ => false,
     }
 }

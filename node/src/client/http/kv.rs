@@ -16,7 +16,7 @@ use crate::wire::{GroupReport, StatusReport};
 
 /// The JSON of a record, as the gateway writes it (only the fields that carry exact bytes).
 #[derive(Deserialize)]
-struct RecordWire {
+pub(super) struct RecordWire {
     key_b64: String,
     value_b64: String,
     create_rev: u64,
@@ -27,7 +27,7 @@ struct RecordWire {
 impl RecordWire {
     /// The key and its record. The gateway does not say which lease a key is attached to:
     /// `lease` is 0.
-    fn decode(self) -> Result<(Vec<u8>, KvRecord), ClientError> {
+    pub(super) fn decode(self) -> Result<(Vec<u8>, KvRecord), ClientError> {
         Ok((
             from_b64(&self.key_b64, "key_b64")?,
             KvRecord {
