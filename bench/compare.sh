@@ -90,7 +90,7 @@ else
 fi
 for c in "${CASES[@]}"; do
   IFS=: read -r op cl ops <<<"$c"
-  [[ $op =~ ^(put|get-linearizable|get-serializable)$ && $cl =~ ^[0-9]+$ && $ops =~ ^[0-9]+$ ]] ||
+  [[ $op =~ ^(put|get-linearizable|get-serializable|txn)$ && $cl =~ ^[0-9]+$ && $ops =~ ^[0-9]+$ ]] ||
     { echo "bad case '$c' (op:clients:ops)" >&2; exit 2; }
 done
 

@@ -21,7 +21,7 @@ fn fields(line: &str) -> std::collections::HashMap<&str, &str> {
 }
 
 #[test]
-fn bench_put_over_libp2p_then_gets_over_http_report_results() -> Result<()> {
+fn bench_put_over_libp2p_then_gets_over_http_then_txns_report_results() -> Result<()> {
     let cluster = ProcCluster::start(3, PARTITIONS)?;
     let mut args: Vec<String> = [
         "bench",
@@ -116,6 +116,33 @@ fn bench_put_over_libp2p_then_gets_over_http_report_results() -> Result<()> {
         report["ops_per_sec"].as_f64().unwrap_or(0.0) > 0.0,
         "{report}"
     );
+
+    // Transactions on two keys of one hash tag, over libp2p: every one succeeds.
+    let mut args: Vec<String> = [
+        "bench",
+        "txn",
+        "--clients",
+        "4",
+        "--ops",
+        "100",
+        "--keys",
+        "1000",
+        "--no-preload",
+        "--json",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    for node in &cluster.nodes {
+        args.push("--peer".into());
+        args.push(node.multiaddr());
+    }
+    let out = cli(&args)?;
+    println!("bench txn --json:\n{}{}", out.stdout, out.stderr);
+    let report: serde_json::Value = serde_json::from_str(out.expect(0)?)?;
+    assert_eq!(report["op"], "txn", "{report}");
+    assert_eq!(report["total_ops"], 100, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
     cluster.finish();
     Ok(())
 }

@@ -176,13 +176,7 @@ impl Txn {
                 max: MAX_TXN_OPS,
             });
         }
-        let bytes = self.payload_bytes();
-        if bytes > limits.max_value {
-            return Err(KvError::TxnTooLarge {
-                bytes,
-                max: limits.max_value,
-            });
-        }
+
         for c in &self.compares {
             check_key(&c.key, limits)?;
             if let CompareTarget::Value(v) = &c.target {
@@ -207,6 +201,13 @@ impl Txn {
                     }
                 }
             }
+        }
+        let bytes = self.payload_bytes();
+        if bytes > limits.max_value {
+            return Err(KvError::TxnTooLarge {
+                bytes,
+                max: limits.max_value,
+            });
         }
         check_writes_once(&self.success)?;
         check_writes_once(&self.failure)

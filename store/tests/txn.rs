@@ -317,6 +317,17 @@ fn validation_refuses_oversized_duplicate_and_too_long_transactions() {
         .validate(&limits),
         Err(KvError::ValueTooLarge { .. })
     ));
+    // Values within the limit one by one, over it together: one entry stays small.
+    let half = "x".repeat(limits.max_value / 2 + 1);
+    assert!(matches!(
+        KvOp::Txn(Txn {
+            compares: vec![],
+            success: vec![tput("a", &half), tput("b", &half)],
+            failure: vec![],
+        })
+        .validate(&limits),
+        Err(KvError::TxnTooLarge { .. })
+    ));
     assert!(matches!(
         KvOp::Txn(Txn {
             compares: vec![],

@@ -13,6 +13,7 @@ use anyhow::{anyhow, Result};
 use swarmkv::core::Consistency;
 use swarmkv::Client;
 use swarmkv_net::{Multiaddr, PreSharedKey};
+use swarmkv_store::{CompareOp, CompareTarget, Txn, TxnCompare, TxnOp};
 
 use swarmkv::client::{Endpoint, HttpOptions};
 
@@ -139,6 +140,36 @@ impl Conn {
             }
             #[cfg(feature = "etcd")]
             Conn::Etcd(c) => c.get(key, serializable).await,
+        }
+    }
+
+    /// One transaction: if `a`'s version is not the largest number (always), put `value` at
+    /// `a` and at `b` (two keys of one hash tag, so one swarmkv partition).
+    pub async fn txn_pair(&mut self, a: &[u8], b: &[u8], value: &[u8]) -> Result<()> {
+        match self {
+            Conn::Swarmkv(c) => {
+                let put = |key: &[u8]| TxnOp::Put {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                    lease: 0,
+                };
+                let txn = Txn {
+                    compares: vec![TxnCompare {
+                        key: a.to_vec(),
+                        target: CompareTarget::Version(u64::MAX),
+                        op: CompareOp::NotEqual,
+                    }],
+                    success: vec![put(a), put(b)],
+                    failure: vec![],
+                };
+                match c.txn(txn).await {
+                    Ok(r) if r.succeeded => Ok(()),
+                    Ok(_) => Err(anyhow!("a transaction whose compare always holds failed")),
+                    Err(e) => Err(anyhow!(CliError::from_client(e, "txn"))),
+                }
+            }
+            #[cfg(feature = "etcd")]
+            Conn::Etcd(c) => c.txn_pair(a, b, value).await,
         }
     }
 

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp};
 
 /// How long one etcd request may take before it counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,6 +49,22 @@ impl EtcdConn {
         let options = serializable.then(|| GetOptions::new().with_serializable());
         let response = self.kv.get(key, options).await?;
         Ok(!response.kvs().is_empty())
+    }
+
+    /// The transaction of the `txn` op: if `a`'s version is not the largest number (always),
+    /// put `value` at `a` and at `b`.
+    pub async fn txn_pair(&mut self, a: &[u8], b: &[u8], value: &[u8]) -> Result<()> {
+        let when = Compare::version(a.to_vec(), CompareOp::NotEqual, i64::MAX);
+        let then = [
+            TxnOp::put(a.to_vec(), value.to_vec(), None),
+            TxnOp::put(b.to_vec(), value.to_vec(), None),
+        ];
+        let r = self.kv.txn(Txn::new().when([when]).and_then(then)).await?;
+        anyhow::ensure!(
+            r.succeeded(),
+            "a transaction whose compare always holds failed"
+        );
+        Ok(())
     }
 
     /// One transaction putting every `(key, value)` of `batch` (etcd allows 128 operations

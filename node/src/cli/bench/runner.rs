@@ -15,7 +15,7 @@ use tokio::sync::Barrier;
 use super::conn::{Conn, Targets};
 use super::progress::Phase;
 use super::stats::{Report, Shape};
-use super::workload::{key_of, ops_of_client, Op, SplitMix64};
+use super::workload::{key_of, ops_of_client, txn_pair, Op, SplitMix64};
 
 /// How many connections are being set up at once: 256 libp2p handshakes (or gRPC channels)
 /// at the same moment would only queue on 2 cores.
@@ -254,6 +254,14 @@ async fn run_client(
                 rng.fill_value(&mut value);
                 let sent = Instant::now();
                 conn.put(&key, &value)
+                    .await
+                    .map(|()| (sent.elapsed(), true))
+            }
+            Op::Txn => {
+                rng.fill_value(&mut value);
+                let (a, b) = txn_pair(&key);
+                let sent = Instant::now();
+                conn.txn_pair(&a, &b, &value)
                     .await
                     .map(|()| (sent.elapsed(), true))
             }

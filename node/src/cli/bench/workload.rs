@@ -14,6 +14,10 @@ pub enum Op {
     GetLinearizable,
     /// Single-key read from the local state of the node the client talks to; may be stale.
     GetSerializable,
+    /// A transaction writing the two keys of one hash tag that key `k` names (see
+    /// [`txn_pair`]): one compare that always holds (version != the largest number), then a
+    /// put of each. Not in WORKLOAD.md: the same value, 256 bytes, goes to both keys.
+    Txn,
 }
 
 impl Op {
@@ -23,6 +27,7 @@ impl Op {
             Op::Put => "put",
             Op::GetLinearizable => "get-linearizable",
             Op::GetSerializable => "get-serializable",
+            Op::Txn => "txn",
         }
     }
 }
@@ -148,6 +153,10 @@ mod tests {
     fn keys_are_k_and_15_zero_padded_digits() {
         assert_eq!(&key_of(42), b"k000000000000042");
         assert_eq!(&key_of(0), b"k000000000000000");
+        assert_eq!(
+            txn_pair(&key_of(42)),
+            (*b"{0000000000042}a", *b"{0000000000042}b")
+        );
         assert_eq!(&key_of(99_999), b"k000000000099999");
         assert_eq!(&key_of(999_999_999_999_999), b"k999999999999999");
         assert_eq!(
@@ -167,4 +176,17 @@ mod tests {
             assert_eq!(sum, total);
         }
     }
+}
+
+/// The two keys of the transaction on key `key`: `{` + its last 13 bytes + `}a` and `}b`,
+/// 16 bytes each like every workload key, sharing their hash tag and so one partition.
+pub fn txn_pair(key: &[u8; 16]) -> ([u8; 16], [u8; 16]) {
+    let mut a = [0u8; 16];
+    a[0] = b'{';
+    a[1..14].copy_from_slice(&key[3..]);
+    a[14] = b'}';
+    a[15] = b'a';
+    let mut b = a;
+    b[15] = b'b';
+    (a, b)
 }
