@@ -107,6 +107,19 @@ pub fn ops_of_client(total: u64, clients: usize, client: usize) -> u64 {
     total / c + u64::from((client as u64) < total % c)
 }
 
+/// The two keys of the transaction on key `key`: `{` + its last 13 bytes + `}a` and `}b`,
+/// 16 bytes each like every workload key, sharing their hash tag and so one partition.
+pub fn txn_pair(key: &[u8; 16]) -> ([u8; 16], [u8; 16]) {
+    let mut a = [0u8; 16];
+    a[0] = b'{';
+    a[1..14].copy_from_slice(&key[3..]);
+    a[14] = b'}';
+    a[15] = b'a';
+    let mut b = a;
+    b[15] = b'b';
+    (a, b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,17 +189,4 @@ mod tests {
             assert_eq!(sum, total);
         }
     }
-}
-
-/// The two keys of the transaction on key `key`: `{` + its last 13 bytes + `}a` and `}b`,
-/// 16 bytes each like every workload key, sharing their hash tag and so one partition.
-pub fn txn_pair(key: &[u8; 16]) -> ([u8; 16], [u8; 16]) {
-    let mut a = [0u8; 16];
-    a[0] = b'{';
-    a[1..14].copy_from_slice(&key[3..]);
-    a[14] = b'}';
-    a[15] = b'a';
-    let mut b = a;
-    b[15] = b'b';
-    (a, b)
 }
