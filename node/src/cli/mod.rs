@@ -125,8 +125,10 @@ impl Command {
             Command::Decommission(c) => with_timeout(c.run()).await,
             // `keep-alive` runs until Ctrl-C; the other lease verbs bound themselves.
             Command::Lease(c) => c.run().await,
-            // `elect` and `observe` run until Ctrl-C (or the leadership is lost).
-            Command::Elect(c) => c.run().await,
+            // `elect` runs until Ctrl-C, the leadership is lost or its command ends; its
+            // exit status may be the command's.
+            Command::Elect(c) => return c.run().await,
+            // `observe` runs until Ctrl-C.
             Command::Leader(c) => with_timeout(c.run()).await,
             Command::Observe(c) => c.run().await,
             // Bounded by its own --max-seconds (plus connecting and the preload).
