@@ -84,7 +84,7 @@ impl Lan {
         let out = self
             .net
             .command(i, BIN)
-            .args(["put", "probe", "1"])
+            .args(["put", "probe", "1", "--retry-for", "0"])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .output()?;

@@ -36,7 +36,7 @@ mod election;
 mod http;
 mod lease;
 pub use election::{CampaignError, Leadership, LeadershipLoss, LossReason, Observer};
-pub use http::{Endpoint, EndpointError, HttpOptions, DEFAULT_ENDPOINT};
+pub use http::{Endpoint, EndpointError, HttpOptions, DEFAULT_ENDPOINT, DEFAULT_RETRY_FOR};
 pub use lease::{KeepAlive, LeaseLost};
 mod txn;
 pub use txn::{txn_partition, TxnResponse};
@@ -251,7 +251,7 @@ impl Client {
     /// lease (0).
     pub fn http(endpoint: Endpoint, options: HttpOptions) -> Client {
         Client {
-            transport: Transport::Http(HttpTransport::new(endpoint, options)),
+            transport: Transport::Http(HttpTransport::new(vec![endpoint], options)),
             partitions: 0,
             deadline: Duration::from_secs(10),
             sessions: Sessions::new(),

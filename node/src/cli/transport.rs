@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use swarmkv::client::{Endpoint, HttpOptions, StatusDocument, DEFAULT_ENDPOINT};
@@ -52,7 +53,45 @@ pub struct TransportArgs {
         value_name = "TOKEN"
     )]
     pub http_token: Option<String>,
+    /// How long to wait for a node that is starting: a refused connection, or a 503 saying
+    /// nothing was done (the node is not part of a cluster yet, a partition has no leader),
+    /// is retried this long (0: not at all), with one line on stderr when it is a terminal.
+    /// Nothing that may have been done is ever sent twice.
+    #[arg(
+        long,
+        visible_alias = "wait-ready",
+        env = "SWARMKV_RETRY_FOR",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_wait
+    )]
+    pub retry_for: Duration,
 }
+
+/// A wait: `0`, or a duration as the TTLs take it (10, 10s, 500ms, 2m).
+fn parse_wait(text: &str) -> anyhow::Result<Duration> {
+    match text {
+        "0" | "0s" | "0ms" => Ok(Duration::ZERO),
+        _ => super::lease::parse_ttl(text),
+    }
+}
+
+/// Prints the line of a client that starts to wait, on stderr.
+fn print_notice(line: &str) {
+    eprintln!("{line}");
+}
+
+/// The waiting line is for a person at a terminal; a script that reads stderr gets exactly
+/// one `error: ...` line when a verb fails, as always.
+fn notice() -> Option<fn(&str)> {
+    use std::io::IsTerminal as _;
+    std::io::stderr()
+        .is_terminal()
+        .then_some(print_notice as fn(&str))
+}
+
+/// The pause between two dials of a node that is starting.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// What a verb needs from the node it talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +114,8 @@ impl TransportArgs {
     pub fn http_client(&self) -> Client {
         let options = HttpOptions {
             token: self.http_token.clone(),
+            retry_for: self.retry_for,
+            notice: notice(),
             ..HttpOptions::default()
         };
         Client::http(self.endpoint.clone(), options)
@@ -97,12 +138,30 @@ impl TransportArgs {
             .map(swarmkv_net::load_psk)
             .transpose()
             .map_err(|e| CliError::Usage(e.to_string()))?;
-        let connected = match need {
-            Need::Keys => Client::connect(addr.clone(), &self.cluster, psk).await,
-            Need::Admin => Client::connect_admin(addr.clone(), &self.cluster, psk).await,
+        // A node that is starting refuses the dial, or is not part of a cluster yet (the
+        // client waits for that a while itself): dial again until `retry_for` has passed.
+        let until = Instant::now() + self.retry_for;
+        let mut noticed = false;
+        let client = loop {
+            let connected = match need {
+                Need::Keys => Client::connect(addr.clone(), &self.cluster, psk).await,
+                Need::Admin => Client::connect_admin(addr.clone(), &self.cluster, psk).await,
+            };
+            match connected {
+                Ok(client) => break client,
+                Err(e) if e.is_retryable() && Instant::now() + RETRY_PAUSE < until => {
+                    if let Some(print) = notice().filter(|_| !noticed) {
+                        noticed = true;
+                        print(&format!(
+                            "waiting up to {} s for the cluster: {e}",
+                            self.retry_for.as_secs_f32()
+                        ));
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(CliError::from_client(e, format!("cannot use {addr}"))),
+            }
         };
-        let client =
-            connected.map_err(|e| CliError::from_client(e, format!("cannot use {addr}")))?;
         Ok(Target {
             client: Arc::new(client),
             via: addr.to_string(),
