@@ -248,3 +248,26 @@ async fn a_gateway_nobody_listens_on_is_unavailable_and_safe_to_retry() -> Resul
     ensure!(notices == 1, "the wait was announced {notices} times");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_several_gateways_moves_past_one_that_is_down() -> Result<()> {
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, 8, fast_core()).await;
+    let gw = Gateway::for_node(cluster.handles[0].clone()).await?;
+    http_client(&gw).await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let dead: Endpoint = format!("http://{}", listener.local_addr()?).parse()?;
+    drop(listener);
+    let live: Endpoint = gw.endpoint().parse()?;
+    let options = HttpOptions {
+        retry_for: Duration::ZERO,
+        ..HttpOptions::default()
+    };
+    let client = Client::http_failover(vec![dead, live.clone()], options)?;
+    let rev = client.put(b"failover", b"1").await?;
+    ensure!(client.get(b"failover").await?.map(|r| r.mod_rev) == Some(rev));
+    ensure!(client.endpoint() == Some(&live), "{:?}", client.endpoint());
+    ensure!(Client::http_failover(Vec::new(), HttpOptions::default()).is_err());
+    drop(client);
+    gw.shutdown().await
+}

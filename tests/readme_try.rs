@@ -3,7 +3,8 @@
 //! running `put greeting hello && get greeting && status`. The first verb meets a node that
 //! is not listening yet or not part of a cluster yet, waits for it (`--retry-for`, 10 s by
 //! default) and the block prints `hello`. The wait's line on stderr is printed only to a
-//! terminal; `tests/http_client.rs` checks that the client announces a wait once.
+//! terminal; `tests/http_client.rs` checks that the client announces a wait once. The same
+//! nodes then serve a verb given a list of addresses whose first one is down.
 //!
 //! The block is run as written but for the binary (the one cargo built for the tests), the
 //! data directories (a temporary directory) and the ports (free loopback ports instead of
@@ -151,6 +152,29 @@ fn the_readme_three_node_try_pasted_as_one_block_prints_hello() -> Result<()> {
         "{}",
         waited.stderr
     );
+
+    // Failover: with the first address of a list down, the next one serves (repeated flag
+    // or comma list, HTTP or libp2p), without waiting.
+    let live = format!("http://127.0.0.1:{}", ports[3]);
+    let listed = format!("{dead},{live}");
+    let got = cli(&["get", "greeting", "--endpoint", &listed, "--retry-for", "0"])?;
+    ensure!(got.expect(0)?.trim() == "hello", "{got:?}");
+    let put = cli(&[
+        "put",
+        "other",
+        "v",
+        "--endpoint",
+        &dead,
+        "--endpoint",
+        &live,
+        "--retry-for",
+        "0",
+    ])?;
+    put.expect(0)?;
+    let dead_peer = format!("/ip4/127.0.0.1/tcp/{}", free_ports(1)?[0]);
+    let peers = format!("{dead_peer},/ip4/127.0.0.1/tcp/{}", ports[2]);
+    let got = cli(&["get", "other", "--peer", &peers, "--retry-for", "0"])?;
+    ensure!(got.expect(0)?.trim() == "v", "{got:?}");
     drop(nodes);
     Ok(())
 }

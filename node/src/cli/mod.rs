@@ -283,10 +283,41 @@ mod tests {
         ] {
             let cli = parse(args, &[])?;
             let t = transport_of(&cli).context("a client verb")?;
-            assert_eq!(t.endpoint.to_string(), "http://127.0.0.1:7380", "{args:?}");
-            assert!(t.peer.is_none(), "{args:?}");
+            assert_eq!(shown(&t.endpoint), "http://127.0.0.1:7380", "{args:?}");
+            assert!(t.peer.is_empty(), "{args:?}");
             assert_eq!(t.cluster, "swarmkv");
         }
+        Ok(())
+    }
+
+    /// A list of addresses as one comma-separated string.
+    fn shown<T: ToString>(list: &[T]) -> String {
+        list.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    #[test]
+    fn endpoints_and_peers_take_comma_lists_and_repeats() -> Result<()> {
+        let a = "http://127.0.0.1:7380";
+        let b = "http://127.0.0.1:7480";
+        let both = format!("{a},{b}");
+        for args in [
+            vec!["get", "k", "--endpoint", &both],
+            vec!["get", "k", "--endpoint", a, "--endpoint", b],
+        ] {
+            let cli = parse(&args, &[])?;
+            let t = transport_of(&cli).context("a client verb")?;
+            assert_eq!(shown(&t.endpoint), both, "{args:?}");
+        }
+        let cli = parse(&["get", "k"], &[("SWARMKV_ENDPOINT", both.as_str())])?;
+        let t = transport_of(&cli).context("a client verb")?;
+        assert_eq!(shown(&t.endpoint), both);
+        let peers = "/ip4/127.0.0.1/tcp/7379,/ip4/127.0.0.1/tcp/7479";
+        let cli = parse(&["status", "--peer", peers], &[])?;
+        let t = transport_of(&cli).context("a client verb")?;
+        assert_eq!(shown(&t.peer), peers);
         Ok(())
     }
 
@@ -311,7 +342,7 @@ mod tests {
         let cli = parse(&["get", "k", "--peer", "/ip4/127.0.0.1/tcp/7379"], &[])?;
         let t = transport_of(&cli).context("a client verb")?;
         assert_eq!(
-            t.peer.as_ref().map(ToString::to_string).as_deref(),
+            t.peer.first().map(ToString::to_string).as_deref(),
             Some("/ip4/127.0.0.1/tcp/7379")
         );
         Ok(())
@@ -324,7 +355,7 @@ mod tests {
             &[("SWARMKV_ENDPOINT", "http://10.0.0.5:7380")],
         )?;
         let t = transport_of(&cli).context("a client verb")?;
-        assert_eq!(t.endpoint.to_string(), "http://10.0.0.5:7380");
+        assert_eq!(shown(&t.endpoint), "http://10.0.0.5:7380");
 
         let cli = parse(
             &["status"],
@@ -335,7 +366,7 @@ mod tests {
         )?;
         let t = transport_of(&cli).context("a client verb")?;
         assert_eq!(
-            t.peer.as_ref().map(ToString::to_string).as_deref(),
+            t.peer.first().map(ToString::to_string).as_deref(),
             Some("/ip4/127.0.0.1/tcp/7001")
         );
         assert_eq!(t.cluster, "prod");
@@ -346,7 +377,7 @@ mod tests {
             &[("SWARMKV_ENDPOINT", "http://10.0.0.5:7380")],
         )?;
         let t = transport_of(&cli).context("a client verb")?;
-        assert_eq!(t.endpoint.to_string(), "http://127.0.0.1:9");
+        assert_eq!(shown(&t.endpoint), "http://127.0.0.1:9");
 
         // Both transports set, from anywhere, is ambiguous.
         let both = parse(

@@ -27,18 +27,27 @@ use super::{node_hex, show};
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Connection")]
 pub struct TransportArgs {
-    /// A node's HTTP gateway. Used unless --peer is given.
+    /// A node's HTTP gateway. Used unless --peer is given. Several (repeated, or a comma
+    /// list): the first that can be reached serves; one that refuses the connection or does
+    /// not accept it in time is left for the next.
     #[arg(
         long,
         env = "SWARMKV_ENDPOINT",
         value_name = "http://HOST:PORT",
         default_value = DEFAULT_ENDPOINT,
+        value_delimiter = ',',
         conflicts_with = "peer"
     )]
-    pub endpoint: Endpoint,
-    /// A node's libp2p address: talk to it over libp2p instead of HTTP.
-    #[arg(long, env = "SWARMKV_PEER", value_name = "MULTIADDR")]
-    pub peer: Option<Multiaddr>,
+    pub endpoint: Vec<Endpoint>,
+    /// A node's libp2p address: talk to it over libp2p instead of HTTP. Several (repeated,
+    /// or a comma list): the first that can be dialled serves.
+    #[arg(
+        long,
+        env = "SWARMKV_PEER",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub peer: Vec<Multiaddr>,
     /// With --peer: the cluster name (a node of another name refuses the connection).
     #[arg(long, env = "SWARMKV_CLUSTER", default_value = swarmkv_net::DEFAULT_CLUSTER_NAME)]
     pub cluster: String,
@@ -110,26 +119,33 @@ pub struct Target {
 }
 
 impl TransportArgs {
-    /// The client of the gateway `--endpoint` names.
-    pub fn http_client(&self) -> Client {
+    /// The client of the gateways `--endpoint` names.
+    pub fn http_client(&self) -> Result<Client, CliError> {
         let options = HttpOptions {
             token: self.http_token.clone(),
             retry_for: self.retry_for,
             notice: notice(),
             ..HttpOptions::default()
         };
-        Client::http(self.endpoint.clone(), options)
+        Client::http_failover(self.endpoint.clone(), options)
+            .map_err(|e| CliError::Usage(format!("--endpoint: {e}")))
     }
 
     /// Connects as the flags say. Over HTTP nothing is sent yet (the first request connects);
-    /// over libp2p the node is dialled now.
+    /// over libp2p the nodes are dialled now, in order, until one answers.
     pub async fn connect(&self, need: Need) -> Result<Target, CliError> {
-        let Some(addr) = self.peer.clone() else {
+        if self.peer.is_empty() {
+            let via = self
+                .endpoint
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             return Ok(Target {
-                client: Arc::new(self.http_client()),
-                via: self.endpoint.to_string(),
+                client: Arc::new(self.http_client()?),
+                via,
             });
-        };
+        }
         // A missing or malformed key file is a local mistake: usage, not a failure of the
         // cluster. The network error names the file and the cause already.
         let psk = self
@@ -138,17 +154,29 @@ impl TransportArgs {
             .map(swarmkv_net::load_psk)
             .transpose()
             .map_err(|e| CliError::Usage(e.to_string()))?;
-        // A node that is starting refuses the dial, or is not part of a cluster yet (the
-        // client waits for that a while itself): dial again until `retry_for` has passed.
+        // A node that is down or starting refuses the dial, or is not part of a cluster yet
+        // (the client waits for that a while itself): the next address; after a round of all
+        // of them, the first again while the failure says nothing was done, until
+        // `retry_for` has passed.
         let until = Instant::now() + self.retry_for;
         let mut noticed = false;
-        let client = loop {
+        let mut round = self.peer.iter().cycle().enumerate();
+        let (client, addr) = loop {
+            let Some((attempt, addr)) = round.next() else {
+                return Err(CliError::Usage("--peer: no address".into()));
+            };
             let connected = match need {
                 Need::Keys => Client::connect(addr.clone(), &self.cluster, psk).await,
                 Need::Admin => Client::connect_admin(addr.clone(), &self.cluster, psk).await,
             };
+            let round_done = (attempt + 1) % self.peer.len() == 0;
             match connected {
-                Ok(client) => break client,
+                Ok(client) => break (client, addr),
+                // Connecting only dials and asks the node about itself: whatever failed, no
+                // write was sent, so the next address may be tried.
+                Err(e) if !round_done => {
+                    log::debug!("cannot use {addr}, trying the next address: {e}");
+                }
                 Err(e) if e.is_retryable() && Instant::now() + RETRY_PAUSE < until => {
                     if let Some(print) = notice().filter(|_| !noticed) {
                         noticed = true;
