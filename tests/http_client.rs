@@ -213,12 +213,25 @@ async fn the_http_transport_gives_the_results_and_errors_of_the_in_process_clien
     gw.shutdown().await
 }
 
+/// How many times the client below announced that it waits.
+static NOTICES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_notice(_line: &str) {
+    NOTICES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[tokio::test]
 async fn a_gateway_nobody_listens_on_is_unavailable_and_safe_to_retry() -> Result<()> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let endpoint: Endpoint = format!("http://{}", listener.local_addr()?).parse()?;
     drop(listener);
-    let client = Client::http(endpoint, HttpOptions::default());
+    // Refused connections are retried for `retry_for`, announced once, then reported.
+    let options = HttpOptions {
+        retry_for: Duration::from_millis(700),
+        notice: Some(count_notice),
+        ..HttpOptions::default()
+    };
+    let client = Client::http(endpoint, options);
     let e = client
         .put(b"k", b"v")
         .await
@@ -226,5 +239,35 @@ async fn a_gateway_nobody_listens_on_is_unavailable_and_safe_to_retry() -> Resul
         .context("put succeeded")?;
     ensure!(e.is_retryable(), "nothing was sent: {e:?}");
     ensure!(e.to_string().contains("cannot connect"), "{e}");
+    let again = client.get(b"k").await;
+    ensure!(
+        matches!(again, Err(ClientError::Unavailable { .. })),
+        "{again:?}"
+    );
+    let notices = NOTICES.load(std::sync::atomic::Ordering::Relaxed);
+    ensure!(notices == 1, "the wait was announced {notices} times");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_several_gateways_moves_past_one_that_is_down() -> Result<()> {
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, 8, fast_core()).await;
+    let gw = Gateway::for_node(cluster.handles[0].clone()).await?;
+    http_client(&gw).await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let dead: Endpoint = format!("http://{}", listener.local_addr()?).parse()?;
+    drop(listener);
+    let live: Endpoint = gw.endpoint().parse()?;
+    let options = HttpOptions {
+        retry_for: Duration::ZERO,
+        ..HttpOptions::default()
+    };
+    let client = Client::http_failover(vec![dead, live.clone()], options)?;
+    let rev = client.put(b"failover", b"1").await?;
+    ensure!(client.get(b"failover").await?.map(|r| r.mod_rev) == Some(rev));
+    ensure!(client.endpoint() == Some(&live), "{:?}", client.endpoint());
+    ensure!(Client::http_failover(Vec::new(), HttpOptions::default()).is_err());
+    drop(client);
+    gw.shutdown().await
 }

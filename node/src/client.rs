@@ -37,7 +37,7 @@ mod http;
 mod lease;
 mod lock;
 pub use election::{CampaignError, Leadership, LeadershipLoss, LossReason, Observer};
-pub use http::{Endpoint, EndpointError, HttpOptions, DEFAULT_ENDPOINT};
+pub use http::{Endpoint, EndpointError, HttpOptions, DEFAULT_ENDPOINT, DEFAULT_RETRY_FOR};
 pub use lease::{KeepAlive, LeaseLost};
 pub use lock::{lock_election, LockGuard, LOCK_PREFIX};
 mod txn;
@@ -253,11 +253,32 @@ impl Client {
     /// lease (0).
     pub fn http(endpoint: Endpoint, options: HttpOptions) -> Client {
         Client {
-            transport: Transport::Http(HttpTransport::new(endpoint, options)),
+            transport: Transport::Http(HttpTransport::new(vec![endpoint], options)),
             partitions: 0,
             deadline: Duration::from_secs(10),
             sessions: Sessions::new(),
         }
+    }
+
+    /// A client of several gateways of one cluster: calls go to the first of `endpoints`
+    /// until it cannot be reached (the connection is refused or not accepted within
+    /// `connect_timeout`), then to the next, and so on round the list. A request moves on
+    /// only when it certainly did nothing (no connection, or a 503 saying so), never after
+    /// one that may have applied. `BadRequest` when `endpoints` is empty. Otherwise as
+    /// [`Client::http`].
+    pub fn http_failover(
+        endpoints: Vec<Endpoint>,
+        options: HttpOptions,
+    ) -> Result<Client, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::BadRequest("no gateway to talk to".into()));
+        }
+        Ok(Client {
+            transport: Transport::Http(HttpTransport::new(endpoints, options)),
+            partitions: 0,
+            deadline: Duration::from_secs(10),
+            sessions: Sessions::new(),
+        })
     }
 
     /// The status report of the node this client talks to.
@@ -339,7 +360,7 @@ impl Client {
         self
     }
 
-    /// The gateway an HTTP client talks to (`None` for the other transports).
+    /// The gateway an HTTP client talks to now (`None` for the other transports).
     pub fn endpoint(&self) -> Option<&Endpoint> {
         match &self.transport {
             Transport::Http(h) => Some(h.endpoint()),

@@ -129,8 +129,10 @@ impl Command {
             Command::Decommission(c) => with_timeout(c.run()).await,
             // `keep-alive` runs until Ctrl-C; the other lease verbs bound themselves.
             Command::Lease(c) => c.run().await,
-            // `elect` and `observe` run until Ctrl-C (or the leadership is lost).
-            Command::Elect(c) => c.run().await,
+            // `elect` runs until Ctrl-C, the leadership is lost or its command ends; its
+            // exit status may be the command's.
+            Command::Elect(c) => return c.run().await,
+            // `observe` runs until Ctrl-C.
             Command::Leader(c) => with_timeout(c.run()).await,
             Command::Observe(c) => c.run().await,
             // Bounded by its own --max-seconds (plus connecting and the preload).
@@ -286,10 +288,41 @@ mod tests {
         ] {
             let cli = parse(args, &[])?;
             let t = transport_of(&cli).context("a client verb")?;
-            assert_eq!(t.endpoint.to_string(), "http://127.0.0.1:7380", "{args:?}");
-            assert!(t.peer.is_none(), "{args:?}");
+            assert_eq!(shown(&t.endpoint), "http://127.0.0.1:7380", "{args:?}");
+            assert!(t.peer.is_empty(), "{args:?}");
             assert_eq!(t.cluster, "swarmkv");
         }
+        Ok(())
+    }
+
+    /// A list of addresses as one comma-separated string.
+    fn shown<T: ToString>(list: &[T]) -> String {
+        list.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    #[test]
+    fn endpoints_and_peers_take_comma_lists_and_repeats() -> Result<()> {
+        let a = "http://127.0.0.1:7380";
+        let b = "http://127.0.0.1:7480";
+        let both = format!("{a},{b}");
+        for args in [
+            vec!["get", "k", "--endpoint", &both],
+            vec!["get", "k", "--endpoint", a, "--endpoint", b],
+        ] {
+            let cli = parse(&args, &[])?;
+            let t = transport_of(&cli).context("a client verb")?;
+            assert_eq!(shown(&t.endpoint), both, "{args:?}");
+        }
+        let cli = parse(&["get", "k"], &[("SWARMKV_ENDPOINT", both.as_str())])?;
+        let t = transport_of(&cli).context("a client verb")?;
+        assert_eq!(shown(&t.endpoint), both);
+        let peers = "/ip4/127.0.0.1/tcp/7379,/ip4/127.0.0.1/tcp/7479";
+        let cli = parse(&["status", "--peer", peers], &[])?;
+        let t = transport_of(&cli).context("a client verb")?;
+        assert_eq!(shown(&t.peer), peers);
         Ok(())
     }
 
@@ -314,7 +347,7 @@ mod tests {
         let cli = parse(&["get", "k", "--peer", "/ip4/127.0.0.1/tcp/7379"], &[])?;
         let t = transport_of(&cli).context("a client verb")?;
         assert_eq!(
-            t.peer.as_ref().map(ToString::to_string).as_deref(),
+            t.peer.first().map(ToString::to_string).as_deref(),
             Some("/ip4/127.0.0.1/tcp/7379")
         );
         Ok(())
@@ -327,7 +360,7 @@ mod tests {
             &[("SWARMKV_ENDPOINT", "http://10.0.0.5:7380")],
         )?;
         let t = transport_of(&cli).context("a client verb")?;
-        assert_eq!(t.endpoint.to_string(), "http://10.0.0.5:7380");
+        assert_eq!(shown(&t.endpoint), "http://10.0.0.5:7380");
 
         let cli = parse(
             &["status"],
@@ -338,7 +371,7 @@ mod tests {
         )?;
         let t = transport_of(&cli).context("a client verb")?;
         assert_eq!(
-            t.peer.as_ref().map(ToString::to_string).as_deref(),
+            t.peer.first().map(ToString::to_string).as_deref(),
             Some("/ip4/127.0.0.1/tcp/7001")
         );
         assert_eq!(t.cluster, "prod");
@@ -349,7 +382,7 @@ mod tests {
             &[("SWARMKV_ENDPOINT", "http://10.0.0.5:7380")],
         )?;
         let t = transport_of(&cli).context("a client verb")?;
-        assert_eq!(t.endpoint.to_string(), "http://127.0.0.1:9");
+        assert_eq!(shown(&t.endpoint), "http://127.0.0.1:9");
 
         // Both transports set, from anywhere, is ambiguous.
         let both = parse(

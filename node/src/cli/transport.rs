@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use swarmkv::client::{Endpoint, HttpOptions, StatusDocument, DEFAULT_ENDPOINT};
@@ -26,18 +27,27 @@ use super::{node_hex, show};
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Connection")]
 pub struct TransportArgs {
-    /// A node's HTTP gateway. Used unless --peer is given.
+    /// A node's HTTP gateway. Used unless --peer is given. Several (repeated, or a comma
+    /// list): the first that can be reached serves; one that refuses the connection or does
+    /// not accept it in time is left for the next.
     #[arg(
         long,
         env = "SWARMKV_ENDPOINT",
         value_name = "http://HOST:PORT",
         default_value = DEFAULT_ENDPOINT,
+        value_delimiter = ',',
         conflicts_with = "peer"
     )]
-    pub endpoint: Endpoint,
-    /// A node's libp2p address: talk to it over libp2p instead of HTTP.
-    #[arg(long, env = "SWARMKV_PEER", value_name = "MULTIADDR")]
-    pub peer: Option<Multiaddr>,
+    pub endpoint: Vec<Endpoint>,
+    /// A node's libp2p address: talk to it over libp2p instead of HTTP. Several (repeated,
+    /// or a comma list): the first that can be dialled serves.
+    #[arg(
+        long,
+        env = "SWARMKV_PEER",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub peer: Vec<Multiaddr>,
     /// With --peer: the cluster name (a node of another name refuses the connection).
     #[arg(long, env = "SWARMKV_CLUSTER", default_value = swarmkv_net::DEFAULT_CLUSTER_NAME)]
     pub cluster: String,
@@ -52,7 +62,45 @@ pub struct TransportArgs {
         value_name = "TOKEN"
     )]
     pub http_token: Option<String>,
+    /// How long to wait for a node that is starting: a refused connection, or a 503 saying
+    /// nothing was done (the node is not part of a cluster yet, a partition has no leader),
+    /// is retried this long (0: not at all), with one line on stderr when it is a terminal.
+    /// Nothing that may have been done is ever sent twice.
+    #[arg(
+        long,
+        visible_alias = "wait-ready",
+        env = "SWARMKV_RETRY_FOR",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_wait
+    )]
+    pub retry_for: Duration,
 }
+
+/// A wait: `0`, or a duration as the TTLs take it (10, 10s, 500ms, 2m).
+fn parse_wait(text: &str) -> anyhow::Result<Duration> {
+    match text {
+        "0" | "0s" | "0ms" => Ok(Duration::ZERO),
+        _ => super::lease::parse_ttl(text),
+    }
+}
+
+/// Prints the line of a client that starts to wait, on stderr.
+fn print_notice(line: &str) {
+    eprintln!("{line}");
+}
+
+/// The waiting line is for a person at a terminal; a script that reads stderr gets exactly
+/// one `error: ...` line when a verb fails, as always.
+fn notice() -> Option<fn(&str)> {
+    use std::io::IsTerminal as _;
+    std::io::stderr()
+        .is_terminal()
+        .then_some(print_notice as fn(&str))
+}
+
+/// The pause between two dials of a node that is starting.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// What a verb needs from the node it talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,24 +119,33 @@ pub struct Target {
 }
 
 impl TransportArgs {
-    /// The client of the gateway `--endpoint` names.
-    pub fn http_client(&self) -> Client {
+    /// The client of the gateways `--endpoint` names.
+    pub fn http_client(&self) -> Result<Client, CliError> {
         let options = HttpOptions {
             token: self.http_token.clone(),
+            retry_for: self.retry_for,
+            notice: notice(),
             ..HttpOptions::default()
         };
-        Client::http(self.endpoint.clone(), options)
+        Client::http_failover(self.endpoint.clone(), options)
+            .map_err(|e| CliError::Usage(format!("--endpoint: {e}")))
     }
 
     /// Connects as the flags say. Over HTTP nothing is sent yet (the first request connects);
-    /// over libp2p the node is dialled now.
+    /// over libp2p the nodes are dialled now, in order, until one answers.
     pub async fn connect(&self, need: Need) -> Result<Target, CliError> {
-        let Some(addr) = self.peer.clone() else {
+        if self.peer.is_empty() {
+            let via = self
+                .endpoint
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             return Ok(Target {
-                client: Arc::new(self.http_client()),
-                via: self.endpoint.to_string(),
+                client: Arc::new(self.http_client()?),
+                via,
             });
-        };
+        }
         // A missing or malformed key file is a local mistake: usage, not a failure of the
         // cluster. The network error names the file and the cause already.
         let psk = self
@@ -97,12 +154,42 @@ impl TransportArgs {
             .map(swarmkv_net::load_psk)
             .transpose()
             .map_err(|e| CliError::Usage(e.to_string()))?;
-        let connected = match need {
-            Need::Keys => Client::connect(addr.clone(), &self.cluster, psk).await,
-            Need::Admin => Client::connect_admin(addr.clone(), &self.cluster, psk).await,
+        // A node that is down or starting refuses the dial, or is not part of a cluster yet
+        // (the client waits for that a while itself): the next address; after a round of all
+        // of them, the first again while the failure says nothing was done, until
+        // `retry_for` has passed.
+        let until = Instant::now() + self.retry_for;
+        let mut noticed = false;
+        let mut round = self.peer.iter().cycle().enumerate();
+        let (client, addr) = loop {
+            let Some((attempt, addr)) = round.next() else {
+                return Err(CliError::Usage("--peer: no address".into()));
+            };
+            let connected = match need {
+                Need::Keys => Client::connect(addr.clone(), &self.cluster, psk).await,
+                Need::Admin => Client::connect_admin(addr.clone(), &self.cluster, psk).await,
+            };
+            let round_done = (attempt + 1) % self.peer.len() == 0;
+            match connected {
+                Ok(client) => break (client, addr),
+                // Connecting only dials and asks the node about itself: whatever failed, no
+                // write was sent, so the next address may be tried.
+                Err(e) if !round_done => {
+                    log::debug!("cannot use {addr}, trying the next address: {e}");
+                }
+                Err(e) if e.is_retryable() && Instant::now() + RETRY_PAUSE < until => {
+                    if let Some(print) = notice().filter(|_| !noticed) {
+                        noticed = true;
+                        print(&format!(
+                            "waiting up to {} s for the cluster: {e}",
+                            self.retry_for.as_secs_f32()
+                        ));
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(CliError::from_client(e, format!("cannot use {addr}"))),
+            }
         };
-        let client =
-            connected.map_err(|e| CliError::from_client(e, format!("cannot use {addr}")))?;
         Ok(Target {
             client: Arc::new(client),
             via: addr.to_string(),

@@ -433,24 +433,34 @@ impl Leadership {
 
     /// Resolves when the leadership ends (at once if it has).
     pub async fn lost(&mut self) -> LeadershipLoss {
+        self.lost_before(Duration::ZERO).await
+    }
+
+    /// Resolves when the leadership ends, or `margin` before the lease's local deadline,
+    /// whichever comes first; the leadership counts as lost from then on
+    /// ([`Leadership::is_leader`] is false). A process that must have stopped acting as the
+    /// leader by the deadline (a child it has to terminate, a clock that may run slow) gives
+    /// itself that margin.
+    pub async fn lost_before(&mut self, margin: Duration) -> LeadershipLoss {
         loop {
             if let Some(l) = self.loss.borrow_and_update().clone() {
                 return l;
             }
-            let deadline = self.valid_until();
+            let now = Instant::now();
+            let stop = self.valid_until().checked_sub(margin).unwrap_or(now);
+            if now >= stop {
+                return self.end(LossReason::DeadlineMissed, stop);
+            }
             tokio::select! {
                 changed = self.loss.changed() => {
                     if changed.is_err() {
                         // Cannot happen while `self` holds the sender; stop at the deadline.
-                        tokio::time::sleep_until(deadline.into()).await;
-                        return self.end(LossReason::DeadlineMissed, deadline);
+                        tokio::time::sleep_until(stop.into()).await;
+                        return self.end(LossReason::DeadlineMissed, stop);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    if Instant::now() >= self.valid_until() {
-                        return self.end(LossReason::DeadlineMissed, deadline);
-                    }
-                }
+                // A confirmed keep-alive moves the deadline on: the loop looks again.
+                _ = tokio::time::sleep_until(stop.into()) => {}
             }
         }
     }

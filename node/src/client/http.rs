@@ -30,7 +30,9 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
@@ -119,13 +121,28 @@ pub struct HttpOptions {
     /// How long making a TCP connection may take: a host that drops packets must give an
     /// "unavailable" well before any caller's overall timeout.
     pub connect_timeout: Duration,
+    /// How long a call keeps trying while every answer certainly did nothing: no gateway
+    /// accepted the connection, or one answered 503 `unavailable` or `not_leader` (a node that
+    /// is starting and not part of a cluster yet, a partition without a leader). A node that
+    /// was just started answers like that for its first seconds. Zero sends each call once
+    /// (to each gateway once). Nothing else is retried: an answer that may have done
+    /// something is the caller's to judge.
+    pub retry_for: Duration,
+    /// Called once per client with one line when a call starts to wait (the CLI prints it on
+    /// stderr), so a person sees why the command has not answered yet.
+    pub notice: Option<fn(&str)>,
 }
+
+/// How long a call waits for a starting node unless told otherwise.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(10);
 
 impl Default for HttpOptions {
     fn default() -> HttpOptions {
         HttpOptions {
             token: None,
             connect_timeout: Duration::from_secs(10),
+            retry_for: DEFAULT_RETRY_FOR,
+            notice: None,
         }
     }
 }
@@ -150,13 +167,21 @@ pub(crate) fn encode(bytes: &[u8], keep_slash: bool) -> String {
 
 type HyperClient<B> = hyper_util::client::legacy::Client<HttpConnector, B>;
 
-/// One gateway, and a pool of keep-alive connections to it (clones share the pool).
+/// One or more gateways of a cluster, and a pool of keep-alive connections (clones share the
+/// pool and the choice of gateway). Calls go to one gateway until it cannot be reached, then
+/// to the next.
 #[derive(Clone)]
 pub(crate) struct HttpTransport {
-    endpoint: Endpoint,
+    endpoints: Arc<[Endpoint]>,
+    /// The index in `endpoints` of the gateway in use.
+    current: Arc<AtomicUsize>,
     client: HyperClient<Full<Bytes>>,
     /// `Authorization` header value, when the gateway wants a token.
     authorization: Option<String>,
+    retry_for: Duration,
+    notice: Option<fn(&str)>,
+    /// Whether `notice` was called already.
+    noticed: Arc<AtomicBool>,
 }
 
 /// A gateway's answer: status, headers and the whole body.
@@ -189,6 +214,13 @@ pub(crate) struct Asked {
 }
 
 impl Answer {
+    /// Whether the answer says that nothing was done, so that the request may go again (to
+    /// this gateway or another): 503 `unavailable` or `not_leader`.
+    fn did_nothing(&self) -> bool {
+        self.status == StatusCode::SERVICE_UNAVAILABLE
+            && matches!(self.code().as_deref(), Some("unavailable" | "not_leader"))
+    }
+
     /// The body as JSON of type `T`; a body that is not is a broken answer (its outcome is
     /// unknown, as after a lost connection).
     pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ClientError> {
@@ -288,46 +320,133 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 impl HttpTransport {
-    pub(crate) fn new(endpoint: Endpoint, options: HttpOptions) -> HttpTransport {
+    /// A transport to the first of `endpoints` (which must not be empty), moving on to the
+    /// next one whenever a gateway cannot be reached.
+    pub(crate) fn new(endpoints: Vec<Endpoint>, options: HttpOptions) -> HttpTransport {
         HttpTransport {
             client: hyper_client(options.connect_timeout),
             authorization: options.token.map(|t| format!("Bearer {t}")),
-            endpoint,
+            endpoints: endpoints.into(),
+            current: Arc::new(AtomicUsize::new(0)),
+            retry_for: options.retry_for,
+            notice: options.notice,
+            noticed: Arc::new(AtomicBool::new(false)),
         }
     }
 
+    /// The gateway in use.
     pub(crate) fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+        let i = self.current.load(Ordering::Relaxed) % self.endpoints.len().max(1);
+        &self.endpoints[i]
     }
 
-    /// A request to the gateway, with the token if there is one.
+    /// Moves on from `from` (the gateway that could not serve) to the next one; a no-op when
+    /// another call moved on already.
+    fn move_on(&self, from: &Endpoint) {
+        let i = self.current.load(Ordering::Relaxed);
+        if self.endpoints.get(i % self.endpoints.len().max(1)) == Some(from) {
+            let _ = self.current.compare_exchange(
+                i,
+                (i + 1) % self.endpoints.len().max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// A request to the gateway in use, with the token if there is one.
     fn request(&self, method: Method, path_and_query: &str) -> hyper::http::request::Builder {
+        self.request_to(self.endpoint(), method, path_and_query)
+    }
+
+    fn request_to(
+        &self,
+        endpoint: &Endpoint,
+        method: Method,
+        path_and_query: &str,
+    ) -> hyper::http::request::Builder {
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("{}{path_and_query}", self.endpoint));
+            .uri(format!("{endpoint}{path_and_query}"));
         if let Some(value) = &self.authorization {
             request = request.header(AUTHORIZATION, value);
         }
         request
     }
 
-    /// Sends one request and reads the whole answer. Failing to connect is "unavailable"
+    /// Sends a request and reads the whole answer. Failing to connect is "unavailable"
     /// (nothing was sent); losing the connection before the answer is complete is
     /// "disconnected": for a write the outcome is then unknown.
+    ///
+    /// While the answer certainly did nothing (no connection, or [`Answer::did_nothing`]),
+    /// the request goes to the next gateway at once, and after a round of all of them it is
+    /// sent again with a growing pause until `retry_for` has passed; the first pause is
+    /// announced through `notice`. Any other answer, and every failure that may have done
+    /// something, is returned as it is.
     pub(crate) async fn call(
         &self,
         method: Method,
         path_and_query: &str,
         body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<Answer, ClientError> {
-        let mut request = self.request(method, path_and_query);
-        let body = match body {
-            Some((content_type, bytes)) => {
-                request = request.header(CONTENT_TYPE, content_type);
-                Bytes::from(bytes)
-            }
-            None => Bytes::new(),
+        let (content_type, body) = match body {
+            Some((content_type, bytes)) => (Some(content_type), Bytes::from(bytes)),
+            None => (None, Bytes::new()),
         };
+        let until = Instant::now() + self.retry_for;
+        let mut pause = Duration::from_millis(100);
+        let mut left_this_round = self.endpoints.len();
+        loop {
+            let endpoint = self.endpoint().clone();
+            let outcome = self
+                .send(
+                    &endpoint,
+                    method.clone(),
+                    path_and_query,
+                    content_type,
+                    body.clone(),
+                )
+                .await;
+            let why = match &outcome {
+                Err(e @ ClientError::Unavailable { .. }) => e.to_string(),
+                Ok(answer) if answer.did_nothing() => answer.error(&Asked::default()).to_string(),
+                _ => return outcome,
+            };
+            self.move_on(&endpoint);
+            left_this_round = left_this_round.saturating_sub(1);
+            if left_this_round > 0 {
+                continue;
+            }
+            left_this_round = self.endpoints.len();
+            if Instant::now() + pause > until {
+                return outcome;
+            }
+            if let Some(notice) = self.notice {
+                if !self.noticed.swap(true, Ordering::Relaxed) {
+                    notice(&format!(
+                        "waiting up to {} s for the cluster: {why}",
+                        self.retry_for.as_secs_f32()
+                    ));
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Sends one request to `endpoint` and reads the whole answer.
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        method: Method,
+        path_and_query: &str,
+        content_type: Option<&'static str>,
+        body: Bytes,
+    ) -> Result<Answer, ClientError> {
+        let mut request = self.request_to(endpoint, method, path_and_query);
+        if let Some(content_type) = content_type {
+            request = request.header(CONTENT_TYPE, content_type);
+        }
         let request = request
             .body(Full::new(body))
             .map_err(|e| ClientError::BadRequest(format!("cannot make the request: {e}")))?;
@@ -335,7 +454,7 @@ impl HttpTransport {
             .client
             .request(request)
             .await
-            .map_err(|e| self.send_error(&e))?;
+            .map_err(|e| send_error(endpoint, &e))?;
         let status = response.status();
         let (parts, body) = response.into_parts();
         let body = body
@@ -343,8 +462,7 @@ impl HttpTransport {
             .await
             .map_err(|e| {
                 ClientError::Disconnected(format!(
-                    "the answer from {} broke off: {}",
-                    self.endpoint,
+                    "the answer from {endpoint} broke off: {}",
                     chain(&e)
                 ))
             })?
@@ -356,19 +474,26 @@ impl HttpTransport {
         })
     }
 
-    /// The error of a request that got no answer.
-    fn send_error(&self, e: &hyper_util::client::legacy::Error) -> ClientError {
-        if e.is_connect() {
-            ClientError::Unavailable {
-                reason: format!("cannot connect to {}: {}", self.endpoint, chain(e)),
-            }
-        } else {
-            ClientError::Disconnected(format!(
-                "lost the connection to {}: {}",
-                self.endpoint,
-                chain(e)
-            ))
+    /// The error of a request to the gateway in use that got no answer; a gateway that
+    /// cannot be connected to is left for the next one.
+    pub(super) fn send_error(&self, e: &hyper_util::client::legacy::Error) -> ClientError {
+        let endpoint = self.endpoint().clone();
+        let error = send_error(&endpoint, e);
+        if let ClientError::Unavailable { .. } = error {
+            self.move_on(&endpoint);
         }
+        error
+    }
+}
+
+/// The error of a request to `endpoint` that got no answer.
+fn send_error(endpoint: &Endpoint, e: &hyper_util::client::legacy::Error) -> ClientError {
+    if e.is_connect() {
+        ClientError::Unavailable {
+            reason: format!("cannot connect to {endpoint}: {}", chain(e)),
+        }
+    } else {
+        ClientError::Disconnected(format!("lost the connection to {endpoint}: {}", chain(e)))
     }
 }
 

@@ -80,9 +80,14 @@ impl Targets {
                     .map_err(|e| anyhow!("{e}"))?;
                 Conn::Swarmkv(Arc::new(client))
             }
+            // Each request is sent once: a 503 counts as the error it is, not as the latency
+            // of a wait for the cluster.
             Targets::Http(e) => Conn::Swarmkv(Arc::new(Client::http(
                 e[i % e.len()].clone(),
-                HttpOptions::default(),
+                HttpOptions {
+                    retry_for: std::time::Duration::ZERO,
+                    ..HttpOptions::default()
+                },
             ))),
             #[cfg(feature = "etcd")]
             Targets::Etcd(e) => Conn::Etcd(Box::new(EtcdConn::connect(&e[i % e.len()]).await?)),

@@ -470,7 +470,7 @@ mod tests {
         let addr = listener.local_addr()?;
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let endpoint: Endpoint = format!("http://{addr}").parse()?;
-        let client = HttpTransport::new(endpoint, HttpOptions::default());
+        let client = HttpTransport::new(vec![endpoint], HttpOptions::default());
         let got = |records: Vec<(Vec<u8>, KvRecord)>| -> Vec<Vec<u8>> {
             records
                 .into_iter()
