@@ -198,16 +198,17 @@ async fn the_http_transport_gives_the_results_and_errors_of_the_in_process_clien
     ensure!(http.delete_range(b"s/", Some(b"s0")).await? == 11);
     ensure!(local.scan_prefix(b"s/", 0).await?.is_empty());
 
-    // A transaction is refused, not faked (nor routed by a partition count of 0).
+    // A transaction goes to POST /v1/txn: the gateway routes it by its keys' partition.
     let txn = swarmkv_store::Txn {
         compares: Vec::new(),
         success: vec![swarmkv_store::TxnOp::Get { key: b"k".to_vec() }],
         failure: Vec::new(),
     };
-    ensure!(matches!(
-        http.txn(txn).await,
-        Err(ClientError::BadRequest(_))
-    ));
+    let r = http.txn(txn.clone()).await?;
+    ensure!(
+        r.succeeded && r.results == local.txn(txn).await?.results,
+        "{r:?}"
+    );
     // The gateway's graceful shutdown waits for open streams (the watch's, the observer's).
     drop((watch, observer, kept, http));
     gw.shutdown().await
