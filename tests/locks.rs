@@ -237,3 +237,62 @@ async fn locks_over_http_acquire_in_line_release_and_show_the_holder() -> Result
     );
     gw.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_commands_under_a_lock_one_at_a_time() -> Result<()> {
+    use common::process::cli;
+    let _serial = serial().await;
+    let cluster = TestCluster::start(3, P, fast_core()).await;
+    let gw = Gateway::for_client(cluster.client(0).await).await?;
+    let endpoint = gw.endpoint();
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("log");
+    // Each command appends "start N" then "end N" around a pause: under the lock the lines of
+    // two commands never interleave.
+    let run = |n: usize| {
+        let endpoint = endpoint.clone();
+        let script = format!(
+            "echo start {n} >> {log}; sleep 0.3; echo end {n} >> {log}; exit {code}",
+            log = log.display(),
+            code = 10 + n
+        );
+        tokio::task::spawn_blocking(move || {
+            cli(&[
+                "lock",
+                "deploy",
+                "--holder",
+                &format!("h{n}"),
+                "--ttl",
+                "4s",
+                "--endpoint",
+                &endpoint,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+        })
+    };
+    let runs: Vec<_> = (0..3).map(run).collect();
+    for (n, r) in runs.into_iter().enumerate() {
+        let out = r.await??;
+        ensure!(
+            out.code == Some(10 + n as i32),
+            "lock {n} exited {:?}: {}",
+            out.code,
+            out.stderr
+        );
+        ensure!(out.stdout.trim().len() == 16, "a token: {:?}", out.stdout);
+    }
+    let lines = std::fs::read_to_string(&log)?;
+    let lines: Vec<&str> = lines.lines().collect();
+    ensure!(lines.len() == 6, "{lines:?}");
+    for pair in lines.chunks(2) {
+        let n = pair[0].strip_prefix("start ").context("a start line")?;
+        ensure!(pair[1] == format!("end {n}"), "interleaved: {lines:?}");
+    }
+    // Every holder released it: nobody holds the lock now.
+    cli(&["leader", "lock:deploy", "--endpoint", &endpoint])?.expect(1)?;
+    cli(&["lock", "a/b", "--endpoint", &endpoint])?.expect(2)?;
+    gw.shutdown().await
+}

@@ -10,7 +10,8 @@
 //! - [`watch`]: print the changes of a prefix or key as they happen (resumable).
 //! - [`lease`]: grant, keep alive, revoke and inspect leases (keys attach with `put --lease`).
 //! - [`elect`], [`leader`], [`observe`]: campaign for an election and hold the leadership
-//!   until Ctrl-C, show its leader, follow its leaders.
+//!   until Ctrl-C, show its leader, follow its leaders; [`lock`]: a lock, which is the
+//!   election `lock:NAME`.
 //! - [`keygen`]: create the pre-shared key file of a private cluster.
 //! - [`bench`]: the benchmark of WORKLOAD.md, against swarmkv or (feature `etcd`) etcd.
 //! - [`transport`]: how a client verb reaches the cluster, chosen by its flags: a
@@ -41,6 +42,7 @@ mod get;
 mod keygen;
 mod leader;
 mod lease;
+mod lock;
 mod observe;
 mod put;
 mod repair;
@@ -91,6 +93,7 @@ pub enum Command {
     Decommission(decommission::Decommission),
     Lease(lease::Lease),
     Elect(elect::Elect),
+    Lock(lock::Lock),
     Leader(leader::Leader),
     Observe(observe::Observe),
     Bench(bench::Bench),
@@ -132,6 +135,7 @@ impl Command {
             // `elect` runs until Ctrl-C, the leadership is lost or its command ends; its
             // exit status may be the command's.
             Command::Elect(c) => return c.run().await,
+            Command::Lock(c) => return c.run().await,
             // `observe` runs until Ctrl-C.
             Command::Leader(c) => with_timeout(c.run()).await,
             Command::Observe(c) => c.run().await,
@@ -252,6 +256,7 @@ mod tests {
             Command::Lease(c) => Some(c.transport()),
             Command::Watch(c) => Some(&c.transport),
             Command::Elect(c) => Some(&c.transport),
+            Command::Lock(c) => Some(&c.transport),
             Command::Leader(c) => Some(&c.transport),
             Command::Observe(c) => Some(&c.transport),
             Command::Repair(c) => Some(&c.transport),
