@@ -69,6 +69,18 @@ pub struct Elect {
     pub name: String,
     /// The value to lead with (this instance's address, say).
     pub value: String,
+    #[command(flatten)]
+    pub hold: HoldArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// The command to run while this process leads (after `--`).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// How a leadership (or a lock) is held: the lease's TTL and the command's grace.
+#[derive(Args, Debug)]
+pub struct HoldArgs {
     /// The lease's TTL (seconds, or 500ms, 10s, 2m): how long after this process stops
     /// keeping it alive another candidate may be elected.
     #[arg(long, default_value = "10s", value_parser = parse_ttl)]
@@ -78,11 +90,6 @@ pub struct Elect {
     /// safety margin.
     #[arg(long, default_value = "1s", value_parser = parse_ttl, value_name = "DURATION")]
     pub kill_after: Duration,
-    #[command(flatten)]
-    pub transport: TransportArgs,
-    /// The command to run while this process leads (after `--`).
-    #[arg(last = true, value_name = "COMMAND")]
-    pub command: Vec<OsString>,
 }
 
 /// How long before the lease's local deadline the leadership counts as lost: a tenth of the
@@ -127,13 +134,13 @@ async fn revoke_briefly(client: &Client, lease: u64) {
 
 impl Elect {
     pub async fn run(self) -> Result<ExitCode, CliError> {
-        let margin = safety_margin(self.ttl);
+        let margin = safety_margin(self.hold.ttl);
         let running = !self.command.is_empty();
-        if running && margin + self.kill_after > self.ttl / 2 {
+        if running && margin + self.hold.kill_after > self.hold.ttl / 2 {
             return Err(CliError::Usage(format!(
                 "--kill-after {:?} is too long for --ttl {:?}: with the safety margin of {:?} \
                  it must be at most half the TTL",
-                self.kill_after, self.ttl, margin
+                self.hold.kill_after, self.hold.ttl, margin
             )));
         }
         let value = self.value.clone().into_bytes();
@@ -143,7 +150,7 @@ impl Elect {
                 .map_err(|_| CliError::Unavailable("no connection within 30 s".into()))??;
         let client = target.client;
         let lease = client
-            .grant_kept_alive(self.ttl)
+            .grant_kept_alive(self.hold.ttl)
             .await
             .map_err(|e| CliError::from_client(e, "lease grant"))?;
         let lease_id = lease.id();
@@ -202,7 +209,7 @@ impl Elect {
         // The command must be gone by the stop instant: SIGTERM `kill_after` before it.
         let ended = tokio::select! {
             status = exited(&mut child) => Ended::Exited(status),
-            loss = leadership.lost_before(margin + self.kill_after) => Ended::Lost(loss),
+            loss = leadership.lost_before(margin + self.hold.kill_after) => Ended::Lost(loss),
             s = &mut signal => Ended::Interrupted(s),
         };
         match ended {
@@ -218,12 +225,12 @@ impl Elect {
                     "error: leadership of {name} lost: {}; stopping the command",
                     describe(&loss)
                 );
-                stop(&mut child, self.kill_after).await;
+                stop(&mut child, self.hold.kill_after).await;
                 revoke_briefly(&client, lease_id).await;
                 Ok(ExitCode::from(EXIT_LOST))
             }
             Ended::Interrupted(s) => {
-                let status = stop(&mut child, self.kill_after).await;
+                let status = stop(&mut child, self.hold.kill_after).await;
                 let resigned = leadership.resign().await;
                 revoke_briefly(&client, lease_id).await;
                 s?;

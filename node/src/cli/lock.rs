@@ -9,13 +9,11 @@
 
 use std::ffi::OsString;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Args;
 use swarmkv::client::lock_election;
 
-use super::elect::Elect;
-use super::lease::parse_ttl;
+use super::elect::{Elect, HoldArgs};
 use super::transport::TransportArgs;
 use super::CliError;
 
@@ -34,14 +32,8 @@ pub struct Lock {
     /// What the holder shows to `swarmkv leader lock:NAME` (default: empty).
     #[arg(long, default_value = "")]
     pub holder: String,
-    /// The lease's TTL (seconds, or 500ms, 10s, 2m): how long after this process stops
-    /// keeping it alive the next in line may get the lock.
-    #[arg(long, default_value = "10s", value_parser = parse_ttl)]
-    pub ttl: Duration,
-    /// With a command: how long it has between SIGTERM and SIGKILL (at most half the TTL less
-    /// the safety margin).
-    #[arg(long, default_value = "1s", value_parser = parse_ttl, value_name = "DURATION")]
-    pub kill_after: Duration,
+    #[command(flatten)]
+    pub hold: HoldArgs,
     #[command(flatten)]
     pub transport: TransportArgs,
     /// The command to run while this process holds the lock (after `--`).
@@ -55,8 +47,7 @@ impl Lock {
         Elect {
             name,
             value: self.holder,
-            ttl: self.ttl,
-            kill_after: self.kill_after,
+            hold: self.hold,
             transport: self.transport,
             command: self.command,
         }
