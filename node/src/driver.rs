@@ -34,7 +34,7 @@ mod limits;
 mod storage_fault;
 mod view;
 mod watch;
-use control::Control;
+use crate::core::control::{Control, PeerInfo};
 pub use control::ControlConfig;
 pub use limits::NodeLimits;
 pub use view::{ClusterView, GroupView, NodeView};
@@ -97,19 +97,7 @@ impl NodeError {
     }
 }
 
-/// Why a node could not be decommissioned. Nothing was decided against the caller: an
-/// unknown node is a wrong request; anything else may be retried (decommissioning is
-/// idempotent, so a retry after an ambiguous failure is safe).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DecommissionError {
-    /// The cluster has no member with this id: a typo, or a node that never joined.
-    #[error("unknown node {0:016x}: not a member of the cluster")]
-    UnknownNode(NodeId),
-    /// The request could not be carried out now: no meta leader known, leadership moving,
-    /// the node stopping or the meta leader unreachable. Retrying is safe.
-    #[error("cannot decommission now: {0}")]
-    Unavailable(String),
-}
+pub use crate::core::control::DecommissionError;
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -500,6 +488,24 @@ impl Node {
                 }
             }
         }
+        let mut control = Control::new(
+            node,
+            peer.to_bytes(),
+            config.control.params(),
+            rand::random(),
+            0,
+        );
+        for (id, bytes, addrs) in &table.peers {
+            let info = PeerInfo {
+                peer: bytes.clone(),
+                addrs: addrs.clone(),
+            };
+            if *id == node {
+                control.set_own_addrs(info.addrs);
+            } else {
+                control.handle_peer_info(*id, info);
+            }
+        }
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (int_tx, int_rx) = mpsc::channel(1024);
         let driver = Driver {
@@ -517,8 +523,7 @@ impl Node {
             addrs: table.peers.into_iter().map(|(id, _, a)| (id, a)).collect(),
             start,
             isolated: false,
-            unreachable: Default::default(),
-            control: Control::new(config.control.clone()),
+            control,
             metrics: metrics.clone(),
             foreign: Vec::new(),
             leases: lease::LeaseDriver::default(),
@@ -611,8 +616,6 @@ struct Driver {
     addrs: HashMap<NodeId, Vec<String>>,
     start: Instant,
     isolated: bool,
-    /// Peers the network reports suspect or down: requests are not forwarded to them.
-    unreachable: std::collections::HashSet<NodeId>,
     control: Control,
     metrics: Arc<Metrics>,
     /// Peers of other clusters seen (reported in the status).
@@ -651,7 +654,11 @@ impl Driver {
                     applied: g.applied,
                 })
                 .collect(),
-            peers: self.control.fresh().map(|(_, a)| a.node).collect(),
+            peers: self
+                .control
+                .fresh(self.now_ms())
+                .map(|(_, a)| a.node)
+                .collect(),
             foreign: self
                 .foreign
                 .iter()
@@ -805,7 +812,7 @@ impl Driver {
                 // quiesced groups), until the cut heals.
                 let peers: Vec<NodeId> = self.peers.keys().copied().collect();
                 for id in peers {
-                    let live = !isolated && !self.unreachable.contains(&id);
+                    let live = !isolated && !self.control.is_unreachable(id);
                     self.core.set_node_live(id, live);
                 }
             }
@@ -829,6 +836,7 @@ impl Driver {
                 if self.draining.is_none() {
                     log::info!("shutting down: handing leaderships away");
                     self.draining = Some(Instant::now() + SHUTDOWN_GRACE);
+                    self.control.start_draining();
                 }
                 self.stopped.push(reply);
             }
@@ -881,13 +889,13 @@ impl Driver {
         for p in peers {
             let id = node_id_of(&p);
             self.peers.insert(id, p);
+            self.note_peer(p);
             nodes.push(id);
         }
         nodes.sort_unstable();
         nodes.dedup();
         let (layout, cluster_id) = Driver::layout_for(nodes, partitions, replication);
-        self.core.bootstrap(layout, cluster_id)?;
-        self.formed(cluster_id);
+        self.on_bootstrap(layout, cluster_id)?;
         Ok(())
     }
 
@@ -941,7 +949,7 @@ impl Driver {
             NetEvent::Raft { peer, batch } => {
                 let from = node_id_of(&peer);
                 self.peers.entry(from).or_insert(peer);
-                self.unreachable.remove(&from);
+                self.control.handle_peer_up(&mut self.core, from);
                 if self.isolated {
                     return;
                 }
@@ -976,11 +984,8 @@ impl Driver {
                     respond(responder, Answer::ClusterView(self.cluster_view()));
                 }
                 Ok(KvCall::V1(Call::Bootstrap { layout, cluster_id })) => {
-                    let answer = match self.core.bootstrap(layout, cluster_id) {
-                        Ok(()) => {
-                            self.formed(cluster_id);
-                            Answer::Ok
-                        }
+                    let answer = match self.on_bootstrap(layout, cluster_id) {
+                        Ok(()) => Answer::Ok,
                         Err(e) => Answer::Malformed(e.to_string()),
                     };
                     respond(responder, answer);
@@ -1020,32 +1025,28 @@ impl Driver {
             NetEvent::PeerUp { peer } => {
                 let id = node_id_of(&peer);
                 self.peers.insert(id, peer);
-                self.unreachable.remove(&id);
+                self.note_peer(peer);
                 // The failure detector's verdicts wake quiesced groups (core/quiesce.rs).
-                self.core.set_node_live(id, true);
+                self.control.handle_peer_up(&mut self.core, id);
             }
             NetEvent::PeerDown { peer } => {
-                self.control.forget(&peer);
-                let id = node_id_of(&peer);
-                self.unreachable.insert(id);
-                self.core.set_node_live(id, false);
-                self.core.report_unreachable(id)
+                self.control
+                    .handle_peer_down(&mut self.core, node_id_of(&peer));
             }
             NetEvent::PeerSuspect { peer } => {
-                let id = node_id_of(&peer);
-                self.unreachable.insert(id);
-                self.core.set_node_live(id, false);
+                self.control
+                    .handle_peer_suspect(&mut self.core, node_id_of(&peer));
             }
             NetEvent::RaftSendFailed { peer, .. } => {
                 self.core.report_unreachable(node_id_of(&peer))
             }
             NetEvent::Heartbeat { info } => {
                 if let Some(a) = Announce::decode(&info.app) {
+                    // A heartbeat is proof of life too (the detector's PeerUp says the same
+                    // once): the control plane tells the core.
                     self.on_announce(info.peer, &info.listen_addrs, a);
                 }
                 let id = node_id_of(&info.peer);
-                // A heartbeat is proof of life too (the detector's PeerUp says the same once).
-                self.core.set_node_live(id, true);
                 let addrs: Vec<String> = info.listen_addrs.iter().map(|a| a.to_string()).collect();
                 self.peers.insert(id, info.peer);
                 let changed = self.addrs.get(&id) != Some(&addrs);
@@ -1191,7 +1192,7 @@ impl Driver {
                 }
             }
             if let Err(ClientError::NotLeader { leader: Some(l) }) = &reply {
-                if can_forward && *l != self.node && self.unreachable.contains(l) {
+                if can_forward && *l != self.node && self.control.is_unreachable(*l) {
                     // The hint names a node that is gone: its followers will elect another
                     // leader shortly; the caller retries meanwhile.
                     deliver(

@@ -19,11 +19,14 @@
 //! - `follower`: linearizable reads batched into one ReadIndex call per turn, and a
 //!   follower's own reads and writes through Raft (no forward of the request).
 //! - [`config`]: timing and sizing.
+//! - [`control`]: the control plane (formation, coordination, liveness, leftovers, leader
+//!   balancing) over a core it is handed.
 //! - `replica`: one local Raft group and the requests waiting on it.
 //! - this file: [`Core`], the turn: step, persist all groups at once, send, apply, reply.
 
 pub mod command;
 pub mod config;
+pub mod control;
 pub mod election;
 mod election_core;
 mod follower;

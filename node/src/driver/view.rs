@@ -63,8 +63,9 @@ impl Driver {
             groups.insert(*g, unknown(*g, t.replicas.clone()));
         }
         let mut announced: BTreeMap<GroupId, (NodeId, Vec<NodeId>)> = BTreeMap::new();
-        for (_, a) in self.control.fresh() {
-            if self.unreachable.contains(&a.node) {
+        let now = self.now_ms();
+        for (_, a) in self.control.fresh(now) {
+            if self.control.is_unreachable(a.node) {
                 continue;
             }
             for (g, voters) in &a.led {
@@ -95,9 +96,9 @@ impl Driver {
         let registry = self.core.meta_state().map(|m| m.nodes).unwrap_or_default();
         let fresh: BTreeSet<NodeId> = self
             .control
-            .fresh()
+            .fresh(now)
             .map(|(_, a)| a.node)
-            .filter(|n| !self.unreachable.contains(n))
+            .filter(|n| !self.control.is_unreachable(*n))
             .collect();
         let meta_leader = groups.get(&META_GROUP).and_then(|g| g.leader);
         let mut ids: BTreeSet<NodeId> = registry.keys().copied().collect();

@@ -90,7 +90,7 @@ impl Driver {
         let group = group_of_partition(req.partition);
         let can_forward = hops < crate::wire::MAX_HOPS;
         let me = self.node;
-        let usable = |n: &crate::core::NodeId| *n != me && !self.unreachable.contains(n);
+        let usable = |n: &crate::core::NodeId| *n != me && !self.control.is_unreachable(*n);
         if let Some(status) = self.core.group_status(group) {
             // The leader's history usually reaches furthest back: the place to ask when this
             // replica's does not.
