@@ -87,15 +87,19 @@ pub(super) fn coordinate<B: Backend>(
         return None;
     }
     judge_liveness(core, gossip, &meta, params.dead_after_ms, now);
-    // Placement: a bounded number of groups move at a time.
+    // Placement: a bounded number of groups move at a time. A group whose target names a
+    // node that is no longer live is not counted: its move cannot finish, and only a new plan
+    // (which replaces that node first) unblocks it. Counting such groups let a dead node's
+    // groups use up the whole budget, and nothing was ever planned again.
+    let live = meta.live_nodes();
     let moving = meta
         .targets
         .iter()
+        .filter(|(_, t)| t.replicas.iter().all(|r| live.contains(r)))
         .filter(|(g, t)| !group_matches_target(core, gossip, **g, t, now))
         .count();
     let budget = params.max_moves.saturating_sub(moving);
     if budget > 0 {
-        let live = meta.live_nodes();
         for (g, t) in plan_targets(&meta.targets, &live, settings.replication, budget) {
             log::info!("target of group {g}: {:x?} (v{})", t.replicas, t.version);
             core.propose_meta(MetaState::put_target(g, &t));
