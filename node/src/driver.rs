@@ -32,6 +32,7 @@ mod election;
 mod lease;
 mod limits;
 mod storage_fault;
+mod turn;
 mod view;
 mod watch;
 use crate::core::control::{Control, PeerInfo};
@@ -736,46 +737,12 @@ impl Driver {
             let turn = self.turn().await;
             self.metrics.observe_core(self.core.stats());
             turn?;
-            self.flush().await;
             if self.draining.is_some() && self.drain_step() {
                 // Let the transfers' messages leave before the network stops.
                 let _ = self.turn().await;
-                self.flush().await;
                 return Ok(());
             }
         }
-    }
-
-    /// One turn of the core: take every group's Ready, send what may leave before it is
-    /// durable (a leader's appends: the followers write them while this node does), then
-    /// persist with one sync, apply and answer.
-    async fn turn(&mut self) -> Result<(), CoreError> {
-        let staged = self.core.stage()?;
-        let syncs = staged.needs_sync();
-        // Nothing else may reach the core until the staged Readies are persisted: peers
-        // without an address are reported to Raft afterwards.
-        let unknown = self.send_raft_messages().await;
-        // Writes committed and reads confirmed are answered before the sync too.
-        self.deliver_replies();
-        let core = &mut self.core;
-        let run = || -> Result<(), CoreError> {
-            core.persist(staged)?;
-            core.serve_caught_up_reads();
-            Ok(())
-        };
-        // A turn that fsyncs is kept off the async workers' backs where the runtime allows
-        // (the messages just queued for the network then leave while the disk works); one
-        // that does not is pure CPU, and handing the worker over would cost a thread switch.
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) if syncs => {
-                tokio::task::block_in_place(run)
-            }
-            _ => run(),
-        }?;
-        for to in unknown {
-            self.core.report_unreachable(to);
-        }
-        Ok(())
     }
 
     fn on_cmd(&mut self, cmd: Cmd) {
@@ -1084,203 +1051,6 @@ impl Driver {
             Internal::Joined(settings) => self.on_joined(settings),
             Internal::LeaseDeleted { lease, confirmed } => self.on_lease_deleted(lease, confirmed),
         }
-    }
-
-    /// Sends every peer its queued Raft messages (one batch per peer, split only near the
-    /// frame limit); returns the peers it has no address for, which the caller must report
-    /// unreachable to the core.
-    async fn send_raft_messages(&mut self) -> Vec<NodeId> {
-        let mut unknown = Vec::new();
-        while let Some((to, msgs)) = self.core.poll_transmit() {
-            if self.isolated {
-                continue;
-            }
-            let Some(peer) = self.peers.get(&to).copied() else {
-                unknown.push(to);
-                continue;
-            };
-            let mut batch = Vec::with_capacity(msgs.len());
-            let mut size = 0;
-            for (g, m) in msgs {
-                let Ok(bytes) = m.write_to_bytes() else {
-                    continue;
-                };
-                size += bytes.len() + 16;
-                batch.push((g, bytes));
-                if size >= MAX_BATCH_BYTES {
-                    let full = std::mem::take(&mut batch);
-                    size = 0;
-                    if let Err(e) = self.net.send_raft(peer, full).await {
-                        log::debug!("raft batch to {peer} not sent: {e}");
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                if let Err(e) = self.net.send_raft(peer, batch).await {
-                    log::debug!("raft batch to {peer} not sent: {e}");
-                }
-            }
-        }
-        unknown
-    }
-
-    async fn flush(&mut self) {
-        for to in self.send_raft_messages().await {
-            self.core.report_unreachable(to);
-        }
-        while let Some(s) = self.core.poll_snapshot() {
-            let Some(peer) = self.peers.get(&s.to).copied() else {
-                self.core.report_snapshot(s.group, s.to, false);
-                continue;
-            };
-            if self.isolated {
-                self.core.report_snapshot(s.group, s.to, false);
-                continue;
-            }
-            // Each stream reads the partition's chunks and holds the follower's link: past
-            // the limit, Raft hears "not sent" and tries again later.
-            let Some(slot) = self.limits.snapshot_slot() else {
-                log::debug!(
-                    "snapshot of group {} to {:x} deferred: too many in flight",
-                    s.group,
-                    s.to
-                );
-                self.core.report_snapshot(s.group, s.to, false);
-                continue;
-            };
-            let net = self.net.clone();
-            let store = self.store.clone();
-            let done = self.internal_tx.clone();
-            tokio::spawn(async move {
-                let ok = send_snapshot(&net, &store, peer, &s).await;
-                drop(slot);
-                if let Err(e) = &ok {
-                    log::info!("snapshot of group {} to {peer} failed: {e}", s.group);
-                }
-                let _ = done
-                    .send(Internal::SnapshotDone {
-                        group: s.group,
-                        to: s.to,
-                        ok: ok.is_ok(),
-                    })
-                    .await;
-            });
-        }
-        self.deliver_replies();
-    }
-
-    /// Answers every request the core has an answer for, passing `NotLeader` answers on to
-    /// the leader where that can help.
-    fn deliver_replies(&mut self) {
-        while let Some((id, reply)) = self.core.poll_reply() {
-            if let Some(origin) = self.leases.take(id) {
-                deliver(origin, reply);
-                continue;
-            }
-            let Some(p) = self.pending.remove(&id) else {
-                continue;
-            };
-            let can_forward = p.hops < crate::wire::MAX_HOPS;
-            let mut reply = reply;
-            if let Err(ClientError::NotLeader { leader }) = &reply {
-                // Gossip may know the leader better than a hint pointing at any replica.
-                let group = crate::core::group_of_partition(p.req.partition);
-                if let Some(l) = self.gossip_leader(group) {
-                    if Some(l) != *leader && l != self.node {
-                        reply = Err(ClientError::NotLeader { leader: Some(l) });
-                    }
-                }
-            }
-            if let Err(ClientError::NotLeader { leader: Some(l) }) = &reply {
-                if can_forward && *l != self.node && self.control.is_unreachable(*l) {
-                    // The hint names a node that is gone: its followers will elect another
-                    // leader shortly; the caller retries meanwhile.
-                    deliver(
-                        p.origin,
-                        Err(ClientError::Unavailable {
-                            reason: format!(
-                                "the partition's last known leader {l:x} is unreachable"
-                            ),
-                        }),
-                    );
-                    continue;
-                }
-                if can_forward && *l != self.node {
-                    if let Some(peer) = self.peers.get(l).copied() {
-                        let net = self.net.clone();
-                        let hops = p.hops + 1;
-                        let metrics = self.metrics.clone();
-                        tokio::spawn(async move {
-                            let op = op_of(&p.req.body);
-                            let reply = forward(&net, peer, p.req, hops).await;
-                            metrics.observe_request(op, p.started.elapsed());
-                            deliver(p.origin, reply);
-                        });
-                        continue;
-                    }
-                }
-            }
-            self.metrics
-                .observe_request(op_of(&p.req.body), p.started.elapsed());
-            deliver(p.origin, reply);
-        }
-    }
-}
-
-async fn send_snapshot(
-    net: &NetHandle,
-    store: &SledStore,
-    peer: PeerId,
-    s: &crate::core::SnapshotSend,
-) -> Result<(), String> {
-    for seq in 0..s.chunks {
-        let data = store
-            .snapshot_chunk(s.group, s.index, seq)
-            .map_err(|e| e.to_string())?;
-        let chunk = swarmkv_net::SnapshotChunk {
-            group: s.group,
-            snapshot_id: s.index,
-            seq: u64::from(seq),
-            last: seq + 1 == s.chunks,
-            data,
-        };
-        net.send_snapshot_chunk(peer, chunk)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let bytes = s.message.write_to_bytes().map_err(|e| e.to_string())?;
-    net.send_raft(peer, vec![(s.group, bytes)])
-        .await
-        .map_err(|e| e.to_string())
-}
-
-async fn forward(net: &NetHandle, peer: PeerId, req: Request, hops: u8) -> Reply {
-    let call = KvCall::V1(Call::Request { req, hops });
-    let answer = tokio::time::timeout(FORWARD_TIMEOUT, net.kv_request(peer, call.encode())).await;
-    let Ok(answer) = answer else {
-        return Err(ClientError::Disconnected(format!(
-            "no answer from {peer} in time"
-        )));
-    };
-    match answer {
-        Ok(bytes) => match KvAnswer::decode(&bytes)? {
-            KvAnswer::V1(Answer::Reply(r)) => r,
-            KvAnswer::V1(other) => Err(ClientError::Disconnected(format!(
-                "unexpected answer {other:?}"
-            ))),
-        },
-        // Never sent: nothing happened, the caller may retry at once.
-        Err(
-            e @ (swarmkv_net::NetError::Unreachable { .. }
-            | swarmkv_net::NetError::NotConnected(_)
-            | swarmkv_net::NetError::ForeignPeer(_)
-            | swarmkv_net::NetError::QueueFull { .. }),
-        ) => Err(ClientError::Unavailable {
-            reason: format!("forwarding to {peer}: {e}"),
-        }),
-        Err(e) => Err(ClientError::Disconnected(format!(
-            "forwarding to {peer}: {e}"
-        ))),
     }
 }
 

@@ -811,14 +811,49 @@ impl World {
                 });
             }
         }
-        if let Err(e) = core.process() {
-            return Err(Failure {
-                property: "storage",
-                detail: format!("node {id:x}: {e}"),
-                at_ms: now,
+        // The turn in the driver's order (`core/turn.rs`): what may leave before the sync,
+        // the sync, then the rest.
+        let raft = |to: NodeId, msgs| Packet {
+            from: id,
+            to,
+            from_incarnation: inc,
+            payload: Payload::Raft(msgs),
+        };
+        let mut out = Vec::new();
+        let mut replies = Vec::new();
+        let persisted = core.begin_turn().and_then(|mut turn| {
+            while let Some((to, msgs)) = turn.poll_transmit() {
+                out.push(raft(to, msgs));
+            }
+            while let Some(r) = turn.poll_reply() {
+                replies.push(r);
+            }
+            turn.persist()
+        });
+        let mut done = match persisted {
+            Ok(done) => done,
+            Err(e) => {
+                return Err(Failure {
+                    property: "storage",
+                    detail: format!("node {id:x}: {e}"),
+                    at_ms: now,
+                })
+            }
+        };
+        while let Some((to, msgs)) = done.poll_transmit() {
+            out.push(raft(to, msgs));
+        }
+        while let Some(s) = done.poll_snapshot() {
+            out.push(Packet {
+                from: id,
+                to: s.to,
+                from_incarnation: inc,
+                payload: Payload::Snapshot(s),
             });
         }
-        core.serve_caught_up_reads();
+        while let Some(r) = done.poll_reply() {
+            replies.push(r);
+        }
         if self.verbose {
             let after = core.groups();
             if after != groups_before {
@@ -833,27 +868,6 @@ impl World {
                     self.traced.insert((id, g), line);
                 }
             }
-        }
-        let mut out = Vec::new();
-        while let Some((to, msgs)) = core.poll_transmit() {
-            out.push(Packet {
-                from: id,
-                to,
-                from_incarnation: inc,
-                payload: Payload::Raft(msgs),
-            });
-        }
-        while let Some(s) = core.poll_snapshot() {
-            out.push(Packet {
-                from: id,
-                to: s.to,
-                from_incarnation: inc,
-                payload: Payload::Snapshot(s),
-            });
-        }
-        let mut replies = Vec::new();
-        while let Some(r) = core.poll_reply() {
-            replies.push(r);
         }
         let mut actions = Vec::new();
         while let Some(a) = control.poll_action() {

@@ -22,7 +22,9 @@
 //! - [`control`]: the control plane (formation, coordination, liveness, leftovers, leader
 //!   balancing) over a core it is handed.
 //! - `replica`: one local Raft group and the requests waiting on it.
-//! - this file: [`Core`], the turn: step, persist all groups at once, send, apply, reply.
+//! - `turn`: one turn in its one order ([`Core::begin_turn`], [`Turn`], [`Persisted`]).
+//! - this file: [`Core`]: inputs, staging all groups' Readies, persisting them at once,
+//!   applying and replying.
 
 pub mod command;
 pub mod config;
@@ -38,6 +40,7 @@ mod quiesce;
 mod reconcile;
 mod replica;
 pub mod routing;
+mod turn;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -57,6 +60,7 @@ pub use election::{Candidate, ElectionRequest};
 pub use lease::{lease_hex, parse_lease_id, LeaseId, LeaseInfo, LeaseRecord, LeaseRequest};
 pub use meta::{ClusterSettings, MetaState, NodeRecord, NodeState, Target, META_GROUP};
 pub use placement::{plan_targets, ClusterLayout, DEFAULT_PARTITIONS, DEFAULT_REPLICATION};
+pub use turn::{Persisted, Turn};
 pub use types::*;
 
 use replica::{Proposal, ReadyRead, Replica};
@@ -145,7 +149,7 @@ struct InFlight {
 
 /// The Readies of one turn between [`Core::stage`] and [`Core::persist`]: their store batch
 /// and what is left to do with each once it is durable.
-pub struct Staged {
+struct Staged {
     batch: LogBatch,
     readies: Vec<(GroupId, raft::Ready, Vec<Entry>)>,
     reload_leases: bool,
@@ -154,7 +158,7 @@ pub struct Staged {
 impl Staged {
     /// Whether persisting this turn waits for the disk (the driver then gets the turn off
     /// the async workers' backs); a turn that only applies and answers does not.
-    pub fn needs_sync(&self) -> bool {
+    fn needs_sync(&self) -> bool {
         self.batch.needs_sync()
     }
 }
@@ -927,26 +931,15 @@ impl<B: Backend> Core<B> {
         }
     }
 
-    /// One turn of the node loop over every group with work: collect all Readies, persist
-    /// them in ONE store batch with ONE sync, then send what may only leave after the sync,
-    /// apply committed entries and answer requests. Returns an error only when storage failed;
-    /// the node must then stop. Equivalent to [`Core::stage`] then [`Core::persist`] with
-    /// nothing in between.
-    pub fn process(&mut self) -> Result<(), CoreError> {
-        let staged = self.stage()?;
-        self.persist(staged)
-    }
-
     /// The first half of a turn: takes every group's Ready and queues the messages that may
     /// leave before the Readies are durable (a leader's appends and heartbeats: raft-rs counts
     /// the leader's own copy only once it is persisted, so sending first lets the followers'
     /// fsyncs overlap the leader's). It also applies the committed entries and answers their
     /// requests (and the reads they caught up with): they are durable on a quorum already, so
-    /// their callers need not wait for this turn's sync. The driver sends the messages
-    /// ([`Core::poll_transmit`]) and the answers ([`Core::poll_reply`]) and then must call
-    /// [`Core::persist`] with the result before any other call into the core. An error is a
-    /// storage failure, as for [`Core::process`].
-    pub fn stage(&mut self) -> Result<Staged, CoreError> {
+    /// their callers need not wait for this turn's sync. [`Turn`] hands them out, then calls
+    /// [`Core::persist`] before any other call can reach the core. An error is a storage
+    /// failure.
+    fn stage(&mut self) -> Result<Staged, CoreError> {
         let mut batch = LogBatch::new();
         let mut readies = Vec::new();
         let mut reload_leases = false;
@@ -1101,7 +1094,7 @@ impl<B: Backend> Core<B> {
     /// store batch (synced only if one of them needs it), then queues what may only leave after
     /// that, applies committed entries and answers requests. Returns an error only when storage
     /// failed; the node must then stop.
-    pub fn persist(&mut self, staged: Staged) -> Result<(), CoreError> {
+    fn persist(&mut self, staged: Staged) -> Result<(), CoreError> {
         let Staged {
             batch,
             readies,
@@ -1359,7 +1352,7 @@ impl<B: Backend> Core<B> {
 
     /// Serves reads that were waiting for applies that a previous turn made (reads whose
     /// index was already applied when their read state arrived).
-    pub fn serve_caught_up_reads(&mut self) {
+    fn serve_caught_up_reads(&mut self) {
         // A quiesced replica has no reads waiting (a read wakes it).
         let groups: Vec<GroupId> = self.quiesce.awake.iter().copied().collect();
         for g in groups {
