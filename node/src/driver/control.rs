@@ -63,30 +63,30 @@ impl Driver {
     /// [`crate::core::control::Control::meta_leader`]).
     pub(crate) fn meta_leader_peer(&self) -> Option<PeerId> {
         let now = self.now_ms();
-        let leader = self.control.meta_leader(&self.core, now)?;
-        self.peers.get(&leader).copied()
+        let leader = self.io.control.meta_leader(&self.disk.core, now)?;
+        self.io.peers.get(&leader).copied()
     }
 
     /// Called on every tick of the node loop.
     pub(crate) async fn control_tick(&mut self) {
         let now = self.now_ms();
-        if let Err(e) = self.control.handle_tick(&mut self.core, now) {
+        if let Err(e) = self.io.control.handle_tick(&mut self.disk.core, now) {
             log::warn!("control plane: {e}");
         }
-        if self.core.settings().is_some() && self.core.is_leader(META_GROUP) {
+        if self.disk.core.settings().is_some() && self.disk.core.is_leader(META_GROUP) {
             self.lease_cleanup();
         }
-        let up = self.control.fresh(now).count();
-        self.metrics.set_peers_up(up);
+        let up = self.io.control.fresh(now).count();
+        self.io.metrics.set_peers_up(up);
         self.perform_control_actions().await;
     }
 
     /// Carries out what the control plane asked for.
     pub(crate) async fn perform_control_actions(&mut self) {
-        while let Some(action) = self.control.poll_action() {
+        while let Some(action) = self.io.control.poll_action() {
             match action {
                 ControlAction::Publish(a) => {
-                    if let Err(e) = self.net.set_app_payload(a.encode()).await {
+                    if let Err(e) = self.io.net.set_app_payload(a.encode()).await {
                         log::debug!("cannot publish the announcement: {e}");
                     }
                 }
@@ -98,7 +98,7 @@ impl Driver {
                 } => self.send_bootstrap(to, layout, cluster_id),
                 ControlAction::Dial { addrs, .. } => {
                     for addr in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
-                        let net = self.net.clone();
+                        let net = self.io.net.clone();
                         tokio::spawn(async move {
                             let _ = net.dial(addr).await;
                         });
@@ -110,14 +110,14 @@ impl Driver {
     }
 
     fn send_join(&mut self, via: NodeId, record: NodeRecord) {
-        let done = self.internal_tx.clone();
-        let Some(peer) = self.peers.get(&via).copied() else {
+        let done = self.io.internal_tx.clone();
+        let Some(peer) = self.io.peers.get(&via).copied() else {
             tokio::spawn(async move {
                 let _ = done.send(Internal::Joined(None)).await;
             });
             return;
         };
-        let net = self.net.clone();
+        let net = self.io.net.clone();
         tokio::spawn(async move {
             let call = KvCall::V1(Call::Join { record });
             let settings = match net.kv_request(peer, call.encode()).await {
@@ -138,11 +138,11 @@ impl Driver {
     }
 
     fn send_bootstrap(&mut self, to: NodeId, layout: ClusterLayout, cluster_id: u64) {
-        let Some(p) = self.peers.get(&to).copied() else {
+        let Some(p) = self.io.peers.get(&to).copied() else {
             log::warn!("cannot tell {to:x} to bootstrap: no peer id known");
             return;
         };
-        let net = self.net.clone();
+        let net = self.io.net.clone();
         let call = KvCall::V1(Call::Bootstrap { layout, cluster_id });
         tokio::spawn(async move {
             if let Err(e) = net.kv_request(p, call.encode()).await {
@@ -153,7 +153,7 @@ impl Driver {
 
     /// After forming or joining: the network refuses other clusters from now on.
     pub(crate) fn formed(&mut self, cluster_id: u64) {
-        let net = self.net.clone();
+        let net = self.io.net.clone();
         tokio::spawn(async move {
             if let Err(e) = net.set_cluster_id(Some(cluster_id)).await {
                 log::warn!("cannot set the cluster id: {e}");
@@ -167,7 +167,11 @@ impl Driver {
     /// The answer to this node's join request (the actions it leads to are performed on the
     /// next control tick).
     pub(crate) fn on_joined(&mut self, settings: Option<ClusterSettings>) {
-        if let Err(e) = self.control.handle_join_answer(&mut self.core, settings) {
+        if let Err(e) = self
+            .io
+            .control
+            .handle_join_answer(&mut self.disk.core, settings)
+        {
             log::warn!("cannot join the cluster: {e}");
         }
     }
@@ -179,19 +183,21 @@ impl Driver {
         layout: ClusterLayout,
         cluster_id: u64,
     ) -> Result<(), crate::core::CoreError> {
-        self.control
-            .handle_bootstrap(&mut self.core, layout, cluster_id)
+        self.io
+            .control
+            .handle_bootstrap(&mut self.disk.core, layout, cluster_id)
     }
 
     /// A peer asks to join: the meta leader registers it; others forward to the meta leader.
     pub(crate) fn on_join(&mut self, record: NodeRecord, responder: swarmkv_net::KvResponder) {
         if let Ok(peer) = PeerId::from_bytes(&record.peer) {
-            self.peers.insert(record.id, peer);
+            self.io.peers.insert(record.id, peer);
         }
         let now = self.now_ms();
         let via = match self
+            .io
             .control
-            .handle_join(&mut self.core, record.clone(), now)
+            .handle_join(&mut self.disk.core, record.clone(), now)
         {
             JoinVerdict::Joined(settings) => {
                 respond(responder, Answer::Joined(settings));
@@ -203,14 +209,14 @@ impl Driver {
             }
             JoinVerdict::Forward(via) => via,
         };
-        let Some(peer) = self.peers.get(&via).copied() else {
+        let Some(peer) = self.io.peers.get(&via).copied() else {
             respond(
                 responder,
                 Answer::Malformed("no meta leader known yet".into()),
             );
             return;
         };
-        let net = self.net.clone();
+        let net = self.io.net.clone();
         tokio::spawn(async move {
             let call = KvCall::V1(Call::Join { record });
             let answer = match net.kv_request(peer, call.encode()).await {
@@ -228,18 +234,19 @@ impl Driver {
     pub(crate) fn on_announce(&mut self, peer: PeerId, addrs: &[Multiaddr], a: Announce) {
         let now = self.now_ms();
         let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-        self.control
-            .handle_announce(&mut self.core, &peer.to_bytes(), &addrs, a, now);
+        self.io
+            .control
+            .handle_announce(&mut self.disk.core, &peer.to_bytes(), &addrs, a, now);
     }
 
     /// A peer's identity learned outside gossip.
     pub(crate) fn note_peer(&mut self, peer: PeerId) {
         let id = node_id_of(&peer);
-        self.control.handle_peer_info(
+        self.io.control.handle_peer_info(
             id,
             PeerInfo {
                 peer: peer.to_bytes(),
-                addrs: self.addrs.get(&id).cloned().unwrap_or_default(),
+                addrs: self.io.addrs.get(&id).cloned().unwrap_or_default(),
             },
         );
     }
@@ -247,20 +254,20 @@ impl Driver {
     /// Graceful shutdown, step by step: hand every leadership away, then stop.
     /// Returns true when the node may stop.
     pub(crate) fn drain_step(&mut self) -> bool {
-        let Some(deadline) = self.draining else {
+        let Some(deadline) = self.io.draining else {
             return false;
         };
-        self.control.drain_step(&mut self.core) || std::time::Instant::now() >= deadline
+        self.io.control.drain_step(&mut self.disk.core) || std::time::Instant::now() >= deadline
     }
 
     /// The leader of `group` according to the peers' announcements.
     pub(crate) fn gossip_leader(&self, group: GroupId) -> Option<NodeId> {
-        self.control.gossip_leader(group, self.now_ms())
+        self.io.control.gossip_leader(group, self.now_ms())
     }
 
     /// An operator asks to drain `node`.
     pub(crate) fn decommission(&mut self, node: NodeId) -> Result<(), DecommissionError> {
-        self.control.decommission(&mut self.core, node)
+        self.io.control.decommission(&mut self.disk.core, node)
     }
 
     /// When the static bootstrap is used, the cluster id is derived from the members.

@@ -8,7 +8,7 @@ use swarmkv_net::{NetHandle, PeerId};
 use swarmkv_store::raft::eraftpb::Message;
 use swarmkv_store::SledStore;
 
-use super::{deliver, lease, Driver, Internal, Pending, FORWARD_TIMEOUT, MAX_BATCH_BYTES};
+use super::{deliver, lease, Driver, Internal, Io, Pending, FORWARD_TIMEOUT, MAX_BATCH_BYTES};
 use crate::core::control::Control;
 use crate::core::{
     ClientError, CoreError, GroupId, NodeId, Reply, Request, RequestId, SnapshotSend,
@@ -26,24 +26,14 @@ impl Driver {
     /// sync, then the rest leaves and the snapshot streams start.
     pub(super) async fn turn(&mut self) -> Result<(), CoreError> {
         let now = self.now_ms();
-        let mut turn = self.core.begin_turn()?;
+        let mut turn = self.disk.core.begin_turn()?;
         let syncs = turn.needs_sync();
         let early: Batches = std::iter::from_fn(|| turn.poll_transmit()).collect();
         let answers: Vec<_> = std::iter::from_fn(|| turn.poll_reply()).collect();
         // The turn holds the core until its persist: these reach only the network and the
         // callers (through the fields they name).
-        let unknown = send_raft(&self.net, &self.peers, self.isolated, early).await;
-        let mut routes = Routes {
-            pending: &mut self.pending,
-            leases: &mut self.leases,
-            control: &self.control,
-            peers: &self.peers,
-            net: &self.net,
-            metrics: &self.metrics,
-            node: self.node,
-            now,
-        };
-        routes.deliver(answers);
+        let unknown = send_raft(&self.io.net, &self.io.peers, self.io.isolated, early).await;
+        self.io.routes(now).deliver(answers);
         // A turn that fsyncs is kept off the async workers' backs where the runtime allows
         // (the messages just queued for the network then leave while the disk works); one
         // that does not is pure CPU, and handing the worker over would cost a thread switch.
@@ -60,48 +50,38 @@ impl Driver {
         let late: Batches = std::iter::from_fn(|| done.poll_transmit()).collect();
         let snapshots: Vec<_> = std::iter::from_fn(|| done.poll_snapshot()).collect();
         let answers: Vec<_> = std::iter::from_fn(|| done.poll_reply()).collect();
-        for to in send_raft(&self.net, &self.peers, self.isolated, late).await {
-            self.core.report_unreachable(to);
+        for to in send_raft(&self.io.net, &self.io.peers, self.io.isolated, late).await {
+            self.disk.core.report_unreachable(to);
         }
         self.start_snapshots(snapshots);
-        Routes {
-            pending: &mut self.pending,
-            leases: &mut self.leases,
-            control: &self.control,
-            peers: &self.peers,
-            net: &self.net,
-            metrics: &self.metrics,
-            node: self.node,
-            now,
-        }
-        .deliver(answers);
+        self.io.routes(now).deliver(answers);
         Ok(())
     }
 
     fn start_snapshots(&mut self, snapshots: Vec<SnapshotSend>) {
         for s in snapshots {
-            let Some(peer) = self.peers.get(&s.to).copied() else {
-                self.core.report_snapshot(s.group, s.to, false);
+            let Some(peer) = self.io.peers.get(&s.to).copied() else {
+                self.disk.core.report_snapshot(s.group, s.to, false);
                 continue;
             };
-            if self.isolated {
-                self.core.report_snapshot(s.group, s.to, false);
+            if self.io.isolated {
+                self.disk.core.report_snapshot(s.group, s.to, false);
                 continue;
             }
             // Each stream reads the partition's chunks and holds the follower's link: past
             // the limit, Raft hears "not sent" and tries again later.
-            let Some(slot) = self.limits.snapshot_slot() else {
+            let Some(slot) = self.io.limits.snapshot_slot() else {
                 log::debug!(
                     "snapshot of group {} to {:x} deferred: too many in flight",
                     s.group,
                     s.to
                 );
-                self.core.report_snapshot(s.group, s.to, false);
+                self.disk.core.report_snapshot(s.group, s.to, false);
                 continue;
             };
-            let net = self.net.clone();
-            let store = self.store.clone();
-            let done = self.internal_tx.clone();
+            let net = self.io.net.clone();
+            let store = self.disk.store.clone();
+            let done = self.io.internal_tx.clone();
             tokio::spawn(async move {
                 let ok = send_snapshot(&net, &store, peer, &s).await;
                 drop(slot);
@@ -173,6 +153,22 @@ struct Routes<'a> {
     metrics: &'a std::sync::Arc<Metrics>,
     node: NodeId,
     now: u64,
+}
+
+impl Io {
+    /// The fields answering needs, borrowed apart from the core.
+    fn routes(&mut self, now: u64) -> Routes<'_> {
+        Routes {
+            pending: &mut self.pending,
+            leases: &mut self.leases,
+            control: &self.control,
+            peers: &self.peers,
+            net: &self.net,
+            metrics: &self.metrics,
+            node: self.node,
+            now,
+        }
+    }
 }
 
 impl Routes<'_> {
