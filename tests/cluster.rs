@@ -100,7 +100,7 @@ async fn crud_cas_and_scan_match_a_single_node_model() {
         .expect("delete range");
     let expected = model.keys().filter(|k| k.starts_with(b"k/1")).count() as u64;
     assert_eq!(deleted, expected);
-    // The remote light client, over /swarmkv/kv/1, sees the same data.
+    // The remote light client, over its kv stream (/swarmkv/kv-stream/1), sees the same data.
     let remote = swarmkv::Client::connect(cluster.addrs[2].clone(), "swarmkv", None)
         .await
         .expect("remote client");

@@ -4,17 +4,15 @@
 //! acknowledged write is lost. Needs root (mount); skipped visibly otherwise.
 
 mod common;
-#[path = "common/netns.rs"]
-mod netns;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use common::needs::{skip_unless, Need};
 use common::tmpfs::Tmpfs;
 use common::*;
-use netns::is_root;
 use swarmkv::core::{ClientError, CoreConfig};
 use swarmkv::{Client, NodeHandle};
 
@@ -111,8 +109,7 @@ async fn wait_for_writes(client: &Client, what: &str, timeout: Duration) -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_fills_is_sidelined_and_rejoins_when_space_is_freed() -> Result<()> {
-    if !is_root() {
-        eprintln!("skipped: needs root (mounts a tmpfs)");
+    if skip_unless(&[Need::Root], "mounts a tmpfs")? {
         return Ok(());
     }
     let _serial = serial().await;
@@ -201,8 +198,7 @@ async fn a_node_whose_disk_fills_is_sidelined_and_rejoins_when_space_is_freed() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_under_every_node_fails_writes_cleanly_and_service_resumes() -> Result<()> {
-    if !is_root() {
-        eprintln!("skipped: needs root (mounts a tmpfs)");
+    if skip_unless(&[Need::Root], "mounts a tmpfs")? {
         return Ok(());
     }
     let _serial = serial().await;

@@ -198,6 +198,37 @@ async fn bad_input_is_400_and_oversized_input_is_413() -> Result<()> {
     gw.shutdown().await
 }
 
+/// A client that sends its whole body before reading (Python's `urllib` does) still reads the
+/// 413 of an oversized body, whether the route refuses it (2 MiB `PUT`) or the gateway's
+/// admission does (3 MiB, over any route's limit), instead of a reset connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_sent_before_reading_gets_its_413() -> Result<()> {
+    let _serial = serial().await;
+    let (_cluster, gw) = cluster_and_gateway(Duration::from_secs(10)).await?;
+    let addr = gw.addr;
+    let refused = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let two = vec![b'x'; 2 << 20];
+        let three = vec![b'x'; 3 << 20];
+        let mut codes = Vec::new();
+        for i in 0..100 {
+            let reply = common::http::send_first(addr, "PUT", "/v1/kv/big", &two)
+                .with_context(|| format!("2 MiB try {i}"))?;
+            codes.push(reply.error(413)?);
+        }
+        for i in 0..10 {
+            let reply = common::http::send_first(addr, "PUT", "/v1/kv/big", &three)
+                .with_context(|| format!("3 MiB try {i}"))?;
+            codes.push(reply.error(413)?);
+        }
+        Ok(codes)
+    })
+    .await??;
+    assert_eq!(refused.len(), 110);
+    assert!(refused.iter().all(|c| c == "body_too_large"), "{refused:?}");
+    assert_eq!(gw.get("/v1/kv/big").await?.error(404)?, "not_found");
+    gw.shutdown().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cas_applies_on_a_matching_compare_and_conflicts_with_the_current_record() -> Result<()> {
     let _serial = serial().await;
@@ -309,6 +340,46 @@ async fn scan_returns_keys_in_order_by_prefix_or_range_and_says_when_there_are_m
     assert_eq!(all["more"], false);
     let empty = gw.get("/v1/kv?prefix=nothing").await?.expect(200)?;
     assert_eq!(keys(&empty), Vec::<String>::new());
+
+    // Keys only; a count of the whole range, whatever the limit.
+    let names = gw
+        .get("/v1/kv?prefix=user%2F&limit=3&keys_only=true")
+        .await?
+        .expect(200)?;
+    assert_eq!(names["keys"][2]["key"], "user/02");
+    assert_eq!(names["keys"][2]["key_b64"], b64(b"user/02"));
+    assert!(names.get("records").is_none() && names["keys"][2].get("value").is_none());
+    assert_eq!(names["more"], true);
+    let count = gw
+        .get("/v1/kv?prefix=user%2F&limit=1&count=true")
+        .await?
+        .expect(200)?;
+    assert_eq!(count, serde_json::json!({ "count": 15 }));
+
+    // A range delete needs a bound, removes exactly its range and says how many.
+    for unbounded in ["/v1/kv", "/v1/kv?prefix="] {
+        let r = gw.call("DELETE", unbounded, b"").await?;
+        assert_eq!(r.error(400)?, "bad_request", "{unbounded}");
+    }
+    let deleted = gw
+        .call("DELETE", "/v1/kv?prefix=user%2F", b"")
+        .await?
+        .expect(200)?;
+    assert_eq!(deleted, serde_json::json!({ "deleted": 15 }));
+    let rest = gw.get("/v1/kv").await?.expect(200)?;
+    assert_eq!(keys(&rest), vec!["app/1", "userz"]);
+
+    // A put can answer the record it replaced.
+    let first_write = gw
+        .put("/v1/kv/app/1?prev_kv=true", b"b")
+        .await?
+        .expect(200)?;
+    assert_eq!(first_write["prev"]["value"], "a");
+    let new_key = gw
+        .put("/v1/kv/app/2?prev_kv=true", b"c")
+        .await?
+        .expect(200)?;
+    assert!(new_key["prev"].is_null() && new_key["rev"].as_u64().is_some());
 
     gw.shutdown().await
 }
@@ -650,6 +721,9 @@ async fn leases_grant_attach_keep_alive_query_revoke_and_expire_over_http() -> R
         json!({}),
         json!({ "ttl": 0 }),
         json!({ "ttl": 1, "ttl_ms": 5 }),
+        // Under the minimum, four election timeouts (2 s with this test's 50 ms ticks).
+        json!({ "ttl_ms": 1999 }),
+        json!({ "ttl": 1 }),
     ] {
         let r = post("/v1/lease".into(), bad.clone()).await?;
         assert_eq!(r.error(400)?, "bad_request", "{bad}");
@@ -699,8 +773,8 @@ async fn leases_grant_attach_keep_alive_query_revoke_and_expire_over_http() -> R
     let after = post(format!("/v1/lease/{id}/keepalive"), json!({})).await?;
     assert_eq!(after.error(404)?, "lease_not_found");
 
-    // A short lease expires on its own and takes its key with it.
-    let short = post("/v1/lease".into(), json!({ "ttl_ms": 800 }))
+    // A short lease (the shortest allowed here) expires on its own and takes its key with it.
+    let short = post("/v1/lease".into(), json!({ "ttl_ms": 2000 }))
         .await?
         .expect(200)?;
     let short_id = short["id"].as_str().context("id")?.to_string();

@@ -17,6 +17,8 @@
 #[path = "sim/linearizability.rs"]
 #[allow(dead_code)]
 mod linearizability;
+#[path = "common/needs.rs"]
+mod needs;
 #[path = "common/netns.rs"]
 mod netns;
 
@@ -30,7 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use netns::{is_root, Lan};
+use needs::{skip_unless, Need};
+use netns::Lan;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -502,8 +505,7 @@ fn classify(input: Input, status: u16, json: &Value) -> Result<Outcome, String> 
 
 #[test]
 fn lan_chaos_history_is_linearizable_and_keeps_every_acknowledged_write() -> Result<()> {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces)");
+    if skip_unless(&[Need::Root, Need::Ip], "network namespaces")? {
         return Ok(());
     }
     let seed: u64 = match std::env::var("SWARMKV_CHAOS_SEED") {

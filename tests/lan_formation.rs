@@ -15,11 +15,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[path = "common/needs.rs"]
+mod needs;
 #[path = "common/netns.rs"]
 mod netns;
 
 use anyhow::{anyhow, bail, Context, Result};
-use netns::is_root;
+use needs::{skip_unless, Need};
 use swarmkv::core::{group_of_partition, META_GROUP};
 use swarmkv::wire::StatusReport;
 
@@ -357,17 +359,13 @@ fn with_lan(test: &str, nodes: usize, body: impl FnOnce(&mut Lan) -> Result<()>)
     outcome
 }
 
-fn skip_unless_root() -> bool {
-    if is_root() {
-        return false;
-    }
-    println!("skipped: needs root (creates network namespaces)");
-    true
+fn skip_unless_root() -> Result<bool> {
+    skip_unless(&[Need::Root, Need::Ip], "creates network namespaces")
 }
 
 #[test]
 fn three_nodes_with_only_a_data_dir_form_one_cluster_within_10s_with_3_replicas() -> Result<()> {
-    if skip_unless_root() {
+    if skip_unless_root()? {
         return Ok(());
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -419,7 +417,7 @@ fn three_nodes_with_only_a_data_dir_form_one_cluster_within_10s_with_3_replicas(
 
 #[test]
 fn five_nodes_started_at_the_same_moment_form_exactly_one_cluster() -> Result<()> {
-    if skip_unless_root() {
+    if skip_unless_root()? {
         return Ok(());
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -481,7 +479,7 @@ fn five_nodes_started_at_the_same_moment_form_exactly_one_cluster() -> Result<()
 #[test]
 fn a_node_stopped_by_sigterm_exits_0_and_restarts_with_its_identity_cluster_and_data() -> Result<()>
 {
-    if skip_unless_root() {
+    if skip_unless_root()? {
         return Ok(());
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -534,7 +532,7 @@ fn a_node_stopped_by_sigterm_exits_0_and_restarts_with_its_identity_cluster_and_
 
 #[test]
 fn a_second_node_on_a_host_whose_default_port_is_taken_listens_on_a_free_port() -> Result<()> {
-    if skip_unless_root() {
+    if skip_unless_root()? {
         return Ok(());
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

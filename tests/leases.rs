@@ -122,7 +122,13 @@ async fn an_expired_lease_deletes_its_keys_and_refuses_new_ones() -> anyhow::Res
     let _serial = serial().await;
     let cluster = TestCluster::start(3, P, fast_core()).await;
     let c = cluster.client(1).await;
+    // Two seconds is the shortest TTL here: four election timeouts of 10 ticks of 50 ms. A
+    // shorter one is refused as a bad request, saying the minimum.
     let ttl = Duration::from_secs(2);
+    match c.grant(ttl - Duration::from_millis(1)).await {
+        Err(ClientError::BadRequest(why)) => assert!(why.contains("2000 ms"), "{why}"),
+        other => panic!("a lease under the minimum TTL: {other:?}"),
+    }
     let sent = Instant::now();
     let lease = c.grant(ttl).await?;
     assert_eq!(lease.ttl_ms, 2000);

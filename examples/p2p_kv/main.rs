@@ -1,6 +1,9 @@
-//! The swarmkv demo: a 3-node cluster in one process on 127.0.0.1 (no mDNS: multicast stays
-//! off the machine's real interfaces), some writes, the busiest leader killed without warning,
-//! and every acknowledged write read back through the survivors.
+//! The swarmkv demo: three nodes in one process on 127.0.0.1 form a cluster the zero-config
+//! way (no mDNS here, so that multicast stays off the machine's real interfaces: the second
+//! and third node are given the first one's address to dial, as `swarmkv start --join` does,
+//! and nobody bootstraps anything by hand), take some writes, lose the busiest leader without
+//! warning, and read every acknowledged write back through the survivors. Every line it prints
+//! is checked; it exits non-zero if a check fails.
 //!
 //! ```sh
 //! cargo run --release --example p2p_kv
@@ -8,51 +11,92 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use swarmkv::core::Consistency;
-use swarmkv::{Client, Node, NodeConfig};
+use swarmkv::{Client, Node, NodeConfig, NodeHandle};
+use swarmkv_net::Multiaddr;
 
-const PARTITIONS: u32 = 16;
+const NODES: usize = 3;
+const REPLICAS: usize = 3;
+/// How long formation may take before the demo gives up (it takes seconds).
+const FORMATION: Duration = Duration::from_secs(60);
+
+/// A node as `swarmkv start --no-mdns --listen /ip4/127.0.0.1/tcp/0 [--join ADDR]` makes it:
+/// it forms or joins a cluster on its own.
+fn config(dir: &std::path::Path, join: Option<&Multiaddr>) -> NodeConfig {
+    let mut c = NodeConfig::loopback(dir);
+    c.control.auto_form = true;
+    c.join = join.cloned().into_iter().collect();
+    c
+}
+
+async fn listen_addr(node: &Node) -> anyhow::Result<Multiaddr> {
+    loop {
+        if let Some(a) = node.handle().net().listen_addrs().await?.into_iter().next() {
+            return Ok(a);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether every partition has a leader and `REPLICAS` voters, as `node` sees the cluster.
+async fn fully_replicated(node: &NodeHandle) -> anyhow::Result<Option<usize>> {
+    let view = node.cluster_view().await?;
+    let partitions: Vec<_> = view.groups.iter().filter(|g| g.group != 0).collect();
+    let ready = !partitions.is_empty()
+        && partitions
+            .iter()
+            .all(|g| g.leader.is_some() && g.voters.len() == REPLICAS);
+    Ok(ready.then_some(partitions.len()))
+}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let dirs: Vec<tempfile::TempDir> = (0..3)
+    let dirs: Vec<tempfile::TempDir> = (0..NODES)
         .map(|_| tempfile::tempdir())
         .collect::<Result<_, _>>()
         .context("creating data directories")?;
 
-    println!("starting 3 nodes on 127.0.0.1 ...");
+    println!("starting {NODES} nodes on 127.0.0.1; each forms or joins a cluster on its own ...");
+    let started = Instant::now();
     let mut nodes = Vec::new();
     let mut addrs = Vec::new();
     for dir in &dirs {
-        let node = Node::start(NodeConfig::loopback(dir.path())).await?;
-        let addr = loop {
-            if let Some(a) = node.handle().net().listen_addrs().await?.into_iter().next() {
-                break a;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let node = Node::start(config(dir.path(), addrs.first())).await?;
+        let addr = listen_addr(&node).await?;
         println!("  node {} listening on {addr}", node.handle().peer_id());
         addrs.push(addr);
         nodes.push(Some(node));
     }
-    for (i, n) in nodes.iter().enumerate() {
-        let h = n.as_ref().context("node")?.handle();
-        for (j, a) in addrs.iter().enumerate() {
-            if i != j {
-                h.net().dial(a.clone()).await?;
-            }
+    let first = nodes[0].as_ref().context("node 0")?.handle();
+    let partitions = loop {
+        if let Some(p) = fully_replicated(&first).await? {
+            break p;
         }
-    }
-    let peers: Vec<_> = nodes
-        .iter()
-        .filter_map(|n| n.as_ref().map(|n| n.handle().peer_id()))
-        .collect();
-    for n in nodes.iter().flatten() {
-        n.handle().bootstrap(peers.clone(), PARTITIONS, 3).await?;
-    }
-    println!("cluster bootstrapped: {PARTITIONS} partitions x 3 replicas");
+        if started.elapsed() > FORMATION {
+            bail!("no fully replicated cluster within {FORMATION:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ids: std::collections::BTreeSet<_> = futures::future::try_join_all(
+        nodes
+            .iter()
+            .flatten()
+            .map(|n| async move { n.handle().status().await }),
+    )
+    .await?
+    .iter()
+    .map(|s| s.settings.as_ref().map(|c| c.cluster_id))
+    .collect();
+    ensure!(
+        ids.len() == 1 && !ids.contains(&None),
+        "the nodes are not in one cluster: {ids:?}"
+    );
+    println!(
+        "one cluster formed, {partitions} partitions x {REPLICAS} replicas, {:.1} s after the start",
+        started.elapsed().as_secs_f64()
+    );
 
     let client = Client::in_process(nodes[0].as_ref().context("node 0")?.handle()).await?;
     let started = Instant::now();
@@ -123,15 +167,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     }
     println!("restarting node {victim} on its data directory ...");
-    let node = Node::start(NodeConfig::loopback(dirs[victim].path())).await?;
-    for a in addrs
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| *j != victim)
-        .map(|(_, a)| a)
-    {
-        let _ = node.handle().net().dial(a.clone()).await;
-    }
+    let node = Node::start(config(dirs[victim].path(), Some(&addrs[survivor]))).await?;
     let restarted = Client::in_process(node.handle()).await?;
     let started = Instant::now();
     loop {
@@ -162,6 +198,11 @@ async fn main() -> anyhow::Result<()> {
     let all = client
         .scan(b"demo/", None, 0, Consistency::Linearizable)
         .await?;
+    ensure!(
+        all.len() == 601,
+        "a scan of demo/ found {} keys, not the 601 written",
+        all.len()
+    );
     println!("{} keys under demo/; every check held", all.len());
     for n in nodes.into_iter().flatten() {
         n.shutdown().await;

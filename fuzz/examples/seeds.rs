@@ -55,16 +55,17 @@ fn main() -> anyhow::Result<()> {
         put(
             "kv_wire",
             &format!("call-frame-{i}"),
-            &fuzzing::encode_kv_request(payload).map_err(err)?,
+            &fuzzing::encode_kv_stream_request(i as u64, payload).map_err(err)?,
         )?;
     }
     for (i, answer) in answers().into_iter().enumerate() {
         let payload = answer.encode();
         put("kv_wire", &format!("answer-{i}"), &payload)?;
-        let framed = fuzzing::encode_kv_response(Ok(payload)).map_err(err)?;
+        let framed = fuzzing::encode_kv_stream_answer(i as u64, Ok(payload)).map_err(err)?;
         put("kv_wire", &format!("answer-frame-{i}"), &framed)?;
     }
-    let refusal = fuzzing::encode_kv_response(Err("frame too large".into())).map_err(err)?;
+    let refusal =
+        fuzzing::encode_kv_stream_answer(0, Err("frame too large".into())).map_err(err)?;
     put("kv_wire", "answer-refused", &refusal)?;
     for (i, op) in ops().into_iter().enumerate() {
         let session = Some(Session {

@@ -1,5 +1,6 @@
-//! The client protocol: the kv frame around a payload, the postcard call or answer inside it,
-//! and the command a write becomes in a Raft entry (read back from the log on every replica).
+//! The client protocol: the kv stream's request and answer frames around a payload, the
+//! postcard call or answer inside it, and the command a write becomes in a Raft entry (read
+//! back from the log on every replica).
 
 use swarmkv::core::Command;
 use swarmkv::wire::{KvAnswer, KvCall};
@@ -7,15 +8,23 @@ use swarmkv_net::fuzzing;
 
 /// Decodes `data` as each of the client protocol's layers and checks the round trips.
 pub fn check(data: &[u8]) {
-    if let Ok(payload) = fuzzing::decode_kv_request(data) {
-        let again = fuzzing::encode_kv_request(payload.clone()).expect("a request encodes");
-        assert_eq!(fuzzing::decode_kv_request(&again), Ok(payload.clone()));
+    if let Ok((id, payload)) = fuzzing::decode_kv_stream_request(data) {
+        let again =
+            fuzzing::encode_kv_stream_request(id, payload.clone()).expect("a request encodes");
+        assert_eq!(
+            fuzzing::decode_kv_stream_request(&again),
+            Ok((id, payload.clone()))
+        );
         check_payload(&payload);
     }
-    if let Ok(response) = fuzzing::decode_kv_response(data) {
-        let again = fuzzing::encode_kv_response(response.clone()).expect("a response encodes");
-        assert_eq!(fuzzing::decode_kv_response(&again), Ok(response.clone()));
-        if let Ok(payload) = response {
+    if let Ok((id, answer)) = fuzzing::decode_kv_stream_answer(data) {
+        let again =
+            fuzzing::encode_kv_stream_answer(id, answer.clone()).expect("an answer encodes");
+        assert_eq!(
+            fuzzing::decode_kv_stream_answer(&again),
+            Ok((id, answer.clone()))
+        );
+        if let Ok(payload) = answer {
             check_payload(&payload);
         }
     }

@@ -1,5 +1,5 @@
-//! Raft traffic as a peer sends it: a length-prefixed frame (the request-response codec), a
-//! postcard raft frame of `(group, message bytes)` batches, and each message's protobuf.
+//! Raft traffic as a peer sends it: a length-prefixed frame on its Raft stream, a postcard raft
+//! frame of `(group, message bytes)` batches, and each message's protobuf.
 
 use protobuf::Message as _;
 use swarmkv_net::fuzzing;
@@ -8,9 +8,16 @@ use swarmkv_store::raft::eraftpb::Message;
 /// The frame limit the codec is exercised with (small, so that oversized frames are found).
 const LIMIT: usize = 1 << 16;
 
-/// Checks the codec on `data` as a stream, then `data` as a frame body.
+/// Checks the frame reader on `data` as a stream, then `data` as a frame body.
 pub fn check(data: &[u8]) {
-    match fuzzing::read_request(data, LIMIT) {
+    let read = fuzzing::read_stream_frame(data, LIMIT);
+    // The request-response codec (snapshots, hello) frames the same way.
+    match (&read, fuzzing::read_request(data, LIMIT)) {
+        (Ok(stream), Ok(request)) => assert_eq!(stream, &request),
+        (Err(_), Err(_)) => {}
+        (stream, request) => panic!("stream reader {stream:?}, request codec {request:?}"),
+    }
+    match read {
         Ok(Ok(body)) => {
             // What was read is the body the prefix announced, and writing it again gives the
             // same bytes back (the prefix is exactly the body's length).

@@ -14,15 +14,12 @@ use libp2p::{identify, mdns, noise, ping, pnet, tcp, yamux, PeerId, Swarm};
 
 use crate::codec::FrameCodec;
 use crate::gate::Gate;
-use crate::protocol::{
-    heartbeat_topic, HELLO_PROTOCOL, IDENTIFY_VERSION, KV_PROTOCOL, RAFT_PROTOCOL,
-    SNAPSHOT_PROTOCOL,
-};
+use crate::protocol::{heartbeat_topic, HELLO_PROTOCOL, IDENTIFY_VERSION, SNAPSHOT_PROTOCOL};
 use crate::{NetConfig, NetError};
 
 /// Hello frames are tiny; anything bigger is not a hello.
 pub(crate) const MAX_HELLO_FRAME: usize = 4096;
-/// Raft and snapshot acks are tiny, but carry a refusal reason.
+/// Snapshot acks are tiny, but carry a refusal reason.
 pub(crate) const MAX_ACK_FRAME: usize = 4096;
 
 /// All protocols a swarmkv node speaks, driven by one swarm.
@@ -33,10 +30,9 @@ pub(crate) struct Behaviour {
     pub limits: connection_limits::Behaviour,
     /// Which PeerIds may connect at all (see `gate.rs`).
     pub gate: Gate,
-    pub raft: request_response::Behaviour<FrameCodec>,
-    /// Long-lived streams: the Raft traffic between nodes (see `raft_stream.rs`).
+    /// Long-lived streams: the Raft traffic and the client requests between peers (see
+    /// `raft_stream.rs` and `kv_stream.rs`).
     pub streams: libp2p_stream::Behaviour,
-    pub kv: request_response::Behaviour<FrameCodec>,
     pub snapshot: request_response::Behaviour<FrameCodec>,
     pub hello: request_response::Behaviour<FrameCodec>,
     pub gossipsub: gossipsub::Behaviour,
@@ -45,12 +41,9 @@ pub(crate) struct Behaviour {
     pub ping: ping::Behaviour,
 }
 
-/// Concurrent streams per connection for Raft frames and snapshot chunks: a node sends one
-/// Raft frame at a time to a peer (see `outbox.rs`) and snapshot chunks one after another, so
-/// a few are plenty, and each may be a large frame a peer could make us read.
-const BULK_STREAMS: usize = 8;
-/// Concurrent streams per connection for client requests (a light client multiplexes many).
-const KV_STREAMS: usize = 128;
+/// Concurrent streams per connection for snapshot chunks: a node sends them one after
+/// another, so a few are plenty, and each may be a large frame a peer could make us read.
+const SNAPSHOT_STREAMS: usize = 8;
 /// Hello is one exchange per connection.
 const HELLO_STREAMS: usize = 4;
 
@@ -85,8 +78,8 @@ impl Behaviour {
             .heartbeat_interval(config.heartbeat_interval.min(Duration::from_secs(1)))
             .max_transmit_size(config.max_heartbeat_size)
             .validation_mode(ValidationMode::Strict)
-            // The event loop accepts a heartbeat (and so lets gossipsub forward it) only from
-            // members of our cluster.
+            // The membership handler accepts a heartbeat (and so lets gossipsub forward it)
+            // only from members of our cluster.
             .validate_messages()
             .build()
             .map_err(|e| NetError::Setup(format!("gossipsub config: {e}")))?;
@@ -115,23 +108,11 @@ impl Behaviour {
         Ok(Self {
             limits: connection_limits::Behaviour::new(limits),
             gate: Gate::default(),
-            raft: rr(
-                RAFT_PROTOCOL,
-                FrameCodec::new(config.max_raft_frame, MAX_ACK_FRAME),
-                BULK_STREAMS,
-                config,
-            ),
-            kv: rr(
-                KV_PROTOCOL,
-                FrameCodec::new(config.max_kv_frame, config.max_kv_frame),
-                KV_STREAMS,
-                config,
-            ),
             streams: libp2p_stream::Behaviour::new(),
             snapshot: rr(
                 SNAPSHOT_PROTOCOL,
                 FrameCodec::new(config.max_snapshot_frame, MAX_ACK_FRAME),
-                BULK_STREAMS,
+                SNAPSHOT_STREAMS,
                 config,
             ),
             hello: rr(
@@ -192,9 +173,9 @@ pub(crate) fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetErr
         .map_err(|e| NetError::Setup(format!("behaviour: {e:?}")))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(config.idle_connection_timeout)
-                // Every request is a new stream offering exactly one protocol: with the lazy
-                // negotiation the request travels with the protocol proposal instead of a round
-                // trip later (one round trip less per Raft frame, client request and forward).
+                // Every request-response exchange is a new stream offering exactly one protocol:
+                // with the lazy negotiation the request travels with the protocol proposal
+                // instead of a round trip later (one round trip less per hello and chunk).
                 .with_substream_upgrade_protocol_override(Version::V1Lazy)
         })
         .build();

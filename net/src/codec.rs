@@ -1,13 +1,14 @@
-//! Length-prefixed, size-bounded frames for the request-response protocols.
+//! Length-prefixed, size-bounded frames: the request-response codec (snapshots, hello) and the
+//! frame reader and writers of the long-lived streams.
 //!
-//! The codec moves bytes only: a big-endian `u32` length, then that many bytes. It refuses a
+//! A frame is bytes only: a big-endian `u32` length, then that many bytes. The reader refuses a
 //! length above its limit *before* allocating, so a peer cannot make us buffer more than the
-//! configured frame size. Decoding the postcard envelope happens in the event loop, which
-//! answers an undecodable frame with a typed refusal instead of resetting the stream.
+//! configured frame size. Decoding the postcard envelope happens in the protocol's handler,
+//! which refuses an undecodable frame with a typed reason instead of resetting the stream.
 //!
 //! An oversized *request* is not an I/O error but a [`Frame::Oversized`] value: libp2p's
 //! request-response only logs a failed `read_request` and never tells the application, so the
-//! refusal travels up as a request and the event loop reports it and answers with an error.
+//! refusal travels up as a request and its handler reports it and answers with an error.
 
 use std::io;
 
@@ -50,7 +51,7 @@ impl FrameCodec {
     }
 }
 
-/// The error a reader returns for a frame above the limit; recognised by the event loop.
+/// The error a reader returns for a frame above the limit; recognised by the handlers.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("frame of {size} bytes exceeds the {limit}-byte limit")]
 pub(crate) struct OversizedFrame {
@@ -76,30 +77,45 @@ where
     Ok(buf)
 }
 
+/// The length prefix of a frame of `size` bytes.
+fn frame_len(size: usize) -> io::Result<[u8; 4]> {
+    u32::try_from(size)
+        .map(u32::to_be_bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame larger than 4 GiB"))
+}
+
+/// Appends `frame` to `buf` with its length prefix, so frames joined in one buffer are still
+/// read one by one.
+pub(crate) fn push_frame(buf: &mut Vec<u8>, frame: &[u8]) -> io::Result<()> {
+    buf.extend_from_slice(&frame_len(frame.len())?);
+    buf.extend_from_slice(frame);
+    Ok(())
+}
+
+/// Writes one frame; a small one goes out with its length prefix in one write.
 pub(crate) async fn write_frame<T>(io: &mut T, frame: &[u8]) -> io::Result<()>
 where
     T: AsyncWrite + Unpin + Send,
 {
-    let len = u32::try_from(frame.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame larger than 4 GiB"))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(frame).await
+    write_parts(io, &[frame]).await
 }
 
 /// Parts at least this large are written as they are; smaller ones are gathered into writes
 /// of about this size, since every write becomes a yamux frame and a noise message.
 const GATHER: usize = 64 << 10;
 
-pub(crate) async fn write_parts<T>(io: &mut T, parts: &[Vec<u8>]) -> io::Result<()>
+/// Writes one frame whose body is `parts` back to back: small parts are gathered with the
+/// length prefix into as few writes as they fill, large ones are written without a copy.
+pub(crate) async fn write_parts<T, P>(io: &mut T, parts: &[P]) -> io::Result<()>
 where
     T: AsyncWrite + Unpin + Send,
+    P: AsRef<[u8]>,
 {
-    let total: usize = parts.iter().map(Vec::len).sum();
-    let len = u32::try_from(total)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame larger than 4 GiB"))?;
+    let total: usize = parts.iter().map(|p| p.as_ref().len()).sum();
     let mut buf = Vec::with_capacity(GATHER.min(total + 4));
-    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&frame_len(total)?);
     for part in parts {
+        let part = part.as_ref();
         if part.len() >= GATHER {
             if !buf.is_empty() {
                 io.write_all(&buf).await?;
@@ -175,13 +191,23 @@ impl request_response::Codec for FrameCodec {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::stats::{CountedWriter, Counters};
 
     #[test]
     fn frames_round_trip_and_oversize_is_refused_before_reading() -> anyhow::Result<()> {
         futures::executor::block_on(async {
+            // A small frame goes out with its length prefix in one write.
             let mut wire = Vec::new();
-            write_frame(&mut futures::io::Cursor::new(&mut wire), b"hello").await?;
+            let counters = Counters::default();
+            let mut counted = CountedWriter::new(
+                futures::io::Cursor::new(&mut wire),
+                Arc::clone(&counters.raft),
+            );
+            write_frame(&mut counted, b"hello").await?;
+            assert_eq!(counters.snapshot().raft.writes, 1);
             let got = read_frame(&mut futures::io::Cursor::new(&wire), 5).await?;
             assert_eq!(got, b"hello");
             let err = read_frame(&mut futures::io::Cursor::new(&wire), 4)

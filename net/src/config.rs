@@ -48,9 +48,10 @@ pub struct NetConfig {
     pub ping_interval: Duration,
     /// How long a ping may take before it counts as failed.
     pub ping_timeout: Duration,
-    /// Largest `/swarmkv/raft/1` frame accepted or sent (default 16 MiB).
+    /// Largest Raft frame accepted or sent on a `/swarmkv/raft-stream/1` stream (default 16 MiB).
     pub max_raft_frame: usize,
-    /// Largest `/swarmkv/kv/1` frame accepted or sent (default 1 MiB).
+    /// Largest client request or answer accepted or sent on a `/swarmkv/kv-stream/1` stream
+    /// (default 1 MiB).
     pub max_kv_frame: usize,
     /// Largest `/swarmkv/snapshot/1` frame accepted or sent (default 4 MiB plus overhead).
     pub max_snapshot_frame: usize,
@@ -58,7 +59,8 @@ pub struct NetConfig {
     pub max_heartbeat_size: usize,
     /// Raft bytes that may wait for one peer before new batches are dropped (Raft resends).
     pub raft_queue_limit: usize,
-    /// How long a request (raft frame, kv request, snapshot chunk) may take.
+    /// How long a request may take: a Raft frame's write, a kv request's answer (and its
+    /// stream's opening), a snapshot chunk's ack, a request parked for a peer's hello.
     pub request_timeout: Duration,
     /// First delay before redialing a lost cluster peer; doubles up to `reconnect_max`.
     pub reconnect_min: Duration,

@@ -1,11 +1,9 @@
 //! What the network layer reports to the node.
 
-use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 
-use crate::handle::Command;
-use crate::protocol::{encode, KvResponseFrame, PeerInfo, RaftBatch, SnapshotChunk};
+use crate::protocol::{PeerInfo, RaftBatch, SnapshotChunk};
 use crate::NetError;
 
 /// Events from the event loop, in the order they happened.
@@ -98,41 +96,18 @@ pub enum NetEvent {
 /// anyway (the node may crash at any time).
 #[derive(Debug)]
 pub struct KvResponder {
-    pub(crate) to: Responder,
-}
-
-/// Where an answer goes: a request-response channel (through the event loop, which owns the
-/// swarm) or a kv stream's writer task (directly).
-#[derive(Debug)]
-pub(crate) enum Responder {
-    Channel {
-        channel: ResponseChannel<Vec<u8>>,
-        commands: Option<mpsc::Sender<Command>>,
-    },
-    Stream {
-        id: u64,
-        answers: mpsc::UnboundedSender<Vec<u8>>,
-    },
+    /// The request's id on its kv stream.
+    pub(crate) id: u64,
+    /// The stream's writer task: answers go straight to it, not through the event loop.
+    pub(crate) answers: mpsc::UnboundedSender<Vec<u8>>,
 }
 
 impl KvResponder {
     /// Sends `payload` back to the requester.
     pub async fn respond(self, payload: Vec<u8>) -> Result<(), NetError> {
-        match self.to {
-            Responder::Channel { channel, commands } => {
-                let frame = encode(&KvResponseFrame::V1(Ok(payload)))?;
-                let commands = commands.ok_or(NetError::Shutdown)?;
-                commands
-                    .send(Command::RespondKv { channel, frame })
-                    .await
-                    .map_err(|_| NetError::Shutdown)
-            }
-            Responder::Stream { id, answers } => {
-                let frame = crate::kv_stream::encode_answer(id, Ok(payload))?;
-                // The writer is gone only with its stream: the requester sees that instead.
-                answers.send(frame).map_err(|_| NetError::Shutdown)
-            }
-        }
+        let frame = crate::kv_stream::encode_answer(self.id, Ok(payload))?;
+        // The writer is gone only with its stream: the requester sees that instead.
+        self.answers.send(frame).map_err(|_| NetError::Shutdown)
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! The wire types stay private to the crate (nothing outside should build or match them), so
 //! the fuzz targets reach them through these functions: each `decode_*` runs exactly the
-//! decoder the event loop runs on a received frame, and the matching `encode_*` is the encoder
-//! the event loop sends with, so a target can check `decode(encode(x)) == x` as well as "no
+//! decoder a handler runs on a received frame, and the matching `encode_*` is the encoder it
+//! sends with, so a target can check `decode(encode(x)) == x` as well as "no
 //! panic on any input". The seed corpus generator uses the encoders to write real frames.
 //! Hidden from the docs: this is not part of the API a node is written against.
 
@@ -11,63 +11,58 @@ use std::io;
 
 use libp2p::identity::Keypair;
 
-use crate::codec::{read_frame as codec_read_frame, write_frame, write_parts, FrameCodec};
+use crate::codec::{
+    read_frame as codec_read_frame, write_frame, write_parts, FrameCodec, OversizedFrame,
+};
 use crate::protocol::{
-    decode, encode, Ack, HeartbeatFrame, Hello, HelloFrame, KvRequestFrame, KvResponseFrame,
+    decode, encode, Ack, HeartbeatFrame, Hello, HelloFrame, KvStreamAnswer, KvStreamRequest,
     RaftFrame, SnapshotFrame,
 };
-use crate::{NetError, PeerInfo, RaftBatch, SnapshotChunk, KV_PROTOCOL};
+use crate::{NetError, PeerInfo, RaftBatch, SnapshotChunk, SNAPSHOT_PROTOCOL};
 
-/// A Raft frame (a `/swarmkv/raft/1` request, or one frame on a `/swarmkv/raft-stream/1`
-/// stream): batches of `(group, raft message bytes)`.
+/// A Raft frame (one frame on a `/swarmkv/raft-stream/1` stream): batches of
+/// `(group, raft message bytes)`.
 pub fn encode_raft_frame(batches: Vec<RaftBatch>) -> Result<Vec<u8>, String> {
     encode(&RaftFrame::V1 { batches }).map_err(|e| e.to_string())
 }
 
-/// Decodes a Raft frame (either protocol) as the event loop does.
+/// Decodes a Raft frame as the Raft handler does.
 pub fn decode_raft_frame(bytes: &[u8]) -> Result<Vec<RaftBatch>, String> {
     decode::<RaftFrame>(bytes).map(|RaftFrame::V1 { batches }| batches)
 }
 
-/// The answer to a raft frame or a snapshot chunk.
+/// The answer to a snapshot chunk.
 pub fn encode_ack(ack: Result<(), String>) -> Result<Vec<u8>, String> {
     encode(&Ack::V1(ack)).map_err(|e| e.to_string())
 }
 
-/// Decodes an ack as the event loop does (the outer error: undecodable).
+/// Decodes an ack as the snapshot handler does (the outer error: undecodable).
 pub fn decode_ack(bytes: &[u8]) -> Result<Result<(), String>, String> {
     decode::<Ack>(bytes).map(|Ack::V1(ack)| ack)
 }
 
-/// A request on a `/swarmkv/kv-stream/1` stream.
+/// A request on a `/swarmkv/kv-stream/1` stream: its id and opaque payload.
 pub fn encode_kv_stream_request(id: u64, payload: Vec<u8>) -> Result<Vec<u8>, String> {
     crate::kv_stream::encode_request(id, payload).map_err(|e| e.to_string())
 }
 
-/// Decodes an answer on a `/swarmkv/kv-stream/1` stream: its request id and result.
+/// Decodes a request on a `/swarmkv/kv-stream/1` stream as the stream's server does.
+pub fn decode_kv_stream_request(bytes: &[u8]) -> Result<(u64, Vec<u8>), String> {
+    decode::<KvStreamRequest>(bytes).map(|KvStreamRequest::V1 { id, payload }| (id, payload))
+}
+
+/// An answer on a `/swarmkv/kv-stream/1` stream: the payload, or the transport's refusal.
+pub fn encode_kv_stream_answer(
+    id: u64,
+    result: Result<Vec<u8>, String>,
+) -> Result<Vec<u8>, String> {
+    crate::kv_stream::encode_answer(id, result).map_err(|e| e.to_string())
+}
+
+/// Decodes an answer on a `/swarmkv/kv-stream/1` stream as the requester does: its request
+/// id and result.
 pub fn decode_kv_stream_answer(bytes: &[u8]) -> Result<(u64, Result<Vec<u8>, String>), String> {
-    decode::<crate::kv_stream::KvStreamAnswer>(bytes)
-        .map(|crate::kv_stream::KvStreamAnswer::V1 { id, result }| (id, result))
-}
-
-/// A `/swarmkv/kv/1` request around an opaque payload.
-pub fn encode_kv_request(payload: Vec<u8>) -> Result<Vec<u8>, String> {
-    encode(&KvRequestFrame::V1 { payload }).map_err(|e| e.to_string())
-}
-
-/// Decodes a `/swarmkv/kv/1` request as the event loop does.
-pub fn decode_kv_request(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    decode::<KvRequestFrame>(bytes).map(|KvRequestFrame::V1 { payload }| payload)
-}
-
-/// A `/swarmkv/kv/1` response: the payload, or the transport's refusal.
-pub fn encode_kv_response(response: Result<Vec<u8>, String>) -> Result<Vec<u8>, String> {
-    encode(&KvResponseFrame::V1(response)).map_err(|e| e.to_string())
-}
-
-/// Decodes a `/swarmkv/kv/1` response as the event loop does.
-pub fn decode_kv_response(bytes: &[u8]) -> Result<Result<Vec<u8>, String>, String> {
-    decode::<KvResponseFrame>(bytes).map(|KvResponseFrame::V1(r)| r)
+    decode::<KvStreamAnswer>(bytes).map(|KvStreamAnswer::V1 { id, result }| (id, result))
 }
 
 /// A `/swarmkv/snapshot/1` request.
@@ -75,7 +70,7 @@ pub fn encode_snapshot_frame(chunk: SnapshotChunk) -> Result<Vec<u8>, String> {
     encode(&SnapshotFrame::V1(chunk)).map_err(|e| e.to_string())
 }
 
-/// Decodes a `/swarmkv/snapshot/1` request as the event loop does.
+/// Decodes a `/swarmkv/snapshot/1` request as the snapshot handler does.
 pub fn decode_snapshot_frame(bytes: &[u8]) -> Result<SnapshotChunk, String> {
     decode::<SnapshotFrame>(bytes).map(|SnapshotFrame::V1(chunk)| chunk)
 }
@@ -95,7 +90,7 @@ pub fn encode_hello(
     .map_err(|e| e.to_string())
 }
 
-/// Decodes a hello as the event loop does.
+/// Decodes a hello as the hello handler does.
 pub fn decode_hello(bytes: &[u8]) -> Result<HelloParts, String> {
     decode::<HelloFrame>(bytes)
         .map(|HelloFrame::V1(h)| (h.cluster_name, h.cluster_id, h.software_version))
@@ -106,28 +101,39 @@ pub fn encode_heartbeat(info: &PeerInfo) -> Result<Vec<u8>, String> {
     encode(&HeartbeatFrame::from_info(info)).map_err(|e| e.to_string())
 }
 
-/// Decodes a gossiped heartbeat into what the event loop reports (bad addresses dropped, a bad
-/// PeerId refused).
+/// Decodes a gossiped heartbeat into what the membership handler reports (bad addresses
+/// dropped, a bad PeerId refused).
 pub fn decode_heartbeat(bytes: &[u8]) -> Result<PeerInfo, String> {
     decode::<HeartbeatFrame>(bytes).and_then(HeartbeatFrame::into_info)
 }
 
-/// Reads one length-prefixed frame from `bytes` with the codec, refusing more than `limit`.
-pub fn read_frame(bytes: &[u8], limit: usize) -> io::Result<Vec<u8>> {
-    futures::executor::block_on(codec_read_frame(
+/// Reads one frame from `bytes` as the Raft and kv stream readers do: its bytes, or the
+/// `(size, limit)` of an oversized frame whose body was not read.
+pub fn read_stream_frame(
+    bytes: &[u8],
+    limit: usize,
+) -> io::Result<Result<Vec<u8>, (usize, usize)>> {
+    let read = futures::executor::block_on(codec_read_frame(
         &mut futures::io::Cursor::new(bytes),
         limit,
-    ))
+    ));
+    match read {
+        Ok(frame) => Ok(Ok(frame)),
+        Err(e) => match e.get_ref().and_then(|r| r.downcast_ref::<OversizedFrame>()) {
+            Some(o) => Ok(Err((o.size, o.limit))),
+            None => Err(e),
+        },
+    }
 }
 
-/// Reads one inbound request as the request-response codec does: its bytes, or the
-/// `(size, limit)` of an oversized frame whose body was not read.
+/// Reads one inbound request as the request-response codec (snapshots, hello) does: its
+/// bytes, or the `(size, limit)` of an oversized frame whose body was not read.
 pub fn read_request(bytes: &[u8], limit: usize) -> io::Result<Result<Vec<u8>, (usize, usize)>> {
     use libp2p::request_response::Codec as _;
     futures::executor::block_on(async {
         let mut codec = FrameCodec::new(limit, limit);
         let frame = codec
-            .read_request(&KV_PROTOCOL, &mut futures::io::Cursor::new(bytes))
+            .read_request(&SNAPSHOT_PROTOCOL, &mut futures::io::Cursor::new(bytes))
             .await?;
         Ok(frame.into_bytes().map_err(|o| (o.size, o.limit)))
     })
@@ -140,7 +146,7 @@ pub fn frame_bytes(frame: &[u8]) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes one frame given as parts, as the raft sender does (gathered small parts).
+/// Writes one frame given as parts, as the Raft link does (gathered small parts).
 pub fn frame_parts_bytes(parts: &[Vec<u8>]) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     futures::executor::block_on(write_parts(&mut futures::io::Cursor::new(&mut out), parts))?;

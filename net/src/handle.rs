@@ -1,28 +1,31 @@
 //! The cheap, cloneable handle through which the node talks to the event loop.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
-use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::{raft_batch_size_bound, RaftBatch, SnapshotChunk, RAFT_FRAME_OVERHEAD};
-use crate::NetError;
+use crate::protocol::{
+    raft_batch_size_bound, RaftBatch, SnapshotChunk, KV_STREAM_PROTOCOL_NAME, RAFT_FRAME_OVERHEAD,
+    RAFT_STREAM_PROTOCOL_NAME, SNAPSHOT_PROTOCOL_NAME,
+};
+use crate::stats::Counters;
+use crate::{NetError, NetStats};
 
-/// Which request-response protocol a raw frame goes to (tests only).
+/// Which protocol a raw frame goes to (tests only).
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawProtocol {
-    /// `/swarmkv/raft/1`.
-    Raft,
-    /// `/swarmkv/kv/1`.
-    Kv,
     /// `/swarmkv/raft-stream/1`: the bytes are written as they are (length prefixes included)
     /// on a new stream, which is then closed; the answer is empty.
     RaftStream,
     /// `/swarmkv/kv-stream/1`: the bytes are written as they are on a new stream, whose
     /// writing side is then closed; the answer is every byte the peer writes back within 2 s.
     KvStream,
+    /// `/swarmkv/snapshot/1`: the bytes are sent as one request (the codec adds the length
+    /// prefix); the answer is the peer's response, undecoded.
+    Snapshot,
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, NetError>>;
@@ -38,10 +41,6 @@ pub(crate) enum Command {
         peer: PeerId,
         payload: Vec<u8>,
         reply: Reply<Vec<u8>>,
-    },
-    RespondKv {
-        channel: ResponseChannel<Vec<u8>>,
-        frame: Vec<u8>,
     },
     Snapshot {
         peer: PeerId,
@@ -131,6 +130,8 @@ pub struct NetHandle {
     pub(crate) max_raft_frame: usize,
     pub(crate) max_kv_frame: usize,
     pub(crate) max_snapshot_frame: usize,
+    /// What the stream tasks have written; read without asking the event loop.
+    pub(crate) counters: Arc<Counters>,
 }
 
 async fn ask<T>(
@@ -160,7 +161,7 @@ impl NetHandle {
         let size = raft_batch_size_bound(&batch) + RAFT_FRAME_OVERHEAD;
         if size > self.max_raft_frame {
             return Err(NetError::FrameTooLarge {
-                protocol: "/swarmkv/raft/1",
+                protocol: RAFT_STREAM_PROTOCOL_NAME,
                 size,
                 limit: self.max_raft_frame,
             });
@@ -171,12 +172,15 @@ impl NetHandle {
             .map_err(|_| NetError::Shutdown)
     }
 
-    /// Sends a client request to `peer` and waits for its answer.
+    /// Sends a client request to `peer` on the kv stream to it and waits for its answer.
+    ///
+    /// [`NetError::Unreachable`] means the request never left (safe to send elsewhere);
+    /// [`NetError::RequestFailed`] that it may have been processed.
     pub async fn kv_request(&self, peer: PeerId, payload: Vec<u8>) -> Result<Vec<u8>, NetError> {
         let size = payload.len() + 16;
         if size > self.max_kv_frame {
             return Err(NetError::FrameTooLarge {
-                protocol: "/swarmkv/kv/1",
+                protocol: KV_STREAM_PROTOCOL_NAME,
                 size,
                 limit: self.max_kv_frame,
             });
@@ -199,7 +203,7 @@ impl NetHandle {
         let size = chunk.data.len() + 64;
         if size > self.max_snapshot_frame {
             return Err(NetError::FrameTooLarge {
-                protocol: "/swarmkv/snapshot/1",
+                protocol: SNAPSHOT_PROTOCOL_NAME,
                 size,
                 limit: self.max_snapshot_frame,
             });
@@ -263,6 +267,13 @@ impl NetHandle {
     /// Stops the event loop; its connections close and every handle starts failing.
     pub async fn shutdown(&self) -> Result<(), NetError> {
         ask(&self.commands, |reply| Command::Shutdown { reply }).await
+    }
+
+    /// What the long-lived Raft and kv streams have written since the network started:
+    /// frames, and the stream writes that carried them (each a yamux frame and a socket
+    /// write). Read from shared counters, so it works after the loop has stopped too.
+    pub fn stats(&self) -> NetStats {
+        self.counters.snapshot()
     }
 
     /// Sends arbitrary bytes as one frame and returns the raw response. Exists so tests can

@@ -1,54 +1,42 @@
 //! Client requests on one long-lived stream per peer, answered on the same stream.
 //!
-//! Like the Raft traffic (`raft_stream.rs`), a request-response exchange per client request
-//! paid a new yamux stream, a protocol proposal, a closing handshake and a timer, and those
-//! small encrypted writes were most of what a node's network layer did per request. Here a
-//! requester keeps one `/swarmkv/kv-stream/1` stream per peer and tags each request with an
-//! id; the peer answers each request with its id, in any order, on the same stream.
+//! Like the Raft traffic (`raft_stream.rs`), client requests do not pay a new yamux stream, a
+//! protocol proposal, a closing handshake and a timer each: a requester keeps one
+//! `/swarmkv/kv-stream/1` stream per peer and tags each request with an id; the peer answers
+//! each request with its id, in any order, on the same stream. This is how a light client
+//! talks to a node and how a node forwards a request to another.
 //!
 //! - Requester: [`spawn_link`] opens the stream (after the reader's accept byte, see
-//!   `raft_stream::open`) and runs a writer and a reader task. Answers come back to the event
+//!   `stream.rs`) and runs a writer and a reader task. Answers come back to the event
 //!   loop as [`Command::KvAnswer`]; a broken stream as [`Command::KvLinkBroken`], which fails
-//!   every request still waiting on it (the event loop keeps them and their deadlines).
+//!   every request still waiting on it (the kv handler, `kv.rs`, keeps them and their
+//!   deadlines).
 //! - Server: [`spawn_acceptor`] reads each peer's requests and hands them to the event loop as
 //!   [`Command::KvStreamRequest`], with the sender of the stream's writer task; the
 //!   [`crate::KvResponder`] writes the answer through it without going through the event loop.
 //!   An undecodable request is refused and skipped, an oversized one drops the stream.
+//!
+//! On both sides one writer task owns the stream's writing half, and each turn it writes
+//! everything queued for it as one buffer (`stream::write_queued`): a burst of N requests or
+//! answers leaves in one write, not N.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncReadExt, AsyncWriteExt};
-use libp2p::{PeerId, StreamProtocol};
-use serde::{Deserialize, Serialize};
+use libp2p::PeerId;
 use tokio::sync::mpsc;
 
-use crate::codec::{read_frame, write_parts};
+use crate::codec::read_frame;
 use crate::handle::Command;
-use crate::protocol::{decode, encode};
-use crate::raft_stream::{accept_each, read_frames, send_accept};
+use crate::protocol::{
+    decode, encode, KvStreamAnswer, KvStreamRequest, KV_STREAM_PROTOCOL, KV_STREAM_PROTOCOL_NAME,
+};
+use crate::stats::{CountedWriter, StreamCounters};
+use crate::stream::{accept_each, open, read_frames, send_accept, write_queued};
 
-/// The protocol name of the long-lived client request streams.
-pub(crate) const KV_STREAM_PROTOCOL_NAME: &str = "/swarmkv/kv-stream/1";
-/// The protocol of the long-lived client request streams.
-pub const KV_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new(KV_STREAM_PROTOCOL_NAME);
-
-/// A request on a kv stream.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum KvStreamRequest {
-    V1 { id: u64, payload: Vec<u8> },
-}
-
-/// An answer on a kv stream: the application's payload, or the transport's refusal.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum KvStreamAnswer {
-    V1 {
-        id: u64,
-        result: Result<Vec<u8>, String>,
-    },
-}
-
-/// The requester's side of one peer's kv stream, as the event loop holds it.
+/// The requester's side of one peer's kv stream, as the kv handler (`kv.rs`) holds it.
 #[derive(Debug)]
 pub(crate) struct KvLink {
     /// Encoded requests for the writer task.
@@ -57,7 +45,8 @@ pub(crate) struct KvLink {
     pub generation: u64,
 }
 
-/// Starts the writer and reader tasks of a kv link to `peer`.
+/// Starts the writer and reader tasks of a kv link to `peer`; its writes count into
+/// `counters`.
 pub(crate) fn spawn_link(
     mut control: libp2p_stream::Control,
     peer: PeerId,
@@ -65,15 +54,14 @@ pub(crate) fn spawn_link(
     commands: mpsc::WeakSender<Command>,
     max_frame: usize,
     open_timeout: Duration,
+    counters: Arc<StreamCounters>,
 ) -> KvLink {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
-        let opened = tokio::time::timeout(
-            open_timeout,
-            crate::raft_stream::open(&mut control, peer, KV_STREAM_PROTOCOL),
-        )
-        .await
-        .unwrap_or_else(|_| Err(format!("no kv stream to {peer} within {open_timeout:?}")));
+        let opened =
+            tokio::time::timeout(open_timeout, open(&mut control, peer, KV_STREAM_PROTOCOL))
+                .await
+                .unwrap_or_else(|_| Err(format!("no kv stream to {peer} within {open_timeout:?}")));
         let stream = match opened {
             Ok(s) => s,
             Err(reason) => {
@@ -81,7 +69,7 @@ pub(crate) fn spawn_link(
                 return;
             }
         };
-        let (reader, mut writer) = stream.split();
+        let (reader, writer) = stream.split();
         tokio::spawn(read_answers(
             reader,
             peer,
@@ -89,8 +77,10 @@ pub(crate) fn spawn_link(
             commands.clone(),
             max_frame,
         ));
+        let mut writer = CountedWriter::new(writer, counters);
+        let mut buf = Vec::new();
         while let Some(frame) = rx.recv().await {
-            if let Err(e) = write_queued(&mut writer, frame, &mut rx).await {
+            if let Err(e) = write_queued(&mut writer, frame, &mut rx, &mut buf).await {
                 broken(&commands, peer, generation, e.to_string(), true).await;
                 return;
             }
@@ -154,17 +144,20 @@ async fn read_answers(
 }
 
 /// Accepts the peers' kv streams and serves each in tasks of its own, requests up to
-/// `max_frame` bytes. Ends when the event loop is gone.
+/// `max_frame` bytes, answers counted into `counters`. Ends when the event loop is gone.
 pub(crate) fn spawn_acceptor(
     control: libp2p_stream::Control,
     commands: mpsc::WeakSender<Command>,
     max_frame: usize,
+    counters: Arc<StreamCounters>,
 ) -> Result<(), crate::NetError> {
     accept_each(
         control,
         KV_STREAM_PROTOCOL,
         commands,
-        move |peer, stream, commands| serve_stream(peer, stream, commands, max_frame),
+        move |peer, stream, commands| {
+            serve_stream(peer, stream, commands, max_frame, Arc::clone(&counters))
+        },
     )
 }
 
@@ -173,13 +166,14 @@ async fn serve_stream(
     mut stream: libp2p::Stream,
     commands: mpsc::WeakSender<Command>,
     max_frame: usize,
+    counters: Arc<StreamCounters>,
 ) {
     if send_accept(&mut stream).await.is_err() {
         return;
     }
     let (reader, writer) = stream.split();
     let (answers, rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(write_answers(writer, rx));
+    tokio::spawn(write_answers(CountedWriter::new(writer, counters), rx));
     // An undecodable request is refused and skipped: its length kept the stream in step.
     let to_command = |frame: Vec<u8>| match decode::<KvStreamRequest>(&frame) {
         Ok(KvStreamRequest::V1 { id, payload }) => Command::KvStreamRequest {
@@ -206,28 +200,18 @@ async fn serve_stream(
 }
 
 async fn write_answers(
-    mut writer: WriteHalf<libp2p::Stream>,
+    mut writer: CountedWriter<WriteHalf<libp2p::Stream>>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
+    let mut buf = Vec::new();
     while let Some(frame) = rx.recv().await {
-        if write_queued(&mut writer, frame, &mut rx).await.is_err() {
+        if write_queued(&mut writer, frame, &mut rx, &mut buf)
+            .await
+            .is_err()
+        {
             return;
         }
     }
-}
-
-/// Writes `frame` and every frame queued behind it, then flushes once: what queued while the
-/// last flush was under way leaves in one socket write.
-async fn write_queued(
-    writer: &mut WriteHalf<libp2p::Stream>,
-    frame: Vec<u8>,
-    rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
-) -> std::io::Result<()> {
-    write_parts(writer, std::slice::from_ref(&frame)).await?;
-    while let Ok(next) = rx.try_recv() {
-        write_parts(writer, std::slice::from_ref(&next)).await?;
-    }
-    writer.flush().await
 }
 
 /// Encodes a request for a kv link.

@@ -9,14 +9,24 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Raft traffic: one frame carries batches of `(group id, raft message bytes)` for one peer.
-pub const RAFT_PROTOCOL: StreamProtocol = StreamProtocol::new("/swarmkv/raft/1");
-/// Client requests and their answers, as opaque payloads.
-pub const KV_PROTOCOL: StreamProtocol = StreamProtocol::new("/swarmkv/kv/1");
-/// Snapshot chunks, for snapshots larger than one Raft frame.
-pub const SNAPSHOT_PROTOCOL: StreamProtocol = StreamProtocol::new("/swarmkv/snapshot/1");
-/// The hello exchange that proves both ends belong to the same cluster.
-pub const HELLO_PROTOCOL: StreamProtocol = StreamProtocol::new("/swarmkv/hello/1");
+/// The name of [`RAFT_STREAM_PROTOCOL`] (frame refusals name their protocol).
+pub(crate) const RAFT_STREAM_PROTOCOL_NAME: &str = "/swarmkv/raft-stream/1";
+/// Raft traffic: one long-lived stream per peer carrying [`RaftFrame`]s, each with batches of
+/// `(group id, raft message bytes)` (see `raft_stream.rs`).
+pub const RAFT_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new(RAFT_STREAM_PROTOCOL_NAME);
+/// The name of [`KV_STREAM_PROTOCOL`].
+pub(crate) const KV_STREAM_PROTOCOL_NAME: &str = "/swarmkv/kv-stream/1";
+/// Client requests and their answers, as opaque payloads tagged with an id, on one
+/// long-lived stream per peer (see `kv_stream.rs`).
+pub const KV_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new(KV_STREAM_PROTOCOL_NAME);
+/// The name of [`SNAPSHOT_PROTOCOL`].
+pub(crate) const SNAPSHOT_PROTOCOL_NAME: &str = "/swarmkv/snapshot/1";
+/// Snapshot chunks, for snapshots larger than one Raft frame (request-response).
+pub const SNAPSHOT_PROTOCOL: StreamProtocol = StreamProtocol::new(SNAPSHOT_PROTOCOL_NAME);
+/// The name of [`HELLO_PROTOCOL`].
+pub(crate) const HELLO_PROTOCOL_NAME: &str = "/swarmkv/hello/1";
+/// The hello exchange that proves both ends belong to the same cluster (request-response).
+pub const HELLO_PROTOCOL: StreamProtocol = StreamProtocol::new(HELLO_PROTOCOL_NAME);
 /// Identify protocol version string.
 pub(crate) const IDENTIFY_VERSION: &str = "/swarmkv/id/1";
 
@@ -65,28 +75,31 @@ pub struct PeerInfo {
     pub app: Vec<u8>,
 }
 
-/// `/swarmkv/raft/1` request.
+/// One frame on a Raft stream.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum RaftFrame {
     V1 { batches: Vec<RaftBatch> },
 }
 
-/// Answer to a raft frame or a snapshot chunk.
+/// Answer to a snapshot chunk.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Ack {
     V1(Result<(), String>),
 }
 
-/// `/swarmkv/kv/1` request.
+/// A request on a kv stream: the requester's id for it and the opaque payload.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum KvRequestFrame {
-    V1 { payload: Vec<u8> },
+pub(crate) enum KvStreamRequest {
+    V1 { id: u64, payload: Vec<u8> },
 }
 
-/// `/swarmkv/kv/1` response: the application's payload, or the transport-level refusal.
+/// An answer on a kv stream: the application's payload, or the transport's refusal.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum KvResponseFrame {
-    V1(Result<Vec<u8>, String>),
+pub(crate) enum KvStreamAnswer {
+    V1 {
+        id: u64,
+        result: Result<Vec<u8>, String>,
+    },
 }
 
 /// `/swarmkv/snapshot/1` request.

@@ -161,7 +161,7 @@ async fn ten_thousand_messages_arrive_in_order_per_peer_pair() -> Result<()> {
 
 /// Two connected swarms with generous liveness timers (the garbage tests assert that nobody
 /// is suspected, and a loaded CI machine must not make that fail); `b` has small frame limits.
-async fn patient_pair(b_max_raft: usize, b_max_kv: usize) -> Result<(Node, Node)> {
+async fn patient_pair(limits: FrameLimits) -> Result<(Node, Node)> {
     let patient = || {
         let mut c = config();
         c.suspect_timeout = Duration::from_secs(10);
@@ -170,11 +170,29 @@ async fn patient_pair(b_max_raft: usize, b_max_kv: usize) -> Result<(Node, Node)
     };
     let mut a = spawn(patient()).await?;
     let mut small = patient();
-    small.max_raft_frame = b_max_raft;
-    small.max_kv_frame = b_max_kv;
+    small.max_raft_frame = limits.raft;
+    small.max_kv_frame = limits.kv;
+    small.max_snapshot_frame = limits.snapshot;
     let mut b = spawn(small).await?;
     connect(&mut a, &mut b).await?;
     Ok((a, b))
+}
+
+/// The frame limits of the receiving side of a [`patient_pair`].
+struct FrameLimits {
+    raft: usize,
+    kv: usize,
+    snapshot: usize,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        Self {
+            raft: 1 << 20,
+            kv: 1 << 20,
+            snapshot: 1 << 20,
+        }
+    }
 }
 
 /// Waits for `b` to report a frame refused for its size.
@@ -200,16 +218,20 @@ async fn nobody_suspected(a: &mut Node) -> Result<()> {
 }
 
 #[tokio::test]
-async fn oversized_and_garbage_frames_are_rejected_and_the_connection_keeps_working() -> Result<()>
-{
-    let (mut a, mut b) = patient_pair(64 << 10, 4 << 10).await?;
+async fn oversized_and_garbage_snapshot_requests_are_refused_and_the_connection_keeps_working(
+) -> Result<()> {
+    let (mut a, mut b) = patient_pair(FrameLimits {
+        snapshot: 64 << 10,
+        ..FrameLimits::default()
+    })
+    .await?;
 
-    // A frame above b's limit: b refuses it without reading its body. a gets either the
+    // A request above b's limit: b refuses it without reading its body. a gets either the
     // refusal or a reset stream, depending on how much it had written when b answered.
     let oversized = vec![0u8; 200 << 10];
     let sent = a
         .handle
-        .send_raw_frame(b.peer, RawProtocol::Raft, oversized)
+        .send_raw_frame(b.peer, RawProtocol::Snapshot, oversized)
         .await;
     if let Ok(answer) = &sent {
         let text = String::from_utf8_lossy(answer);
@@ -220,51 +242,74 @@ async fn oversized_and_garbage_frames_are_rejected_and_the_connection_keeps_work
     }
     oversize_refused(&mut b).await?;
 
-    // Random garbage of every size, on the raft and kv protocols: refused with an answer.
+    // Random garbage of every size: answered (a refusal, or an ack if it happens to decode).
     let seed: u64 = rand::random();
     println!("garbage seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for round in 0..20 {
         let len = rng.gen_range(0..2000);
         let garbage: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
-        let protocol = if round % 2 == 0 {
-            RawProtocol::Raft
-        } else {
-            RawProtocol::Kv
-        };
         let answer = a
             .handle
-            .send_raw_frame(b.peer, protocol, garbage.clone())
+            .send_raw_frame(b.peer, RawProtocol::Snapshot, garbage.clone())
             .await?;
-        ensure!(!answer.is_empty(), "no refusal for garbage (seed {seed})");
+        let ack = swarmkv_net::fuzzing::decode_ack(&answer).map_err(anyhow::Error::msg)?;
+        let decodes = swarmkv_net::fuzzing::decode_snapshot_frame(&garbage).is_ok();
+        ensure!(
+            ack.is_ok() == decodes,
+            "garbage answered {ack:?} (seed {seed})"
+        );
         // Refusals reach the application at most 5 a second per peer (bursts of 10), so only
         // the first rounds are sure to be reported one by one.
         if round >= 6 {
             continue;
         }
-        let event = b
-            .wait_for("garbage rejection or delivery", |e| match e {
-                e @ (NetEvent::FrameRejected { .. }
-                | NetEvent::Raft { .. }
-                | NetEvent::KvRequest { .. }) => Some(e),
-                _ => None,
-            })
-            .await?;
-        // Garbage that happens to decode is delivered like any frame; it must not panic.
-        if let NetEvent::KvRequest { responder, .. } = event {
-            responder.respond(Vec::new()).await?;
-        }
+        b.wait_for("garbage rejection or delivery", |e| match e {
+            NetEvent::FrameRejected { .. } | NetEvent::SnapshotChunk { .. } => Some(()),
+            _ => None,
+        })
+        .await?;
     }
 
-    // A frame above the sender's own limit is refused locally.
+    // Frames above the sender's own limits are refused locally.
     let too_big = vec![(1, vec![0u8; 17 << 20])];
     let local = a.handle.send_raft(b.peer, too_big).await;
     ensure!(
         matches!(local, Err(NetError::FrameTooLarge { .. })),
         "{local:?}"
     );
+    let chunk = SnapshotChunk {
+        group: 1,
+        snapshot_id: 1,
+        seq: 0,
+        last: true,
+        data: vec![0u8; 5 << 20],
+    };
+    let local = a.handle.send_snapshot_chunk(b.peer, chunk).await;
+    ensure!(
+        matches!(local, Err(NetError::FrameTooLarge { .. })),
+        "{local:?}"
+    );
 
     // Honest traffic still flows on the same connection, and nobody was reported lost.
+    let chunk = SnapshotChunk {
+        group: 2,
+        snapshot_id: 7,
+        seq: 0,
+        last: true,
+        data: b"honest".to_vec(),
+    };
+    let sender = a.handle.clone();
+    let (to, sent) = (b.peer, chunk.clone());
+    let acked = tokio::spawn(async move { sender.send_snapshot_chunk(to, sent).await });
+    let got = b
+        .wait_for("honest snapshot chunk", |e| match e {
+            NetEvent::SnapshotChunk { chunk, .. } => Some(chunk),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(got, chunk);
+    acked.await??;
     a.handle
         .send_raft(b.peer, vec![(5, b"honest".to_vec())])
         .await?;
@@ -291,7 +336,11 @@ fn frames_of(mut bytes: &[u8]) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn kv_stream_requests_are_answered_by_id_and_garbage_or_oversized_frames_are_refused(
 ) -> Result<()> {
-    let (mut a, mut b) = patient_pair(64 << 10, 4 << 10).await?;
+    let (mut a, mut b) = patient_pair(FrameLimits {
+        kv: 4 << 10,
+        ..FrameLimits::default()
+    })
+    .await?;
     // The regular path: a's requests travel on its kv link to b, answered by id, also when
     // several are in flight at once and answered out of order.
     let mut calls = Vec::new();
@@ -388,6 +437,59 @@ async fn kv_stream_requests_are_answered_by_id_and_garbage_or_oversized_frames_a
     nobody_suspected(&mut a).await
 }
 
+/// The test runtime is single-threaded, so answers given in one go (without awaiting
+/// anything that waits) all queue before the stream's writer task runs: one turn of the writer
+/// then carries them all, and small answers fit in one write.
+#[tokio::test]
+async fn answers_queued_together_leave_in_one_write_each_once_under_its_id() -> Result<()> {
+    const N: u32 = 64;
+    let (a, mut b) = patient_pair(FrameLimits::default()).await?;
+    let mut calls = Vec::new();
+    for i in 0..N {
+        let h = a.handle.clone();
+        let peer = b.peer;
+        calls.push(tokio::spawn(async move {
+            h.kv_request(peer, i.to_be_bytes().to_vec()).await
+        }));
+    }
+    let mut responders = Vec::new();
+    while responders.len() < N as usize {
+        if let NetEvent::KvRequest {
+            payload, responder, ..
+        } = b.wait_for("a kv request", Some).await?
+        {
+            responders.push((payload, responder));
+        }
+    }
+    let before = b.handle.stats().kv;
+    // Out of order, so only the ids can match answers to requests.
+    for (payload, responder) in responders.into_iter().rev() {
+        responder
+            .respond([b"re:".to_vec(), payload].concat())
+            .await?;
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let want = [b"re:".to_vec(), (i as u32).to_be_bytes().to_vec()].concat();
+        assert_eq!(call.await??, want, "answer to request {i}");
+    }
+    let after = b.handle.stats().kv;
+    let frames = after.frames - before.frames;
+    let writes = after.writes - before.writes;
+    println!(
+        "{frames} answers in {writes} writes; requests: {:?}",
+        a.handle.stats().kv
+    );
+    // Each request had its answer and no more left b: no answer was written twice.
+    assert_eq!(frames, u64::from(N));
+    assert!(writes < frames, "{frames} answers took {writes} writes");
+    assert_eq!(
+        writes, 1,
+        "{frames} small answers queued together take one write"
+    );
+    assert_eq!(a.handle.stats().kv.frames, u64::from(N), "requests written");
+    Ok(())
+}
+
 /// A length-prefixed frame as the Raft stream carries it.
 fn prefixed(body: &[u8]) -> Vec<u8> {
     let mut out = (body.len() as u32).to_be_bytes().to_vec();
@@ -398,7 +500,11 @@ fn prefixed(body: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn garbage_and_oversized_frames_on_the_raft_stream_are_refused_and_raft_keeps_flowing(
 ) -> Result<()> {
-    let (mut a, mut b) = patient_pair(64 << 10, 1 << 20).await?;
+    let (mut a, mut b) = patient_pair(FrameLimits {
+        raft: 64 << 10,
+        ..FrameLimits::default()
+    })
+    .await?;
     // The regular link is up first, so the raw streams below are extra streams.
     a.handle
         .send_raft(b.peer, vec![(1, b"first".to_vec())])

@@ -24,6 +24,8 @@ mod election;
 mod lease;
 pub use election::{CampaignError, Leadership, LeadershipLoss, LossReason, Observer};
 pub use lease::{KeepAlive, LeaseLost};
+mod txn;
+pub use txn::{txn_partition, TxnResponse};
 mod watch;
 pub use watch::{
     Cursor, CursorParseError, Position, Watch, WatchError, WatchEvent, WatchOptions, WatchTarget,

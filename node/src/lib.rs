@@ -20,7 +20,7 @@ pub mod wire;
 
 pub use client::{
     CampaignError, CasResult, Client, KeepAlive, Leadership, LeadershipLoss, LeaseLost, LossReason,
-    Observer,
+    Observer, TxnResponse,
 };
 pub use driver::{
     ControlConfig, DecommissionError, Node, NodeConfig, NodeError, NodeHandle, NodeLimits,

@@ -255,6 +255,7 @@ pub fn op_of(body: &RequestBody) -> &'static str {
             KvOp::Cas { .. } => "cas",
             KvOp::DeleteRange { .. } => "delete_range",
             KvOp::DeleteLease { .. } => "delete_lease",
+            KvOp::Txn(_) => "txn",
         },
     }
 }

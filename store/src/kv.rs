@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::txn::{Txn, TxnOpResult};
+
 /// Size limits on user data. They decide whether a committed operation succeeds, so every
 /// replica of a cluster must use the same values (they are cluster settings).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +92,8 @@ pub enum KvOp {
     /// put naming it fails with [`KvError::LeaseNotFound`]. Idempotent: the coordinator sends
     /// it to every partition after the meta group revoked the lease, again after a crash.
     DeleteLease { lease: u64 },
+    /// Compares, then one of two lists of operations, atomically (see [`crate::txn`]).
+    Txn(Txn),
 }
 
 /// Identifies a write so that a retry of it is recognised and not applied twice.
@@ -127,6 +131,17 @@ pub enum KvError {
     /// A put named a lease this partition already deleted the keys of (revoked or expired).
     #[error("lease {lease:x} not found (revoked or expired)")]
     LeaseNotFound { lease: u64 },
+    /// A transaction with more compares and operations than [`crate::txn::MAX_TXN_OPS`].
+    #[error("a transaction of {ops} compares and operations exceeds the limit of {max}")]
+    TooManyOps { ops: usize, max: usize },
+    /// A transaction branch writes one key twice (two puts or deletes, or one inside a range
+    /// it also deletes): each key changes at most once per revision, as in etcd.
+    #[error("a transaction writes the key {:?} more than once", String::from_utf8_lossy(.key))]
+    DuplicateTxnKey { key: Vec<u8> },
+    /// A transaction whose keys and values add up to more than [`Limits::max_value`]: it is
+    /// one Raft entry, which must stay as small as the largest single put.
+    #[error("a transaction of {bytes} bytes of keys and values exceeds the limit of {max}")]
+    TxnTooLarge { bytes: usize, max: usize },
 }
 
 /// The outcome of an applied operation.
@@ -154,12 +169,19 @@ pub enum KvOutcome {
     DeleteRange { revision: u64, deleted: u64 },
     /// A lease's keys were deleted: how many.
     DeleteLease { revision: u64, deleted: u64 },
+    /// A transaction: whether its compares held, and what each operation of the branch that
+    /// ran did.
+    Txn {
+        revision: u64,
+        succeeded: bool,
+        results: Vec<TxnOpResult>,
+    },
 }
 
 /// Result of one operation.
 pub type KvResult = Result<KvOutcome, KvError>;
 
-fn check_key(key: &[u8], limits: &Limits) -> Result<(), KvError> {
+pub(crate) fn check_key(key: &[u8], limits: &Limits) -> Result<(), KvError> {
     if key.is_empty() {
         return Err(KvError::EmptyKey);
     }
@@ -172,7 +194,7 @@ fn check_key(key: &[u8], limits: &Limits) -> Result<(), KvError> {
     Ok(())
 }
 
-fn check_value(value: &[u8], limits: &Limits) -> Result<(), KvError> {
+pub(crate) fn check_value(value: &[u8], limits: &Limits) -> Result<(), KvError> {
     if value.len() > limits.max_value {
         return Err(KvError::ValueTooLarge {
             len: value.len(),
@@ -220,6 +242,7 @@ impl KvOp {
                 Ok(())
             }
             KvOp::DeleteLease { .. } => Ok(()),
+            KvOp::Txn(txn) => txn.validate(limits),
         }
     }
 
@@ -227,7 +250,7 @@ impl KvOp {
     pub fn key(&self) -> Option<&[u8]> {
         match self {
             KvOp::Put { key, .. } | KvOp::Delete { key, .. } | KvOp::Cas { key, .. } => Some(key),
-            KvOp::DeleteRange { .. } | KvOp::DeleteLease { .. } => None,
+            KvOp::DeleteRange { .. } | KvOp::DeleteLease { .. } | KvOp::Txn(_) => None,
         }
     }
 }
@@ -442,11 +465,19 @@ pub(crate) fn execute(
             }
             KvOutcome::DeleteLease { revision, deleted }
         }
+        KvOp::Txn(txn) => match crate::txn::execute(view, txn, revision)? {
+            Ok((succeeded, results)) => KvOutcome::Txn {
+                revision,
+                succeeded,
+                results,
+            },
+            Err(e) => return Ok(Err(e)),
+        },
     };
     Ok(Ok(outcome))
 }
 
-fn put(
+pub(crate) fn put(
     view: &mut dyn KvView,
     key: &[u8],
     value: Vec<u8>,

@@ -14,6 +14,7 @@
 //! - [`log_batch`]: group commit of appends, hard/conf states, snapshots and compaction.
 //! - [`raft_log`]: a segmented, preallocated log file of every group's Raft state (etcd's WAL).
 //! - [`kv`]: the partition data model: operations, records with revisions, limits.
+//! - [`txn`]: transactions within a partition: compares, then one of two operation lists.
 //! - [`apply`]: applying committed entries, atomically with the applied index.
 //! - [`apply_wait`]: a future that resolves when a group applies past an index.
 //! - [`history`]: each partition's recent events (what watches read), written by the apply.
@@ -38,6 +39,7 @@ pub mod snapshot;
 pub mod snapshot_io;
 pub mod state_layer;
 pub mod store;
+pub mod txn;
 
 pub use apply::{ApplyBatch, ApplyEntry, ApplyOp};
 pub use apply_wait::AppliedPast;
@@ -55,6 +57,7 @@ pub use state_layer::FlushStats;
 pub use store::{
     ApplyObserver, MemStore, ScanPage, SledStore, Store, StoreConfig, SyncObserver, FORMAT_VERSION,
 };
+pub use txn::{CompareOp, CompareTarget, Txn, TxnCompare, TxnOp, TxnOpResult};
 
 /// Re-exported so callers name the same raft-rs types the store uses.
 pub use raft;

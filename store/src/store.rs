@@ -16,9 +16,10 @@ use crate::sled_backend::{SledBackend, SledConfig};
 use crate::snapshot::DiscardedSnapshot;
 use crate::state_layer::{FlushStats, Layered};
 
-/// Version of the on-disk layout (key layout, record encodings, where the Raft log lives).
-/// Stored in the `meta` tree.
-pub const FORMAT_VERSION: u32 = 3;
+/// Version of the on-disk layout (key layout, record encodings, where the Raft log lives, and
+/// the node's mapping of keys to partitions, which decides where each key is stored). Stored
+/// in the `meta` tree. Version 4: a key's hash tag (`{...}`) decides its partition.
+pub const FORMAT_VERSION: u32 = 4;
 const FORMAT_KEY: &[u8] = b"format";
 
 /// Settings of a store.

@@ -1,6 +1,7 @@
 //! The partition state machine: revisions, versions, CAS, deletes, scans, limits, and the
 //! exactly-once apply rule. Runs on both backends.
 
+#[macro_use]
 mod common;
 
 use std::ops::Bound;
@@ -13,24 +14,6 @@ use swarmkv_store::{
 };
 
 const G: u64 = 5;
-
-macro_rules! both {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[test]
-            fn sled() {
-                let h = sled_harness(StoreConfig::default());
-                ($body)(&h.store);
-            }
-            #[test]
-            fn memory() {
-                let h = mem_harness(StoreConfig::default());
-                ($body)(&h.store);
-            }
-        }
-    };
-}
 
 fn put_prev(key: &str, value: &str) -> KvOp {
     KvOp::Put {

@@ -2,6 +2,7 @@
 //! on both backends. Our store keeps the term of the entry before `first_index` (the truncation
 //! point), so `term(first_index - 1)` answers where raft-rs's MemStorage says `Compacted`.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -23,25 +24,6 @@ fn compacted<T>() -> raft::Result<T> {
 
 fn unavailable<T>() -> raft::Result<T> {
     Err(raft::Error::Store(StorageError::Unavailable))
-}
-
-/// Runs a test body on a sled store and on a memory store.
-macro_rules! both {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[test]
-            fn sled() {
-                let h = sled_harness(StoreConfig::default());
-                ($body)(&h.store);
-            }
-            #[test]
-            fn memory() {
-                let h = mem_harness(StoreConfig::default());
-                ($body)(&h.store);
-            }
-        }
-    };
 }
 
 fn three_entries<B: Backend>(store: &Store<B>) {

@@ -100,18 +100,46 @@ pub fn http(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> Result
             stream.write_all(body)?;
             continue;
         }
-        let mut body = rest;
-        stream.read_to_end(&mut body)?;
-        let chunked = headers
-            .iter()
-            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-        let body = if chunked { dechunk(&body)? } else { body };
-        return Ok(Reply {
-            status,
-            headers,
-            body,
-        });
+        return finish(&mut stream, status, headers, rest);
     }
+}
+
+/// One HTTP/1.1 request sent whole (head and body) before anything is read, as simple clients
+/// such as Python's `urllib` do: the server must read the body to answer it readably.
+pub fn send_first(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> Result<Reply> {
+    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
+    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body))
+        .context("sending the request")?;
+    let mut buf = Vec::new();
+    let ((status, headers), rest) = read_head(&mut stream, &mut buf)?;
+    finish(&mut stream, status, headers, rest)
+}
+
+/// Reads the rest of a response whose head has been read.
+fn finish(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: Vec<(String, String)>,
+    mut body: Vec<u8>,
+) -> Result<Reply> {
+    stream.read_to_end(&mut body)?;
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(&body)? } else { body };
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// A response head: the status and the headers, names lower-cased.

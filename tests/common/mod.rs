@@ -3,6 +3,7 @@
 
 pub mod gateway;
 pub mod http;
+pub mod needs;
 pub mod process;
 pub mod tmpfs;
 

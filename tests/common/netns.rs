@@ -4,7 +4,7 @@
 //! [`enter`]) reaches every node by its address. Nothing is created in the machine's own
 //! namespace: mDNS multicast stays on the bridge.
 //!
-//! Needs root; [`is_root`] tells a test to skip visibly otherwise. Dropping the [`Lan`]
+//! Needs root and `ip` (see `needs.rs`: a test skips visibly without them). Dropping the [`Lan`]
 //! deletes its namespaces (the caller kills its processes first).
 //!
 //! Included with `#[path = "common/netns.rs"] mod netns;` by the tests that use it, so the
@@ -19,19 +19,6 @@ use anyhow::{bail, Context, Result};
 
 /// The address of the hub on the bridge: where test threads that [`enter`] the hub speak from.
 pub const HUB_ADDR: &str = "10.77.0.254";
-
-/// Whether this process runs as root (namespaces need it).
-pub fn is_root() -> bool {
-    // The effective uid is the second field of the `Uid:` line.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
 
 /// Runs `ip` with the given arguments and fails with its stderr if it fails.
 pub fn ip(args: &[&str]) -> Result<()> {

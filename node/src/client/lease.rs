@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use swarmkv_store::{KvError, KvOp, KvOutcome};
+use swarmkv_store::{KvError, KvOp, KvOutcome, KvRecord};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -191,18 +191,32 @@ impl Client {
         value: &[u8],
         lease: LeaseId,
     ) -> Result<u64, ClientError> {
+        self.put_with_lease_prev(key, value, lease, false)
+            .await
+            .map(|(revision, _)| revision)
+    }
+
+    /// [`Client::put_with_lease`] that also answers the record it replaced when `prev_kv` is
+    /// set (`None` when the key was absent). A lease of 0 writes a key without a lease.
+    pub async fn put_with_lease_prev(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease: LeaseId,
+        prev_kv: bool,
+    ) -> Result<(u64, Option<KvRecord>), ClientError> {
         if lease == 0 {
-            return self.put(key, value).await;
+            return self.put_prev(key, value, prev_kv).await;
         }
         self.time_to_live(lease).await?;
         let op = KvOp::Put {
             key: key.to_vec(),
             value: value.to_vec(),
             lease,
-            prev_kv: false,
+            prev_kv,
         };
         match self.write(key, op).await {
-            Ok(KvOutcome::Put { revision, .. }) => Ok(revision),
+            Ok(KvOutcome::Put { revision, prev }) => Ok((revision, prev)),
             Ok(other) => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
             Err(ClientError::Rejected(KvError::LeaseNotFound { lease })) => {
                 Err(ClientError::LeaseNotFound(lease))

@@ -28,6 +28,17 @@ pub struct CoreConfig {
     pub quiesce_after_ticks: usize,
 }
 
+impl CoreConfig {
+    /// The shortest lease TTL granted: four election timeouts. Leases are granted and kept
+    /// alive by the meta group's leader; when it fails, up to two election timeouts pass before
+    /// a follower campaigns, then the election runs, and meanwhile every keep-alive fails. A
+    /// lease shorter than that would expire at every such failover however well its holder
+    /// kept it alive (etcd refuses short TTLs for the same reason).
+    pub fn min_lease_ttl_ms(&self) -> u64 {
+        4 * self.election_ticks as u64 * self.tick_ms
+    }
+}
+
 impl Default for CoreConfig {
     fn default() -> CoreConfig {
         CoreConfig {

@@ -181,12 +181,14 @@ impl<B: Backend> Core<B> {
                 return;
             }
             LeaseRequest::Grant { ttl_ms } => {
-                if ttl_ms == 0 {
+                let min = self.config.min_lease_ttl_ms();
+                if ttl_ms < min {
                     self.replies.push_back((
                         id,
-                        Err(ClientError::BadRequest(
-                            "a lease's TTL must be positive".into(),
-                        )),
+                        Err(ClientError::BadRequest(format!(
+                            "a lease's TTL must be at least {min} ms (four election timeouts), \
+                             or it could not outlive a failover of the node that keeps leases"
+                        ))),
                     ));
                     return;
                 }

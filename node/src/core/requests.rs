@@ -5,8 +5,8 @@ use swarmkv_store::{Backend, Store, StoreError};
 
 use super::replica::Proposal;
 use super::{
-    group_of_partition, quiesce, ClientError, Command, Consistency, Core, GroupId, InFlight, Reply,
-    Request, RequestBody, RequestId, Response,
+    group_of_partition, quiesce, routing, ClientError, Command, Consistency, Core, GroupId,
+    InFlight, Reply, Request, RequestBody, RequestId, Response,
 };
 
 impl<B: Backend> Core<B> {
@@ -30,6 +30,17 @@ impl<B: Backend> Core<B> {
                     req.partition, settings.partitions
                 ))),
             ));
+            return;
+        }
+        if let Some(key) = routing::misrouted_key(&req.body, req.partition, settings.partitions) {
+            let reason = format!(
+                "the key {:?} belongs to partition {}, not {}",
+                String::from_utf8_lossy(key),
+                routing::partition_of(key, settings.partitions),
+                req.partition
+            );
+            self.replies
+                .push_back((id, Err(ClientError::BadRequest(reason))));
             return;
         }
         let group = group_of_partition(req.partition);

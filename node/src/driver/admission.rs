@@ -112,6 +112,7 @@ pub fn request_bytes(req: &Request) -> usize {
             }
             KvOp::DeleteRange { start, end } => start.len() + end.as_ref().map_or(0, Vec::len),
             KvOp::DeleteLease { .. } => 0,
+            KvOp::Txn(txn) => txn.payload_bytes(),
         },
     };
     payload + OVERHEAD

@@ -7,9 +7,12 @@
 //! (`--http-insecure`). See [`check_exposure`].
 //!
 //! With a token, every request must carry `Authorization: Bearer <token>`; anything else is
-//! answered 401 `unauthorized` before a handler runs. One route is exempt: `GET /healthz`,
-//! the liveness probe, which says only that the process serves HTTP (no key, no cluster
-//! state), so that supervisors and load balancers can probe without holding the secret. The
+//! answered 401 `unauthorized` before a handler runs. Three routes are exempt, so that
+//! supervisors and load balancers can probe without holding the secret: `/healthz` and
+//! `/readyz`, which say only whether the process serves and whether it can serve keys now (no
+//! key, no value, no cluster layout), and `/`, the status page, which is a static file: its
+//! data comes from `/v1/status`, which needs the token (the page takes it from the address's
+//! fragment, `/#token=...`, which the browser never sends to the server). The
 //! token is compared in constant time ([`subtle`]), so response timing does not reveal how
 //! many leading bytes of a guess were right. There is no TLS: on an untrusted network, put
 //! the gateway behind a TLS-terminating proxy, or keep it on loopback.
@@ -19,19 +22,20 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
+use super::ErrorCode;
 
 /// The shortest token accepted: a token is only as good as it is hard to guess.
 pub const MIN_TOKEN_LEN: usize = 16;
 
 /// The paths served without a token (see the module documentation for why).
-pub const OPEN_PATHS: &[&str] = &["/healthz"];
+pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/"];
 
 /// The shared secret every request must present as `Authorization: Bearer <token>`.
 #[derive(Clone)]
@@ -125,8 +129,7 @@ async fn check_token(State(token): State<BearerToken>, request: Request, next: N
         return next.run(request).await;
     }
     let mut response = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
+        ErrorCode::UNAUTHORIZED,
         "this gateway requires `Authorization: Bearer <token>` (the node's --http-token)",
     )
     .into_response();

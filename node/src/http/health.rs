@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -18,6 +17,7 @@ use crate::wire::StatusReport;
 
 use super::error::ApiError;
 use super::state::Gateway;
+use super::ErrorCode;
 
 /// `GET /healthz`: `200 {"status": "ok"}`, or 503 `storage_failed` while the node's storage
 /// fails.
@@ -26,10 +26,7 @@ pub async fn healthz(State(gw): State<Arc<Gateway>>) -> Result<Json<Value>, ApiE
     // this process, and the report's own failure says nothing about the disk.
     if let Ok(report) = gw.report().await {
         if let Some(e) = report.storage_error {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_failed",
-                format!("the node's storage failed ({e}); it refuses every request until it works again"),
+            return Err(ApiError::new(ErrorCode::STORAGE_FAILED, format!("the node's storage failed ({e}); it refuses every request until it works again"),
             ));
         }
     }
@@ -41,11 +38,7 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Result<Json<Value>, ApiEr
     let report = gw.report().await?;
     match not_ready_reason(&report) {
         None => Ok(Json(json!({ "ready": true }))),
-        Some(reason) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            reason,
-        )),
+        Some(reason) => Err(ApiError::new(ErrorCode::NOT_READY, reason)),
     }
 }
 

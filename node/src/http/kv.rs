@@ -12,11 +12,9 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::StreamExt;
 use serde::Deserialize;
 use swarmkv_store::{CasAction, Compare};
 
@@ -24,9 +22,11 @@ use crate::core::routing::partition_of;
 use crate::core::{group_of_partition, ClientError, Consistency};
 use crate::Client;
 
+use super::body::read_body;
 use super::encoding::{flag, from_b64, parse_query, percent_decode, RecordJson};
 use super::error::{ApiError, CasConflict};
 use super::state::Gateway;
+use super::ErrorCode;
 use super::{MAX_CAS_BODY, MAX_PUT_BODY};
 
 /// The path prefix of single-key routes.
@@ -51,9 +51,10 @@ pub async fn get(State(gw): State<Arc<Gateway>>, uri: Uri) -> Result<Response, A
     }
 }
 
-/// `PUT /v1/kv/{key}[?lease={id}]`: the body, whatever its content type, is the value.
-/// Answers `{rev}`. With a lease, the key is deleted when the lease ends; a lease that does
-/// not exist answers 404 `lease_not_found`.
+/// `PUT /v1/kv/{key}[?lease={id}][&prev_kv=true]`: the body, whatever its content type, is
+/// the value. Answers `{rev}`, and with `prev_kv` also `prev`, the record it replaced (null if
+/// none). With a lease, the key is deleted when the lease ends; a lease that does not exist
+/// answers 404 `lease_not_found`.
 pub async fn put(
     State(gw): State<Arc<Gateway>>,
     uri: Uri,
@@ -62,16 +63,25 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let key = key_of(&uri, false)?;
     let mut lease = 0;
+    let mut prev_kv = false;
     for (name, value) in parse_query(uri.query())? {
         match name.as_str() {
             "lease" => lease = super::lease::lease_id(&String::from_utf8_lossy(&value))?,
+            "prev_kv" => prev_kv = flag(&name, &value)?,
             _ => return Err(unknown_parameter(&name)),
         }
     }
     let value = read_body(&headers, body, MAX_PUT_BODY).await?;
     let client = gw.client()?;
-    match client.put_with_lease(&key, &value, lease).await {
-        Ok(rev) => Ok(Json(serde_json::json!({ "rev": rev })).into_response()),
+    match client
+        .put_with_lease_prev(&key, &value, lease, prev_kv)
+        .await
+    {
+        Ok((rev, _)) if !prev_kv => Ok(Json(serde_json::json!({ "rev": rev })).into_response()),
+        Ok((rev, prev)) => {
+            let prev = prev.map(|r| RecordJson::new(&key, &r));
+            Ok(Json(serde_json::json!({ "rev": rev, "prev": prev })).into_response())
+        }
         Err(e) => Err(with_leader_hint(client, &key, e).await),
     }
 }
@@ -192,8 +202,7 @@ pub fn key_of(uri: &Uri, cas: bool) -> Result<Vec<u8>, ApiError> {
     let raw = if cas {
         raw.strip_suffix("/cas").ok_or_else(|| {
             ApiError::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::METHOD_NOT_ALLOWED,
                 "POST is only for compare-and-swap: POST /v1/kv/{key}/cas",
             )
         })?
@@ -202,11 +211,7 @@ pub fn key_of(uri: &Uri, cas: bool) -> Result<Vec<u8>, ApiError> {
     };
     let key = percent_decode(raw, "key")?;
     if key.is_empty() {
-        return Err(ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "empty_key",
-            "the key is empty",
-        ));
+        return Err(ApiError::new(ErrorCode::EMPTY_KEY, "the key is empty"));
     }
     Ok(key)
 }
@@ -222,31 +227,6 @@ fn no_parameters(uri: &Uri) -> Result<(), ApiError> {
 
 pub fn unknown_parameter(name: &str) -> ApiError {
     ApiError::bad_request(format!("unknown query parameter {name:?}"))
-}
-
-/// Reads the whole body, refusing (413) as soon as it passes `max` bytes, so an oversized
-/// upload is neither buffered nor proposed to Raft. A declared `Content-Length` over the
-/// limit is refused before reading anything: a client that sent `Expect: 100-continue` (curl
-/// does for large bodies) then never sends the body at all.
-pub async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, ApiError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return Err(ApiError::body_too_large(max));
-    }
-    let mut stream = body.into_data_stream();
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
-        if out.len() + chunk.len() > max {
-            return Err(ApiError::body_too_large(max));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 /// The error of a single-key request, with the leader this node knows for the key's

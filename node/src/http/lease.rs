@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +18,7 @@ use crate::core::{lease_hex, parse_lease_id, LeaseId, LeaseInfo};
 
 use super::error::ApiError;
 use super::state::Gateway;
+use super::ErrorCode;
 
 /// The longest TTL granted: a day (a longer-lived handle is a key without a lease).
 pub const MAX_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -80,8 +80,7 @@ impl From<LeaseInfo> for LeaseJson {
 pub fn lease_id(text: &str) -> Result<LeaseId, ApiError> {
     parse_lease_id(text).ok_or_else(|| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_lease_id",
+            ErrorCode::BAD_LEASE_ID,
             format!("{text:?} is not a lease id (1 to 16 hex digits, not 0)"),
         )
     })

@@ -7,8 +7,8 @@
 //! any route reads) plus a fixed cost, from one budget shared by all connections; a request
 //! that does not fit is answered 429 `busy` with `Retry-After` at once, and its body is never
 //! read. A body declared larger than any route accepts is refused 413 `body_too_large` right
-//! here, without reserving anything, so a flood of oversized uploads costs nothing but the
-//! refusals.
+//! here, without reserving anything (its bytes are discarded as they arrive, see
+//! [`super::body`]), so a flood of oversized uploads costs nothing but the refusals.
 
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::sync::Semaphore;
 
-use super::{ApiError, MAX_CAS_BODY};
+use super::{body, ApiError, MAX_CAS_BODY};
 
 /// What one request costs besides its body (headers, the handler's state, the answer).
 const REQUEST_COST: usize = 4 << 10;
@@ -86,7 +86,10 @@ fn cost(request: &Request) -> Option<usize> {
 
 async fn admit(State(budget): State<Budget>, request: Request, next: Next) -> Response {
     let Some(bytes) = cost(&request) else {
-        return ApiError::body_too_large(MAX_CAS_BODY).into_response();
+        let (parts, body) = request.into_parts();
+        return body::refuse(&parts.headers, body, MAX_CAS_BODY)
+            .await
+            .into_response();
     };
     let units = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX);
     let Ok(_permit) = budget.units.clone().try_acquire_many_owned(units) else {

@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`page`]: `GET /`, the live status page (one embedded HTML file).
 //! - [`kv`]: one key: `GET`/`PUT`/`DELETE /v1/kv/{key}`, `POST /v1/kv/{key}/cas`.
-//! - [`scan`]: `GET /v1/kv?prefix=&start=&end=&limit=`.
+//! - [`txn`]: `POST /v1/txn`, a transaction: compares, then one of two operation lists.
+//! - [`scan`]: `GET /v1/kv?prefix=&start=&end=&limit=&keys_only=&count=`, and `DELETE
+//!   /v1/kv?prefix=` (or `start=&end=`), a range delete.
 //! - [`status`]: `GET /v1/status`, the node's report and a replica-health summary.
 //! - [`watch`]: `GET /v1/watch`, the changes of a key or prefix as server-sent events.
 //! - [`cluster`]: the `cluster` part of the status: every node and partition, with health.
@@ -18,6 +20,7 @@
 //! - [`metrics`]: `GET /metrics`, the node's Prometheus metrics.
 //! - [`auth`]: the bearer token (`--http-token`) and when the gateway may leave loopback.
 //! - [`limit`]: the gateway's budget of requests and bodies held at once (429 `busy`).
+//! - [`body`]: bodies read under a bound; a refused body is drained so its sender reads the 413.
 //! - [`state`]: what handlers share: the client, made once the node is part of a cluster.
 //! - [`encoding`]: bytes in and out: percent-decoded paths and queries, UTF-8 + base64 JSON.
 //! - [`error`]: [`ClientError`](crate::core::ClientError) to HTTP status and
@@ -30,6 +33,7 @@
 //! forwards and retries; the gateway only translates.
 
 pub mod auth;
+pub mod body;
 pub mod cluster;
 pub mod election;
 pub mod encoding;
@@ -44,6 +48,7 @@ pub mod page;
 pub mod scan;
 pub mod state;
 pub mod status;
+pub mod txn;
 pub mod watch;
 
 use std::future::Future;
@@ -51,7 +56,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use axum::routing::{any, get, post};
 use axum::Router;
 use tokio::net::TcpListener;
@@ -59,7 +63,7 @@ use tokio::net::TcpListener;
 use crate::driver::NodeHandle;
 use crate::Client;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 pub use state::Gateway;
 
 /// The address `swarmkv start` serves the gateway on: loopback only, because the API has no
@@ -112,18 +116,17 @@ pub fn router_for_node(node: NodeHandle) -> Router {
 fn routes(gateway: Gateway) -> Router {
     let routes = Router::new()
         .route("/", get(page::status_page))
-        .route("/v1/kv", get(scan::scan))
+        .route("/v1/kv", get(scan::scan).delete(scan::delete_range))
         // `{*key}` does not match an empty key: say so rather than 404.
         .route(
             "/v1/kv/",
-            any(|| async {
-                ApiError::new(StatusCode::BAD_REQUEST, "empty_key", "the key is empty")
-            }),
+            any(|| async { ApiError::new(ErrorCode::EMPTY_KEY, "the key is empty") }),
         )
         .route(
             "/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete).post(kv::cas),
         )
+        .route("/v1/txn", post(txn::txn))
         .route("/v1/status", get(status::status))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/nodes/{node}/decommission", post(nodes::decommission))
@@ -144,8 +147,7 @@ fn routes(gateway: Gateway) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::METHOD_NOT_ALLOWED,
                 "this method is not allowed on this path",
             )
         })

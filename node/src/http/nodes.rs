@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
 
@@ -20,6 +19,7 @@ use crate::driver::DecommissionError;
 
 use super::error::{node_hex, ApiError};
 use super::state::Gateway;
+use super::ErrorCode;
 
 /// How long the gateway keeps asking while the cluster cannot take the request (no meta
 /// leader known yet, leadership moving) before it answers 503. Retrying is safe because
@@ -63,12 +63,9 @@ impl From<DecommissionError> for ApiError {
     fn from(e: DecommissionError) -> ApiError {
         let message = e.to_string();
         match e {
-            DecommissionError::UnknownNode(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "unknown_node", message)
-            }
+            DecommissionError::UnknownNode(_) => ApiError::new(ErrorCode::UNKNOWN_NODE, message),
             DecommissionError::Unavailable(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+                ErrorCode::UNAVAILABLE,
                 format!("{message}; retrying is safe"),
             ),
         }
@@ -79,10 +76,7 @@ impl From<DecommissionError> for ApiError {
 /// has id 0).
 pub fn parse_node_id(text: &str) -> Result<NodeId, ApiError> {
     let bad = |why: &str| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_node_id",
-            format!("{text:?} is not a node id ({why}); node ids are 16 hex digits as /v1/status prints them"),
+        ApiError::new(ErrorCode::BAD_NODE_ID, format!("{text:?} is not a node id ({why}); node ids are 16 hex digits as /v1/status prints them"),
         )
     };
     let digits = text
@@ -102,6 +96,7 @@ pub fn parse_node_id(text: &str) -> Result<NodeId, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[test]
     fn node_ids_parse_from_the_hex_status_prints() {

@@ -10,7 +10,6 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use tokio::task::JoinHandle;
 
 use crate::core::ClientError;
@@ -19,6 +18,7 @@ use crate::wire::StatusReport;
 use crate::Client;
 
 use super::error::ApiError;
+use super::ErrorCode;
 
 /// The gateway's shared state.
 pub struct Gateway {
@@ -91,8 +91,7 @@ impl Gateway {
 
 fn not_in_cluster() -> ApiError {
     ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
+        ErrorCode::UNAVAILABLE,
         "the node is not part of a cluster yet; nothing was done",
     )
 }

@@ -37,6 +37,7 @@ use super::encoding::{b64, parse_query, text};
 use super::error::ApiError;
 use super::kv::unknown_parameter;
 use super::state::Gateway;
+use super::ErrorCode;
 
 /// An event's data as the gateway sends it (an SSE event's `data:`), and as
 /// `swarmkv watch --json` prints it over either transport, so that both read the same.
@@ -100,11 +101,7 @@ impl WatchQuery {
             };
             match name.as_str() {
                 "key" if value.is_empty() => {
-                    return Err(ApiError::new(
-                        axum::http::StatusCode::BAD_REQUEST,
-                        "empty_key",
-                        "the key is empty",
-                    ))
+                    return Err(ApiError::new(ErrorCode::EMPTY_KEY, "the key is empty"))
                 }
                 "key" => set_target(WatchTarget::Key(value), &mut target)?,
                 "prefix" => set_target(WatchTarget::Prefix(value), &mut target)?,
@@ -218,11 +215,7 @@ pub async fn watch(
     .await
     .map_err(|e| match e {
         WatchError::BadRequest(m) => ApiError::bad_request(m),
-        other => ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            other.to_string(),
-        ),
+        other => ApiError::new(ErrorCode::UNAVAILABLE, other.to_string()),
     })?;
     Ok(Sse::new(events(watch))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -1,11 +1,31 @@
 //! Helpers shared by the store's integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use swarmkv_store::raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use swarmkv_store::{
     ApplyEntry, ApplyOp, Backend, KvOp, KvOutcome, LogBatch, MemBackend, SledBackend, Store,
     StoreConfig,
 };
+
+/// Defines `mod $name` with the test body run on a sled store and on a memory store (the
+/// test file declares `#[macro_use] mod common;` and imports `common::*` and `StoreConfig`).
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn sled() {
+                let h = sled_harness(StoreConfig::default());
+                ($body)(&h.store);
+            }
+            #[test]
+            fn memory() {
+                let h = mem_harness(StoreConfig::default());
+                ($body)(&h.store);
+            }
+        }
+    };
+}
 
 /// A store under test with whatever keeps it alive (a temporary directory for sled).
 pub struct Harness<B: Backend> {
