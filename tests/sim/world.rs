@@ -46,6 +46,14 @@ const HEAL_MAX_MS: u64 = 60_000;
 /// Attempts of one operation (retries follow hints, or resend an ambiguous write with its
 /// session).
 const MAX_ATTEMPTS: u32 = 5;
+/// In a zero-config run the nodes start without a cluster and must have formed one, with all
+/// of them as initial voters, by this time: the longest listening window plus time for the
+/// bootstrap calls to arrive. Faults start after it.
+const FORMATION_MS: u64 = 4_000;
+/// The listening window of a node started after the initial ones (added, or restarted before
+/// it joined): longer than any partition, so it joins the cluster rather than forming one
+/// of its own while cut off, which a fresh node alone on its network does by design.
+const LATE_DISCOVERY_MS: u64 = 60_000;
 /// Search budget of the linearizability checker, per key.
 const CHECK_STEPS: u64 = 2_000_000;
 /// The sender id of client requests (never a node, never cut off).
@@ -84,6 +92,19 @@ pub struct Summary {
     pub states_compared: u64,
     /// The most replicas seen quiesced at once (how much quiescence was exercised).
     pub quiesced_max: usize,
+    /// The nodes formed their cluster themselves (zero-config) rather than being bootstrapped.
+    pub zero_config: bool,
+}
+
+/// A zero-config seed's formation, until it is checked.
+struct Formation {
+    /// The network's loss and spike probabilities, restored once the cluster formed: the
+    /// nodes start together and hear each other, which is what formation promises to use.
+    loss: f64,
+    spike: f64,
+    /// The (cluster id, initial nodes) of every cluster a node formed, as its bootstrap
+    /// calls to the other initial nodes carry them.
+    formed: BTreeSet<(u64, Vec<NodeId>)>,
 }
 
 struct Node {
@@ -132,6 +153,8 @@ pub struct World {
     /// until the registry records it.
     decommission: Option<NodeId>,
     control_params: ControlParams,
+    /// Set in a zero-config seed until its formation is checked.
+    formation: Option<Formation>,
     /// Revision at which each value was written, as answers and reads report it.
     revisions: BTreeMap<u64, u64>,
     acked: Vec<AckedWrite>,
@@ -161,12 +184,13 @@ fn first_at(rng: &mut StdRng, every: u64) -> u64 {
 }
 
 /// The control plane's settings in the simulation: the shipped periods, a small move budget,
-/// and silence thresholds scaled to the seed's failure detection delay.
+/// silence thresholds scaled to the seed's failure detection delay, and the listening window
+/// of nodes started late (see `LATE_DISCOVERY_MS`).
 fn control_params(p: &Params) -> ControlParams {
     ControlParams {
         auto_form: true,
         expect: None,
-        discovery_ms: 1_000,
+        discovery_ms: LATE_DISCOVERY_MS,
         partitions: p.partitions,
         replication: p.replication,
         dead_after_ms: DEAD_AFTER_MS,
@@ -184,8 +208,9 @@ fn peer_of(id: NodeId) -> Vec<u8> {
 }
 
 impl World {
-    /// Builds the cluster of `seed` (bootstrapped, nothing run yet).
-    pub fn new(seed: u64, verbose: bool) -> Result<World, Failure> {
+    /// Builds the cluster of `seed` (bootstrapped, or `zero_config`: left to form itself;
+    /// nothing run yet).
+    pub fn new(seed: u64, verbose: bool, zero_config: bool) -> Result<World, Failure> {
         let mut rng = StdRng::seed_from_u64(seed);
         let p = Params::draw(&mut rng);
         let mut ids = BTreeSet::new();
@@ -221,7 +246,15 @@ impl World {
             detail: e,
             at_ms: 0,
         };
+        let mut p = p;
         let control_params = control_params(&p);
+        let mut initial_params = control_params.clone();
+        if zero_config {
+            // The shipped listening window; the faults start once the cluster formed.
+            initial_params.discovery_ms = ControlParams::default().discovery_ms;
+            initial_params.settle_ms = ControlParams::default().settle_ms;
+            p.fault_ms += FORMATION_MS;
+        }
         let mut nodes = BTreeMap::new();
         for id in &ids {
             let backend = MemBackend::new();
@@ -229,10 +262,12 @@ impl World {
                 .map_err(|e| setup(e.to_string()))?;
             let mut core =
                 Core::new(*id, store, config.clone(), 0).map_err(|e| setup(e.to_string()))?;
-            let mut control = Control::new(*id, peer_of(*id), control_params.clone(), rng.gen(), 0);
-            control
-                .handle_bootstrap(&mut core, layout.clone(), settings.cluster_id)
-                .map_err(|e| setup(e.to_string()))?;
+            let mut control = Control::new(*id, peer_of(*id), initial_params.clone(), rng.gen(), 0);
+            if !zero_config {
+                control
+                    .handle_bootstrap(&mut core, layout.clone(), settings.cluster_id)
+                    .map_err(|e| setup(e.to_string()))?;
+            }
             nodes.insert(
                 *id,
                 Node {
@@ -248,20 +283,34 @@ impl World {
             );
         }
         let clients = (1..=p.clients as u64).map(Client::new).collect();
-        let net = Net::new(p.loss, p.dup, p.max_delay, p.spike);
-        let next_crash = first_at(&mut rng, p.crash_every);
-        let next_partition = first_at(&mut rng, p.partition_every);
-        let next_pause = first_at(&mut rng, p.pause_every);
-        let next_clock = first_at(&mut rng, p.clock_every);
+        let mut net = Net::new(p.loss, p.dup, p.max_delay, p.spike);
+        let start = if zero_config { FORMATION_MS } else { 0 };
+        let after_formation = |t: u64| t.saturating_add(start);
+        let next_crash = after_formation(first_at(&mut rng, p.crash_every));
+        let next_partition = after_formation(first_at(&mut rng, p.partition_every));
+        let next_pause = after_formation(first_at(&mut rng, p.pause_every));
+        let next_clock = after_formation(first_at(&mut rng, p.clock_every));
         let membership_at = if p.membership == 0 {
             u64::MAX
         } else {
-            rng.gen_range(p.fault_ms / 4..p.fault_ms * 3 / 4)
+            let fault_ms = p.fault_ms - start;
+            after_formation(rng.gen_range(fault_ms / 4..fault_ms * 3 / 4))
         };
+        let formation = zero_config.then(|| {
+            let f = Formation {
+                loss: net.loss,
+                spike: net.spike,
+                formed: BTreeSet::new(),
+            };
+            net.loss = 0.0;
+            net.spike = 0.0;
+            f
+        });
         let wanted = ids.iter().map(|id| (*id, NodeState::Live)).collect();
         let summary = Summary {
             nodes: p.nodes,
             membership: "none",
+            zero_config,
             ..Summary::default()
         };
         let w = World {
@@ -282,6 +331,7 @@ impl World {
             wanted,
             decommission: None,
             control_params,
+            formation,
             revisions: BTreeMap::new(),
             acked: Vec::new(),
             next_crash,
@@ -363,6 +413,11 @@ impl World {
             for id in order {
                 self.turn(id)?;
             }
+            if self.now >= FORMATION_MS {
+                if let Some(f) = self.formation.take() {
+                    self.check_formation(f)?;
+                }
+            }
             let quiesced: usize = self
                 .nodes
                 .values()
@@ -405,6 +460,43 @@ impl World {
             }
         }
         Ok(self.summary)
+    }
+
+    /// A zero-config seed's nodes, started together, formed exactly one cluster, with every
+    /// one of them as an initial voter; then the network gets its seed's loss back.
+    fn check_formation(&mut self, f: Formation) -> Result<(), Failure> {
+        let mut initial: Vec<NodeId> = self.nodes.keys().copied().collect();
+        initial.sort_unstable();
+        let clusters: BTreeMap<NodeId, Option<u64>> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                (
+                    *id,
+                    n.core
+                        .as_ref()
+                        .and_then(|c| c.settings())
+                        .map(|s| s.cluster_id),
+                )
+            })
+            .collect();
+        let ids: BTreeSet<Option<u64>> = clusters.values().copied().collect();
+        let one = ids.len() == 1 && !ids.contains(&None);
+        let all_voters = f.formed.len() == 1 && f.formed.iter().all(|(_, nodes)| *nodes == initial);
+        if !one || !all_voters {
+            return Err(self.fail(
+                "zero-config formation",
+                format!(
+                    "nodes {initial:x?} started together; clusters by node {clusters:x?}, \
+                     formed (cluster, initial nodes) {:x?}",
+                    f.formed
+                ),
+            ));
+        }
+        self.log(|| format!("formed one cluster of {} nodes", initial.len()));
+        self.net.loss = f.loss;
+        self.net.spike = f.spike;
+        Ok(())
     }
 
     // ----- faults -----
@@ -957,7 +1049,12 @@ impl World {
                 to,
                 layout,
                 cluster_id,
-            } => send(self, to, Payload::Bootstrap { layout, cluster_id }),
+            } => {
+                if let Some(f) = &mut self.formation {
+                    f.formed.insert((cluster_id, layout.nodes.clone()));
+                }
+                send(self, to, Payload::Bootstrap { layout, cluster_id })
+            }
             // Every node can reach every other one: there is nothing to dial.
             ControlAction::Dial { .. } => {}
             ControlAction::Formed { cluster_id } => {
@@ -1508,7 +1605,7 @@ fn replica_trace(core: &Core<MemBackend>, g: GroupId) -> Option<String> {
     Some(line)
 }
 
-/// Runs one seed.
-pub fn run(seed: u64, verbose: bool) -> Result<Summary, Failure> {
-    World::new(seed, verbose)?.run()
+/// Runs one seed, bootstrapped or `zero_config`.
+pub fn run(seed: u64, verbose: bool, zero_config: bool) -> Result<Summary, Failure> {
+    World::new(seed, verbose, zero_config)?.run()
 }

@@ -19,7 +19,8 @@ pub struct ControlConfig {
     pub auto_form: bool,
     /// Wait for this many nodes (this one included) and start them all as voters.
     pub expect: Option<usize>,
-    /// How long a new node listens for peers before it decides to join or form.
+    /// How long a new node listens for peers, at most, before it decides to join or form
+    /// (it decides earlier once the peers it hears stay the same for a second).
     pub discovery: Duration,
     /// Partitions of a cluster this node forms.
     pub partitions: u32,

@@ -13,7 +13,7 @@
 //! - `params.rs`: periods and limits.
 //! - `announce.rs`: the heartbeat payload.
 //! - `gossip.rs`: what the peers announced, who is unreachable.
-//! - `formation.rs`: join or form.
+//! - `formation.rs`: join or form, and when the listening ends.
 //! - `coordinator.rs`: the meta leader's registry, liveness verdicts and placement.
 //! - `leftovers.rs`: dropping replicas the cluster no longer wants here.
 //! - `leaders.rs`: leader balancing and draining.
@@ -36,7 +36,7 @@ pub use announce::{targets_epoch, Announce};
 pub use gossip::PeerInfo;
 pub use params::ControlParams;
 
-use formation::Formation;
+use formation::{Discovery, Formation};
 use gossip::Gossip;
 use leftovers::Leftovers;
 
@@ -119,6 +119,8 @@ pub struct Control {
     /// The newest targets epoch adopted.
     targets_epoch: u64,
     dialed: BTreeSet<NodeId>,
+    /// The unformed peers heard while this node has no cluster.
+    discovery: Discovery,
     leftovers: Leftovers,
     actions: VecDeque<ControlAction>,
 }
@@ -141,6 +143,7 @@ impl Control {
             draining: false,
             targets_epoch: 0,
             dialed: BTreeSet::new(),
+            discovery: Discovery::default(),
             leftovers: Leftovers::default(),
             actions: VecDeque::new(),
         }
@@ -393,6 +396,7 @@ impl Control {
         let listening = now.saturating_sub(self.started);
         match formation::decide(
             &self.gossip,
+            &mut self.discovery,
             &self.params,
             (self.me, &self.peer),
             listening,

@@ -9,8 +9,11 @@ pub struct ControlParams {
     pub auto_form: bool,
     /// Wait for this many nodes (this one included) and start them all as voters.
     pub expect: Option<usize>,
-    /// How long a new node listens for peers before it decides to join or form.
+    /// How long a new node listens for peers, at most, before it decides to join or form.
     pub discovery_ms: u64,
+    /// The listening ends earlier once the set of unformed peers heard has not changed for
+    /// this long (several announcement periods: everyone starting has been heard).
+    pub settle_ms: u64,
     /// Partitions of a cluster this node forms.
     pub partitions: u32,
     /// Replication factor of a cluster this node forms.
@@ -48,6 +51,7 @@ impl Default for ControlParams {
             auto_form: true,
             expect: None,
             discovery_ms: 3_000,
+            settle_ms: 1_000,
             partitions: crate::core::DEFAULT_PARTITIONS,
             replication: crate::core::DEFAULT_REPLICATION,
             dead_after_ms: 60_000,
