@@ -73,19 +73,26 @@ impl Sim {
         for id in &ids {
             let core = self.nodes.get_mut(id).unwrap();
             core.handle_tick(self.now);
-            core.process().unwrap();
-            core.serve_caught_up_reads();
-            while let Some((to, msgs)) = core.poll_transmit() {
+            // The turn in its one order (`core/turn.rs`).
+            let mut out = Vec::new();
+            let mut turn = core.begin_turn().unwrap();
+            out.extend(std::iter::from_fn(|| turn.poll_transmit()));
+            while let Some((rid, r)) = turn.poll_reply() {
+                self.replies.insert(rid, r);
+            }
+            let mut done = turn.persist().unwrap();
+            out.extend(std::iter::from_fn(|| done.poll_transmit()));
+            let sends: Vec<_> = std::iter::from_fn(|| done.poll_snapshot()).collect();
+            while let Some((rid, r)) = done.poll_reply() {
+                self.replies.insert(rid, r);
+            }
+            for (to, msgs) in out {
                 for (g, m) in msgs {
                     if m.get_msg_type() == MessageType::MsgHeartbeat {
                         *self.heartbeats.entry((*id, g)).or_default() += 1;
                     }
                     self.net.push_back((*id, to, g, m));
                 }
-            }
-            let mut sends = Vec::new();
-            while let Some(s) = core.poll_snapshot() {
-                sends.push(s);
             }
             for s in sends {
                 self.snapshots_sent += 1;
@@ -108,10 +115,6 @@ impl Sim {
                     .get_mut(id)
                     .unwrap()
                     .report_snapshot(s.group, s.to, ok);
-            }
-            let core = self.nodes.get_mut(id).unwrap();
-            while let Some((rid, r)) = core.poll_reply() {
-                self.replies.insert(rid, r);
             }
         }
         let msgs: Vec<_> = self.net.drain(..).collect();

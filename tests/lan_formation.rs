@@ -25,7 +25,11 @@ use needs::{skip_unless, Need};
 use swarmkv::core::{group_of_partition, META_GROUP};
 use swarmkv::wire::StatusReport;
 
-const BIN: &str = env!("CARGO_BIN_EXE_swarmkv");
+/// The binary under test: this build's, or `SWARMKV_TEST_BIN` (to time a release build, or a
+/// copy kept apart from a target directory that other builds share).
+fn bin() -> String {
+    std::env::var("SWARMKV_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_swarmkv").into())
+}
 /// Kept small so that replication to three copies is quick on a 2-core machine; formation
 /// itself does not depend on it.
 /// The product default: the nodes are started with nothing but `--data`.
@@ -75,7 +79,7 @@ impl Lan {
     /// A `swarmkv` command in node i's namespace that sees none of the caller's `SWARMKV_*`
     /// settings, so that what a test passes is all the process gets.
     fn swarmkv(&self, i: usize) -> Command {
-        self.net.command(i, BIN)
+        self.net.command(i, &bin())
     }
 
     /// Starts `swarmkv start` in node i's namespace with a data directory and nothing else

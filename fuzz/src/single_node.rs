@@ -87,15 +87,20 @@ impl Node {
     pub fn turn(&mut self) -> Result<(), CoreError> {
         self.now += config().tick_ms;
         self.core.handle_tick(self.now);
-        self.core.process()?;
-        self.core.serve_caught_up_reads();
-        // Messages to peers (a restored configuration may name some) go nowhere.
-        while self.core.poll_transmit().is_some() {}
-        while self.core.poll_snapshot().is_some() {}
-        while let Some((id, reply)) = self.core.poll_reply() {
-            let earlier = self.answers.insert(id, reply);
+        // The turn in its one order (`core/turn.rs`); messages to peers (a restored
+        // configuration may name some) go nowhere.
+        let answers = &mut self.answers;
+        let mut answer = |(id, reply)| {
+            let earlier = answers.insert(id, reply);
             assert!(earlier.is_none(), "request {id} answered twice");
-        }
+        };
+        let mut turn = self.core.begin_turn()?;
+        while turn.poll_transmit().is_some() {}
+        std::iter::from_fn(|| turn.poll_reply()).for_each(&mut answer);
+        let mut done = turn.persist()?;
+        while done.poll_transmit().is_some() {}
+        while done.poll_snapshot().is_some() {}
+        std::iter::from_fn(|| done.poll_reply()).for_each(&mut answer);
         Ok(())
     }
 

@@ -17,11 +17,9 @@ use swarmkv_net::{
 use swarmkv_store::raft::eraftpb::Message;
 use swarmkv_store::{SledBackend, SledStore, Store, StoreConfig};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::core::{
-    ClientError, ClusterSettings, Core, CoreConfig, CoreError, GroupStatus, NodeId, Reply, Request,
-    RequestId,
+    ClusterSettings, Core, CoreConfig, CoreError, NodeId, Reply, Request, RequestId,
 };
 use crate::metrics::{op_of, Metrics};
 use crate::wire::{Announce, Answer, Call, ClusterInfo, KvAnswer, KvCall};
@@ -31,12 +29,15 @@ mod control;
 mod election;
 mod lease;
 mod limits;
+mod node;
 mod storage_fault;
+mod turn;
 mod view;
 mod watch;
-use control::Control;
+use crate::core::control::Control;
 pub use control::ControlConfig;
 pub use limits::NodeLimits;
+pub use node::{Node, NodeHandle, NodeStatus};
 pub use view::{ClusterView, GroupView, NodeView};
 
 const PEERS_META: &str = "peers";
@@ -97,19 +98,7 @@ impl NodeError {
     }
 }
 
-/// Why a node could not be decommissioned. Nothing was decided against the caller: an
-/// unknown node is a wrong request; anything else may be retried (decommissioning is
-/// idempotent, so a retry after an ambiguous failure is safe).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DecommissionError {
-    /// The cluster has no member with this id: a typo, or a node that never joined.
-    #[error("unknown node {0:016x}: not a member of the cluster")]
-    UnknownNode(NodeId),
-    /// The request could not be carried out now: no meta leader known, leadership moving,
-    /// the node stopping or the meta leader unreachable. Retrying is safe.
-    #[error("cannot decommission now: {0}")]
-    Unavailable(String),
-}
+pub use crate::core::control::DecommissionError;
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -193,17 +182,6 @@ impl NodeConfig {
     }
 }
 
-/// What a node reports about itself.
-#[derive(Clone, Debug)]
-pub struct NodeStatus {
-    pub node: NodeId,
-    pub peer: PeerId,
-    pub settings: Option<ClusterSettings>,
-    pub meta_leader: bool,
-    pub groups: Vec<GroupStatus>,
-    pub peers: Vec<(NodeId, PeerId)>,
-}
-
 enum Cmd {
     Request {
         req: Request,
@@ -282,299 +260,6 @@ struct PeerTable {
     peers: Vec<(NodeId, Vec<u8>, Vec<String>)>,
 }
 
-/// A cheap handle on a running node, for in-process clients and tests.
-#[derive(Clone)]
-pub struct NodeHandle {
-    cmds: mpsc::Sender<Cmd>,
-    metrics: Arc<Metrics>,
-    net: NetHandle,
-    peer: PeerId,
-    node: NodeId,
-    cluster_name: Arc<str>,
-}
-
-impl NodeHandle {
-    /// The name of the cluster this node belongs to or will form (`--cluster`).
-    pub fn cluster_name(&self) -> &str {
-        &self.cluster_name
-    }
-
-    /// The cluster as this node sees it: nodes with their registry state, groups with their
-    /// leaders (what the status page draws).
-    pub async fn cluster_view(&self) -> Result<ClusterView, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::View { reply: tx })
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        let mut view = rx.await.map_err(|_| NodeError::Stopped)?;
-        // The driver learns other nodes' addresses from their heartbeats; its own come from
-        // the network layer.
-        if let Some(me) = view.nodes.iter_mut().find(|n| n.id == self.node) {
-            if me.addrs.is_empty() {
-                if let Ok(addrs) = self.net.listen_addrs().await {
-                    me.addrs = addrs.iter().map(|a| a.to_string()).collect();
-                }
-            }
-        }
-        Ok(view)
-    }
-
-    /// The node's metrics (what the gateway serves at `/metrics`).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// The node's PeerId.
-    pub fn peer_id(&self) -> PeerId {
-        self.peer
-    }
-
-    /// The node's Raft id.
-    pub fn node_id(&self) -> NodeId {
-        self.node
-    }
-
-    /// The node's network handle (to dial, list addresses).
-    pub fn net(&self) -> &NetHandle {
-        &self.net
-    }
-
-    /// Sends one request to this node (it forwards to the partition's leader when needed).
-    pub async fn request(&self, req: Request) -> Reply {
-        let (tx, rx) = oneshot::channel();
-        if self
-            .cmds
-            .send(Cmd::Request { req, reply: tx })
-            .await
-            .is_err()
-        {
-            return Err(ClientError::Disconnected("the node has stopped".into()));
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(ClientError::Disconnected("the node has stopped".into())))
-    }
-
-    /// Creates a cluster from connected peers (this node included or not). Every initial node
-    /// must be called with the same list; the order does not matter.
-    pub async fn bootstrap(
-        &self,
-        peers: Vec<PeerId>,
-        partitions: u32,
-        replication: usize,
-    ) -> Result<(), NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Bootstrap {
-                peers,
-                partitions,
-                replication,
-                reply: tx,
-            })
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)?
-    }
-
-    /// The node's view of itself and its groups.
-    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Status { reply: tx })
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)
-    }
-
-    /// The node's status report (what `swarmkv status` prints).
-    pub async fn report(&self) -> Result<crate::wire::StatusReport, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Report { reply: tx })
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)
-    }
-
-    /// Drains `node` (any node's handle works if it is the meta leader; others answer an
-    /// error naming the problem).
-    pub async fn decommission(&self, node: NodeId) -> Result<(), DecommissionError> {
-        let stopped = || DecommissionError::Unavailable("the node has stopped".into());
-        let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Decommission { node, reply: tx })
-            .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
-    }
-
-    /// A lease request, served by the meta leader (this node passes it on when it does not
-    /// lead the meta group).
-    pub async fn lease(&self, req: crate::core::LeaseRequest) -> Reply {
-        let (tx, rx) = oneshot::channel();
-        if self.cmds.send(Cmd::Lease { req, reply: tx }).await.is_err() {
-            return Err(ClientError::Disconnected("the node has stopped".into()));
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(ClientError::Disconnected("the node has stopped".into())))
-    }
-
-    /// An election request, served by the meta leader (this node passes it on when it does
-    /// not lead the meta group).
-    pub async fn election(&self, req: crate::core::ElectionRequest) -> Reply {
-        let (tx, rx) = oneshot::channel();
-        if self
-            .cmds
-            .send(Cmd::Election { req, reply: tx })
-            .await
-            .is_err()
-        {
-            return Err(ClientError::Disconnected("the node has stopped".into()));
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(ClientError::Disconnected("the node has stopped".into())))
-    }
-
-    /// One watch long-poll (see `driver/watch.rs`), served by this node's replica of the
-    /// partition or passed to one.
-    pub async fn watch(&self, req: crate::wire::WatchRequest) -> crate::wire::WatchReply {
-        use crate::wire::WatchReply;
-        let stopped = || WatchReply::Unavailable("the node has stopped".into());
-        let (tx, rx) = oneshot::channel();
-        if self.cmds.send(Cmd::Watch { req, reply: tx }).await.is_err() {
-            return stopped();
-        }
-        rx.await.unwrap_or_else(|_| stopped())
-    }
-
-    /// Test hook: drop all Raft traffic to and from this node (a network partition that
-    /// leaves client access to it intact), or restore it.
-    #[doc(hidden)]
-    pub async fn set_isolated(&self, isolated: bool) {
-        let _ = self.cmds.send(Cmd::Isolate { isolated }).await;
-    }
-}
-
-/// A running node: its driver task and its network task.
-pub struct Node {
-    handle: NodeHandle,
-    driver: JoinHandle<()>,
-    net_loop: JoinHandle<()>,
-}
-
-impl Node {
-    /// Opens the data directory (identity, store), starts the network and the node loop.
-    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
-        let keypair = swarmkv_net::load_or_create_identity(&config.data_dir)?;
-        let peer = keypair.public().to_peer_id();
-        let node = node_id_of(&peer);
-        let store = open_store(&config.data_dir, config.store.clone()).await?;
-        let metrics = Arc::new(Metrics::new());
-        {
-            let m = metrics.clone();
-            store.set_sync_observer(Arc::new(move |d| m.observe_sync(d)));
-        }
-        let start = Instant::now();
-        let core = Core::new(node, store.clone(), config.core.clone(), 0)?;
-        let (net, events, event_loop) = swarmkv_net::new(config.net_config(keypair))?;
-        let net_loop = tokio::spawn(event_loop.run());
-        let table: PeerTable = store
-            .get_meta(PEERS_META)?
-            .and_then(|b| postcard::from_bytes(&b).ok())
-            .unwrap_or_default();
-        let mut peers = HashMap::new();
-        for (id, bytes, addrs) in &table.peers {
-            if let Ok(p) = PeerId::from_bytes(bytes) {
-                peers.insert(*id, p);
-                if p != peer {
-                    for a in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
-                        let net = net.clone();
-                        tokio::spawn(async move {
-                            let _ = net.dial(a).await;
-                        });
-                    }
-                }
-            }
-        }
-        let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-        let (int_tx, int_rx) = mpsc::channel(1024);
-        let driver = Driver {
-            core,
-            store,
-            net: net.clone(),
-            events,
-            cmds: cmd_rx,
-            internal: int_rx,
-            internal_tx: int_tx,
-            pending: HashMap::new(),
-            next_id: 1,
-            node,
-            peers,
-            addrs: table.peers.into_iter().map(|(id, _, a)| (id, a)).collect(),
-            start,
-            isolated: false,
-            unreachable: Default::default(),
-            control: Control::new(config.control.clone()),
-            metrics: metrics.clone(),
-            foreign: Vec::new(),
-            leases: lease::LeaseDriver::default(),
-            limits: limits::Limits::new(&config.limits),
-            draining: None,
-            stopped: Vec::new(),
-            config: config.clone(),
-        };
-        let driver = tokio::spawn(driver.run());
-        Ok(Node {
-            handle: NodeHandle {
-                cmds: cmd_tx,
-                metrics,
-                net,
-                peer,
-                node,
-                cluster_name: config.cluster_name.as_str().into(),
-            },
-            driver,
-            net_loop,
-        })
-    }
-
-    /// A handle for clients and tests.
-    pub fn handle(&self) -> NodeHandle {
-        self.handle.clone()
-    }
-
-    /// Stops the node gracefully: hands every leadership it holds to another replica (so
-    /// clients see no election timeout), makes everything durable, then stops.
-    pub async fn shutdown(self) {
-        let (tx, rx) = oneshot::channel();
-        if self
-            .handle
-            .cmds
-            .send(Cmd::Shutdown { reply: tx })
-            .await
-            .is_ok()
-        {
-            let _ = rx.await;
-        }
-        let _ = self.driver.await;
-        self.net_loop.abort();
-        let _ = self.net_loop.await;
-    }
-
-    /// Stops the node abruptly (as a crash would, minus the OS): tasks are aborted, nothing
-    /// is handed over. What was acknowledged is on disk already.
-    pub async fn kill(self) {
-        self.driver.abort();
-        self.net_loop.abort();
-        let _ = self.driver.await;
-        let _ = self.net_loop.await;
-    }
-}
-
 /// sled keeps a lock on its directory until the previous instance is fully dropped; a node
 /// restarted right after a crash in the same process may have to wait a moment.
 async fn open_store(dir: &Path, config: StoreConfig) -> Result<SledStore, NodeError> {
@@ -594,11 +279,23 @@ async fn open_store(dir: &Path, config: StoreConfig) -> Result<SledStore, NodeEr
     }
 }
 
-/// The node loop's state. A storage failure takes it apart (see [`storage_fault`]): a new
-/// field must also go into `storage_fault::Parts`.
+/// The node loop's state: its storage, which a storage failure discards and recovery
+/// rebuilds as one value (see [`storage_fault`]), and everything else, which outlives it.
 struct Driver {
+    disk: Disk,
+    io: Io,
+}
+
+/// The core and the store it persists to: both hold the sled database, so both go when the
+/// storage fails.
+struct Disk {
     core: Core<SledBackend>,
     store: SledStore,
+}
+
+/// Everything of the node loop but its storage: the network and the channels, the requests
+/// waiting for answers, what the control plane heard.
+struct Io {
     net: NetHandle,
     events: NetEvents,
     cmds: mpsc::Receiver<Cmd>,
@@ -611,8 +308,6 @@ struct Driver {
     addrs: HashMap<NodeId, Vec<String>>,
     start: Instant,
     isolated: bool,
-    /// Peers the network reports suspect or down: requests are not forwarded to them.
-    unreachable: std::collections::HashSet<NodeId>,
     control: Control,
     metrics: Arc<Metrics>,
     /// Peers of other clusters seen (reported in the status).
@@ -631,16 +326,17 @@ struct Driver {
 impl Driver {
     fn report(&self) -> crate::wire::StatusReport {
         crate::wire::StatusReport {
-            node: self.node,
-            peer: self.net.local_peer_id().to_string(),
-            cluster_id: self.core.settings().map(|s| s.cluster_id),
-            partitions: self.core.settings().map(|s| s.partitions),
-            meta_leader: self.core.is_leader(crate::core::META_GROUP),
+            node: self.io.node,
+            peer: self.io.net.local_peer_id().to_string(),
+            cluster_id: self.disk.core.settings().map(|s| s.cluster_id),
+            partitions: self.disk.core.settings().map(|s| s.partitions),
+            meta_leader: self.disk.core.is_leader(crate::core::META_GROUP),
             groups: self
+                .disk
                 .core
                 .groups()
                 .into_iter()
-                .filter_map(|g| self.core.group_status(g))
+                .filter_map(|g| self.disk.core.group_status(g))
                 .map(|g| crate::wire::GroupReport {
                     group: g.group,
                     role: g.role,
@@ -651,8 +347,14 @@ impl Driver {
                     applied: g.applied,
                 })
                 .collect(),
-            peers: self.control.fresh().map(|(_, a)| a.node).collect(),
+            peers: self
+                .io
+                .control
+                .fresh(self.now_ms())
+                .map(|(_, a)| a.node)
+                .collect(),
             foreign: self
+                .io
                 .foreign
                 .iter()
                 .map(|(p, n, id)| (p.to_string(), n.clone(), *id))
@@ -662,7 +364,7 @@ impl Driver {
     }
 
     fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        self.io.start.elapsed().as_millis() as u64
     }
 
     /// Runs the node until it stops. A storage failure does not stop it: the node is
@@ -677,11 +379,11 @@ impl Driver {
                 },
             }
         }
-        if let Err(e) = self.store.sync() {
+        if let Err(e) = self.disk.store.sync() {
             log::warn!("final sync failed: {e}");
         }
-        let _ = self.net.shutdown().await;
-        for s in self.stopped.drain(..) {
+        let _ = self.io.net.shutdown().await;
+        for s in self.io.stopped.drain(..) {
             let _ = s.send(());
         }
     }
@@ -689,36 +391,36 @@ impl Driver {
     /// The node loop. `Ok` when the node stopped as asked; `Err` when its storage failed (the
     /// requests in flight have been answered with the ambiguous [`ClientError::Storage`]).
     async fn serve(&mut self) -> Result<(), CoreError> {
-        let tick = Duration::from_millis(self.core.tick_ms().max(1));
+        let tick = Duration::from_millis(self.disk.core.tick_ms().max(1));
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
                     let now = self.now_ms();
-                    self.core.handle_tick(now);
-                    self.metrics.set_quiesced_groups(self.core.quiesced_groups());
+                    self.disk.core.handle_tick(now);
+                    self.io.metrics.set_quiesced_groups(self.disk.core.quiesced_groups());
                     self.control_tick().await;
                     self.refresh_allowed_peers().await;
                 }
-                cmd = self.cmds.recv() => match cmd {
+                cmd = self.io.cmds.recv() => match cmd {
                     Some(cmd) => self.on_cmd(cmd),
                     None => return Ok(()),
                 },
-                ev = self.events.recv() => match ev {
+                ev = self.io.events.recv() => match ev {
                     Some(ev) => self.on_event(ev),
                     None => return Ok(()),
                 },
-                Some(i) = self.internal.recv() => self.on_internal(i),
+                Some(i) = self.io.internal.recv() => self.on_internal(i),
             }
             // Take whatever else is already waiting, so one turn serves many inputs.
             for _ in 0..256 {
                 let mut progressed = false;
-                if let Some(Some(ev)) = self.events.recv().now_or_never() {
+                if let Some(Some(ev)) = self.io.events.recv().now_or_never() {
                     self.on_event(ev);
                     progressed = true;
                 }
-                if let Ok(cmd) = self.cmds.try_recv() {
+                if let Ok(cmd) = self.io.cmds.try_recv() {
                     self.on_cmd(cmd);
                     progressed = true;
                 }
@@ -727,48 +429,14 @@ impl Driver {
                 }
             }
             let turn = self.turn().await;
-            self.metrics.observe_core(self.core.stats());
+            self.io.metrics.observe_core(self.disk.core.stats());
             turn?;
-            self.flush().await;
-            if self.draining.is_some() && self.drain_step() {
+            if self.io.draining.is_some() && self.drain_step() {
                 // Let the transfers' messages leave before the network stops.
                 let _ = self.turn().await;
-                self.flush().await;
                 return Ok(());
             }
         }
-    }
-
-    /// One turn of the core: take every group's Ready, send what may leave before it is
-    /// durable (a leader's appends: the followers write them while this node does), then
-    /// persist with one sync, apply and answer.
-    async fn turn(&mut self) -> Result<(), CoreError> {
-        let staged = self.core.stage()?;
-        let syncs = staged.needs_sync();
-        // Nothing else may reach the core until the staged Readies are persisted: peers
-        // without an address are reported to Raft afterwards.
-        let unknown = self.send_raft_messages().await;
-        // Writes committed and reads confirmed are answered before the sync too.
-        self.deliver_replies();
-        let core = &mut self.core;
-        let run = || -> Result<(), CoreError> {
-            core.persist(staged)?;
-            core.serve_caught_up_reads();
-            Ok(())
-        };
-        // A turn that fsyncs is kept off the async workers' backs where the runtime allows
-        // (the messages just queued for the network then leave while the disk works); one
-        // that does not is pure CPU, and handing the worker over would cost a thread switch.
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) if syncs => {
-                tokio::task::block_in_place(run)
-            }
-            _ => run(),
-        }?;
-        for to in unknown {
-            self.core.report_unreachable(to);
-        }
-        Ok(())
     }
 
     fn on_cmd(&mut self, cmd: Cmd) {
@@ -785,28 +453,29 @@ impl Driver {
             }
             Cmd::Status { reply } => {
                 let groups = self
+                    .disk
                     .core
                     .groups()
                     .into_iter()
-                    .filter_map(|g| self.core.group_status(g))
+                    .filter_map(|g| self.disk.core.group_status(g))
                     .collect();
                 let _ = reply.send(NodeStatus {
-                    node: self.node,
-                    peer: self.net.local_peer_id(),
-                    settings: self.core.settings().cloned(),
-                    meta_leader: self.core.is_leader(crate::core::META_GROUP),
+                    node: self.io.node,
+                    peer: self.io.net.local_peer_id(),
+                    settings: self.disk.core.settings().cloned(),
+                    meta_leader: self.disk.core.is_leader(crate::core::META_GROUP),
                     groups,
-                    peers: self.peers.iter().map(|(n, p)| (*n, *p)).collect(),
+                    peers: self.io.peers.iter().map(|(n, p)| (*n, *p)).collect(),
                 });
             }
             Cmd::Isolate { isolated } => {
-                self.isolated = isolated;
+                self.io.isolated = isolated;
                 // Cut off, this node hears no one: as if every peer failed (which wakes its
                 // quiesced groups), until the cut heals.
-                let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+                let peers: Vec<NodeId> = self.io.peers.keys().copied().collect();
                 for id in peers {
-                    let live = !isolated && !self.unreachable.contains(&id);
-                    self.core.set_node_live(id, live);
+                    let live = !isolated && !self.io.control.is_unreachable(id);
+                    self.disk.core.set_node_live(id, live);
                 }
             }
             Cmd::Decommission { node, reply } => {
@@ -826,11 +495,12 @@ impl Driver {
                 let _ = reply.send(self.cluster_view());
             }
             Cmd::Shutdown { reply } => {
-                if self.draining.is_none() {
+                if self.io.draining.is_none() {
                     log::info!("shutting down: handing leaderships away");
-                    self.draining = Some(Instant::now() + SHUTDOWN_GRACE);
+                    self.io.draining = Some(Instant::now() + SHUTDOWN_GRACE);
+                    self.io.control.start_draining();
                 }
-                self.stopped.push(reply);
+                self.io.stopped.push(reply);
             }
         }
     }
@@ -841,7 +511,7 @@ impl Driver {
         node: NodeId,
         done: impl FnOnce(Result<(), DecommissionError>) + Send + 'static,
     ) {
-        if self.core.is_leader(crate::core::META_GROUP) {
+        if self.disk.core.is_leader(crate::core::META_GROUP) {
             done(self.decommission(node));
             return;
         }
@@ -851,7 +521,7 @@ impl Driver {
             )));
             return;
         };
-        let net = self.net.clone();
+        let net = self.io.net.clone();
         tokio::spawn(async move {
             let call = KvCall::V1(Call::Decommission { node });
             let r = match net.kv_request(peer, call.encode()).await {
@@ -880,50 +550,52 @@ impl Driver {
         let mut nodes = Vec::new();
         for p in peers {
             let id = node_id_of(&p);
-            self.peers.insert(id, p);
+            self.io.peers.insert(id, p);
+            self.note_peer(p);
             nodes.push(id);
         }
         nodes.sort_unstable();
         nodes.dedup();
         let (layout, cluster_id) = Driver::layout_for(nodes, partitions, replication);
-        self.core.bootstrap(layout, cluster_id)?;
-        self.formed(cluster_id);
+        self.on_bootstrap(layout, cluster_id)?;
         Ok(())
     }
 
     fn save_peers(&self) -> Result<(), NodeError> {
         let table = PeerTable {
             peers: self
+                .io
                 .peers
                 .iter()
                 .map(|(id, p)| {
                     (
                         *id,
                         p.to_bytes(),
-                        self.addrs.get(id).cloned().unwrap_or_default(),
+                        self.io.addrs.get(id).cloned().unwrap_or_default(),
                     )
                 })
                 .collect(),
         };
         let bytes = postcard::to_stdvec(&table).unwrap_or_default();
-        self.store.put_meta(PEERS_META, &bytes)?;
+        self.disk.store.put_meta(PEERS_META, &bytes)?;
         Ok(())
     }
 
     fn submit(&mut self, req: Request, origin: Origin, hops: u8) {
         // Refused before it costs anything: no pending entry, no proposal, no forward.
-        let permit = match self.limits.admit(&req) {
+        let permit = match self.io.limits.admit(&req) {
             Ok(permit) => permit,
             Err(busy) => {
-                self.metrics
+                self.io
+                    .metrics
                     .observe_request(op_of(&req.body), Duration::ZERO);
                 deliver(origin, Err(busy));
                 return;
             }
         };
-        let id = self.next_id;
-        self.next_id += 1;
-        self.pending.insert(
+        let id = self.io.next_id;
+        self.io.next_id += 1;
+        self.io.pending.insert(
             id,
             Pending {
                 origin,
@@ -933,21 +605,21 @@ impl Driver {
                 _permit: permit,
             },
         );
-        self.core.handle_request(id, req);
+        self.disk.core.handle_request(id, req);
     }
 
     fn on_event(&mut self, ev: NetEvent) {
         match ev {
             NetEvent::Raft { peer, batch } => {
                 let from = node_id_of(&peer);
-                self.peers.entry(from).or_insert(peer);
-                self.unreachable.remove(&from);
-                if self.isolated {
+                self.io.peers.entry(from).or_insert(peer);
+                self.io.control.handle_peer_up(&mut self.disk.core, from);
+                if self.io.isolated {
                     return;
                 }
                 for (group, bytes) in batch {
                     match Message::parse_from_bytes(&bytes) {
-                        Ok(m) => self.core.handle_raft(from, group, m),
+                        Ok(m) => self.disk.core.handle_raft(from, group, m),
                         Err(e) => log::warn!("undecodable raft message from {peer}: {e}"),
                     }
                 }
@@ -962,8 +634,8 @@ impl Driver {
                 }
                 Ok(KvCall::V1(Call::Info)) => {
                     let info = ClusterInfo {
-                        node: self.node,
-                        partitions: self.core.settings().map(|s| s.partitions),
+                        node: self.io.node,
+                        partitions: self.disk.core.settings().map(|s| s.partitions),
                     };
                     respond(responder, Answer::Info(info));
                 }
@@ -976,11 +648,8 @@ impl Driver {
                     respond(responder, Answer::ClusterView(self.cluster_view()));
                 }
                 Ok(KvCall::V1(Call::Bootstrap { layout, cluster_id })) => {
-                    let answer = match self.core.bootstrap(layout, cluster_id) {
-                        Ok(()) => {
-                            self.formed(cluster_id);
-                            Answer::Ok
-                        }
+                    let answer = match self.on_bootstrap(layout, cluster_id) {
+                        Ok(()) => Answer::Ok,
                         Err(e) => Answer::Malformed(e.to_string()),
                     };
                     respond(responder, answer);
@@ -1010,47 +679,45 @@ impl Driver {
                 }
             },
             NetEvent::SnapshotChunk { peer, chunk } => {
-                if self.isolated {
+                if self.io.isolated {
                     return;
                 }
-                if let Err(e) = self.store.receive_chunk(&chunk.data) {
+                if let Err(e) = self.disk.store.receive_chunk(&chunk.data) {
                     log::warn!("snapshot chunk from {peer} refused: {e}");
                 }
             }
             NetEvent::PeerUp { peer } => {
                 let id = node_id_of(&peer);
-                self.peers.insert(id, peer);
-                self.unreachable.remove(&id);
+                self.io.peers.insert(id, peer);
+                self.note_peer(peer);
                 // The failure detector's verdicts wake quiesced groups (core/quiesce.rs).
-                self.core.set_node_live(id, true);
+                self.io.control.handle_peer_up(&mut self.disk.core, id);
             }
             NetEvent::PeerDown { peer } => {
-                self.control.forget(&peer);
-                let id = node_id_of(&peer);
-                self.unreachable.insert(id);
-                self.core.set_node_live(id, false);
-                self.core.report_unreachable(id)
+                self.io
+                    .control
+                    .handle_peer_down(&mut self.disk.core, node_id_of(&peer));
             }
             NetEvent::PeerSuspect { peer } => {
-                let id = node_id_of(&peer);
-                self.unreachable.insert(id);
-                self.core.set_node_live(id, false);
+                self.io
+                    .control
+                    .handle_peer_suspect(&mut self.disk.core, node_id_of(&peer));
             }
             NetEvent::RaftSendFailed { peer, .. } => {
-                self.core.report_unreachable(node_id_of(&peer))
+                self.disk.core.report_unreachable(node_id_of(&peer))
             }
             NetEvent::Heartbeat { info } => {
                 if let Some(a) = Announce::decode(&info.app) {
+                    // A heartbeat is proof of life too (the detector's PeerUp says the same
+                    // once): the control plane tells the core.
                     self.on_announce(info.peer, &info.listen_addrs, a);
                 }
                 let id = node_id_of(&info.peer);
-                // A heartbeat is proof of life too (the detector's PeerUp says the same once).
-                self.core.set_node_live(id, true);
                 let addrs: Vec<String> = info.listen_addrs.iter().map(|a| a.to_string()).collect();
-                self.peers.insert(id, info.peer);
-                let changed = self.addrs.get(&id) != Some(&addrs);
+                self.io.peers.insert(id, info.peer);
+                let changed = self.io.addrs.get(&id) != Some(&addrs);
                 if changed {
-                    self.addrs.insert(id, addrs);
+                    self.io.addrs.insert(id, addrs);
                     if let Err(e) = self.save_peers() {
                         log::warn!("cannot record peer addresses: {e}");
                     }
@@ -1061,11 +728,11 @@ impl Driver {
                 cluster_name,
                 cluster_id,
             } => {
-                if !self.foreign.iter().any(|(p, _, _)| *p == peer) {
+                if !self.io.foreign.iter().any(|(p, _, _)| *p == peer) {
                     log::warn!(
                         "refusing {peer}: it belongs to cluster {cluster_name} ({cluster_id:x?}), not ours"
                     );
-                    self.foreign.push((peer, cluster_name, cluster_id));
+                    self.io.foreign.push((peer, cluster_name, cluster_id));
                 }
             }
             NetEvent::FrameRejected {
@@ -1079,207 +746,12 @@ impl Driver {
 
     fn on_internal(&mut self, i: Internal) {
         match i {
-            Internal::SnapshotDone { group, to, ok } => self.core.report_snapshot(group, to, ok),
+            Internal::SnapshotDone { group, to, ok } => {
+                self.disk.core.report_snapshot(group, to, ok)
+            }
             Internal::Joined(settings) => self.on_joined(settings),
             Internal::LeaseDeleted { lease, confirmed } => self.on_lease_deleted(lease, confirmed),
         }
-    }
-
-    /// Sends every peer its queued Raft messages (one batch per peer, split only near the
-    /// frame limit); returns the peers it has no address for, which the caller must report
-    /// unreachable to the core.
-    async fn send_raft_messages(&mut self) -> Vec<NodeId> {
-        let mut unknown = Vec::new();
-        while let Some((to, msgs)) = self.core.poll_transmit() {
-            if self.isolated {
-                continue;
-            }
-            let Some(peer) = self.peers.get(&to).copied() else {
-                unknown.push(to);
-                continue;
-            };
-            let mut batch = Vec::with_capacity(msgs.len());
-            let mut size = 0;
-            for (g, m) in msgs {
-                let Ok(bytes) = m.write_to_bytes() else {
-                    continue;
-                };
-                size += bytes.len() + 16;
-                batch.push((g, bytes));
-                if size >= MAX_BATCH_BYTES {
-                    let full = std::mem::take(&mut batch);
-                    size = 0;
-                    if let Err(e) = self.net.send_raft(peer, full).await {
-                        log::debug!("raft batch to {peer} not sent: {e}");
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                if let Err(e) = self.net.send_raft(peer, batch).await {
-                    log::debug!("raft batch to {peer} not sent: {e}");
-                }
-            }
-        }
-        unknown
-    }
-
-    async fn flush(&mut self) {
-        for to in self.send_raft_messages().await {
-            self.core.report_unreachable(to);
-        }
-        while let Some(s) = self.core.poll_snapshot() {
-            let Some(peer) = self.peers.get(&s.to).copied() else {
-                self.core.report_snapshot(s.group, s.to, false);
-                continue;
-            };
-            if self.isolated {
-                self.core.report_snapshot(s.group, s.to, false);
-                continue;
-            }
-            // Each stream reads the partition's chunks and holds the follower's link: past
-            // the limit, Raft hears "not sent" and tries again later.
-            let Some(slot) = self.limits.snapshot_slot() else {
-                log::debug!(
-                    "snapshot of group {} to {:x} deferred: too many in flight",
-                    s.group,
-                    s.to
-                );
-                self.core.report_snapshot(s.group, s.to, false);
-                continue;
-            };
-            let net = self.net.clone();
-            let store = self.store.clone();
-            let done = self.internal_tx.clone();
-            tokio::spawn(async move {
-                let ok = send_snapshot(&net, &store, peer, &s).await;
-                drop(slot);
-                if let Err(e) = &ok {
-                    log::info!("snapshot of group {} to {peer} failed: {e}", s.group);
-                }
-                let _ = done
-                    .send(Internal::SnapshotDone {
-                        group: s.group,
-                        to: s.to,
-                        ok: ok.is_ok(),
-                    })
-                    .await;
-            });
-        }
-        self.deliver_replies();
-    }
-
-    /// Answers every request the core has an answer for, passing `NotLeader` answers on to
-    /// the leader where that can help.
-    fn deliver_replies(&mut self) {
-        while let Some((id, reply)) = self.core.poll_reply() {
-            if let Some(origin) = self.leases.take(id) {
-                deliver(origin, reply);
-                continue;
-            }
-            let Some(p) = self.pending.remove(&id) else {
-                continue;
-            };
-            let can_forward = p.hops < crate::wire::MAX_HOPS;
-            let mut reply = reply;
-            if let Err(ClientError::NotLeader { leader }) = &reply {
-                // Gossip may know the leader better than a hint pointing at any replica.
-                let group = crate::core::group_of_partition(p.req.partition);
-                if let Some(l) = self.gossip_leader(group) {
-                    if Some(l) != *leader && l != self.node {
-                        reply = Err(ClientError::NotLeader { leader: Some(l) });
-                    }
-                }
-            }
-            if let Err(ClientError::NotLeader { leader: Some(l) }) = &reply {
-                if can_forward && *l != self.node && self.unreachable.contains(l) {
-                    // The hint names a node that is gone: its followers will elect another
-                    // leader shortly; the caller retries meanwhile.
-                    deliver(
-                        p.origin,
-                        Err(ClientError::Unavailable {
-                            reason: format!(
-                                "the partition's last known leader {l:x} is unreachable"
-                            ),
-                        }),
-                    );
-                    continue;
-                }
-                if can_forward && *l != self.node {
-                    if let Some(peer) = self.peers.get(l).copied() {
-                        let net = self.net.clone();
-                        let hops = p.hops + 1;
-                        let metrics = self.metrics.clone();
-                        tokio::spawn(async move {
-                            let op = op_of(&p.req.body);
-                            let reply = forward(&net, peer, p.req, hops).await;
-                            metrics.observe_request(op, p.started.elapsed());
-                            deliver(p.origin, reply);
-                        });
-                        continue;
-                    }
-                }
-            }
-            self.metrics
-                .observe_request(op_of(&p.req.body), p.started.elapsed());
-            deliver(p.origin, reply);
-        }
-    }
-}
-
-async fn send_snapshot(
-    net: &NetHandle,
-    store: &SledStore,
-    peer: PeerId,
-    s: &crate::core::SnapshotSend,
-) -> Result<(), String> {
-    for seq in 0..s.chunks {
-        let data = store
-            .snapshot_chunk(s.group, s.index, seq)
-            .map_err(|e| e.to_string())?;
-        let chunk = swarmkv_net::SnapshotChunk {
-            group: s.group,
-            snapshot_id: s.index,
-            seq: u64::from(seq),
-            last: seq + 1 == s.chunks,
-            data,
-        };
-        net.send_snapshot_chunk(peer, chunk)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let bytes = s.message.write_to_bytes().map_err(|e| e.to_string())?;
-    net.send_raft(peer, vec![(s.group, bytes)])
-        .await
-        .map_err(|e| e.to_string())
-}
-
-async fn forward(net: &NetHandle, peer: PeerId, req: Request, hops: u8) -> Reply {
-    let call = KvCall::V1(Call::Request { req, hops });
-    let answer = tokio::time::timeout(FORWARD_TIMEOUT, net.kv_request(peer, call.encode())).await;
-    let Ok(answer) = answer else {
-        return Err(ClientError::Disconnected(format!(
-            "no answer from {peer} in time"
-        )));
-    };
-    match answer {
-        Ok(bytes) => match KvAnswer::decode(&bytes)? {
-            KvAnswer::V1(Answer::Reply(r)) => r,
-            KvAnswer::V1(other) => Err(ClientError::Disconnected(format!(
-                "unexpected answer {other:?}"
-            ))),
-        },
-        // Never sent: nothing happened, the caller may retry at once.
-        Err(
-            e @ (swarmkv_net::NetError::Unreachable { .. }
-            | swarmkv_net::NetError::NotConnected(_)
-            | swarmkv_net::NetError::ForeignPeer(_)
-            | swarmkv_net::NetError::QueueFull { .. }),
-        ) => Err(ClientError::Unavailable {
-            reason: format!("forwarding to {peer}: {e}"),
-        }),
-        Err(e) => Err(ClientError::Disconnected(format!(
-            "forwarding to {peer}: {e}"
-        ))),
     }
 }
 

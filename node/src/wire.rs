@@ -5,7 +5,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::{
     ClientError, ClusterLayout, ClusterSettings, GroupId, NodeId, NodeRecord, Reply, Request,
-    Target,
 };
 
 /// How many times a request may be passed from node to node toward its partition's leader
@@ -118,28 +117,7 @@ impl KvAnswer {
     }
 }
 
-/// What a node says about itself in its membership heartbeats (the opaque app payload of the
-/// network layer): its cluster, the groups it leads with their voters (routing and the
-/// coordinator's progress tracking), and, from the meta leader, every group's target.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Announce {
-    pub cluster_id: Option<u64>,
-    pub node: NodeId,
-    pub meta_leader: bool,
-    pub led: Vec<(GroupId, Vec<NodeId>)>,
-    /// (epoch, targets): only the meta leader sends them.
-    pub targets: Option<(u64, Vec<(GroupId, Target)>)>,
-}
-
-impl Announce {
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).unwrap_or_default()
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<Announce> {
-        postcard::from_bytes(bytes).ok()
-    }
-}
+pub use crate::core::control::Announce;
 
 /// A node's report on itself (`swarmkv status`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand::rngs::StdRng;
 use rand::Rng;
-use swarmkv::core::{GroupId, NodeId, Request, RequestId, SnapshotSend};
+use swarmkv::core::control::Announce;
+use swarmkv::core::{
+    ClusterLayout, ClusterSettings, GroupId, NodeId, NodeRecord, Request, RequestId, SnapshotSend,
+};
 use swarmkv_store::raft::eraftpb::Message;
 
 /// What travels between nodes (and from clients to nodes).
@@ -18,6 +21,22 @@ pub enum Payload {
     Snapshot(SnapshotSend),
     /// A client request.
     Request(RequestId, Request),
+    /// A node's control-plane announcement, as its gossip heartbeats carry it.
+    Announce(Announce),
+    /// A join request for the cluster, answered to `reply_to` (passed on to the meta leader
+    /// at most `hops` more times).
+    Join {
+        record: NodeRecord,
+        reply_to: NodeId,
+        hops: u8,
+    },
+    /// The answer to a join request (`None`: refused).
+    Joined(Option<ClusterSettings>),
+    /// The node that formed a cluster tells an initial member to bootstrap.
+    Bootstrap {
+        layout: ClusterLayout,
+        cluster_id: u64,
+    },
 }
 
 /// A packet in flight.
@@ -85,8 +104,9 @@ impl Net {
         d
     }
 
-    /// Sends a packet: it may be lost (not for client requests, whose loss the client would
-    /// see as a timeout anyway) or, for Raft traffic, duplicated.
+    /// Sends a packet: Raft traffic and heartbeats may be lost (not client requests, whose
+    /// loss the client would see as a timeout anyway, nor the control plane's requests, which
+    /// travel over a reliable stream) and Raft traffic duplicated.
     pub fn send(&mut self, rng: &mut StdRng, now: u64, packet: Packet) {
         self.sent += 1;
         if self.blocked(packet.from, packet.to) {
@@ -94,7 +114,8 @@ impl Net {
             return;
         }
         let is_raft = matches!(packet.payload, Payload::Raft(_));
-        if is_raft && rng.gen_bool(self.loss) {
+        let lossy = is_raft || matches!(packet.payload, Payload::Announce(_));
+        if lossy && rng.gen_bool(self.loss) {
             self.lost += 1;
             return;
         }

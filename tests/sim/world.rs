@@ -1,8 +1,12 @@
-//! The simulated cluster: real `Core`s over `MemBackend` stores, driven turn by turn the way
-//! `node/src/driver.rs` drives them (inputs, tick, control plane, `process`, serve caught-up
-//! reads, then send messages, stream snapshots and answer requests), on a virtual clock and
-//! the virtual network of `net.rs`, with the faults one seed schedules, clients that record a
-//! history, and every invariant checked after every node turn.
+//! The simulated cluster: real `Core`s over `MemBackend` stores, each with the shipped control
+//! plane (`core::control::Control`), driven turn by turn the way `node/src/driver.rs` drives
+//! them (inputs, tick, control plane, `process`, serve caught-up reads, then send messages,
+//! stream snapshots, answer requests and carry out control actions), on a virtual clock and
+//! the virtual network of `net.rs`, which also carries the nodes' announcements (as gossip
+//! heartbeats would) and their join requests. Faults come from one seed, clients record a
+//! history, and every invariant is checked after every node turn. The world decides nothing
+//! for the cluster: formation of added nodes, registration, liveness verdicts, placement and
+//! leftover collection are the shipped code's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -10,11 +14,11 @@ use std::hash::{Hash, Hasher};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use swarmkv::core::control::{targets_epoch, Control, ControlAction, ControlParams, JoinVerdict};
 use swarmkv::core::routing::partition_of;
 use swarmkv::core::{
-    plan_targets, ClientError, ClusterLayout, ClusterSettings, Core, CoreConfig, GroupId,
-    MetaState, NodeId, NodeRecord, NodeState, Reply, Request, RequestBody, RequestId, Target,
-    META_GROUP,
+    plan_targets, ClientError, ClusterLayout, ClusterSettings, Core, CoreConfig, GroupId, NodeId,
+    NodeRecord, NodeState, Reply, Request, RequestBody, RequestId, META_GROUP,
 };
 use swarmkv_store::{KvRecord, MemBackend, Store, StoreConfig};
 
@@ -27,11 +31,14 @@ use crate::params::Params;
 
 /// Length of one simulation step.
 const QUANTUM_MS: u64 = 10;
-/// Control plane periods (as in `node/src/driver/control.rs`).
-const RECONCILE_MS: u64 = 200;
-const COORDINATE_MS: u64 = 300;
 /// Groups moving toward a new target at once.
 const MAX_MOVES: usize = 4;
+/// A node silent this long is marked dead: longer than most single faults (a crash, pause or
+/// partition lasts up to 4 s), so the verdict comes mostly from a replaced node and from a
+/// node that repeated faults keep silent.
+const DEAD_AFTER_MS: u64 = 6_000;
+/// How many times a join request may be passed on toward the meta leader.
+const JOIN_HOPS: u8 = 2;
 /// After the faults stop, clients keep working this long.
 const HEAL_LOAD_MS: u64 = 2_000;
 /// The cluster must have converged and answered everything this long after the faults stop.
@@ -39,6 +46,14 @@ const HEAL_MAX_MS: u64 = 60_000;
 /// Attempts of one operation (retries follow hints, or resend an ambiguous write with its
 /// session).
 const MAX_ATTEMPTS: u32 = 5;
+/// In a zero-config run the nodes start without a cluster and must have formed one, with all
+/// of them as initial voters, by this time: the longest listening window plus time for the
+/// bootstrap calls to arrive. Faults start after it.
+const FORMATION_MS: u64 = 4_000;
+/// The listening window of a node started after the initial ones (added, or restarted before
+/// it joined): longer than any partition, so it joins the cluster rather than forming one
+/// of its own while cut off, which a fresh node alone on its network does by design.
+const LATE_DISCOVERY_MS: u64 = 60_000;
 /// Search budget of the linearizability checker, per key.
 const CHECK_STEPS: u64 = 2_000_000;
 /// The sender id of client requests (never a node, never cut off).
@@ -75,23 +90,28 @@ pub struct Summary {
     pub terms_led: usize,
     pub entries_seen: usize,
     pub states_compared: u64,
-    /// The most replicas seen quiesced at once, and how many times a node's failure detector
-    /// changed its verdict on another node (how much quiescence and its wake-ups were
-    /// exercised).
+    /// The most replicas seen quiesced at once (how much quiescence was exercised).
     pub quiesced_max: usize,
-    pub liveness_changes: usize,
+    /// The nodes formed their cluster themselves (zero-config) rather than being bootstrapped.
+    pub zero_config: bool,
 }
 
-/// What one node's failure detector believes of another, and since when the truth differs.
-#[derive(Clone, Copy, Debug)]
-struct Belief {
-    live: bool,
-    differs_since: Option<u64>,
+/// A zero-config seed's formation, until it is checked.
+struct Formation {
+    /// The network's loss and spike probabilities, restored once the cluster formed: the
+    /// nodes start together and hear each other, which is what formation promises to use.
+    loss: f64,
+    spike: f64,
+    /// The (cluster id, initial nodes) of every cluster a node formed, as its bootstrap
+    /// calls to the other initial nodes carry them.
+    formed: BTreeSet<(u64, Vec<NodeId>)>,
 }
 
 struct Node {
     backend: MemBackend,
     core: Option<Core<MemBackend>>,
+    /// The control plane of the running incarnation.
+    control: Option<Control>,
     incarnation: u64,
     /// Replaced: stopped for good.
     retired: bool,
@@ -101,7 +121,6 @@ struct Node {
     stall_until: u64,
     /// When a crashed node comes back.
     restart_at: Option<u64>,
-    next_reconcile: u64,
 }
 
 impl Node {
@@ -127,8 +146,15 @@ pub struct World {
     owners: BTreeMap<RequestId, usize>,
     next_rid: RequestId,
     observer: Observer,
-    /// The registry the operator wants (the coordinator writes it to the meta group).
+    /// The registry the cluster must reach: every node live, a replaced one dead, a
+    /// decommissioned one decommissioned.
     wanted: BTreeMap<NodeId, NodeState>,
+    /// A node the operator asked to decommission: the request is repeated to the meta leader
+    /// until the registry records it.
+    decommission: Option<NodeId>,
+    control_params: ControlParams,
+    /// Set in a zero-config seed until its formation is checked.
+    formation: Option<Formation>,
     /// Revision at which each value was written, as answers and reads report it.
     revisions: BTreeMap<u64, u64>,
     acked: Vec<AckedWrite>,
@@ -141,11 +167,7 @@ pub struct World {
     healed: bool,
     final_script: Vec<usize>,
     finals: BTreeMap<Vec<u8>, Option<KvRecord>>,
-    next_coordinate: u64,
     summary: Summary,
-    /// Each (observer, subject) pair's failure-detector verdict, when it is not "live" (a
-    /// core starts believing every node live) or is about to change.
-    beliefs: BTreeMap<(NodeId, NodeId), Belief>,
 }
 
 /// The delay to a fault's next occurrence: `every` give or take half.
@@ -161,13 +183,34 @@ fn first_at(rng: &mut StdRng, every: u64) -> u64 {
     }
 }
 
-fn epoch(targets: &BTreeMap<GroupId, Target>) -> u64 {
-    targets.values().map(|t| t.version).sum()
+/// The control plane's settings in the simulation: the shipped periods, a small move budget,
+/// silence thresholds scaled to the seed's failure detection delay, and the listening window
+/// of nodes started late (see `LATE_DISCOVERY_MS`).
+fn control_params(p: &Params) -> ControlParams {
+    ControlParams {
+        auto_form: true,
+        expect: None,
+        discovery_ms: LATE_DISCOVERY_MS,
+        partitions: p.partitions,
+        replication: p.replication,
+        dead_after_ms: DEAD_AFTER_MS,
+        max_moves: MAX_MOVES,
+        announce_ttl_ms: 1_000 + p.detect_ms,
+        leftover_grace_ms: 2_000,
+        join_timeout_ms: 2_000,
+        ..ControlParams::default()
+    }
+}
+
+/// A node's identity on the virtual network (what a PeerId is on the real one).
+fn peer_of(id: NodeId) -> Vec<u8> {
+    id.to_be_bytes().to_vec()
 }
 
 impl World {
-    /// Builds the cluster of `seed` (bootstrapped, nothing run yet).
-    pub fn new(seed: u64, verbose: bool) -> Result<World, Failure> {
+    /// Builds the cluster of `seed` (bootstrapped, or `zero_config`: left to form itself;
+    /// nothing run yet).
+    pub fn new(seed: u64, verbose: bool, zero_config: bool) -> Result<World, Failure> {
         let mut rng = StdRng::seed_from_u64(seed);
         let p = Params::draw(&mut rng);
         let mut ids = BTreeSet::new();
@@ -203,6 +246,15 @@ impl World {
             detail: e,
             at_ms: 0,
         };
+        let mut p = p;
+        let control_params = control_params(&p);
+        let mut initial_params = control_params.clone();
+        if zero_config {
+            // The shipped listening window; the faults start once the cluster formed.
+            initial_params.discovery_ms = ControlParams::default().discovery_ms;
+            initial_params.settle_ms = ControlParams::default().settle_ms;
+            p.fault_ms += FORMATION_MS;
+        }
         let mut nodes = BTreeMap::new();
         for id in &ids {
             let backend = MemBackend::new();
@@ -210,37 +262,55 @@ impl World {
                 .map_err(|e| setup(e.to_string()))?;
             let mut core =
                 Core::new(*id, store, config.clone(), 0).map_err(|e| setup(e.to_string()))?;
-            core.bootstrap(layout.clone(), settings.cluster_id)
-                .map_err(|e| setup(e.to_string()))?;
+            let mut control = Control::new(*id, peer_of(*id), initial_params.clone(), rng.gen(), 0);
+            if !zero_config {
+                control
+                    .handle_bootstrap(&mut core, layout.clone(), settings.cluster_id)
+                    .map_err(|e| setup(e.to_string()))?;
+            }
             nodes.insert(
                 *id,
                 Node {
                     backend,
                     core: Some(core),
+                    control: Some(control),
                     incarnation: 0,
                     retired: false,
                     paused_until: 0,
                     stall_until: 0,
                     restart_at: None,
-                    next_reconcile: rng.gen_range(0..RECONCILE_MS),
                 },
             );
         }
         let clients = (1..=p.clients as u64).map(Client::new).collect();
-        let net = Net::new(p.loss, p.dup, p.max_delay, p.spike);
-        let next_crash = first_at(&mut rng, p.crash_every);
-        let next_partition = first_at(&mut rng, p.partition_every);
-        let next_pause = first_at(&mut rng, p.pause_every);
-        let next_clock = first_at(&mut rng, p.clock_every);
+        let mut net = Net::new(p.loss, p.dup, p.max_delay, p.spike);
+        let start = if zero_config { FORMATION_MS } else { 0 };
+        let after_formation = |t: u64| t.saturating_add(start);
+        let next_crash = after_formation(first_at(&mut rng, p.crash_every));
+        let next_partition = after_formation(first_at(&mut rng, p.partition_every));
+        let next_pause = after_formation(first_at(&mut rng, p.pause_every));
+        let next_clock = after_formation(first_at(&mut rng, p.clock_every));
         let membership_at = if p.membership == 0 {
             u64::MAX
         } else {
-            rng.gen_range(p.fault_ms / 4..p.fault_ms * 3 / 4)
+            let fault_ms = p.fault_ms - start;
+            after_formation(rng.gen_range(fault_ms / 4..fault_ms * 3 / 4))
         };
+        let formation = zero_config.then(|| {
+            let f = Formation {
+                loss: net.loss,
+                spike: net.spike,
+                formed: BTreeSet::new(),
+            };
+            net.loss = 0.0;
+            net.spike = 0.0;
+            f
+        });
         let wanted = ids.iter().map(|id| (*id, NodeState::Live)).collect();
         let summary = Summary {
             nodes: p.nodes,
             membership: "none",
+            zero_config,
             ..Summary::default()
         };
         let w = World {
@@ -259,6 +329,9 @@ impl World {
             next_rid: 1,
             observer: Observer::default(),
             wanted,
+            decommission: None,
+            control_params,
+            formation,
             revisions: BTreeMap::new(),
             acked: Vec::new(),
             next_crash,
@@ -270,9 +343,7 @@ impl World {
             healed: false,
             final_script: Vec::new(),
             finals: BTreeMap::new(),
-            next_coordinate: COORDINATE_MS,
             summary,
-            beliefs: BTreeMap::new(),
         };
         if verbose {
             eprintln!("seed {seed}: {:?}", w.p);
@@ -336,16 +407,24 @@ impl World {
                 self.deliver(packet)?;
             }
             self.drive_clients()?;
-            self.detect_liveness();
+            self.operator();
             let mut order = self.up_ids();
             order.shuffle(&mut self.rng);
             for id in order {
                 self.turn(id)?;
             }
-            if self.now >= self.next_coordinate {
-                self.next_coordinate = self.now + COORDINATE_MS;
-                self.coordinate();
+            if self.now >= FORMATION_MS {
+                if let Some(f) = self.formation.take() {
+                    self.check_formation(f)?;
+                }
             }
+            let quiesced: usize = self
+                .nodes
+                .values()
+                .filter_map(|n| n.core.as_ref())
+                .map(|c| c.quiesced_groups())
+                .sum();
+            self.summary.quiesced_max = self.summary.quiesced_max.max(quiesced);
             if self.healed && self.finished()? {
                 break;
             }
@@ -381,6 +460,43 @@ impl World {
             }
         }
         Ok(self.summary)
+    }
+
+    /// A zero-config seed's nodes, started together, formed exactly one cluster, with every
+    /// one of them as an initial voter; then the network gets its seed's loss back.
+    fn check_formation(&mut self, f: Formation) -> Result<(), Failure> {
+        let mut initial: Vec<NodeId> = self.nodes.keys().copied().collect();
+        initial.sort_unstable();
+        let clusters: BTreeMap<NodeId, Option<u64>> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                (
+                    *id,
+                    n.core
+                        .as_ref()
+                        .and_then(|c| c.settings())
+                        .map(|s| s.cluster_id),
+                )
+            })
+            .collect();
+        let ids: BTreeSet<Option<u64>> = clusters.values().copied().collect();
+        let one = ids.len() == 1 && !ids.contains(&None);
+        let all_voters = f.formed.len() == 1 && f.formed.iter().all(|(_, nodes)| *nodes == initial);
+        if !one || !all_voters {
+            return Err(self.fail(
+                "zero-config formation",
+                format!(
+                    "nodes {initial:x?} started together; clusters by node {clusters:x?}, \
+                     formed (cluster, initial nodes) {:x?}",
+                    f.formed
+                ),
+            ));
+        }
+        self.log(|| format!("formed one cluster of {} nodes", initial.len()));
+        self.net.loss = f.loss;
+        self.net.spike = f.spike;
+        Ok(())
     }
 
     // ----- faults -----
@@ -450,6 +566,7 @@ impl World {
             return;
         };
         n.core = None;
+        n.control = None;
         let unsynced = n.backend.unsynced_batches();
         let keep = if keep_all {
             self.rng.gen_range(0..=unsynced)
@@ -482,6 +599,8 @@ impl World {
     fn restart(&mut self, id: NodeId) -> Result<(), Failure> {
         let now = self.now;
         let config = self.config.clone();
+        let seed = self.rng.gen();
+        let control = Control::new(id, peer_of(id), self.control_params.clone(), seed, now);
         let Some(n) = self.nodes.get_mut(&id) else {
             return Ok(());
         };
@@ -492,69 +611,14 @@ impl World {
         match core {
             Ok(c) => {
                 n.core = Some(c);
+                n.control = Some(control);
                 n.restart_at = None;
-                // A new core believes every node live; its detector starts over.
-                self.beliefs.retain(|(o, _), _| *o != id);
-                n.next_reconcile = now + RECONCILE_MS;
                 let groups = n.core.as_ref().map(|c| c.groups()).unwrap_or_default();
                 self.log(|| format!("restart {id:x} with groups {groups:?}"));
                 Ok(())
             }
             Err(e) => Err(self.fail("restart", format!("node {id:x} cannot restart: {e}"))),
         }
-    }
-
-    /// The node-level failure detector (gossip and connections in the driver): each running
-    /// node learns, `detect_ms` after the fact, that another node crashed, froze, retired or
-    /// was cut off from it (it no longer hears it), or came back, and tells its core
-    /// (`Core::set_node_live`), which wakes the quiesced groups the node is in.
-    fn detect_liveness(&mut self) {
-        let now = self.now;
-        let truth: BTreeMap<NodeId, bool> = self
-            .nodes
-            .iter()
-            .map(|(id, n)| (*id, n.up() && n.paused_until <= now))
-            .collect();
-        let mut verdicts = Vec::new();
-        for (o, on) in &self.nodes {
-            if !on.up() || on.paused_until > now {
-                continue;
-            }
-            for (s, alive) in &truth {
-                if s == o {
-                    continue;
-                }
-                let live = *alive && !self.net.blocked(*s, *o);
-                let b = self.beliefs.entry((*o, *s)).or_insert(Belief {
-                    live: true,
-                    differs_since: None,
-                });
-                if b.live == live {
-                    b.differs_since = None;
-                    continue;
-                }
-                let since = *b.differs_since.get_or_insert(now);
-                if now - since >= self.p.detect_ms {
-                    b.live = live;
-                    b.differs_since = None;
-                    verdicts.push((*o, *s, live));
-                }
-            }
-        }
-        for (o, s, live) in verdicts {
-            self.summary.liveness_changes += 1;
-            self.log(|| format!("{o:x} believes {s:x} {}", if live { "up" } else { "down" }));
-            if let Some(core) = self.nodes.get_mut(&o).and_then(|n| n.core.as_mut()) {
-                core.set_node_live(s, live);
-            }
-        }
-        let quiesced: usize = self
-            .nodes
-            .values()
-            .filter_map(|n| n.core.as_ref())
-            .map(|c| c.quiesced_groups())
-            .sum();
-        self.summary.quiesced_max = self.summary.quiesced_max.max(quiesced);
     }
 
     fn partition(&mut self) {
@@ -618,21 +682,23 @@ impl World {
         let backend = MemBackend::new();
         let store = Store::with_backend(backend.clone(), StoreConfig::default())
             .map_err(|e| self.fail("setup", e.to_string()))?;
-        let mut core = Core::new(id, store, self.config.clone(), self.now)
+        // A new node starts without a cluster: its control plane hears the members'
+        // announcements and joins through one of them.
+        let core = Core::new(id, store, self.config.clone(), self.now)
             .map_err(|e| self.fail("setup", e.to_string()))?;
-        core.join(self.settings.clone())
-            .map_err(|e| self.fail("setup", e.to_string()))?;
+        let seed = self.rng.gen();
+        let control = Control::new(id, peer_of(id), self.control_params.clone(), seed, self.now);
         self.nodes.insert(
             id,
             Node {
                 backend,
                 core: Some(core),
+                control: Some(control),
                 incarnation: 0,
                 retired: false,
                 paused_until: 0,
                 stall_until: 0,
                 restart_at: None,
-                next_reconcile: self.now + RECONCILE_MS,
             },
         );
         self.wanted.insert(id, NodeState::Live);
@@ -672,7 +738,8 @@ impl World {
                 let Some(victim) = active.choose(&mut self.rng).copied() else {
                     return Ok(());
                 };
-                self.wanted.insert(victim, NodeState::Decommissioning);
+                self.wanted.insert(victim, NodeState::Decommissioned);
+                self.decommission = Some(victim);
                 self.summary.membership = "decommission";
                 self.log(|| format!("decommission {victim:x}"));
             }
@@ -735,6 +802,36 @@ impl World {
                     core.handle_request(rid, req);
                 }
             }
+            Payload::Announce(a) => {
+                if let Some(n) = self.nodes.get_mut(&p.to) {
+                    if let (Some(core), Some(control)) = (n.core.as_mut(), n.control.as_mut()) {
+                        control.handle_announce(core, &peer_of(p.from), &[], a, now);
+                    }
+                }
+            }
+            Payload::Join {
+                record,
+                reply_to,
+                hops,
+            } => self.on_join(p.to, record, reply_to, hops),
+            Payload::Joined(settings) => {
+                if let Some(n) = self.nodes.get_mut(&p.to) {
+                    if let (Some(core), Some(control)) = (n.core.as_mut(), n.control.as_mut()) {
+                        if let Err(e) = control.handle_join_answer(core, settings) {
+                            return Err(self.fail("join", format!("node {:x}: {e}", p.to)));
+                        }
+                    }
+                }
+            }
+            Payload::Bootstrap { layout, cluster_id } => {
+                if let Some(n) = self.nodes.get_mut(&p.to) {
+                    if let (Some(core), Some(control)) = (n.core.as_mut(), n.control.as_mut()) {
+                        if let Err(e) = control.handle_bootstrap(core, layout, cluster_id) {
+                            return Err(self.fail("bootstrap", format!("node {:x}: {e}", p.to)));
+                        }
+                    }
+                }
+            }
             Payload::Snapshot(s) => {
                 let src = self
                     .nodes
@@ -775,31 +872,19 @@ impl World {
         }
     }
 
-    // ----- node turns and the control plane -----
+    // ----- node turns -----
 
     fn turn(&mut self, id: NodeId) -> Result<(), Failure> {
         let now = self.now;
-        let Some(n) = self.nodes.get(&id) else {
+        let Some(n) = self.nodes.get_mut(&id) else {
             return Ok(());
         };
         if !n.up() || n.paused_until > now {
             return Ok(());
         }
-        let reconcile = now >= n.next_reconcile;
-        let leftovers = if reconcile {
-            self.leftovers(id)
-        } else {
-            Vec::new()
-        };
-        let Some(n) = self.nodes.get_mut(&id) else {
-            return Ok(());
-        };
         let inc = n.incarnation;
         let tick = now >= n.stall_until;
-        if reconcile {
-            n.next_reconcile = now + RECONCILE_MS;
-        }
-        let Some(core) = n.core.as_mut() else {
+        let (Some(core), Some(control)) = (n.core.as_mut(), n.control.as_mut()) else {
             return Ok(());
         };
         let groups_before = if self.verbose {
@@ -809,35 +894,58 @@ impl World {
         };
         if tick {
             core.handle_tick(now);
-        }
-        if reconcile {
-            let steps = core.reconcile();
-            if self.verbose {
-                for (g, step) in &steps {
-                    eprintln!("[{now:>6} ms] {id:x} group {g}: {step:?}");
-                }
-            }
-            for g in leftovers {
-                if self.verbose {
-                    eprintln!("[{now:>6} ms] {id:x} drops leftover replica of group {g}");
-                }
-                if let Err(e) = core.drop_replica(g) {
-                    return Err(Failure {
-                        property: "storage",
-                        detail: format!("node {id:x} cannot drop group {g}: {e}"),
-                        at_ms: now,
-                    });
-                }
+            // The control plane runs on the same timer, as in the driver.
+            if let Err(e) = control.handle_tick(core, now) {
+                return Err(Failure {
+                    property: "storage",
+                    detail: format!("node {id:x}: control plane: {e}"),
+                    at_ms: now,
+                });
             }
         }
-        if let Err(e) = core.process() {
-            return Err(Failure {
-                property: "storage",
-                detail: format!("node {id:x}: {e}"),
-                at_ms: now,
+        // The turn in the driver's order (`core/turn.rs`): what may leave before the sync,
+        // the sync, then the rest.
+        let raft = |to: NodeId, msgs| Packet {
+            from: id,
+            to,
+            from_incarnation: inc,
+            payload: Payload::Raft(msgs),
+        };
+        let mut out = Vec::new();
+        let mut replies = Vec::new();
+        let persisted = core.begin_turn().and_then(|mut turn| {
+            while let Some((to, msgs)) = turn.poll_transmit() {
+                out.push(raft(to, msgs));
+            }
+            while let Some(r) = turn.poll_reply() {
+                replies.push(r);
+            }
+            turn.persist()
+        });
+        let mut done = match persisted {
+            Ok(done) => done,
+            Err(e) => {
+                return Err(Failure {
+                    property: "storage",
+                    detail: format!("node {id:x}: {e}"),
+                    at_ms: now,
+                })
+            }
+        };
+        while let Some((to, msgs)) = done.poll_transmit() {
+            out.push(raft(to, msgs));
+        }
+        while let Some(s) = done.poll_snapshot() {
+            out.push(Packet {
+                from: id,
+                to: s.to,
+                from_incarnation: inc,
+                payload: Payload::Snapshot(s),
             });
         }
-        core.serve_caught_up_reads();
+        while let Some(r) = done.poll_reply() {
+            replies.push(r);
+        }
         if self.verbose {
             let after = core.groups();
             if after != groups_before {
@@ -853,26 +961,9 @@ impl World {
                 }
             }
         }
-        let mut out = Vec::new();
-        while let Some((to, msgs)) = core.poll_transmit() {
-            out.push(Packet {
-                from: id,
-                to,
-                from_incarnation: inc,
-                payload: Payload::Raft(msgs),
-            });
-        }
-        while let Some(s) = core.poll_snapshot() {
-            out.push(Packet {
-                from: id,
-                to: s.to,
-                from_incarnation: inc,
-                payload: Payload::Snapshot(s),
-            });
-        }
-        let mut replies = Vec::new();
-        while let Some(r) = core.poll_reply() {
-            replies.push(r);
+        let mut actions = Vec::new();
+        while let Some(a) = control.poll_action() {
+            actions.push(a);
         }
         if let Err(v) = self.observer.observe(core, inc) {
             return Err(self.violation(v));
@@ -920,41 +1011,123 @@ impl World {
         for (rid, reply) in replies {
             self.on_reply(id, rid, reply)?;
         }
+        for action in actions {
+            self.perform(id, inc, action);
+        }
         Ok(())
     }
 
-    /// Groups whose replica on `id` is a leftover: the target does not want it and the
-    /// group's leader (reachable from it) reports a configuration without it.
-    fn leftovers(&self, id: NodeId) -> Vec<GroupId> {
-        let Some(core) = self.nodes.get(&id).and_then(|n| n.core.as_ref()) else {
-            return Vec::new();
+    /// Carries out a control action of node `id` over the virtual network.
+    fn perform(&mut self, id: NodeId, inc: u64, action: ControlAction) {
+        let now = self.now;
+        let send = |w: &mut World, to: NodeId, payload: Payload| {
+            let packet = Packet {
+                from: id,
+                to,
+                from_incarnation: inc,
+                payload,
+            };
+            w.net.send(&mut w.rng, now, packet);
         };
-        let mut out = Vec::new();
-        for g in core.groups() {
-            if core.is_leader(g) {
-                continue;
+        match action {
+            // Heartbeats reach every node the network lets them reach.
+            ControlAction::Publish(a) => {
+                for to in self.active_ids().into_iter().filter(|n| *n != id) {
+                    send(self, to, Payload::Announce(a.clone()));
+                }
             }
-            let wanted = core
-                .targets()
-                .get(&g)
-                .is_none_or(|t| t.replicas.contains(&id));
-            if wanted {
-                continue;
+            ControlAction::Join { via, record } => {
+                self.log(|| format!("{id:x} asks {via:x} to join"));
+                let payload = Payload::Join {
+                    record,
+                    reply_to: id,
+                    hops: JOIN_HOPS,
+                };
+                send(self, via, payload);
             }
-            let removed = self.nodes.iter().any(|(lid, n)| {
-                *lid != id
-                    && n.paused_until <= self.now
-                    && !self.net.blocked(*lid, id)
-                    && n.core.as_ref().is_some_and(|c| {
-                        c.group_status(g)
-                            .is_some_and(|s| s.leader == Some(*lid) && !s.voters.contains(&id))
-                    })
-            });
-            if removed {
-                out.push(g);
+            ControlAction::Bootstrap {
+                to,
+                layout,
+                cluster_id,
+            } => {
+                if let Some(f) = &mut self.formation {
+                    f.formed.insert((cluster_id, layout.nodes.clone()));
+                }
+                send(self, to, Payload::Bootstrap { layout, cluster_id })
+            }
+            // Every node can reach every other one: there is nothing to dial.
+            ControlAction::Dial { .. } => {}
+            ControlAction::Formed { cluster_id } => {
+                self.log(|| format!("{id:x} is a member of cluster {cluster_id:x}"));
             }
         }
-        out
+    }
+
+    /// A join request reaches node `at`: it registers the node, passes the request on to the
+    /// meta leader, or refuses.
+    fn on_join(&mut self, at: NodeId, record: NodeRecord, reply_to: NodeId, hops: u8) {
+        let now = self.now;
+        let Some(n) = self.nodes.get_mut(&at) else {
+            return;
+        };
+        let inc = n.incarnation;
+        let (Some(core), Some(control)) = (n.core.as_mut(), n.control.as_mut()) else {
+            return;
+        };
+        let (to, payload) = match control.handle_join(core, record.clone(), now) {
+            JoinVerdict::Joined(settings) => (reply_to, Payload::Joined(Some(settings))),
+            JoinVerdict::Forward(m) if hops > 0 => (
+                m,
+                Payload::Join {
+                    record,
+                    reply_to,
+                    hops: hops - 1,
+                },
+            ),
+            JoinVerdict::Forward(_) | JoinVerdict::Refused(_) => (reply_to, Payload::Joined(None)),
+        };
+        let packet = Packet {
+            from: at,
+            to,
+            from_incarnation: inc,
+            payload,
+        };
+        self.net.send(&mut self.rng, now, packet);
+    }
+
+    /// The operator's decommission request, repeated to whichever node leads the meta group
+    /// until the registry records it.
+    fn operator(&mut self) {
+        let Some(victim) = self.decommission else {
+            return;
+        };
+        if self.now % 500 != 0 {
+            return;
+        }
+        let Some(m) = self.leader_of(META_GROUP) else {
+            return;
+        };
+        let Some(n) = self.nodes.get_mut(&m) else {
+            return;
+        };
+        let (Some(core), Some(control)) = (n.core.as_mut(), n.control.as_mut()) else {
+            return;
+        };
+        let recorded = core.meta_state().ok().and_then(|meta| {
+            meta.nodes.get(&victim).map(|r| {
+                matches!(
+                    r.state,
+                    NodeState::Decommissioning | NodeState::Decommissioned
+                )
+            })
+        });
+        if recorded == Some(true) {
+            self.decommission = None;
+            return;
+        }
+        if let Err(e) = control.decommission(core, victim) {
+            self.log(|| format!("decommission of {victim:x} refused: {e}"));
+        }
     }
 
     fn leader_of(&self, g: GroupId) -> Option<NodeId> {
@@ -964,106 +1137,6 @@ impl World {
                 .filter(|c| c.is_leader(g) && n.paused_until <= self.now)
                 .map(|_| *id)
         })
-    }
-
-    fn group_matches(&self, g: GroupId, t: &Target) -> bool {
-        let Some(l) = self.leader_of(g) else {
-            return false;
-        };
-        let Some(s) = self.nodes[&l].core.as_ref().and_then(|c| c.group_status(g)) else {
-            return false;
-        };
-        let mut v = s.voters.clone();
-        v.sort_unstable();
-        let mut want = t.replicas.clone();
-        want.sort_unstable();
-        v == want
-    }
-
-    /// The coordinator duties of every node that believes it leads the meta group, as in
-    /// `Driver::coordinate`, then the targets gossip (the meta leader's targets reach the
-    /// nodes it can talk to).
-    fn coordinate(&mut self) {
-        let coordinators: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.paused_until <= self.now)
-            .filter(|(_, n)| n.core.as_ref().is_some_and(|c| c.is_leader(META_GROUP)))
-            .map(|(id, _)| *id)
-            .collect();
-        for m in coordinators {
-            let Some(meta) = self.nodes[&m]
-                .core
-                .as_ref()
-                .and_then(|c| c.meta_state().ok())
-            else {
-                continue;
-            };
-            let moving = meta
-                .targets
-                .iter()
-                .filter(|(g, t)| !self.group_matches(**g, t))
-                .count();
-            let wanted = self.wanted.clone();
-            let settings = self.settings.clone();
-            let Some(core) = self.nodes.get_mut(&m).and_then(|n| n.core.as_mut()) else {
-                continue;
-            };
-            if meta.settings.is_none() {
-                core.propose_meta(MetaState::put_settings(&settings));
-            }
-            let targets = core.targets().clone();
-            for (g, t) in &targets {
-                if !meta.targets.contains_key(g) {
-                    core.propose_meta(MetaState::put_target(*g, t));
-                }
-            }
-            for (id, state) in &wanted {
-                if meta.nodes.get(id).map(|r| r.state) != Some(*state) {
-                    let record = NodeRecord {
-                        id: *id,
-                        peer: Vec::new(),
-                        addrs: Vec::new(),
-                        state: *state,
-                    };
-                    core.propose_meta(MetaState::put_node(&record));
-                }
-            }
-            // As the driver: plan only once every node a target names is registered.
-            let unregistered = targets
-                .values()
-                .flat_map(|t| t.replicas.iter())
-                .any(|id| !meta.nodes.contains_key(id));
-            if meta.settings.is_none() || meta.targets.len() < targets.len() || unregistered {
-                continue;
-            }
-            let budget = MAX_MOVES.saturating_sub(moving);
-            if budget > 0 {
-                let live = meta.live_nodes();
-                for (g, t) in plan_targets(&meta.targets, &live, settings.replication, budget) {
-                    if self.verbose {
-                        eprintln!(
-                            "[{:>6} ms] coordinator {m:x}: target of group {g} -> {:x?} (v{}, \
-                             live {live:x?})",
-                            self.now, t.replicas, t.version
-                        );
-                    }
-                    core.propose_meta(MetaState::put_target(g, &t));
-                }
-            }
-            let ep = epoch(&meta.targets);
-            core.set_targets(meta.targets.clone());
-            for (id, n) in self.nodes.iter_mut() {
-                if *id == m || n.paused_until > self.now || self.net.blocked(m, *id) {
-                    continue;
-                }
-                if let Some(c) = n.core.as_mut() {
-                    if ep >= epoch(c.targets()) {
-                        c.set_targets(meta.targets.clone());
-                    }
-                }
-            }
-        }
     }
 
     // ----- clients -----
@@ -1351,7 +1424,7 @@ impl World {
             };
             out.push_str(&format!(
                 "\n  node {id:x}: targets epoch {}",
-                epoch(c.targets())
+                targets_epoch(c.targets())
             ));
             for g in c.groups() {
                 if let Some(s) = c.group_status(g) {
@@ -1396,7 +1469,10 @@ impl World {
         };
         for (id, state) in &self.wanted {
             if meta.nodes.get(id).map(|r| r.state) != Some(*state) {
-                return format!("node {id:x} not registered as {state:?}");
+                return format!(
+                    "node {id:x} registered as {:?}, not {state:?}",
+                    meta.nodes.get(id).map(|r| r.state)
+                );
             }
         }
         let live = meta.live_nodes();
@@ -1404,13 +1480,22 @@ impl World {
             let Some(t) = meta.targets.get(&g) else {
                 return format!("group {g} has no target");
             };
-            if self.leader_of(g).is_none() {
+            let Some(leader) = self.leader_of(g) else {
                 return format!("group {g} has no leader");
-            }
+            };
             if let Some(n) = t.replicas.iter().find(|n| !live.contains(n)) {
                 return format!("group {g} target {:x?} names non-live {n:x}", t.replicas);
             }
-            if !self.group_matches(g, t) {
+            let mut voters = self.nodes[&leader]
+                .core
+                .as_ref()
+                .and_then(|c| c.group_status(g))
+                .map(|s| s.voters)
+                .unwrap_or_default();
+            voters.sort_unstable();
+            let mut want = t.replicas.clone();
+            want.sort_unstable();
+            if voters != want {
                 return format!("group {g} voters differ from target {:x?}", t.replicas);
             }
         }
@@ -1520,7 +1605,7 @@ fn replica_trace(core: &Core<MemBackend>, g: GroupId) -> Option<String> {
     Some(line)
 }
 
-/// Runs one seed.
-pub fn run(seed: u64, verbose: bool) -> Result<Summary, Failure> {
-    World::new(seed, verbose)?.run()
+/// Runs one seed, bootstrapped or `zero_config`.
+pub fn run(seed: u64, verbose: bool, zero_config: bool) -> Result<Summary, Failure> {
+    World::new(seed, verbose, zero_config)?.run()
 }

@@ -5,8 +5,7 @@
 use swarmkv_store::{Backend, CasAction, KvOp, KvOutcome, KvResult};
 
 use super::lease::{LeaseInfo, LeaseMiss, LeaseRecord, LeaseRequest, LeaseTable, LeaseWrite};
-use super::replica::Proposal;
-use super::{ClientError, Command, Core, CoreError, InFlight, Reply, RequestId, Response};
+use super::{ClientError, Command, Core, CoreError, Reply, RequestId, Response};
 use super::{LeaseId, META_GROUP};
 
 /// What an applied meta write did to its key: (key, write). A conditional write whose
@@ -258,28 +257,8 @@ impl<B: Backend> Core<B> {
     /// it applies, or a timeout. `None` when there is no meta replica or Raft refused the
     /// proposal; the refusal is then already queued as the reply.
     pub(super) fn propose_meta_write(&mut self, id: RequestId, op: KvOp) -> Option<u64> {
-        let deadline_ms = self.now_ms + self.config.request_timeout_ms;
-        let r = self.replicas.get_mut(&META_GROUP)?;
         let data = Command::Kv { op, session: None }.encode();
-        match r.node.propose(Vec::new(), data) {
-            Ok(()) => {
-                let index = r.node.raft.raft_log.last_index();
-                let term = r.node.raft.term;
-                r.proposals.insert(index, Proposal { term, request: id });
-                self.stats.proposals += 1;
-                self.in_flight.insert(id, InFlight { deadline_ms });
-                Some(index)
-            }
-            Err(e) => {
-                self.replies.push_back((
-                    id,
-                    Err(ClientError::Unavailable {
-                        reason: format!("proposal refused: {e}"),
-                    }),
-                ));
-                None
-            }
-        }
+        self.propose_tracked(META_GROUP, id, data)
     }
 
     /// The lease as this node's meta replica sees it now (only the meta leader's view counts).

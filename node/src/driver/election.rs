@@ -11,11 +11,11 @@ impl Driver {
     /// Serves an election request here if this node leads the meta group, else forwards it
     /// to the meta leader gossip names.
     pub(crate) fn election_anywhere(&mut self, req: ElectionRequest, origin: Origin, hops: u8) {
-        if self.core.is_leader(META_GROUP) {
-            let id = self.next_id;
-            self.next_id += 1;
-            self.leases.track(id, origin);
-            self.core.handle_election(id, req);
+        if self.disk.core.is_leader(META_GROUP) {
+            let id = self.io.next_id;
+            self.io.next_id += 1;
+            self.io.leases.track(id, origin);
+            self.disk.core.handle_election(id, req);
             return;
         }
         self.forward_to_meta_leader(

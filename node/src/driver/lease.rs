@@ -62,11 +62,11 @@ impl Driver {
     /// Serves a lease request here if this node leads the meta group, else forwards it to the
     /// meta leader gossip names.
     pub(crate) fn lease_anywhere(&mut self, req: LeaseRequest, origin: Origin, hops: u8) {
-        if self.core.is_leader(META_GROUP) {
-            let id = self.next_id;
-            self.next_id += 1;
-            self.leases.pending.insert(id, origin);
-            self.core.handle_lease(id, req);
+        if self.disk.core.is_leader(META_GROUP) {
+            let id = self.io.next_id;
+            self.io.next_id += 1;
+            self.io.leases.pending.insert(id, origin);
+            self.disk.core.handle_lease(id, req);
             return;
         }
         self.forward_to_meta_leader(
@@ -94,7 +94,7 @@ impl Driver {
             );
             return;
         };
-        let net = self.net.clone();
+        let net = self.io.net.clone();
         tokio::spawn(async move {
             let call = KvCall::V1(call);
             let answer =
@@ -124,14 +124,15 @@ impl Driver {
     /// the meta group forgets the lease. A new coordinator starts over from the revoked
     /// records, which is safe because the deletions are idempotent.
     pub(crate) fn lease_cleanup(&mut self) {
-        let revoked = self.core.revoked_leases();
+        let revoked = self.disk.core.revoked_leases();
         let now = Instant::now();
-        self.leases.cleaning.retain(|l, _| revoked.contains(l));
-        let Some(partitions) = self.core.settings().map(|s| s.partitions) else {
+        self.io.leases.cleaning.retain(|l, _| revoked.contains(l));
+        let Some(partitions) = self.disk.core.settings().map(|s| s.partitions) else {
             return;
         };
         for lease in revoked {
             let c = self
+                .io
                 .leases
                 .cleaning
                 .entry(lease)
@@ -150,7 +151,7 @@ impl Driver {
                 // Every partition confirmed; forgetting the record was proposed and did not
                 // apply (a leader change): propose it again.
                 c.in_flight = Some(now);
-                self.core.forget_lease(lease);
+                self.disk.core.forget_lease(lease);
                 continue;
             }
             c.in_flight = Some(now);
@@ -168,7 +169,7 @@ impl Driver {
                 self.submit(req, Origin::Local(tx), 0);
                 answers.push(async move { (partition, rx.await) });
             }
-            let done = self.internal_tx.clone();
+            let done = self.io.internal_tx.clone();
             tokio::spawn(async move {
                 let mut confirmed = Vec::new();
                 let mut deleted = 0;
@@ -199,16 +200,16 @@ impl Driver {
     /// Partitions `confirmed` deleted the keys of `lease`; once all have, the meta group
     /// forgets it, else the others are asked again shortly.
     pub(crate) fn on_lease_deleted(&mut self, lease: LeaseId, confirmed: Vec<u32>) {
-        let Some(partitions) = self.core.settings().map(|s| s.partitions) else {
+        let Some(partitions) = self.disk.core.settings().map(|s| s.partitions) else {
             return;
         };
-        let Some(c) = self.leases.cleaning.get_mut(&lease) else {
+        let Some(c) = self.io.leases.cleaning.get_mut(&lease) else {
             return;
         };
         c.done.extend(confirmed);
         // Once forgetting is proposed, the round stays in flight until the record's deletion
         // applies (then `revoked_leases` no longer names it) or the round goes stale.
-        if c.done.len() == partitions as usize && self.core.forget_lease(lease) {
+        if c.done.len() == partitions as usize && self.disk.core.forget_lease(lease) {
             return;
         }
         c.in_flight = None;

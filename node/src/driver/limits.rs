@@ -96,16 +96,16 @@ impl Driver {
     /// (checked every [`REGISTRY_CHECK`], pushed only when it changes).
     pub(super) async fn refresh_allowed_peers(&mut self) {
         let now = Instant::now();
-        if self.limits.allow_new_nodes || now < self.limits.next_registry_check {
+        if self.io.limits.allow_new_nodes || now < self.io.limits.next_registry_check {
             return;
         }
-        self.limits.next_registry_check = now + REGISTRY_CHECK;
-        if self.core.settings().is_none() {
+        self.io.limits.next_registry_check = now + REGISTRY_CHECK;
+        if self.disk.core.settings().is_none() {
             // Not in a cluster yet: there is no registry to close, and the node must be able
             // to find the cluster it joins.
             return;
         }
-        let Ok(meta) = self.core.meta_state() else {
+        let Ok(meta) = self.disk.core.meta_state() else {
             return;
         };
         // Members are the registry's nodes, and also every node a group names: right after
@@ -121,29 +121,30 @@ impl Driver {
             .values()
             .flat_map(|t| t.replicas.iter().copied())
             .chain(
-                self.core
+                self.disk
+                    .core
                     .groups()
                     .into_iter()
-                    .filter_map(|g| self.core.group_status(g))
+                    .filter_map(|g| self.disk.core.group_status(g))
                     .flat_map(|g| g.voters),
             );
         for node in named {
-            if let Some(peer) = self.peers.get(&node) {
+            if let Some(peer) = self.io.peers.get(&node) {
                 allowed.insert(*peer);
             }
         }
-        if allowed.is_empty() || self.limits.allowed.as_ref() == Some(&allowed) {
+        if allowed.is_empty() || self.io.limits.allowed.as_ref() == Some(&allowed) {
             return;
         }
-        match self.net.set_allowed_peers(Some(allowed.clone())).await {
+        match self.io.net.set_allowed_peers(Some(allowed.clone())).await {
             Ok(()) => {
-                if self.limits.allowed.is_none() {
+                if self.io.limits.allowed.is_none() {
                     log::info!(
                         "registry closed: only its {} nodes may connect (--allow-new-nodes false)",
                         allowed.len()
                     );
                 }
-                self.limits.allowed = Some(allowed);
+                self.io.limits.allowed = Some(allowed);
             }
             Err(e) => log::warn!("cannot close the network to unregistered peers: {e}"),
         }

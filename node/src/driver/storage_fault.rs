@@ -29,7 +29,7 @@ use swarmkv_net::NetEvent;
 
 use swarmkv_store::{SledBackend, SledStore};
 
-use super::{deliver, open_store, respond, Cmd, Driver, Internal};
+use super::{deliver, open_store, respond, Cmd, Disk, Driver, Io};
 use crate::core::{ClientError, Core, CoreError};
 use crate::wire::{Answer, Call, KvCall};
 
@@ -39,69 +39,13 @@ pub(crate) const RETRY: Duration = Duration::from_secs(1);
 /// The meta record a sidelined node writes and syncs to learn that its storage works again.
 const PROBE_META: &str = "storage_probe";
 
-/// Everything of a [`Driver`] but its core and store, which a storage failure discards.
+/// A node whose storage failed: the driver's [`Io`], without its [`super::Disk`].
 struct Sidelined {
-    driver_parts: Parts,
+    io: Io,
     /// Why the node is sidelined (the first failure, then the latest failed retry).
     error: String,
     since: Instant,
     settings: Option<crate::core::ClusterSettings>,
-}
-
-/// A [`Driver`]'s fields other than `core` and `store`. Every field of [`Driver`] must be
-/// here: [`Driver::sideline`] takes the driver apart and puts it back together.
-struct Parts {
-    net: swarmkv_net::NetHandle,
-    events: swarmkv_net::NetEvents,
-    cmds: tokio::sync::mpsc::Receiver<Cmd>,
-    internal: tokio::sync::mpsc::Receiver<Internal>,
-    internal_tx: tokio::sync::mpsc::Sender<Internal>,
-    pending: std::collections::HashMap<crate::core::RequestId, super::Pending>,
-    next_id: crate::core::RequestId,
-    node: crate::core::NodeId,
-    peers: std::collections::HashMap<crate::core::NodeId, swarmkv_net::PeerId>,
-    addrs: std::collections::HashMap<crate::core::NodeId, Vec<String>>,
-    start: Instant,
-    isolated: bool,
-    unreachable: std::collections::HashSet<crate::core::NodeId>,
-    control: super::Control,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-    foreign: Vec<(swarmkv_net::PeerId, String, Option<u64>)>,
-    draining: Option<Instant>,
-    stopped: Vec<tokio::sync::oneshot::Sender<()>>,
-    leases: super::lease::LeaseDriver,
-    limits: super::limits::Limits,
-    config: super::NodeConfig,
-}
-
-impl Parts {
-    fn into_driver(self, core: Core<SledBackend>, store: SledStore) -> Driver {
-        Driver {
-            core,
-            store,
-            net: self.net,
-            events: self.events,
-            cmds: self.cmds,
-            internal: self.internal,
-            internal_tx: self.internal_tx,
-            pending: self.pending,
-            next_id: self.next_id,
-            node: self.node,
-            peers: self.peers,
-            addrs: self.addrs,
-            start: self.start,
-            isolated: self.isolated,
-            unreachable: self.unreachable,
-            control: self.control,
-            metrics: self.metrics,
-            foreign: self.foreign,
-            draining: self.draining,
-            stopped: self.stopped,
-            leases: self.leases,
-            limits: self.limits,
-            config: self.config,
-        }
-    }
 }
 
 fn refusal(error: &str) -> ClientError {
@@ -119,69 +63,23 @@ impl Driver {
         let error = e.to_string();
         log::error!(
             "node {:x}: storage failed: {error}; refusing all requests and retrying the storage every {} ms",
-            self.node,
+            self.io.node,
             RETRY.as_millis()
         );
-        for (_, p) in self.pending.drain() {
+        for (_, p) in self.io.pending.drain() {
             deliver(p.origin, Err(ClientError::Storage(error.clone())));
         }
-        for origin in self.leases.drain_pending() {
+        for origin in self.io.leases.drain_pending() {
             deliver(origin, Err(ClientError::Storage(error.clone())));
         }
-        self.metrics.set_storage_failed(true);
-        let settings = self.core.settings().cloned();
-        let Driver {
-            core,
-            store,
-            net,
-            events,
-            cmds,
-            internal,
-            internal_tx,
-            pending,
-            next_id,
-            node,
-            peers,
-            addrs,
-            start,
-            isolated,
-            unreachable,
-            control,
-            metrics,
-            foreign,
-            draining,
-            stopped,
-            leases,
-            limits,
-            config,
-        } = self;
-        // Both hold the failed sled database; it must be closed before it can be reopened.
-        drop(core);
-        drop(store);
+        self.io.metrics.set_storage_failed(true);
+        let settings = self.disk.core.settings().cloned();
+        let Driver { disk, io } = self;
+        // Both the core and the store hold the failed sled database; it must be closed before
+        // it can be reopened.
+        drop(disk);
         let mut s = Sidelined {
-            driver_parts: Parts {
-                net,
-                events,
-                cmds,
-                internal,
-                internal_tx,
-                pending,
-                next_id,
-                node,
-                peers,
-                addrs,
-                start,
-                isolated,
-                unreachable,
-                control,
-                metrics,
-                foreign,
-                draining,
-                stopped,
-                leases,
-                limits,
-                config,
-            },
+            io,
             error,
             since: Instant::now(),
             settings,
@@ -191,19 +89,19 @@ impl Driver {
         // groups it led (and it would refuse them) until the heartbeats stop.
         let silent = crate::wire::Announce {
             cluster_id: s.settings.as_ref().map(|c| c.cluster_id),
-            node: s.driver_parts.node,
+            node: s.io.node,
             meta_leader: false,
             led: Vec::new(),
             targets: None,
         };
-        if let Err(e) = s.driver_parts.net.set_app_payload(silent.encode()).await {
+        if let Err(e) = s.io.net.set_app_payload(silent.encode()).await {
             log::warn!("cannot withdraw this node's announcement: {e}");
         }
         let mut retry = tokio::time::interval(RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         retry.tick().await;
         loop {
-            let p = &mut s.driver_parts;
+            let p = &mut s.io;
             tokio::select! {
                 _ = retry.tick() => {
                     if p.draining.is_some() {
@@ -211,10 +109,13 @@ impl Driver {
                         return None;
                     }
                     match s.try_recover().await {
-                        Ok((core, store)) => return Some(s.driver_parts.into_driver(core, store)),
+                        Ok((core, store)) => return Some(Driver {
+                            disk: Disk { core, store },
+                            io: s.io,
+                        }),
                         Err(e) => {
                             if e != s.error {
-                                log::warn!("node {:x}: storage still failing: {e}", s.driver_parts.node);
+                                log::warn!("node {:x}: storage still failing: {e}", s.io.node);
                             }
                             s.error = e;
                         }
@@ -245,7 +146,7 @@ impl Driver {
 impl Sidelined {
     /// Reopens the store, proves it can write durably, and builds a new core on it.
     async fn try_recover(&self) -> Result<(Core<SledBackend>, SledStore), String> {
-        let p = &self.driver_parts;
+        let p = &self.io;
         let store = open_store(&p.config.data_dir, p.config.store.clone())
             .await
             .map_err(|e| e.to_string())?;
@@ -270,7 +171,7 @@ impl Sidelined {
     }
 
     fn on_cmd(&mut self, cmd: Cmd) {
-        let p = &mut self.driver_parts;
+        let p = &mut self.io;
         match cmd {
             Cmd::Request { reply, .. } | Cmd::Lease { reply, .. } | Cmd::Election { reply, .. } => {
                 let _ = reply.send(Err(refusal(&self.error)));
@@ -321,7 +222,7 @@ impl Sidelined {
     }
 
     fn on_event(&mut self, ev: NetEvent) {
-        let p = &mut self.driver_parts;
+        let p = &mut self.io;
         match ev {
             NetEvent::KvRequest {
                 payload, responder, ..
@@ -350,7 +251,7 @@ impl Sidelined {
     }
 
     fn report(&self) -> crate::wire::StatusReport {
-        let p = &self.driver_parts;
+        let p = &self.io;
         crate::wire::StatusReport {
             node: p.node,
             peer: p.net.local_peer_id().to_string(),
@@ -370,7 +271,7 @@ impl Sidelined {
 
     /// Stops the sidelined node: nothing to sync (the store is closed), so just the network.
     async fn stop(&mut self) {
-        let p = &mut self.driver_parts;
+        let p = &mut self.io;
         log::info!("node {:x}: stopping while its storage is failed", p.node);
         let _ = p.net.shutdown().await;
         for s in p.stopped.drain(..) {

@@ -59,12 +59,13 @@ impl Driver {
     pub(super) fn cluster_view(&self) -> ClusterView {
         // Groups: this node's replicas first (Raft's own view), then the announcements.
         let mut groups: BTreeMap<GroupId, GroupView> = BTreeMap::new();
-        for (g, t) in self.core.targets() {
+        for (g, t) in self.disk.core.targets() {
             groups.insert(*g, unknown(*g, t.replicas.clone()));
         }
         let mut announced: BTreeMap<GroupId, (NodeId, Vec<NodeId>)> = BTreeMap::new();
-        for (_, a) in self.control.fresh() {
-            if self.unreachable.contains(&a.node) {
+        let now = self.now_ms();
+        for (_, a) in self.io.control.fresh(now) {
+            if self.io.control.is_unreachable(a.node) {
                 continue;
             }
             for (g, voters) in &a.led {
@@ -77,10 +78,11 @@ impl Driver {
             v.voters = voters.clone();
         }
         for status in self
+            .disk
             .core
             .groups()
             .into_iter()
-            .filter_map(|g| self.core.group_status(g))
+            .filter_map(|g| self.disk.core.group_status(g))
         {
             let v = groups
                 .entry(status.group)
@@ -92,16 +94,22 @@ impl Driver {
         }
 
         // Nodes: the registry, this node, whoever announces, and whoever a group names.
-        let registry = self.core.meta_state().map(|m| m.nodes).unwrap_or_default();
+        let registry = self
+            .disk
+            .core
+            .meta_state()
+            .map(|m| m.nodes)
+            .unwrap_or_default();
         let fresh: BTreeSet<NodeId> = self
+            .io
             .control
-            .fresh()
+            .fresh(now)
             .map(|(_, a)| a.node)
-            .filter(|n| !self.unreachable.contains(n))
+            .filter(|n| !self.io.control.is_unreachable(*n))
             .collect();
         let meta_leader = groups.get(&META_GROUP).and_then(|g| g.leader);
         let mut ids: BTreeSet<NodeId> = registry.keys().copied().collect();
-        ids.insert(self.node);
+        ids.insert(self.io.node);
         ids.extend(fresh.iter().copied());
         for g in groups.values() {
             ids.extend(g.leader);
@@ -112,12 +120,13 @@ impl Driver {
             .into_iter()
             .map(|id| {
                 let record = registry.get(&id);
-                let peer = if id == self.node {
-                    Some(self.net.local_peer_id().to_string())
+                let peer = if id == self.io.node {
+                    Some(self.io.net.local_peer_id().to_string())
                 } else {
-                    self.peers.get(&id).map(|p| p.to_string())
+                    self.io.peers.get(&id).map(|p| p.to_string())
                 };
                 let addrs = self
+                    .io
                     .addrs
                     .get(&id)
                     .filter(|a| !a.is_empty())
@@ -129,14 +138,14 @@ impl Driver {
                     peer,
                     addrs,
                     state: record.map(|r| r.state),
-                    reachable: id == self.node || fresh.contains(&id),
+                    reachable: id == self.io.node || fresh.contains(&id),
                     meta_leader: meta_leader == Some(id),
                 }
             })
             .collect();
 
         ClusterView {
-            node: self.node,
+            node: self.io.node,
             nodes,
             groups: groups.into_values().collect(),
         }

@@ -74,7 +74,7 @@ impl Driver {
     /// Serves a watch long-poll from this node's replica of the partition, or passes it to a
     /// node that has one.
     pub(crate) fn watch_anywhere(&mut self, req: WatchRequest, origin: WatchOrigin, hops: u8) {
-        let Some(settings) = self.core.settings() else {
+        let Some(settings) = self.disk.core.settings() else {
             origin.deliver(WatchReply::Unavailable(
                 "the node is not part of a cluster yet".into(),
             ));
@@ -89,18 +89,18 @@ impl Driver {
         }
         let group = group_of_partition(req.partition);
         let can_forward = hops < crate::wire::MAX_HOPS;
-        let me = self.node;
-        let usable = |n: &crate::core::NodeId| *n != me && !self.unreachable.contains(n);
-        if let Some(status) = self.core.group_status(group) {
+        let me = self.io.node;
+        let usable = |n: &crate::core::NodeId| *n != me && !self.io.control.is_unreachable(*n);
+        if let Some(status) = self.disk.core.group_status(group) {
             // The leader's history usually reaches furthest back: the place to ask when this
             // replica's does not.
             let leader = status
                 .leader
                 .filter(usable)
-                .and_then(|l| self.peers.get(&l).copied())
+                .and_then(|l| self.io.peers.get(&l).copied())
                 .filter(|_| can_forward);
-            let store = self.store.clone();
-            let net = self.net.clone();
+            let store = self.disk.store.clone();
+            let net = self.io.net.clone();
             tokio::spawn(async move {
                 let reply = serve_local(&store, group, &req).await;
                 match (reply, leader) {
@@ -118,12 +118,13 @@ impl Driver {
             .gossip_leader(group)
             .filter(usable)
             .or_else(|| {
-                self.core
+                self.disk
+                    .core
                     .targets()
                     .get(&group)
                     .and_then(|t| t.replicas.iter().copied().find(usable))
             })
-            .and_then(|n| self.peers.get(&n).copied())
+            .and_then(|n| self.io.peers.get(&n).copied())
             .filter(|_| can_forward);
         let Some(peer) = target else {
             origin.deliver(WatchReply::Unavailable(format!(
@@ -132,7 +133,7 @@ impl Driver {
             )));
             return;
         };
-        let net = self.net.clone();
+        let net = self.io.net.clone();
         tokio::spawn(async move {
             let reply = forward(&net, peer, req, hops + 1).await;
             origin.deliver(reply);

@@ -1,0 +1,75 @@
+//! Where group leaderships go: a node leading clearly more groups than its share hands one
+//! away per round, and a draining node hands all of them away before it stops.
+
+use std::collections::BTreeMap;
+
+use swarmkv_store::Backend;
+
+use super::gossip::Gossip;
+use crate::core::{Core, GroupId, NodeId};
+
+/// Hands one leadership to a voter that leads fewer groups when this node leads more than
+/// its share. Returns true when a transfer started.
+pub(super) fn balance<B: Backend>(core: &mut Core<B>, gossip: &Gossip, now: u64) -> bool {
+    let me = core.id();
+    let mut led: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for a in gossip.reachable(now) {
+        led.insert(a.node, a.led.len());
+    }
+    let mine: Vec<GroupId> = core
+        .groups()
+        .into_iter()
+        .filter(|g| core.is_leader(*g))
+        .collect();
+    led.insert(me, mine.len());
+    let total: usize = led.values().sum();
+    let nodes = led.len().max(1);
+    let share = total.div_ceil(nodes);
+    if mine.len() <= share {
+        return false;
+    }
+    for g in mine.iter().copied() {
+        let Some(status) = core.group_status(g) else {
+            continue;
+        };
+        let target = status
+            .voters
+            .iter()
+            .filter(|v| **v != me && !gossip.unreachable.contains(v))
+            .filter_map(|v| led.get(v).map(|l| (*l, *v)))
+            .filter(|(l, _)| l + 1 < mine.len())
+            .min();
+        if let Some((_, to)) = target {
+            if core.transfer_leader(g, to) {
+                log::info!("group {g}: handing leadership to {to:x} to balance leaders");
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// One step of a graceful shutdown: asks every group this node leads to hand leadership to
+/// another reachable voter. Returns true when nothing is left to hand over (a group with no
+/// other reachable voter has nobody to hand over to, and is not waited for).
+pub(super) fn drain_step<B: Backend>(core: &mut Core<B>, gossip: &Gossip) -> bool {
+    let me = core.id();
+    let mut leading = 0;
+    for g in core.groups() {
+        if !core.is_leader(g) {
+            continue;
+        }
+        let Some(s) = core.group_status(g) else {
+            continue;
+        };
+        if let Some(to) = s
+            .voters
+            .iter()
+            .find(|v| **v != me && !gossip.unreachable.contains(v))
+        {
+            leading += 1;
+            core.transfer_leader(g, *to);
+        }
+    }
+    leading == 0
+}
