@@ -1,5 +1,5 @@
 //! The Rust client, over one of three transports: in-process on a node's handle
-//! ([`Client::in_process`]), remote over libp2p's `/swarmkv/kv/1` ([`Client::connect`]), or
+//! ([`Client::in_process`]), remote over libp2p's `/swarmkv/kv-stream/1` ([`Client::connect`]), or
 //! through a node's HTTP gateway ([`Client::http`]). The same calls give the same results and
 //! the same [`ClientError`]s over all three.
 //!

@@ -1,4 +1,4 @@
-//! The client protocol's payload (`/swarmkv/kv/1`): what a light client or a forwarding node
+//! The client protocol's payload (`/swarmkv/kv-stream/1`): what a light client or a forwarding node
 //! sends, and what comes back. postcard-encoded, versioned by the outer enum.
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,7 @@ use crate::core::{
 /// (a node without a replica points at a replica, which points at the leader).
 pub const MAX_HOPS: u8 = 2;
 
-/// A call on `/swarmkv/kv/1`.
+/// A call on `/swarmkv/kv-stream/1`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvCall {
     V1(Call),
@@ -58,7 +58,7 @@ pub enum Call {
     ClusterView,
 }
 
-/// An answer on `/swarmkv/kv/1`.
+/// An answer on `/swarmkv/kv-stream/1`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvAnswer {
     V1(Answer),

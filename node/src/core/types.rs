@@ -1,5 +1,5 @@
 //! What clients ask of a partition and what they get back; also the wire payload of
-//! `/swarmkv/kv/1` (postcard-encoded), so every variant is serde.
+//! `/swarmkv/kv-stream/1` (postcard-encoded), so every variant is serde.
 
 use serde::{Deserialize, Serialize};
 use swarmkv_store::{KvError, KvOp, KvOutcome, KvRecord, Session};
