@@ -120,14 +120,18 @@ fn judge_liveness<B: Backend>(
 ) {
     let me = core.id();
     for n in meta.nodes.values() {
-        // A node never heard from since this coordinator took over gets the full grace
-        // period, counted from now.
+        // A live node never heard from since this coordinator started gets the full grace
+        // period, counted from now. A dead one stays dead until it is heard: a coordinator
+        // that has just started (a restart, or a new meta leader) has heard no one yet, and
+        // must not bring back a node the previous coordinator judged dead.
         let heard = if n.id == me {
-            now
+            Some(now)
+        } else if n.state == NodeState::Live {
+            Some(*gossip.last_seen.entry(n.id).or_insert(now))
         } else {
-            *gossip.last_seen.entry(n.id).or_insert(now)
+            gossip.last_seen.get(&n.id).copied()
         };
-        let silent = now.saturating_sub(heard) > dead_after_ms;
+        let silent = heard.is_none_or(|t| now.saturating_sub(t) > dead_after_ms);
         let new_state = match (n.state, silent) {
             (NodeState::Live, true) => Some(NodeState::Dead),
             (NodeState::Dead, false) => Some(NodeState::Live),
