@@ -20,6 +20,33 @@ fn fields(line: &str) -> std::collections::HashMap<&str, &str> {
         .collect()
 }
 
+/// Runs `swarmkv bench OP` (4 clients, 100 operations on the 1,000 preloaded keys) with
+/// `--json` against `targets` (each after `flag`), and returns its report.
+fn bench_json(op: &str, flag: &str, targets: &[String]) -> Result<serde_json::Value> {
+    let mut args: Vec<String> = [
+        "bench",
+        op,
+        "--clients",
+        "4",
+        "--ops",
+        "100",
+        "--keys",
+        "1000",
+        "--no-preload",
+        "--json",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    for t in targets {
+        args.push(flag.into());
+        args.push(t.clone());
+    }
+    let out = cli(&args)?;
+    println!("bench {op} --json:\n{}{}", out.stdout, out.stderr);
+    Ok(serde_json::from_str(out.expect(0)?)?)
+}
+
 #[test]
 fn bench_put_over_libp2p_then_gets_over_http_then_txns_report_results() -> Result<()> {
     let cluster = ProcCluster::start(3, PARTITIONS)?;
@@ -81,31 +108,8 @@ fn bench_put_over_libp2p_then_gets_over_http_then_txns_report_results() -> Resul
     );
 
     // The key space is there now: linearizable reads over the three gateways find every key.
-    let mut args: Vec<String> = [
-        "bench",
-        "get-linearizable",
-        "--clients",
-        "4",
-        "--ops",
-        "100",
-        "--keys",
-        "1000",
-        "--no-preload",
-        "--json",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    for node in &cluster.nodes {
-        args.push("--endpoint".into());
-        args.push(node.endpoint());
-    }
-    let out = cli(&args)?;
-    println!(
-        "bench get-linearizable --json:\n{}{}",
-        out.stdout, out.stderr
-    );
-    let report: serde_json::Value = serde_json::from_str(out.expect(0)?)?;
+    let endpoints: Vec<String> = cluster.nodes.iter().map(|n| n.endpoint()).collect();
+    let report = bench_json("get-linearizable", "--endpoint", &endpoints)?;
     assert_eq!(report["system"], "swarmkv-http", "{report}");
     assert_eq!(report["op"], "get-linearizable", "{report}");
     assert_eq!(report["endpoints"], 3, "{report}");
@@ -118,28 +122,8 @@ fn bench_put_over_libp2p_then_gets_over_http_then_txns_report_results() -> Resul
     );
 
     // Transactions on two keys of one hash tag, over libp2p: every one succeeds.
-    let mut args: Vec<String> = [
-        "bench",
-        "txn",
-        "--clients",
-        "4",
-        "--ops",
-        "100",
-        "--keys",
-        "1000",
-        "--no-preload",
-        "--json",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    for node in &cluster.nodes {
-        args.push("--peer".into());
-        args.push(node.multiaddr());
-    }
-    let out = cli(&args)?;
-    println!("bench txn --json:\n{}{}", out.stdout, out.stderr);
-    let report: serde_json::Value = serde_json::from_str(out.expect(0)?)?;
+    let peers: Vec<String> = cluster.nodes.iter().map(|n| n.multiaddr()).collect();
+    let report = bench_json("txn", "--peer", &peers)?;
     assert_eq!(report["op"], "txn", "{report}");
     assert_eq!(report["total_ops"], 100, "{report}");
     assert_eq!(report["errors"], 0, "{report}");

@@ -31,15 +31,6 @@ fn fast_core() -> CoreConfig {
     }
 }
 
-fn seed() -> u64 {
-    let seed = std::env::var("SWARMKV_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (replay with SWARMKV_TEST_SEED={seed})");
-    seed
-}
-
 /// One leadership as its candidate saw it: from `campaign` returning to the instant its
 /// `Leadership` says it stopped leading.
 #[derive(Clone, Debug)]
@@ -234,7 +225,7 @@ async fn meta_leader(c: &TestCluster) -> Option<usize> {
 /// The failover scenario; `kill_meta_leader` picks whether the leader's node is also the
 /// meta leader (the coordinator that times the leases).
 async fn failover(kill_meta_leader: bool) -> anyhow::Result<()> {
-    let seed = seed();
+    let seed = test_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let n_candidates = rng.gen_range(2..=5usize).max(3);
     let mut cluster = TestCluster::start(3, P, fast_core()).await;
