@@ -44,6 +44,7 @@ use serde::Deserialize;
 
 use crate::core::ClientError;
 
+pub(super) mod backup;
 mod coord;
 mod kv;
 pub(super) mod sse;

@@ -178,6 +178,44 @@ impl NodeHandle {
         rx.await.unwrap_or_else(|_| stopped())
     }
 
+    /// Freezes `group` for a backup on a replica after a linearizable barrier (see
+    /// `driver/backup.rs`).
+    pub async fn backup_freeze(&self, group: crate::core::GroupId) -> crate::wire::BackupReply {
+        self.backup_ask(|reply| Cmd::BackupFreeze { group, reply })
+            .await
+    }
+
+    /// Chunk `seq` of the copy of `group` frozen at `index` on `node`.
+    pub async fn backup_chunk(
+        &self,
+        node: NodeId,
+        group: crate::core::GroupId,
+        index: u64,
+        seq: u32,
+    ) -> crate::wire::BackupReply {
+        self.backup_ask(|reply| Cmd::BackupChunk {
+            node,
+            group,
+            index,
+            seq,
+            reply,
+        })
+        .await
+    }
+
+    async fn backup_ask(
+        &self,
+        cmd: impl FnOnce(oneshot::Sender<crate::wire::BackupReply>) -> Cmd,
+    ) -> crate::wire::BackupReply {
+        use crate::wire::BackupReply;
+        let stopped = || BackupReply::Unavailable("the node has stopped".into());
+        let (tx, rx) = oneshot::channel();
+        if self.cmds.send(cmd(tx)).await.is_err() {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
+    }
+
     /// Test hook: drop all Raft traffic to and from this node (a network partition that
     /// leaves client access to it intact), or restore it.
     #[doc(hidden)]
@@ -210,7 +248,31 @@ impl Node {
             store.set_sync_observer(Arc::new(move |d| m.observe_sync(d)));
         }
         let start = Instant::now();
-        let core = Core::new(node, store.clone(), config.core.clone(), 0)?;
+        let mut core = Core::new(node, store.clone(), config.core.clone(), 0)?;
+        let mut config = config;
+        if let Some(path) = crate::backup::restore::pending(&config.data_dir) {
+            if core.settings().is_some() {
+                // The cluster formed from it already (the node stopped before removing it).
+                let _ = std::fs::remove_file(&path);
+            } else {
+                let (manifest, seed) = crate::backup::restore::stage(&store, &path)?;
+                log::info!(
+                    "restoring the backup of cluster {:x} ({} partitions, {} groups staged): \
+                     this node forms a new cluster from it",
+                    manifest.cluster_id,
+                    manifest.partitions,
+                    seed.len()
+                );
+                if config.control.partitions != manifest.partitions {
+                    log::info!(
+                        "the restored cluster has the backup's {} partitions",
+                        manifest.partitions
+                    );
+                }
+                config.control.partitions = manifest.partitions;
+                core.set_restore_seed(seed);
+            }
+        }
         let (net, events, event_loop) = swarmkv_net::new(config.net_config(keypair))?;
         let net_loop = tokio::spawn(event_loop.run());
         let table: PeerTable = store

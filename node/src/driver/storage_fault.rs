@@ -211,6 +211,12 @@ impl Sidelined {
                     self.error
                 )));
             }
+            Cmd::BackupFreeze { reply, .. } | Cmd::BackupChunk { reply, .. } => {
+                let _ = reply.send(crate::wire::BackupReply::Unavailable(format!(
+                    "this node's storage failed ({})",
+                    self.error
+                )));
+            }
             Cmd::Isolate { isolated } => p.isolated = isolated,
             Cmd::Shutdown { reply } => {
                 p.stopped.push(reply);
