@@ -273,7 +273,12 @@ impl Node {
                 core.set_restore_seed(seed);
             }
         }
-        let (net, events, event_loop) = swarmkv_net::new(config.net_config(keypair))?;
+        let mut net_config = config.net_config(keypair);
+        // A node that resumes its cluster says so at every hello from the first moment: a
+        // peer of another cluster (an old cluster's node pointed at a restored one, say) is
+        // refused, not taken for a node that has not formed yet.
+        net_config.cluster_id = core.settings().map(|s| s.cluster_id);
+        let (net, events, event_loop) = swarmkv_net::new(net_config)?;
         let net_loop = tokio::spawn(event_loop.run());
         let table: PeerTable = store
             .get_meta(PEERS_META)?
