@@ -4,7 +4,8 @@
 //!   new 3-node cluster (the restored node forms it, two new nodes join it) that serves every
 //!   write acknowledged before the backup started, with no holes per partition (each
 //!   partition is a prefix of each writer's writes to it), under a new cluster id that a
-//!   node of the old cluster cannot join;
+//!   node of the old cluster cannot join; a lease comes back with its key and its lock, its
+//!   time to live started again;
 //! - a damaged, a truncated and a foreign file are refused by `swarmkv restore` with exit
 //!   status 4 and the reason, and nothing is written.
 //!
@@ -112,6 +113,25 @@ fn a_backup_taken_under_writes_restores_into_a_new_cluster() -> Result<()> {
     let _serial = serial();
     let old = ProcCluster::start(3, P)?;
     let old_id = status(old.nodes[0].http)?["cluster_id"].clone();
+
+    // A lease with a key and a lock on it: the meta group's state a restore keeps.
+    let lease = http(old.nodes[0].http, "POST", "/v1/lease", br#"{"ttl":120}"#)?.expect(200)?;
+    let lease = lease["id"].as_str().context("lease id")?.to_string();
+    http(
+        old.nodes[0].http,
+        "PUT",
+        &format!("/v1/kv/leased?lease={lease}"),
+        b"1",
+    )?
+    .expect(200)?;
+    let lock = http(
+        old.nodes[0].http,
+        "POST",
+        "/v1/lock/jobs/acquire",
+        format!(r#"{{"lease":"{lease}"}}"#).as_bytes(),
+    )?
+    .expect(200)?;
+    let token = lock["leader"]["token"].clone();
 
     let stop = Arc::new(AtomicBool::new(false));
     let acks: Vec<Acks> = (0..WRITERS).map(|_| Acks::default()).collect();
@@ -235,9 +255,43 @@ fn a_backup_taken_under_writes_restores_into_a_new_cluster() -> Result<()> {
     }
     ensure!(checked >= 100, "only {checked} acknowledged puts checked");
 
+    // The lease came back with its time started again, and its key and lock with it.
+    let ttl = http(reader, "GET", &format!("/v1/lease/{lease}"), b"")?.expect(200)?;
+    ensure!(
+        ttl["remaining_ms"].as_u64().is_some_and(|ms| ms > 60_000),
+        "the restored lease: {ttl}"
+    );
+    http(reader, "GET", "/v1/kv/leased", b"")?.expect(200)?;
+    let holder = http(reader, "GET", "/v1/lock/jobs", b"")?.expect(200)?;
+    ensure!(
+        holder["leader"]["token"] == token,
+        "the restored lock: {holder}, was {token}"
+    );
+    println!("lease {lease}, its key and lock jobs (token {token}) restored: {ttl}");
+
     // The restored cluster takes writes, at revisions above the restored ones.
     let put = http(reader, "PUT", "/v1/kv/after-restore", b"1")?.expect(200)?;
-    println!("a put after the restore: {put}");
+    let rev = put["rev"].as_u64().context("rev")?;
+    let p = partition_of(b"after-restore", P);
+    let mut below = 0;
+    for w in 0..WRITERS {
+        for i in restored_keys(reader, w)?.keys() {
+            let k = key(w, *i);
+            if partition_of(k.as_bytes(), P) == p {
+                let r = http(reader, "GET", &format!("/v1/kv/{}", enc(k.as_bytes())), b"")?
+                    .expect(200)?;
+                let restored_rev = r["mod_rev"].as_u64().context("mod_rev")?;
+                ensure!(
+                    restored_rev < rev,
+                    "{k} restored at revision {restored_rev}, a later put got {rev}"
+                );
+                below += 1;
+            }
+        }
+    }
+    println!(
+        "a put after the restore: revision {rev}, above the {below} restored keys of its partition"
+    );
 
     // A node of the old cluster, pointed at the new one, is not let in.
     let old_data = old.nodes[2].dir.path().join("data");

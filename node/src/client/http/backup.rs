@@ -57,18 +57,7 @@ impl HttpTransport {
                     })
                 }
                 Ok(response) => {
-                    let status = response.status();
-                    let (parts, body) = response.into_parts();
-                    let body = body
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let answer = Answer {
-                        status,
-                        headers: parts.headers,
-                        body,
-                    };
+                    let answer = Answer::collect(response).await;
                     if !answer.did_nothing() {
                         return Err(answer.error(&Asked::default()));
                     }
