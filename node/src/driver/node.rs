@@ -250,28 +250,8 @@ impl Node {
         let start = Instant::now();
         let mut core = Core::new(node, store.clone(), config.core.clone(), 0)?;
         let mut config = config;
-        if let Some(path) = crate::backup::restore::pending(&config.data_dir) {
-            if core.settings().is_some() {
-                // The cluster formed from it already (the node stopped before removing it).
-                let _ = std::fs::remove_file(&path);
-            } else {
-                let (manifest, seed) = crate::backup::restore::stage(&store, &path)?;
-                log::info!(
-                    "restoring the backup of cluster {:x} ({} partitions, {} groups staged): \
-                     this node forms a new cluster from it",
-                    manifest.cluster_id,
-                    manifest.partitions,
-                    seed.len()
-                );
-                if config.control.partitions != manifest.partitions {
-                    log::info!(
-                        "the restored cluster has the backup's {} partitions",
-                        manifest.partitions
-                    );
-                }
-                config.control.partitions = manifest.partitions;
-                core.set_restore_seed(seed);
-            }
+        if let Some(partitions) = seed_restore(&mut core, &store, &config.data_dir)? {
+            config.control.partitions = partitions;
         }
         let mut net_config = config.net_config(keypair);
         // A node that resumes its cluster says so at every hello from the first moment: a
@@ -390,4 +370,33 @@ impl Node {
         let _ = self.driver.await;
         let _ = self.net_loop.await;
     }
+}
+
+/// If `data_dir` holds a restored backup and the node has no cluster yet, stages the backup's
+/// groups in `store` and hands them to `core` (it then forms a new cluster from them); returns
+/// the backup's partition count, which the new cluster must have. A backup left behind by a
+/// node that formed from it already is removed.
+pub(super) fn seed_restore(
+    core: &mut Core<swarmkv_store::SledBackend>,
+    store: &swarmkv_store::SledStore,
+    data_dir: &std::path::Path,
+) -> Result<Option<u32>, NodeError> {
+    let Some(path) = crate::backup::restore::pending(data_dir) else {
+        return Ok(None);
+    };
+    if core.settings().is_some() {
+        // The cluster formed from it already (the node stopped before removing it).
+        let _ = std::fs::remove_file(&path);
+        return Ok(None);
+    }
+    let (manifest, seed) = crate::backup::restore::stage(store, &path)?;
+    log::info!(
+        "restoring the backup of cluster {:x} ({} partitions, {} groups staged): this node \
+         forms a new cluster from it",
+        manifest.cluster_id,
+        manifest.partitions,
+        seed.len()
+    );
+    core.set_restore_seed(seed);
+    Ok(Some(manifest.partitions))
 }
