@@ -278,6 +278,19 @@ impl<R: Read> BackupReader<R> {
         Ok(())
     }
 
+    /// Reads a section's `len` bytes of payload in pieces, so that a damaged length makes the
+    /// reader allocate no more than the file holds.
+    fn read_payload(&mut self, len: usize) -> Result<Vec<u8>, BackupError> {
+        let mut payload = Vec::new();
+        let mut piece = vec![0u8; len.min(64 << 10)];
+        while payload.len() < len {
+            let n = (len - payload.len()).min(piece.len());
+            self.fill(&mut piece[..n], "a section")?;
+            payload.extend_from_slice(&piece[..n]);
+        }
+        Ok(payload)
+    }
+
     fn damaged(&self, offset: u64, detail: impl Into<String>) -> BackupError {
         BackupError::Damaged {
             offset,
@@ -324,8 +337,7 @@ impl<R: Read> BackupReader<R> {
         if len > MAX_SECTION_BYTES {
             return Err(self.damaged(start, format!("a section claims {len} bytes")));
         }
-        let mut payload = vec![0u8; len as usize];
-        self.fill(&mut payload, "a section")?;
+        let payload = self.read_payload(len as usize)?;
         let mut crc = [0u8; 4];
         self.fill(&mut crc, "a section's checksum")?;
         let want = crc32c::crc32c_append(crc32c::crc32c(&head), &payload);

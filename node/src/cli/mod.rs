@@ -303,6 +303,7 @@ mod tests {
             &["elect", "svc", "me", "--ttl", "500ms"],
             &["leader", "svc"],
             &["observe", "svc", "--json"],
+            &["backup", "cluster.backup"],
         ] {
             let cli = parse(args, &[])?;
             let t = transport_of(&cli).context("a client verb")?;
