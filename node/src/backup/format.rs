@@ -342,7 +342,7 @@ impl<R: Read> BackupReader<R> {
         self.fill(&mut crc, "a section's checksum")?;
         let want = crc32c::crc32c_append(crc32c::crc32c(&head), &payload);
         if u32::from_be_bytes(crc) != want {
-            return Err(self.damaged(start, "a section fails its checksum"));
+            return Err(self.damaged(start, "the section that starts there fails its checksum"));
         }
         let undecodable = |e: postcard::Error| BackupError::Damaged {
             offset: start,
