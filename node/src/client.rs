@@ -32,11 +32,14 @@ use crate::driver::NodeHandle;
 use crate::wire::{Answer, Call, KvAnswer, KvCall, StatusReport};
 use http::HttpTransport;
 
+mod backup;
 mod election;
 mod http;
 mod lease;
 mod lock;
+pub use backup::Frozen;
 pub use election::{CampaignError, Leadership, LeadershipLoss, LossReason, Observer};
+pub use http::backup::BackupStream;
 pub use http::{Endpoint, EndpointError, HttpOptions, DEFAULT_ENDPOINT, DEFAULT_RETRY_FOR};
 pub use lease::{KeepAlive, LeaseLost};
 pub use lock::{lock_election, LockGuard, LOCK_PREFIX};

@@ -19,12 +19,13 @@ use swarmkv_store::{SledBackend, SledStore, Store, StoreConfig};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{
-    ClusterSettings, Core, CoreConfig, CoreError, NodeId, Reply, Request, RequestId,
+    ClusterSettings, Core, CoreConfig, CoreError, GroupId, NodeId, Reply, Request, RequestId,
 };
 use crate::metrics::{op_of, Metrics};
 use crate::wire::{Announce, Answer, Call, ClusterInfo, KvAnswer, KvCall};
 
 mod admission;
+mod backup;
 mod control;
 mod election;
 mod lease;
@@ -72,6 +73,9 @@ pub enum NodeError {
     StorageFailed(String),
     #[error("unknown peer {0}: it must be connected before it can be named")]
     UnknownPeer(PeerId),
+    /// The backup a restored data directory holds could not be staged.
+    #[error("restoring the backup in the data directory: {0}")]
+    Restore(#[from] crate::backup::BackupError),
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -223,6 +227,17 @@ enum Cmd {
     Watch {
         req: crate::wire::WatchRequest,
         reply: oneshot::Sender<crate::wire::WatchReply>,
+    },
+    BackupFreeze {
+        group: GroupId,
+        reply: oneshot::Sender<crate::wire::BackupReply>,
+    },
+    BackupChunk {
+        node: NodeId,
+        group: GroupId,
+        index: u64,
+        seq: u32,
+        reply: oneshot::Sender<crate::wire::BackupReply>,
     },
 }
 
@@ -494,6 +509,18 @@ impl Driver {
             Cmd::View { reply } => {
                 let _ = reply.send(self.cluster_view());
             }
+            Cmd::BackupFreeze { group, reply } => {
+                self.freeze_anywhere(group, backup::BackupOrigin::Local(reply), 0)
+            }
+            Cmd::BackupChunk {
+                node,
+                group,
+                index,
+                seq,
+                reply,
+            } => {
+                self.backup_chunk_from(node, group, index, seq, backup::BackupOrigin::Local(reply))
+            }
             Cmd::Shutdown { reply } => {
                 if self.io.draining.is_none() {
                     log::info!("shutting down: handing leaderships away");
@@ -647,6 +674,21 @@ impl Driver {
                 Ok(KvCall::V1(Call::ClusterView)) => {
                     respond(responder, Answer::ClusterView(self.cluster_view()));
                 }
+                Ok(KvCall::V1(Call::BackupFreeze { group, hops })) => {
+                    self.freeze_anywhere(group, backup::BackupOrigin::Remote(responder), hops)
+                }
+                Ok(KvCall::V1(Call::BackupChunk {
+                    node,
+                    group,
+                    index,
+                    seq,
+                })) => self.backup_chunk_from(
+                    node,
+                    group,
+                    index,
+                    seq,
+                    backup::BackupOrigin::Remote(responder),
+                ),
                 Ok(KvCall::V1(Call::Bootstrap { layout, cluster_id })) => {
                     let answer = match self.on_bootstrap(layout, cluster_id) {
                         Ok(()) => Answer::Ok,

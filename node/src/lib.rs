@@ -7,10 +7,13 @@
 //! - [`metrics`]: the node's Prometheus metrics.
 //! - [`driver`]: the async node loop around the core (the only place that awaits).
 //! - [`wire`]: the client protocol payload.
+//! - [`backup`]: the backup file, taking a backup through a client, and restoring one as a
+//!   new cluster.
 //! - [`http`]: the HTTP/JSON gateway (axum) over a [`Client`]: KV, scan, CAS, status, health.
 //! - `swarmkv_store` (crate `store/`): everything durable. `swarmkv_net` (crate `net/`): the
 //!   libp2p swarm.
 
+pub mod backup;
 pub mod client;
 pub mod core;
 pub mod driver;

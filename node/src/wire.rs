@@ -56,6 +56,19 @@ pub enum Call {
     /// administration over libp2p (`swarmkv repair --peer`). (Last, so the encoding of the
     /// other calls is unchanged.)
     ClusterView,
+    /// Freeze one group (a partition, or the meta group) for a backup, on a replica that
+    /// answered a linearizable barrier first: this node's, or one it passes the call to
+    /// (`hops` as for [`Call::Request`]). See `driver/backup.rs`. (Last, so the encoding of
+    /// the other calls is unchanged.)
+    BackupFreeze { group: GroupId, hops: u8 },
+    /// One chunk of a copy frozen by [`Call::BackupFreeze`] on `node` (the answering node,
+    /// or one it passes the call to).
+    BackupChunk {
+        node: NodeId,
+        group: GroupId,
+        index: u64,
+        seq: u32,
+    },
 }
 
 /// An answer on `/swarmkv/kv-stream/1`.
@@ -85,6 +98,25 @@ pub enum Answer {
     /// The answer to a [`Call::ClusterView`] (last, so the encoding of the other answers is
     /// unchanged).
     ClusterView(crate::driver::ClusterView),
+    /// The answer to a [`Call::BackupFreeze`] or a [`Call::BackupChunk`] (last, so the
+    /// encoding of the other answers is unchanged).
+    Backup(BackupReply),
+}
+
+/// What a backup call gets back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupReply {
+    /// The group is frozen on `node` at the descriptor's index: its chunks are to be read
+    /// from that node.
+    Frozen {
+        node: NodeId,
+        descriptor: swarmkv_store::SnapshotDescriptor,
+    },
+    /// One encoded `SnapshotChunk`.
+    Chunk(Vec<u8>),
+    /// Nothing could be done now (no replica reachable, the group has no leader, the frozen
+    /// copy was replaced by a newer one); the caller may try again.
+    Unavailable(String),
 }
 
 /// What a client needs to know about the cluster.

@@ -53,6 +53,7 @@ pub use mem_backend::MemBackend;
 pub use raft_log::{DirFs, GroupLog, LogFs, MemFs, RaftLog, RaftLogBatch, RaftLogConfig};
 pub use sled_backend::{SledBackend, SledConfig};
 pub use snapshot::{ChunkProgress, DiscardedSnapshot, SnapshotChunk, SnapshotDescriptor};
+pub use snapshot_io::StagedSnapshot;
 pub use state_layer::FlushStats;
 pub use store::{
     ApplyObserver, MemStore, ScanPage, SledStore, Store, StoreConfig, SyncObserver, FORMAT_VERSION,

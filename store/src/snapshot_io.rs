@@ -226,6 +226,51 @@ impl<B: Backend> Store<B> {
         })
     }
 
+    /// Stages one chunk of a snapshot that comes from this node itself rather than a peer: a
+    /// partition's records read from a backup, installed as the starting state of a replica
+    /// of a new cluster. Chunks are staged one at a time (memory stays at one chunk); the
+    /// caller keeps a [`StagedSnapshot`] and turns it into the descriptor of a
+    /// `LogBatch::apply_snapshot` once every chunk is staged. Like [`Store::receive_chunk`],
+    /// what it stages is discarded if the store closes before the install.
+    pub fn stage_local_chunk(
+        &self,
+        staged: &mut StagedSnapshot,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<()> {
+        if staged.crcs.len() as u32 >= staged.total {
+            return Err(StoreError::SnapshotInvalid {
+                group: staged.group,
+                index: staged.index,
+                detail: format!("more than the {} chunks announced", staged.total),
+            });
+        }
+        let seq = staged.crcs.len() as u32;
+        let crc = records_crc(&records);
+        staged.records += records.len() as u64;
+        staged.bytes += records
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum::<u64>();
+        let c = SnapshotChunk {
+            format: SNAPSHOT_FORMAT,
+            group: staged.group,
+            index: staged.index,
+            seq,
+            total: staged.total,
+            records,
+            crc,
+        };
+        let mut b = BackendBatch::default();
+        b.put(
+            TreeId::SnapIn,
+            keys::chunk_key(staged.group, staged.index, seq),
+            c.encode(),
+        );
+        self.inner.backend.write(&b)?;
+        staged.crcs.push(crc);
+        Ok(())
+    }
+
     /// True when every chunk of the snapshot `descriptor_bytes` describes is staged (a Raft
     /// snapshot message must not be stepped before: installing it would fail).
     pub fn snapshot_ready(&self, group: u64, descriptor_bytes: &[u8]) -> Result<bool> {
@@ -330,5 +375,54 @@ impl<B: Backend> Store<B> {
             apply.encode()?,
         );
         Ok(apply)
+    }
+}
+
+/// A snapshot being staged chunk by chunk by [`Store::stage_local_chunk`].
+#[derive(Clone, Debug)]
+pub struct StagedSnapshot {
+    group: u64,
+    index: u64,
+    term: u64,
+    total: u32,
+    crcs: Vec<u32>,
+    records: u64,
+    bytes: u64,
+}
+
+impl StagedSnapshot {
+    /// A snapshot of `group` at `index` (of `term`) made of `total` chunks (at least 1).
+    pub fn new(group: u64, index: u64, term: u64, total: u32) -> StagedSnapshot {
+        StagedSnapshot {
+            group,
+            index,
+            term,
+            total: total.max(1),
+            crcs: Vec::new(),
+            records: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The descriptor of the staged snapshot, once every chunk is staged.
+    pub fn finish(self) -> Result<SnapshotDescriptor> {
+        if self.crcs.len() as u32 != self.total {
+            return Err(StoreError::SnapshotIncomplete {
+                group: self.group,
+                index: self.index,
+                have: self.crcs.len() as u32,
+                want: self.total,
+            });
+        }
+        Ok(SnapshotDescriptor {
+            format: SNAPSHOT_FORMAT,
+            group: self.group,
+            index: self.index,
+            term: self.term,
+            chunks: self.total,
+            records: self.records,
+            bytes: self.bytes,
+            crc: chunks_crc(self.crcs),
+        })
     }
 }

@@ -123,6 +123,20 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
+    /// A node not started yet, keeping its data in `dir/data`, started with `extra` flags.
+    fn unstarted(dir: tempfile::TempDir, extra: Vec<String>) -> NodeProc {
+        NodeProc {
+            dir,
+            child: None,
+            extra,
+            starts: 0,
+            peer_id: String::new(),
+            node_id: String::new(),
+            listen: String::new(),
+            http: ([127, 0, 0, 1], 0).into(),
+        }
+    }
+
     fn log(&self, start: usize) -> PathBuf {
         self.dir.path().join(format!("start-{start}.log"))
     }
@@ -145,6 +159,14 @@ impl NodeProc {
     /// The pid of the running process.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// A node on the data directory `dir` holds (`dir/data`), outside any [`ProcCluster`],
+    /// started with `flags` beyond `--no-mdns`, its data directory and loopback ports.
+    pub fn start_in(dir: tempfile::TempDir, flags: &[&str]) -> Result<NodeProc> {
+        let mut node = NodeProc::unstarted(dir, flags.iter().map(|f| f.to_string()).collect());
+        node.spawn()?;
+        Ok(node)
     }
 
     /// A node outside any [`ProcCluster`] (a stranger, say), started with `flags` beyond
@@ -374,6 +396,28 @@ impl ProcCluster {
             "{n} processes formed a cluster of {partitions} partitions in {:?}",
             started.elapsed()
         );
+        Ok(cluster)
+    }
+
+    /// Starts node 0 on the data directory `first` already holds (`first/data`) with no
+    /// `--expect`, so it forms a cluster alone as a restored node does, then `n - 1` new nodes
+    /// joining it; returns once every node is ready and hears from all the others.
+    pub fn start_from(first: tempfile::TempDir, n: usize) -> Result<ProcCluster> {
+        let mut cluster = ProcCluster {
+            nodes: vec![NodeProc::unstarted(first, Vec::new())],
+            finished: false,
+        };
+        cluster.nodes[0].spawn()?;
+        for i in 1..n {
+            let join = vec!["--join".to_string(), cluster.nodes[0].multiaddr()];
+            cluster
+                .nodes
+                .push(NodeProc::unstarted(tempfile::tempdir()?, join));
+            cluster.nodes[i].spawn()?;
+        }
+        for i in 0..n {
+            cluster.wait_ready(i, Duration::from_secs(60))?;
+        }
         Ok(cluster)
     }
 

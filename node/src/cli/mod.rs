@@ -6,6 +6,8 @@
 //! - [`put`], [`get`], [`del`], [`cas`], [`scan`]: the key-value verbs; [`txn`]: a
 //!   transaction in etcdctl's text form.
 //! - [`decommission`]: drain a node out of the cluster.
+//! - [`backup`], [`restore`]: save a backup of the whole cluster to a file; prepare a data
+//!   directory to start a new cluster from one.
 //! - [`repair`]: rebuild a node whose stored data is damaged from its peers (as a new node).
 //! - [`watch`]: print the changes of a prefix or key as they happen (resumable).
 //! - [`lease`]: grant, keep alive, revoke and inspect leases (keys attach with `put --lease`).
@@ -32,6 +34,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use swarmkv_net::PreSharedKey;
 
+mod backup;
 mod bench;
 mod cas;
 mod decommission;
@@ -46,6 +49,7 @@ mod lock;
 mod observe;
 mod put;
 mod repair;
+mod restore;
 mod scan;
 mod start;
 mod status;
@@ -64,7 +68,8 @@ const EXIT_STATUS_HELP: &str =
     "Exit status of the client verbs: 0 done; 1 not found, compare failed, \
 refused by the server or other failure; 2 usage; 3 unavailable (no node reachable, 503/504, \
 no leader, timeout). `start` exits 4 when the node's stored data is damaged (rebuild it with \
-`swarmkv repair --from-peers`).";
+`swarmkv repair --from-peers`); `restore` exits 4 when the backup file is damaged, truncated or \
+of another format (nothing is written).";
 
 /// How long a client verb may take in all, connection included: a node that is down or
 /// unreachable must give an error, not a hung shell.
@@ -100,6 +105,8 @@ pub enum Command {
     Keygen(keygen::Keygen),
     Watch(watch::WatchCmd),
     Repair(repair::Repair),
+    Backup(backup::Backup),
+    Restore(restore::Restore),
 }
 
 impl Command {
@@ -146,6 +153,9 @@ impl Command {
             Command::Watch(c) => c.run().await,
             // Bounded by its own --wait (plus connecting).
             Command::Repair(c) => c.run().await,
+            // As long as the cluster's size takes (each group bounds its own waits).
+            Command::Backup(c) => c.run().await,
+            Command::Restore(c) => c.run(),
         };
         verb.map(|()| ExitCode::SUCCESS)
     }
@@ -260,7 +270,10 @@ mod tests {
             Command::Leader(c) => Some(&c.transport),
             Command::Observe(c) => Some(&c.transport),
             Command::Repair(c) => Some(&c.transport),
-            Command::Start(_) | Command::Bench(_) | Command::Keygen(_) => None,
+            Command::Backup(c) => Some(&c.transport),
+            Command::Start(_) | Command::Restore(_) | Command::Bench(_) | Command::Keygen(_) => {
+                None
+            }
         }
     }
 
@@ -290,6 +303,7 @@ mod tests {
             &["elect", "svc", "me", "--ttl", "500ms"],
             &["leader", "svc"],
             &["observe", "svc", "--json"],
+            &["backup", "cluster.backup"],
         ] {
             let cli = parse(args, &[])?;
             let t = transport_of(&cli).context("a client verb")?;

@@ -44,6 +44,7 @@ use serde::Deserialize;
 
 use crate::core::ClientError;
 
+pub(super) mod backup;
 mod coord;
 mod kv;
 pub(super) mod sse;
@@ -214,6 +215,23 @@ pub(crate) struct Asked {
 }
 
 impl Answer {
+    /// Reads the whole of an answer that is not a stream (an error answer to a streaming
+    /// request); a body that breaks off counts as empty.
+    pub(crate) async fn collect(response: hyper::Response<hyper::body::Incoming>) -> Answer {
+        let status = response.status();
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Answer {
+            status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
     /// Whether the answer says that nothing was done, so that the request may go again (to
     /// this gateway or another): 503 `unavailable` or `not_leader`.
     fn did_nothing(&self) -> bool {

@@ -68,6 +68,27 @@ impl<B: Backend> Core<B> {
         if layout.nodes.is_empty() || layout.partitions == 0 || layout.replication == 0 {
             return Err(CoreError::BadLayout(format!("{layout:?}")));
         }
+        let seed = match &self.restore_seed {
+            Some(_) if self.settings.is_some() => None,
+            Some(seed) => {
+                if layout.nodes != [self.id] {
+                    return Err(CoreError::BadLayout(format!(
+                        "this node restores a backup and forms a cluster alone, not with {:x?}",
+                        layout.nodes
+                    )));
+                }
+                let want = u64::from(layout.partitions) + 1;
+                if seed.len() as u64 != want || seed.keys().any(|g| *g >= want) {
+                    return Err(CoreError::BadLayout(format!(
+                        "the backup holds {} groups; a cluster of {} partitions has {want}",
+                        seed.len(),
+                        layout.partitions
+                    )));
+                }
+                Some(seed.clone())
+            }
+            None => None,
+        };
         self.join(ClusterSettings {
             cluster_id,
             partitions: layout.partitions,
@@ -84,10 +105,22 @@ impl<B: Backend> Core<B> {
                 continue;
             }
             let mut snap = Snapshot::default();
-            let m = snap.mut_metadata();
-            m.index = INITIAL_INDEX;
-            m.term = INITIAL_TERM;
-            m.mut_conf_state().voters = t.replicas.clone();
+            // A restored group starts where its backup was taken, so the revisions of its
+            // records stay below every later write's.
+            match seed.as_ref().and_then(|s| s.get(g)) {
+                Some(d) => {
+                    snap.data = d.encode().into();
+                    let m = snap.mut_metadata();
+                    m.index = d.index;
+                    m.term = d.term;
+                }
+                None => {
+                    let m = snap.mut_metadata();
+                    m.index = INITIAL_INDEX;
+                    m.term = INITIAL_TERM;
+                }
+            }
+            snap.mut_metadata().mut_conf_state().voters = t.replicas.clone();
             batch.apply_snapshot(*g, snap);
             new_groups.push((*g, t.replicas[0] == self.id));
         }
@@ -104,6 +137,12 @@ impl<B: Backend> Core<B> {
         }
         if self.targets.is_empty() {
             self.targets = targets;
+        }
+        if seed.is_some() {
+            // The meta group started from the backup's leases and elections.
+            self.restore_seed = None;
+            self.reload_leases()?;
+            self.reload_elections()?;
         }
         Ok(())
     }

@@ -125,6 +125,13 @@ impl MetaState {
         b"meta/"
     }
 
+    /// Whether `key` is one of this cluster's own records (settings, registry, targets), as
+    /// opposed to the leases, elections and locks users keep in the meta group: a restored
+    /// backup leaves these out, since the new cluster writes its own.
+    pub fn is_cluster_record(key: &[u8]) -> bool {
+        key == SETTINGS_KEY || key.starts_with(NODE_PREFIX) || key.starts_with(TARGET_PREFIX)
+    }
+
     /// The write that records the settings.
     pub fn put_settings(s: &ClusterSettings) -> KvOp {
         put(

@@ -24,6 +24,7 @@
 //! - `replica`: one local Raft group and the requests waiting on it.
 //! - `step`: the clock's and the network's inputs (ticks, Raft messages, send reports).
 //! - `requests`: client requests, served at once or proposed and waited for.
+//! - `backup`: the barrier a backup freezes a group after, and a restored node's seed.
 //! - `lifecycle`: replicas created, bootstrapped and dropped, and their tombstones.
 //! - `turn`: one turn in its one order ([`Core::begin_turn`], [`Turn`], [`Persisted`]):
 //!   staging every group's Ready, persisting them with one sync, handing out the output.
@@ -31,6 +32,7 @@
 //! - this file: [`Core`], its construction and what it tells about itself.
 
 mod apply;
+mod backup;
 pub mod command;
 pub mod config;
 pub mod control;
@@ -182,6 +184,8 @@ pub struct Core<B: Backend> {
     boot: u64,
     /// Groups whose replica has reads waiting for the next ReadIndex call (see `follower`).
     reads_to_issue: BTreeSet<GroupId>,
+    /// The staged snapshots a restored node's groups start from (see `backup`).
+    restore_seed: Option<BTreeMap<GroupId, swarmkv_store::SnapshotDescriptor>>,
 }
 
 fn logger() -> slog::Logger {
@@ -238,6 +242,7 @@ impl<B: Backend> Core<B> {
             applies: ApplyBatch::default(),
             boot,
             reads_to_issue: BTreeSet::new(),
+            restore_seed: None,
         };
         for g in core.store.groups()? {
             core.open_replica(g)?;

@@ -163,6 +163,13 @@ impl Driver {
         if let Err(e) = self.save_peers() {
             log::warn!("cannot record peers: {e}");
         }
+        if let Some(path) = crate::backup::restore::pending(&self.io.config.data_dir) {
+            // The groups started from it durably; the copy is no longer needed.
+            match std::fs::remove_file(&path) {
+                Ok(()) => log::info!("cluster {cluster_id:x} formed from the restored backup"),
+                Err(e) => log::warn!("cannot remove {}: {e}", path.display()),
+            }
+        }
     }
 
     /// The answer to this node's join request (the actions it leads to are performed on the

@@ -178,6 +178,44 @@ impl NodeHandle {
         rx.await.unwrap_or_else(|_| stopped())
     }
 
+    /// Freezes `group` for a backup on a replica after a linearizable barrier (see
+    /// `driver/backup.rs`).
+    pub async fn backup_freeze(&self, group: crate::core::GroupId) -> crate::wire::BackupReply {
+        self.backup_ask(|reply| Cmd::BackupFreeze { group, reply })
+            .await
+    }
+
+    /// Chunk `seq` of the copy of `group` frozen at `index` on `node`.
+    pub async fn backup_chunk(
+        &self,
+        node: NodeId,
+        group: crate::core::GroupId,
+        index: u64,
+        seq: u32,
+    ) -> crate::wire::BackupReply {
+        self.backup_ask(|reply| Cmd::BackupChunk {
+            node,
+            group,
+            index,
+            seq,
+            reply,
+        })
+        .await
+    }
+
+    async fn backup_ask(
+        &self,
+        cmd: impl FnOnce(oneshot::Sender<crate::wire::BackupReply>) -> Cmd,
+    ) -> crate::wire::BackupReply {
+        use crate::wire::BackupReply;
+        let stopped = || BackupReply::Unavailable("the node has stopped".into());
+        let (tx, rx) = oneshot::channel();
+        if self.cmds.send(cmd(tx)).await.is_err() {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
+    }
+
     /// Test hook: drop all Raft traffic to and from this node (a network partition that
     /// leaves client access to it intact), or restore it.
     #[doc(hidden)]
@@ -210,8 +248,17 @@ impl Node {
             store.set_sync_observer(Arc::new(move |d| m.observe_sync(d)));
         }
         let start = Instant::now();
-        let core = Core::new(node, store.clone(), config.core.clone(), 0)?;
-        let (net, events, event_loop) = swarmkv_net::new(config.net_config(keypair))?;
+        let mut core = Core::new(node, store.clone(), config.core.clone(), 0)?;
+        let mut config = config;
+        if let Some(partitions) = seed_restore(&mut core, &store, &config.data_dir)? {
+            config.control.partitions = partitions;
+        }
+        let mut net_config = config.net_config(keypair);
+        // A node that resumes its cluster says so at every hello from the first moment: a
+        // peer of another cluster (an old cluster's node pointed at a restored one, say) is
+        // refused, not taken for a node that has not formed yet.
+        net_config.cluster_id = core.settings().map(|s| s.cluster_id);
+        let (net, events, event_loop) = swarmkv_net::new(net_config)?;
         let net_loop = tokio::spawn(event_loop.run());
         let table: PeerTable = store
             .get_meta(PEERS_META)?
@@ -323,4 +370,33 @@ impl Node {
         let _ = self.driver.await;
         let _ = self.net_loop.await;
     }
+}
+
+/// If `data_dir` holds a restored backup and the node has no cluster yet, stages the backup's
+/// groups in `store` and hands them to `core` (it then forms a new cluster from them); returns
+/// the backup's partition count, which the new cluster must have. A backup left behind by a
+/// node that formed from it already is removed.
+pub(super) fn seed_restore(
+    core: &mut Core<swarmkv_store::SledBackend>,
+    store: &swarmkv_store::SledStore,
+    data_dir: &std::path::Path,
+) -> Result<Option<u32>, NodeError> {
+    let Some(path) = crate::backup::restore::pending(data_dir) else {
+        return Ok(None);
+    };
+    if core.settings().is_some() {
+        // The cluster formed from it already (the node stopped before removing it).
+        let _ = std::fs::remove_file(&path);
+        return Ok(None);
+    }
+    let (manifest, seed) = crate::backup::restore::stage(store, &path)?;
+    log::info!(
+        "restoring the backup of cluster {:x} ({} partitions, {} groups staged): this node \
+         forms a new cluster from it",
+        manifest.cluster_id,
+        manifest.partitions,
+        seed.len()
+    );
+    core.set_restore_seed(seed);
+    Ok(Some(manifest.partitions))
 }

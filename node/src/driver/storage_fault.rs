@@ -159,7 +159,11 @@ impl Sidelined {
             store.set_sync_observer(std::sync::Arc::new(move |d| m.observe_sync(d)));
         }
         let now = p.start.elapsed().as_millis() as u64;
-        let core = Core::new(p.node, store.clone(), p.config.core.clone(), now)
+        let mut core = Core::new(p.node, store.clone(), p.config.core.clone(), now)
+            .map_err(|e| e.to_string())?;
+        // A node sidelined before it formed its cluster from a restored backup stages it
+        // again (what was staged went with the old store's handle).
+        super::node::seed_restore(&mut core, &store, &p.config.data_dir)
             .map_err(|e| e.to_string())?;
         log::info!(
             "node {:x}: storage works again after {:.1} s; rejoining its groups",
@@ -207,6 +211,12 @@ impl Sidelined {
             }
             Cmd::Watch { reply, .. } => {
                 let _ = reply.send(crate::wire::WatchReply::Unavailable(format!(
+                    "this node's storage failed ({})",
+                    self.error
+                )));
+            }
+            Cmd::BackupFreeze { reply, .. } | Cmd::BackupChunk { reply, .. } => {
+                let _ = reply.send(crate::wire::BackupReply::Unavailable(format!(
                     "this node's storage failed ({})",
                     self.error
                 )));

@@ -18,6 +18,7 @@
 //!   events): leader election on a lease the caller keeps alive.
 //! - [`lock`]: `POST /v1/lock/{name}/acquire|release`, `GET /v1/lock/{name}`: locks with
 //!   fencing tokens, on a lease the caller keeps alive (lock `NAME` is election `lock:NAME`).
+//! - [`backup`]: `GET /v1/backup`, a backup of the whole cluster, streamed as a file.
 //! - [`health`]: `GET /healthz` (liveness) and `GET /readyz` (readiness).
 //! - [`metrics`]: `GET /metrics`, the node's Prometheus metrics.
 //! - [`auth`]: the bearer token (`--http-token`) and when the gateway may leave loopback.
@@ -35,6 +36,7 @@
 //! forwards and retries; the gateway only translates.
 
 pub mod auth;
+pub mod backup;
 pub mod body;
 pub mod cluster;
 pub mod election;
@@ -131,6 +133,7 @@ fn routes(gateway: Gateway) -> Router {
         )
         .route("/v1/txn", post(txn::txn))
         .route("/v1/status", get(status::status))
+        .route("/v1/backup", get(backup::backup))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/nodes/{node}/decommission", post(nodes::decommission))
         .route("/v1/lease", post(lease::grant))

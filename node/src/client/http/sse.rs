@@ -174,17 +174,7 @@ async fn open(http: &HttpTransport, query: &str, last_id: Option<&str>) -> Opene
             buf: Vec::new(),
         });
     }
-    let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let answer = Answer {
-        status,
-        headers: parts.headers,
-        body,
-    };
+    let answer = Answer::collect(response).await;
     let message = answer.error(&Asked::default()).to_string();
     match status.as_u16() {
         502..=504 => Opened::Broke(message),

@@ -394,14 +394,27 @@ impl Control {
             self.joining_since = None;
         }
         let listening = now.saturating_sub(self.started);
-        match formation::decide(
-            &self.gossip,
-            &mut self.discovery,
-            &self.params,
-            (self.me, &self.peer),
-            listening,
-            now,
-        ) {
+        let decision = if core.restoring() {
+            // A restored node forms its new cluster alone, at once, and joins nobody: only
+            // it holds the backup (see `core::backup`).
+            Formation::Form {
+                layout: ClusterLayout {
+                    nodes: vec![self.me],
+                    partitions: self.params.partitions,
+                    replication: self.params.replication,
+                },
+            }
+        } else {
+            formation::decide(
+                &self.gossip,
+                &mut self.discovery,
+                &self.params,
+                (self.me, &self.peer),
+                listening,
+                now,
+            )
+        };
+        match decision {
             Formation::Wait => {}
             Formation::Join { via } => {
                 self.joining_since = Some(now);
