@@ -1499,7 +1499,15 @@ impl World {
                 return format!("group {g} voters differ from target {:x?}", t.replicas);
             }
         }
-        if !plan_targets(&meta.targets, &live, self.settings.replication, MAX_MOVES).is_empty() {
+        let dead = meta.dead_nodes();
+        let plan = plan_targets(
+            &meta.targets,
+            &live,
+            &dead,
+            self.settings.replication,
+            MAX_MOVES,
+        );
+        if !plan.is_empty() {
             return "placement still moving".into();
         }
         String::new()
