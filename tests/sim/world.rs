@@ -22,10 +22,10 @@ use swarmkv::core::{
 };
 use swarmkv_store::{KvRecord, MemBackend, Store, StoreConfig};
 
-use crate::client::{interpret, key_bytes, Client, ClientState, Interpretation, OpRecord, Outcome};
+use crate::client::{interpret, Client, ClientState, Interpretation, Objects, OpRecord, Outcome};
 use crate::invariants::acknowledged_writes::{self, AckedWrite};
 use crate::invariants::{Observer, Violation};
-use crate::linearizability::{self, Input, Operation, Verdict};
+use crate::linearizability::{self, Input, Operation, Output, Verdict};
 use crate::net::{Net, Packet, Payload};
 use crate::params::Params;
 
@@ -84,6 +84,8 @@ pub struct Summary {
     pub clock_stalls: usize,
     pub membership: &'static str,
     pub unknown_keys: usize,
+    /// Transactions that held and wrote both keys of a pair.
+    pub pair_writes: usize,
     pub nodes: usize,
     /// (group, term) pairs that had a leader, distinct log entries seen, replica states
     /// compared: how much the invariants looked at.
@@ -453,7 +455,22 @@ impl World {
         self.summary.entries_seen = self.observer.log.entries_seen();
         self.summary.states_compared = self.observer.applied.compared;
         for op in &self.history {
+            let both = |i: &Input| {
+                matches!(
+                    i,
+                    Input::Txn {
+                        then: [Some(_), Some(_)],
+                        ..
+                    }
+                )
+            };
             match op.outcome {
+                Outcome::Ok(Output::Txn {
+                    succeeded: true, ..
+                }) if both(&op.input) => {
+                    self.summary.ops_ok += 1;
+                    self.summary.pair_writes += 1;
+                }
                 Outcome::Ok(_) => self.summary.ops_ok += 1,
                 Outcome::Ambiguous(_) => self.summary.ops_ambiguous += 1,
                 _ => self.summary.ops_failed += 1,
@@ -1150,18 +1167,15 @@ impl World {
             match self.clients[ci].state.clone() {
                 ClientState::Idle { next_at } if now >= next_at => {
                     let is_final = self.clients[ci].id == FINAL_READER;
+                    let objects = self.objects();
                     let (key, input, body) = if is_final {
                         let Some(&key) = self.final_script.first() else {
                             continue;
                         };
-                        let body = RequestBody::Get {
-                            key: key_bytes(key),
-                            consistency: swarmkv::core::Consistency::Linearizable,
-                        };
-                        (key, Input::Get, body)
+                        let (input, body) = objects.read(key);
+                        (key, input, body)
                     } else if issuing {
-                        let keys = self.p.keys;
-                        self.clients[ci].next_op(&mut self.rng, keys)
+                        self.clients[ci].next_op(&mut self.rng, objects)
                     } else {
                         continue;
                     };
@@ -1203,6 +1217,14 @@ impl World {
         Ok(())
     }
 
+    /// The keys and pairs the clients work on.
+    fn objects(&self) -> Objects {
+        Objects {
+            keys: self.p.keys,
+            pairs: self.p.pairs,
+        }
+    }
+
     fn send_attempt(
         &mut self,
         ci: usize,
@@ -1210,7 +1232,7 @@ impl World {
         attempt: u32,
         ambiguous: bool,
     ) -> Result<(), Failure> {
-        let key = key_bytes(self.history[op].key);
+        let key = self.objects().keys_of(self.history[op].key).remove(0);
         let partition = partition_of(&key, self.p.partitions);
         let active = self.active_ids();
         let hint = self.clients[ci]
@@ -1319,19 +1341,21 @@ impl World {
         if busy_rid != rid {
             return Ok(());
         }
-        let key = key_bytes(self.history[op].key);
+        let object = self.history[op].key;
+        let keys = self.objects().keys_of(object);
+        let key = keys[0].clone();
         let partition = partition_of(&key, self.p.partitions);
         let input = self.history[op].input;
         match interpret(&input, &reply) {
             Interpretation::Ok {
                 output,
                 seen,
-                record,
-                wrote,
+                records,
                 write_revision,
+                written,
             } => {
                 self.clients[ci].hints.insert(partition, node);
-                for (v, rev) in seen.iter().chain(wrote.iter()) {
+                for (v, rev) in &seen {
                     let first = *self.revisions.entry(*v).or_insert(*rev);
                     if first != *rev {
                         return Err(self.fail(
@@ -1344,34 +1368,24 @@ impl World {
                         ));
                     }
                 }
-                let k = self.history[op].key;
-                match (wrote, record) {
-                    (Some((v, rev)), _) => {
-                        let r = KvRecord {
-                            value: crate::client::value_bytes(v),
-                            create_rev: 0,
-                            mod_rev: rev,
-                            version: 0,
-                            lease: 0,
-                        };
-                        self.clients[ci].saw(k, Some(&r));
-                    }
-                    (None, Some(r)) => self.clients[ci].saw(k, r.as_ref()),
-                    (None, None) => {}
+                for (register, record) in &records {
+                    self.clients[ci].saw(object, *register, record.as_ref());
                 }
                 if let (Some(rev), RequestBody::Write { op: kv, .. }) =
                     (write_revision, &self.history[op].body)
                 {
-                    self.acked.push(AckedWrite {
-                        group: swarmkv::core::group_of_partition(partition),
-                        key: key.clone(),
-                        revision: rev,
-                        op: kv.clone(),
-                    });
+                    for register in written {
+                        self.acked.push(AckedWrite {
+                            group: swarmkv::core::group_of_partition(partition),
+                            key: keys[register].clone(),
+                            revision: rev,
+                            op: kv.clone(),
+                        });
+                    }
                 }
                 if self.clients[ci].id == FINAL_READER {
-                    if let Reply::Ok(swarmkv::core::Response::Get(r)) = &reply {
-                        self.finals.insert(key.clone(), r.clone());
+                    for (register, record) in records {
+                        self.finals.insert(keys[register].clone(), record);
                     }
                     if !self.final_script.is_empty() {
                         self.final_script.remove(0);
@@ -1523,7 +1537,7 @@ impl World {
                 return Ok(false);
             }
             self.log(|| "converged; final reads".into());
-            self.final_script = (0..self.p.keys).collect();
+            self.final_script = (0..self.objects().count()).collect();
             let mut reader = Client::new(FINAL_READER);
             reader.state = ClientState::Idle { next_at: self.now };
             self.clients.push(reader);
@@ -1535,7 +1549,7 @@ impl World {
     fn check_history(&mut self) -> Result<(), Failure> {
         acknowledged_writes::check(&self.acked, &self.observer.committed, &self.finals)
             .map_err(|v| self.violation(v))?;
-        for key in 0..self.p.keys {
+        for key in 0..self.objects().count() {
             let ops: Vec<Operation> = self
                 .history
                 .iter()
