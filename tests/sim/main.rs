@@ -13,6 +13,7 @@
 //! - `params`: what a seed decides up front (cluster shape, network, fault mix, workload).
 //! - `net`: the virtual network (delay, loss, duplication, reordering, cuts).
 //! - `client`: the workload and how answers become history entries.
+//! - `locks`: lock holders (lease, campaign, hold, resign) and the check of their holds.
 //! - `world`: the cluster driven like `node/src/driver.rs`, faults, heal, final reads.
 //! - `invariants/`: one file per safety property.
 //! - `linearizability`: the per-key Wing–Gong/Lowe checker (self-contained).
@@ -20,6 +21,7 @@
 mod client;
 mod invariants;
 mod linearizability;
+mod locks;
 mod net;
 mod params;
 mod world;
@@ -168,6 +170,7 @@ struct Totals {
     quiesced: usize,
     zero_config: usize,
     pair_writes: usize,
+    lock_holds: usize,
 }
 
 impl Totals {
@@ -180,6 +183,7 @@ impl Totals {
         self.quiesced += usize::from(sum.quiesced_max > 0);
         self.zero_config += usize::from(sum.zero_config);
         self.pair_writes += sum.pair_writes;
+        self.lock_holds += sum.lock_holds;
     }
 }
 
@@ -293,7 +297,7 @@ fn main() {
     println!(
         "sim: {} seeds passed, {} failed in {:.1?} ({} ok operations, {} ambiguous, {} keys \
          the checker gave up on, {:.0} virtual s, {} runs with quiesced groups, {} formed \
-         zero-config, {} pair transactions that wrote both keys)",
+         zero-config, {} pair transactions that wrote both keys, {} lock holds)",
         t.passed,
         failures.len(),
         started.elapsed(),
@@ -303,7 +307,8 @@ fn main() {
         t.virtual_ms as f64 / 1000.0,
         t.quiesced,
         t.zero_config,
-        t.pair_writes
+        t.pair_writes,
+        t.lock_holds
     );
     if !failures.is_empty() {
         let mut seeds: Vec<u64> = failures.iter().map(|(s, _)| *s).collect();

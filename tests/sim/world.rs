@@ -26,6 +26,7 @@ use crate::client::{interpret, Client, ClientState, Interpretation, Objects, OpR
 use crate::invariants::acknowledged_writes::{self, AckedWrite};
 use crate::invariants::{Observer, Violation};
 use crate::linearizability::{self, Input, Operation, Output, Verdict};
+use crate::locks::{self, LockCall, LockClient};
 use crate::net::{Net, Packet, Payload};
 use crate::params::Params;
 
@@ -56,6 +57,8 @@ const FORMATION_MS: u64 = 4_000;
 const LATE_DISCOVERY_MS: u64 = 60_000;
 /// Search budget of the linearizability checker, per key.
 const CHECK_STEPS: u64 = 2_000_000;
+/// Lock clients' ids start above this (clear of the key-value clients').
+const LOCKER_IDS: u64 = 2_000;
 /// The sender id of client requests (never a node, never cut off).
 const CLIENT: NodeId = 0;
 /// The client that reads every key at the end.
@@ -86,6 +89,8 @@ pub struct Summary {
     pub unknown_keys: usize,
     /// Transactions that held and wrote both keys of a pair.
     pub pair_writes: usize,
+    /// Spans during which a lock client held the lock.
+    pub lock_holds: usize,
     pub nodes: usize,
     /// (group, term) pairs that had a leader, distinct log entries seen, replica states
     /// compared: how much the invariants looked at.
@@ -146,6 +151,9 @@ pub struct World {
     clients: Vec<Client>,
     history: Vec<OpRecord>,
     owners: BTreeMap<RequestId, usize>,
+    lockers: Vec<LockClient>,
+    /// Which lock client each lease or election request in flight belongs to.
+    lock_owners: BTreeMap<RequestId, usize>,
     next_rid: RequestId,
     observer: Observer,
     /// The registry the cluster must reach: every node live, a replaced one dead, a
@@ -285,6 +293,9 @@ impl World {
             );
         }
         let clients = (1..=p.clients as u64).map(Client::new).collect();
+        let lockers = (1..=p.lockers as u64)
+            .map(|i| LockClient::new(LOCKER_IDS + i, p.lock_ttl_ms))
+            .collect();
         let mut net = Net::new(p.loss, p.dup, p.max_delay, p.spike);
         let start = if zero_config { FORMATION_MS } else { 0 };
         let after_formation = |t: u64| t.saturating_add(start);
@@ -328,6 +339,8 @@ impl World {
             clients,
             history: Vec::new(),
             owners: BTreeMap::new(),
+            lockers,
+            lock_owners: BTreeMap::new(),
             next_rid: 1,
             observer: Observer::default(),
             wanted,
@@ -409,6 +422,7 @@ impl World {
                 self.deliver(packet)?;
             }
             self.drive_clients()?;
+            self.drive_lockers()?;
             self.operator();
             let mut order = self.up_ids();
             order.shuffle(&mut self.rng);
@@ -817,6 +831,16 @@ impl World {
             Payload::Request(rid, req) => {
                 if let Some(core) = self.nodes.get_mut(&p.to).and_then(|n| n.core.as_mut()) {
                     core.handle_request(rid, req);
+                }
+            }
+            Payload::Lease(rid, req) => {
+                if let Some(core) = self.nodes.get_mut(&p.to).and_then(|n| n.core.as_mut()) {
+                    core.handle_lease(rid, req);
+                }
+            }
+            Payload::Election(rid, req) => {
+                if let Some(core) = self.nodes.get_mut(&p.to).and_then(|n| n.core.as_mut()) {
+                    core.handle_election(rid, req);
                 }
             }
             Payload::Announce(a) => {
@@ -1324,7 +1348,52 @@ impl World {
         };
     }
 
+    /// Sends what each lock client wants to send, to the node it last heard from (the meta
+    /// leader, most likely) or to any node.
+    fn drive_lockers(&mut self) -> Result<(), Failure> {
+        let now = self.now;
+        let period = self.p.quiet_every + self.p.quiet_ms;
+        let quiet = self.p.quiet_every > 0 && now % period >= self.p.quiet_every;
+        let issuing = now < self.p.fault_ms + HEAL_LOAD_MS && !quiet;
+        for li in 0..self.lockers.len() {
+            let Some(call) = self.lockers[li].poll(now, &mut self.rng, issuing) else {
+                continue;
+            };
+            let active = self.active_ids();
+            let node = match self.lockers[li].hint.filter(|h| active.contains(h)) {
+                Some(h) => h,
+                None => match active.choose(&mut self.rng) {
+                    Some(n) => *n,
+                    None => return Err(self.fail("setup", "no node left")),
+                },
+            };
+            let rid = self.next_rid;
+            self.next_rid += 1;
+            self.lock_owners.insert(rid, li);
+            let payload = match call {
+                LockCall::Lease(r) => Payload::Lease(rid, r),
+                LockCall::Election(r) => Payload::Election(rid, r),
+            };
+            let at = now + self.rng.gen_range(1..=3);
+            self.net.push(
+                at,
+                Packet {
+                    from: CLIENT,
+                    to: node,
+                    from_incarnation: 0,
+                    payload,
+                },
+            );
+        }
+        Ok(())
+    }
+
     fn on_reply(&mut self, node: NodeId, rid: RequestId, reply: Reply) -> Result<(), Failure> {
+        if let Some(li) = self.lock_owners.remove(&rid) {
+            let now = self.now;
+            self.lockers[li].on_answer(now, node, &reply, &mut self.rng);
+            return Ok(());
+        }
         let Some(ci) = self.owners.remove(&rid) else {
             return Ok(());
         };
@@ -1543,10 +1612,20 @@ impl World {
             self.clients.push(reader);
             return Ok(false);
         }
-        Ok(self.final_script.is_empty() && self.clients.iter().all(idle))
+        Ok(self.final_script.is_empty()
+            && self.clients.iter().all(idle)
+            && self.lockers.iter().all(LockClient::idle))
     }
 
     fn check_history(&mut self) -> Result<(), Failure> {
+        let now = self.now;
+        let mut holds = Vec::new();
+        for l in &mut self.lockers {
+            l.finish(now);
+            holds.extend(l.holds.iter().copied());
+        }
+        self.summary.lock_holds = holds.len();
+        locks::check(holds).map_err(|why| self.fail("lock holders never overlap", why))?;
         acknowledged_writes::check(&self.acked, &self.observer.committed, &self.finals)
             .map_err(|v| self.violation(v))?;
         for key in 0..self.objects().count() {
