@@ -1182,11 +1182,18 @@ impl World {
 
     // ----- clients -----
 
-    fn drive_clients(&mut self) -> Result<(), Failure> {
+    /// Whether clients start new work now: until the load ends after the heal, except in
+    /// the quiet spells of the seeds that have them.
+    fn issuing(&self) -> bool {
         let now = self.now;
         let period = self.p.quiet_every + self.p.quiet_ms;
         let quiet = self.p.quiet_every > 0 && now % period >= self.p.quiet_every;
-        let issuing = now < self.p.fault_ms + HEAL_LOAD_MS && !quiet;
+        now < self.p.fault_ms + HEAL_LOAD_MS && !quiet
+    }
+
+    fn drive_clients(&mut self) -> Result<(), Failure> {
+        let now = self.now;
+        let issuing = self.issuing();
         for ci in 0..self.clients.len() {
             match self.clients[ci].state.clone() {
                 ClientState::Idle { next_at } if now >= next_at => {
@@ -1352,9 +1359,7 @@ impl World {
     /// leader, most likely) or to any node.
     fn drive_lockers(&mut self) -> Result<(), Failure> {
         let now = self.now;
-        let period = self.p.quiet_every + self.p.quiet_ms;
-        let quiet = self.p.quiet_every > 0 && now % period >= self.p.quiet_every;
-        let issuing = now < self.p.fault_ms + HEAL_LOAD_MS && !quiet;
+        let issuing = self.issuing();
         for li in 0..self.lockers.len() {
             let Some(call) = self.lockers[li].poll(now, &mut self.rng, issuing) else {
                 continue;
