@@ -431,6 +431,7 @@ fn perform(client: usize, node: usize, key: usize, input: Input, epoch: Instant)
             };
             ("POST", format!("{path}/cas"), body.to_string().into_bytes())
         }
+        Input::Txn { .. } => return Err(anyhow!("this workload has no pair transactions")),
     };
     let call = epoch.elapsed().as_nanos() as u64;
     let answer = http(gateway(node), method, &target, &body, REQUEST_TIMEOUT);

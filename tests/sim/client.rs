@@ -1,8 +1,11 @@
 //! Simulated clients: what they ask (get / put / compare-and-swap / delete on a few keys, with
-//! a unique value per write) and how an answer becomes an entry of the history the
-//! linearizability checker reads. Half of the compare-and-swaps go as transactions (a compare,
-//! then the write and a read of the key, or else a read), which the register model checks as
-//! the compare-and-swap they are.
+//! a unique value per write, and transactions on a few pairs of keys) and how an answer becomes
+//! an entry of the history the linearizability checker reads. Half of the compare-and-swaps go
+//! as transactions (a compare, then the write and a read of the key, or else a read), which the
+//! register model checks as the compare-and-swap they are. The two keys of a pair share a hash
+//! tag, so one partition; they are only ever changed together, by transactions that compare
+//! either, write either or both, and read both, which the checker takes as one object of two
+//! registers.
 
 use std::collections::BTreeMap;
 
@@ -16,9 +19,53 @@ use swarmkv_store::{
 
 use crate::linearizability::{Expect, Input, Output, Value};
 
-/// The bytes of key number `k`.
-pub fn key_bytes(k: usize) -> Vec<u8> {
-    format!("key-{k}").into_bytes()
+/// What the clients work on: `keys` single keys (objects `0..keys`), then `pairs` pairs of
+/// keys of one hash tag.
+#[derive(Clone, Copy, Debug)]
+pub struct Objects {
+    pub keys: usize,
+    pub pairs: usize,
+}
+
+impl Objects {
+    pub fn count(&self) -> usize {
+        self.keys + self.pairs
+    }
+
+    pub fn is_pair(&self, object: usize) -> bool {
+        object >= self.keys
+    }
+
+    /// The keys of `object`: its one key, or the pair's two. The first decides the partition.
+    pub fn keys_of(&self, object: usize) -> Vec<Vec<u8>> {
+        if self.is_pair(object) {
+            let tag = object - self.keys;
+            ["a", "b"]
+                .iter()
+                .map(|k| format!("{{pair-{tag}}}{k}").into_bytes())
+                .collect()
+        } else {
+            vec![format!("key-{object}").into_bytes()]
+        }
+    }
+
+    /// A request that reads `object` linearizably: a get, or a transaction reading the pair.
+    pub fn read(&self, object: usize) -> (Input, RequestBody) {
+        let keys = self.keys_of(object);
+        if self.is_pair(object) {
+            let op = pair_txn(&keys, &[], [None, None]);
+            let input = Input::Txn {
+                expect: [None, None],
+                then: [None, None],
+            };
+            return (input, RequestBody::Write { op, session: None });
+        }
+        let body = RequestBody::Get {
+            key: keys[0].clone(),
+            consistency: Consistency::Linearizable,
+        };
+        (Input::Get, body)
+    }
 }
 
 /// The bytes of value `v` (values are unique per write, so a read names the write it saw).
@@ -87,8 +134,8 @@ pub struct Client {
     next_seq: u64,
     /// Leader hints per partition.
     pub hints: BTreeMap<u32, NodeId>,
-    /// Last value and revision this client saw per key (for compare-and-swap).
-    known: BTreeMap<usize, (Value, u64)>,
+    /// Last value and revision this client saw per (object, register), for compares.
+    known: BTreeMap<(usize, usize), (Value, u64)>,
 }
 
 impl Client {
@@ -108,24 +155,40 @@ impl Client {
         (self.id << 32) | self.next_value
     }
 
-    /// Picks the next operation on one of `keys` keys: its model input and its request.
-    pub fn next_op(&mut self, rng: &mut StdRng, keys: usize) -> (usize, Input, RequestBody) {
-        let key = rng.gen_range(0..keys);
-        let kb = key_bytes(key);
-        let roll = rng.gen_range(0..100);
-        if roll < 40 {
-            let body = RequestBody::Get {
-                key: kb,
-                consistency: Consistency::Linearizable,
-            };
-            return (key, Input::Get, body);
-        }
+    fn session(&mut self) -> Option<Session> {
         self.next_seq += 1;
-        let session = Some(Session {
+        Some(Session {
             client: self.id,
             seq: self.next_seq,
             first_incomplete: self.next_seq,
-        });
+        })
+    }
+
+    /// A compare on register `register` of `object`: on the value or revision this client
+    /// last saw there, or on absence.
+    fn expectation(&self, rng: &mut StdRng, object: usize, register: usize) -> (Expect, Compare) {
+        let known = self.known.get(&(object, register)).copied();
+        match (known, rng.gen_range(0..10)) {
+            (Some((v, _)), 0..=4) => (Expect::Value(v), Compare::Value(value_bytes(v))),
+            // A compare on the revision of a value is a compare on that value: every value is
+            // written once, at one revision.
+            (Some((v, rev)), 5..=7) => (Expect::Value(v), Compare::ModRevision(rev)),
+            _ => (Expect::Absent, Compare::Absent),
+        }
+    }
+
+    /// Picks the next operation on one of `objects`: its object, model input and request.
+    pub fn next_op(&mut self, rng: &mut StdRng, objects: Objects) -> (usize, Input, RequestBody) {
+        let object = rng.gen_range(0..objects.count());
+        if objects.is_pair(object) {
+            return self.pair_op(rng, object, &objects.keys_of(object));
+        }
+        let kb = objects.keys_of(object).remove(0);
+        let roll = rng.gen_range(0..100);
+        if roll < 40 {
+            return (object, Input::Get, objects.read(object).1);
+        }
+        let session = self.session();
         let (input, op) = if roll < 65 {
             let v = self.fresh_value();
             let op = KvOp::Put {
@@ -144,14 +207,7 @@ impl Client {
                 },
             )
         } else {
-            let known = self.known.get(&key).copied();
-            let (expect, compare) = match (known, rng.gen_range(0..10)) {
-                (Some((v, _)), 0..=4) => (Expect::Value(v), Compare::Value(value_bytes(v))),
-                // A compare on the revision of a value is a compare on that value: every
-                // value is written once, at one revision.
-                (Some((v, rev)), 5..=7) => (Expect::Value(v), Compare::ModRevision(rev)),
-                _ => (Expect::Absent, Compare::Absent),
-            };
+            let (expect, compare) = self.expectation(rng, object, 0);
             let (then, action) = if rng.gen_bool(0.8) {
                 let v = self.fresh_value();
                 (Some(v), CasAction::Put(value_bytes(v)))
@@ -169,30 +225,112 @@ impl Client {
             };
             (Input::Cas { expect, then }, op)
         };
-        (key, input, RequestBody::Write { op, session })
+        (object, input, RequestBody::Write { op, session })
     }
 
-    /// Remembers a value seen for a key.
-    pub fn saw(&mut self, key: usize, record: Option<&KvRecord>) {
+    /// A transaction on a pair: a read of both, a transfer (compare both on what this client
+    /// saw, write both), a write of one without a compare, or a delete of both if the first
+    /// is what this client saw.
+    fn pair_op(
+        &mut self,
+        rng: &mut StdRng,
+        object: usize,
+        keys: &[Vec<u8>],
+    ) -> (usize, Input, RequestBody) {
+        let roll = rng.gen_range(0..100);
+        let mut expect = [None, None];
+        let mut then = [None, None];
+        let mut compares = Vec::new();
+        let mut compare = |rng: &mut StdRng, this: &Self, register: usize| {
+            let (e, c) = this.expectation(rng, object, register);
+            compares.push((register, c));
+            Some(e)
+        };
+        match roll {
+            0..30 => {}
+            30..75 => {
+                for r in 0..2 {
+                    expect[r] = compare(rng, self, r);
+                    then[r] = Some(Some(self.fresh_value()));
+                }
+            }
+            75..90 => then[rng.gen_range(0..2)] = Some(Some(self.fresh_value())),
+            _ => {
+                expect[0] = compare(rng, self, 0);
+                then = [Some(None), Some(None)];
+            }
+        }
+        let op = pair_txn(keys, &compares, then);
+        let session = self.session();
+        (
+            object,
+            Input::Txn { expect, then },
+            RequestBody::Write { op, session },
+        )
+    }
+
+    /// Remembers what register `register` of `object` was seen to hold.
+    pub fn saw(&mut self, object: usize, register: usize, record: Option<&KvRecord>) {
         match record.and_then(|r| value_of(&r.value).map(|v| (v, r.mod_rev))) {
             Some(vr) => {
-                self.known.insert(key, vr);
+                self.known.insert((object, register), vr);
             }
             None => {
-                self.known.remove(&key);
+                self.known.remove(&(object, register));
             }
         }
     }
 }
 
-/// A compare-and-swap as a transaction: the compare; then the action and a read of the key;
-/// else a read of the key (what the compare saw).
-fn txn_of(key: Vec<u8>, compare: Compare, action: CasAction) -> KvOp {
-    let target = match compare {
+fn target_of(compare: Compare) -> CompareTarget {
+    match compare {
         Compare::Absent => CompareTarget::Version(0),
         Compare::Value(v) => CompareTarget::Value(v),
         Compare::ModRevision(r) => CompareTarget::ModRevision(r),
-    };
+    }
+}
+
+/// A transaction on the pair `keys`: the compares (by register); then the writes of `then`
+/// and a read of both keys, or else a read of both.
+fn pair_txn(
+    keys: &[Vec<u8>],
+    compares: &[(usize, Compare)],
+    then: [Option<Option<Value>>; 2],
+) -> KvOp {
+    let reads: Vec<TxnOp> = keys.iter().map(|k| TxnOp::Get { key: k.clone() }).collect();
+    let mut success: Vec<TxnOp> = then
+        .iter()
+        .zip(keys)
+        .filter_map(|(w, key)| {
+            w.map(|v| match v {
+                Some(v) => TxnOp::Put {
+                    key: key.clone(),
+                    value: value_bytes(v),
+                    lease: 0,
+                },
+                None => TxnOp::Delete { key: key.clone() },
+            })
+        })
+        .collect();
+    success.extend(reads.iter().cloned());
+    KvOp::Txn(Txn {
+        compares: compares
+            .iter()
+            .map(|(r, c)| TxnCompare {
+                key: keys[*r].clone(),
+                target: target_of(c.clone()),
+                op: CompareOp::Equal,
+            })
+            .collect(),
+        success,
+        failure: reads,
+    })
+}
+
+/// A compare-and-swap as a transaction: the compare; then the action and a read of the key;
+/// else a read of the key (what the compare saw).
+fn txn_of(key: Vec<u8>, compare: Compare, action: CasAction) -> KvOp {
+    let target = target_of(compare);
     let write = match action {
         CasAction::Put(value) => TxnOp::Put {
             key: key.clone(),
@@ -214,14 +352,15 @@ fn txn_of(key: Vec<u8>, compare: Compare, action: CasAction) -> KvOp {
 
 /// What an answer means for the history.
 pub enum Interpretation {
-    /// Succeeded: the model output, records seen (value, revision) and, for a write that
-    /// changed its key, the revision it wrote.
+    /// Succeeded: the model output, the values seen or written with their revisions, the
+    /// records seen per register, and, for a write that changed its keys, the revision it
+    /// wrote and the registers it wrote.
     Ok {
         output: Output,
         seen: Vec<(Value, u64)>,
-        record: Option<Option<KvRecord>>,
-        wrote: Option<(Value, u64)>,
+        records: Vec<(usize, Option<KvRecord>)>,
         write_revision: Option<u64>,
+        written: Vec<usize>,
     },
     /// Did not happen: safe to give up or retry.
     Definite(ClientError),
@@ -240,17 +379,41 @@ fn seen_of(r: &Option<KvRecord>) -> Result<Option<(Value, u64)>, String> {
     }
 }
 
+/// The record a write of `v` at `revision` leaves (the fields the clients look at).
+fn written_record(v: Value, revision: u64) -> KvRecord {
+    KvRecord {
+        value: value_bytes(v),
+        create_rev: 0,
+        mod_rev: revision,
+        version: 0,
+        lease: 0,
+    }
+}
+
+/// A single key's answer: `record` is what the key was seen to hold (if the answer says),
+/// `wrote` the value and revision of a put it made.
+fn single(
+    output: Output,
+    seen: Option<(Value, u64)>,
+    record: Option<Option<KvRecord>>,
+    wrote: Option<(Value, u64)>,
+    write_revision: Option<u64>,
+) -> Interpretation {
+    let record = match wrote {
+        Some((v, rev)) => Some(Some(written_record(v, rev))),
+        None => record,
+    };
+    Interpretation::Ok {
+        output,
+        seen: seen.into_iter().chain(wrote).collect(),
+        records: record.map(|r| (0, r)).into_iter().collect(),
+        write_revision,
+        written: write_revision.map(|_| 0).into_iter().collect(),
+    }
+}
+
 /// Reads an answer to `input`.
 pub fn interpret(input: &Input, reply: &Reply) -> Interpretation {
-    let ok = |output, seen: Vec<Option<(Value, u64)>>, record, wrote, write_revision| {
-        Interpretation::Ok {
-            output,
-            seen: seen.into_iter().flatten().collect(),
-            record,
-            wrote,
-            write_revision,
-        }
-    };
     match (input, reply) {
         (_, Err(e)) if e.is_ambiguous() => Interpretation::Ambiguous(e.clone()),
         (_, Err(ClientError::Rejected(k))) => {
@@ -258,18 +421,18 @@ pub fn interpret(input: &Input, reply: &Reply) -> Interpretation {
         }
         (_, Err(e)) => Interpretation::Definite(e.clone()),
         (Input::Get, Ok(Response::Get(r))) => match seen_of(r) {
-            Ok(s) => ok(
+            Ok(s) => single(
                 Output::Get(s.map(|(v, _)| v)),
-                vec![s],
+                s,
                 Some(r.clone()),
                 None,
                 None,
             ),
             Err(e) => Interpretation::Nonsense(e),
         },
-        (Input::Put(v), Ok(Response::Write(KvOutcome::Put { revision, .. }))) => ok(
+        (Input::Put(v), Ok(Response::Write(KvOutcome::Put { revision, .. }))) => single(
             Output::Put,
-            vec![],
+            None,
             None,
             Some((*v, *revision)),
             Some(*revision),
@@ -279,9 +442,9 @@ pub fn interpret(input: &Input, reply: &Reply) -> Interpretation {
             Ok(Response::Write(KvOutcome::Delete {
                 revision, deleted, ..
             })),
-        ) => ok(
+        ) => single(
             Output::Delete { deleted: *deleted },
-            vec![],
+            None,
             Some(None),
             None,
             deleted.then_some(*revision),
@@ -296,22 +459,19 @@ pub fn interpret(input: &Input, reply: &Reply) -> Interpretation {
         ) => match seen_of(current) {
             Ok(s) => {
                 let wrote = then.filter(|_| *succeeded).map(|v| (v, *revision));
-                let record = succeeded.then(|| {
-                    then.map(|v| KvRecord {
-                        value: value_bytes(v),
-                        create_rev: 0,
-                        mod_rev: *revision,
-                        version: 0,
-                        lease: 0,
-                    })
-                });
-                ok(
+                // A delete that held leaves nothing; a compare that failed saw `current`.
+                let record = if *succeeded {
+                    Some(None)
+                } else {
+                    Some(current.clone())
+                };
+                single(
                     Output::Cas {
                         succeeded: *succeeded,
                         before: s.map(|(v, _)| v),
                     },
-                    vec![s],
-                    record.or(Some(current.clone())),
+                    s,
+                    record,
                     wrote,
                     succeeded.then_some(*revision),
                 )
@@ -340,12 +500,12 @@ pub fn interpret(input: &Input, reply: &Reply) -> Interpretation {
                 Err(e) => return Interpretation::Nonsense(e),
             };
             if !*succeeded {
-                return ok(
+                return single(
                     Output::Cas {
                         succeeded: false,
                         before: seen.map(|(v, _)| v),
                     },
-                    vec![seen],
+                    seen,
                     Some(read.clone()),
                     None,
                     None,
@@ -360,17 +520,72 @@ pub fn interpret(input: &Input, reply: &Reply) -> Interpretation {
                 Expect::Absent => None,
                 Expect::Value(v) => Some(*v),
             };
-            ok(
+            single(
                 Output::Cas {
                     succeeded: true,
                     before,
                 },
-                vec![seen],
+                seen,
                 Some(read.clone()),
                 then.map(|v| (v, *revision)),
                 Some(*revision),
             )
         }
+        (
+            Input::Txn { then, .. },
+            Ok(Response::Write(KvOutcome::Txn {
+                revision,
+                succeeded,
+                results,
+            })),
+        ) => pair_answer(then, *revision, *succeeded, results),
         (i, Ok(r)) => Interpretation::Nonsense(format!("answer {r:?} to {i:?}")),
+    }
+}
+
+/// A pair transaction's answer: its results end with the reads of both keys, after the
+/// writes when it held, and those reads show exactly what it wrote.
+fn pair_answer(
+    then: &[Option<Option<Value>>; 2],
+    revision: u64,
+    succeeded: bool,
+    results: &[TxnOpResult],
+) -> Interpretation {
+    let reads = match results {
+        [.., TxnOpResult::Get(a), TxnOpResult::Get(b)] => [a, b],
+        _ => {
+            return Interpretation::Nonsense(format!(
+                "a pair transaction's results end without its two reads: {results:?}"
+            ))
+        }
+    };
+    let mut after = [None, None];
+    let mut seen = Vec::new();
+    for r in 0..2 {
+        after[r] = match seen_of(reads[r]) {
+            Ok(s) => s,
+            Err(e) => return Interpretation::Nonsense(e),
+        };
+        seen.extend(after[r]);
+        if let (true, Some(w)) = (succeeded, then[r]) {
+            if after[r].map(|(v, _)| v) != w {
+                return Interpretation::Nonsense(format!(
+                    "a pair transaction wrote {w:?} to register {r} and then read {:?}",
+                    after[r]
+                ));
+            }
+            seen.extend(w.map(|v| (v, revision)));
+        }
+    }
+    let written: Vec<usize> = (0..2).filter(|r| succeeded && then[*r].is_some()).collect();
+    Interpretation::Ok {
+        output: Output::Txn {
+            succeeded,
+            after: after.map(|s| s.map(|(v, _)| v)),
+        },
+        seen,
+        records: vec![(0, reads[0].clone()), (1, reads[1].clone())],
+        write_revision: (!written.is_empty()).then_some(revision),
+        written,
     }
 }

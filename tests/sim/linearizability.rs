@@ -4,11 +4,14 @@
 //! backtracks when a return is reached whose call was not linearized yet, and memoises every
 //! (set of linearized operations, model state) it has explored.
 //!
-//! The model is one register with the semantics of swarmkv's key-value state machine
-//! (`store/src/kv.rs`): put, get, delete (reports whether the key existed) and compare-and-swap
-//! (on absence or on the current value; a compare on a revision is given to the checker as a
-//! compare on the value that revision wrote, since every write's value is unique) that puts or
-//! deletes and reports whether it held and the value before it.
+//! The model is an object of two registers with the semantics of swarmkv's key-value state
+//! machine (`store/src/kv.rs`). A single key is the first register: put, get, delete (reports
+//! whether the key existed) and compare-and-swap (on absence or on the current value; a compare
+//! on a revision is given to the checker as a compare on the value that revision wrote, since
+//! every write's value is unique) that puts or deletes and reports whether it held and the
+//! value before it. Two keys of one hash tag are the two registers of one object, changed
+//! together by transactions (compares on either, then writes to either, and a read of both),
+//! so a transaction seen half-applied, or applied at two points, has no linearization.
 //!
 //! Operations whose outcome is unknown (a timeout, a leader change after proposing) are
 //! ambiguous: they may take effect at any point after their call, or never. They are given a
@@ -43,6 +46,12 @@ pub enum Input {
         expect: Expect,
         then: Option<Value>,
     },
+    /// A transaction over both registers: if every `expect` that is set holds, write every
+    /// `then` that is set (`Some(None)`: delete); either way, read both afterwards.
+    Txn {
+        expect: [Option<Expect>; 2],
+        then: [Option<Option<Value>>; 2],
+    },
 }
 
 /// What an operation answered.
@@ -57,6 +66,10 @@ pub enum Output {
         succeeded: bool,
         before: Option<Value>,
     },
+    Txn {
+        succeeded: bool,
+        after: State,
+    },
 }
 
 /// One operation of a key's history. Times are in any monotonic unit; `ret = None` means
@@ -70,31 +83,55 @@ pub struct Operation {
     pub input: Input,
 }
 
-/// The register's state: the current value, if the key exists.
-type State = Option<Value>;
+/// The object's state: the current value of each register, if its key exists. A single key
+/// is register 0; register 1 stays absent.
+pub type State = [Option<Value>; 2];
+
+fn holds(expect: Expect, value: Option<Value>) -> bool {
+    match expect {
+        Expect::Absent => value.is_none(),
+        Expect::Value(v) => value == Some(v),
+    }
+}
 
 /// Applies `input` to `state`; returns the new state if `output` (when known) is what the
-/// register would answer.
+/// object would answer.
 fn step(state: State, input: Input, output: Option<Output>) -> Option<State> {
+    let [first, second] = state;
     let (next, answer) = match input {
-        Input::Get => (state, Output::Get(state)),
-        Input::Put(v) => (Some(v), Output::Put),
+        Input::Get => (state, Output::Get(first)),
+        Input::Put(v) => ([Some(v), second], Output::Put),
         Input::Delete => (
-            None,
+            [None, second],
             Output::Delete {
-                deleted: state.is_some(),
+                deleted: first.is_some(),
             },
         ),
         Input::Cas { expect, then } => {
-            let holds = match expect {
-                Expect::Absent => state.is_none(),
-                Expect::Value(v) => state == Some(v),
-            };
+            let held = holds(expect, first);
             (
-                if holds { then } else { state },
+                if held { [then, second] } else { state },
                 Output::Cas {
-                    succeeded: holds,
-                    before: state,
+                    succeeded: held,
+                    before: first,
+                },
+            )
+        }
+        Input::Txn { expect, then } => {
+            let held = (0..2).all(|i| expect[i].is_none_or(|e| holds(e, state[i])));
+            let mut next = state;
+            if held {
+                for i in 0..2 {
+                    if let Some(v) = then[i] {
+                        next[i] = v;
+                    }
+                }
+            }
+            (
+                next,
+                Output::Txn {
+                    succeeded: held,
+                    after: next,
                 },
             )
         }
@@ -129,7 +166,13 @@ struct Event {
 }
 
 /// Checks one key's history, starting from `initial`, with a budget of search steps.
-pub fn check(history: &[Operation], initial: State, max_steps: u64) -> Verdict {
+pub fn check(history: &[Operation], initial: Option<Value>, max_steps: u64) -> Verdict {
+    check_object(history, [initial, None], max_steps)
+}
+
+/// Checks the history of an object (one key, or the two keys of a pair), starting from
+/// `initial`, with a budget of search steps.
+pub fn check_object(history: &[Operation], initial: State, max_steps: u64) -> Verdict {
     let n = history.len();
     if n == 0 {
         return Verdict::Linearizable;
@@ -428,5 +471,80 @@ pub fn known_histories() -> Vec<(&'static str, Vec<Operation>, bool)> {
             )],
             false,
         ),
+        (
+            "a pair transaction read back whole",
+            vec![
+                ok(1, 0, 10, write_both(1, 2), txn_out(true, 1, 2)),
+                ok(2, 20, 30, read_both(), txn_out(true, 1, 2)),
+            ],
+            true,
+        ),
+        (
+            "a pair transaction seen half-applied",
+            vec![
+                ok(1, 0, 10, write_both(1, 2), txn_out(true, 1, 2)),
+                amb(1, 20, write_both(3, 4)),
+                ok(2, 30, 40, read_both(), txn_out(true, 3, 2)),
+            ],
+            false,
+        ),
+        (
+            "two transfers from one state: one holds, the other sees its result",
+            vec![
+                ok(1, 0, 10, write_both(1, 2), txn_out(true, 1, 2)),
+                ok(2, 20, 40, transfer(1, 2, 3, 4), txn_out(true, 3, 4)),
+                ok(3, 25, 45, transfer(1, 2, 5, 6), txn_out(false, 3, 4)),
+            ],
+            true,
+        ),
+        (
+            "two transfers from one state both hold",
+            vec![
+                ok(1, 0, 10, write_both(1, 2), txn_out(true, 1, 2)),
+                ok(2, 20, 40, transfer(1, 2, 3, 4), txn_out(true, 3, 4)),
+                ok(3, 25, 45, transfer(1, 2, 5, 6), txn_out(true, 5, 6)),
+            ],
+            false,
+        ),
+        (
+            "a failed compare on the second key leaves the first unwritten",
+            vec![
+                ok(1, 0, 10, write_both(1, 2), txn_out(true, 1, 2)),
+                ok(2, 20, 30, transfer(1, 9, 3, 4), txn_out(false, 1, 2)),
+                ok(3, 40, 50, read_both(), txn_out(true, 3, 2)),
+            ],
+            false,
+        ),
     ]
+}
+
+/// A transaction that writes `a` and `b` without a compare.
+fn write_both(a: Value, b: Value) -> Input {
+    Input::Txn {
+        expect: [None, None],
+        then: [Some(Some(a)), Some(Some(b))],
+    }
+}
+
+/// A transaction that only reads both registers.
+fn read_both() -> Input {
+    Input::Txn {
+        expect: [None, None],
+        then: [None, None],
+    }
+}
+
+/// A transaction that moves the pair from `(a, b)` to `(c, d)`.
+fn transfer(a: Value, b: Value, c: Value, d: Value) -> Input {
+    Input::Txn {
+        expect: [Some(Expect::Value(a)), Some(Expect::Value(b))],
+        then: [Some(Some(c)), Some(Some(d))],
+    }
+}
+
+fn txn_out(succeeded: bool, a: Value, b: Value) -> Output {
+    Output::Txn {
+        succeeded,
+        after: [Some(a), Some(b)],
+    }
 }

@@ -13,6 +13,7 @@
 //! - `params`: what a seed decides up front (cluster shape, network, fault mix, workload).
 //! - `net`: the virtual network (delay, loss, duplication, reordering, cuts).
 //! - `client`: the workload and how answers become history entries.
+//! - `locks`: lock holders (lease, campaign, hold, resign) and the check of their holds.
 //! - `world`: the cluster driven like `node/src/driver.rs`, faults, heal, final reads.
 //! - `invariants/`: one file per safety property.
 //! - `linearizability`: the per-key Wing–Gong/Lowe checker (self-contained).
@@ -20,6 +21,7 @@
 mod client;
 mod invariants;
 mod linearizability;
+mod locks;
 mod net;
 mod params;
 mod world;
@@ -157,6 +159,34 @@ fn zero_config(seed: u64) -> bool {
     seed % ZERO_CONFIG_ONE_IN == ZERO_CONFIG_ONE_IN - 1 && !REGRESSION_SEEDS.contains(&seed)
 }
 
+/// What the passing seeds of a run did, summed.
+#[derive(Default)]
+struct Totals {
+    passed: usize,
+    ops_ok: usize,
+    ops_ambiguous: usize,
+    unknown_keys: usize,
+    virtual_ms: u64,
+    quiesced: usize,
+    zero_config: usize,
+    pair_writes: usize,
+    lock_holds: usize,
+}
+
+impl Totals {
+    fn add(&mut self, sum: &world::Summary) {
+        self.passed += 1;
+        self.ops_ok += sum.ops_ok;
+        self.ops_ambiguous += sum.ops_ambiguous;
+        self.unknown_keys += sum.unknown_keys;
+        self.virtual_ms += sum.virtual_ms;
+        self.quiesced += usize::from(sum.quiesced_max > 0);
+        self.zero_config += usize::from(sum.zero_config);
+        self.pair_writes += sum.pair_writes;
+        self.lock_holds += sum.lock_holds;
+    }
+}
+
 fn run_one(seed: u64, verbose: bool) -> Result<world::Summary, world::Failure> {
     match std::panic::catch_unwind(|| world::run(seed, verbose, zero_config(seed))) {
         Ok(r) => r,
@@ -231,8 +261,7 @@ fn main() {
     let started = Instant::now();
     let next = AtomicUsize::new(0);
     let failures: Mutex<Vec<(u64, world::Failure)>> = Mutex::new(Vec::new());
-    let totals: Mutex<(usize, usize, usize, usize, u64, usize, usize)> =
-        Mutex::new((0, 0, 0, 0, 0, 0, 0));
+    let totals: Mutex<Totals> = Mutex::new(Totals::default());
     std::thread::scope(|s| {
         for _ in 0..args.threads {
             s.spawn(|| loop {
@@ -240,14 +269,7 @@ fn main() {
                 let Some(&seed) = seeds.get(i) else { break };
                 match run_one(seed, false) {
                     Ok(sum) => {
-                        let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
-                        t.0 += 1;
-                        t.1 += sum.ops_ok;
-                        t.2 += sum.ops_ambiguous;
-                        t.3 += sum.unknown_keys;
-                        t.4 += sum.virtual_ms;
-                        t.5 += usize::from(sum.quiesced_max > 0);
-                        t.6 += usize::from(sum.zero_config);
+                        totals.lock().unwrap_or_else(|e| e.into_inner()).add(&sum);
                     }
                     Err(f) => {
                         println!(
@@ -275,16 +297,18 @@ fn main() {
     println!(
         "sim: {} seeds passed, {} failed in {:.1?} ({} ok operations, {} ambiguous, {} keys \
          the checker gave up on, {:.0} virtual s, {} runs with quiesced groups, {} formed \
-         zero-config)",
-        t.0,
+         zero-config, {} pair transactions that wrote both keys, {} lock holds)",
+        t.passed,
         failures.len(),
         started.elapsed(),
-        t.1,
-        t.2,
-        t.3,
-        t.4 as f64 / 1000.0,
-        t.5,
-        t.6
+        t.ops_ok,
+        t.ops_ambiguous,
+        t.unknown_keys,
+        t.virtual_ms as f64 / 1000.0,
+        t.quiesced,
+        t.zero_config,
+        t.pair_writes,
+        t.lock_holds
     );
     if !failures.is_empty() {
         let mut seeds: Vec<u64> = failures.iter().map(|(s, _)| *s).collect();

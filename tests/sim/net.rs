@@ -8,7 +8,8 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use swarmkv::core::control::Announce;
 use swarmkv::core::{
-    ClusterLayout, ClusterSettings, GroupId, NodeId, NodeRecord, Request, RequestId, SnapshotSend,
+    ClusterLayout, ClusterSettings, ElectionRequest, GroupId, LeaseRequest, NodeId, NodeRecord,
+    Request, RequestId, SnapshotSend,
 };
 use swarmkv_store::raft::eraftpb::Message;
 
@@ -21,6 +22,10 @@ pub enum Payload {
     Snapshot(SnapshotSend),
     /// A client request.
     Request(RequestId, Request),
+    /// A lock client's lease request.
+    Lease(RequestId, LeaseRequest),
+    /// A lock client's election request.
+    Election(RequestId, ElectionRequest),
     /// A node's control-plane announcement, as its gossip heartbeats carry it.
     Announce(Announce),
     /// A join request for the cluster, answered to `reply_to` (passed on to the meta leader

@@ -33,6 +33,11 @@ pub struct Params {
     pub membership: u8,
     pub clients: usize,
     pub keys: usize,
+    /// Pairs of keys of one hash tag, changed together by transactions.
+    pub pairs: usize,
+    /// Clients that take turns holding one lock, and the TTL of their leases.
+    pub lockers: usize,
+    pub lock_ttl_ms: u64,
     /// Mean think time between a client's operations.
     pub think_ms: u64,
     /// Length of the fault phase.
@@ -87,6 +92,9 @@ impl Params {
             quiesce_after_ticks: [1, 3, 10][rng.gen_range(0..3)],
             quiet_every: every(rng, 0.6, 1_000, 5_000),
             quiet_ms: rng.gen_range(500..4_000),
+            pairs: rng.gen_range(1..=2),
+            lockers: rng.gen_range(0..=3),
+            lock_ttl_ms: rng.gen_range(2_000..5_000),
         }
     }
 }

@@ -22,10 +22,11 @@ use swarmkv::core::{
 };
 use swarmkv_store::{KvRecord, MemBackend, Store, StoreConfig};
 
-use crate::client::{interpret, key_bytes, Client, ClientState, Interpretation, OpRecord, Outcome};
+use crate::client::{interpret, Client, ClientState, Interpretation, Objects, OpRecord, Outcome};
 use crate::invariants::acknowledged_writes::{self, AckedWrite};
 use crate::invariants::{Observer, Violation};
-use crate::linearizability::{self, Input, Operation, Verdict};
+use crate::linearizability::{self, Input, Operation, Output, Verdict};
+use crate::locks::{self, LockCall, LockClient};
 use crate::net::{Net, Packet, Payload};
 use crate::params::Params;
 
@@ -56,6 +57,8 @@ const FORMATION_MS: u64 = 4_000;
 const LATE_DISCOVERY_MS: u64 = 60_000;
 /// Search budget of the linearizability checker, per key.
 const CHECK_STEPS: u64 = 2_000_000;
+/// Lock clients' ids start above this (clear of the key-value clients').
+const LOCKER_IDS: u64 = 2_000;
 /// The sender id of client requests (never a node, never cut off).
 const CLIENT: NodeId = 0;
 /// The client that reads every key at the end.
@@ -84,6 +87,10 @@ pub struct Summary {
     pub clock_stalls: usize,
     pub membership: &'static str,
     pub unknown_keys: usize,
+    /// Transactions that held and wrote both keys of a pair.
+    pub pair_writes: usize,
+    /// Spans during which a lock client held the lock.
+    pub lock_holds: usize,
     pub nodes: usize,
     /// (group, term) pairs that had a leader, distinct log entries seen, replica states
     /// compared: how much the invariants looked at.
@@ -144,6 +151,9 @@ pub struct World {
     clients: Vec<Client>,
     history: Vec<OpRecord>,
     owners: BTreeMap<RequestId, usize>,
+    lockers: Vec<LockClient>,
+    /// Which lock client each lease or election request in flight belongs to.
+    lock_owners: BTreeMap<RequestId, usize>,
     next_rid: RequestId,
     observer: Observer,
     /// The registry the cluster must reach: every node live, a replaced one dead, a
@@ -283,6 +293,9 @@ impl World {
             );
         }
         let clients = (1..=p.clients as u64).map(Client::new).collect();
+        let lockers = (1..=p.lockers as u64)
+            .map(|i| LockClient::new(LOCKER_IDS + i, p.lock_ttl_ms))
+            .collect();
         let mut net = Net::new(p.loss, p.dup, p.max_delay, p.spike);
         let start = if zero_config { FORMATION_MS } else { 0 };
         let after_formation = |t: u64| t.saturating_add(start);
@@ -326,6 +339,8 @@ impl World {
             clients,
             history: Vec::new(),
             owners: BTreeMap::new(),
+            lockers,
+            lock_owners: BTreeMap::new(),
             next_rid: 1,
             observer: Observer::default(),
             wanted,
@@ -407,6 +422,7 @@ impl World {
                 self.deliver(packet)?;
             }
             self.drive_clients()?;
+            self.drive_lockers()?;
             self.operator();
             let mut order = self.up_ids();
             order.shuffle(&mut self.rng);
@@ -453,7 +469,22 @@ impl World {
         self.summary.entries_seen = self.observer.log.entries_seen();
         self.summary.states_compared = self.observer.applied.compared;
         for op in &self.history {
+            let both = |i: &Input| {
+                matches!(
+                    i,
+                    Input::Txn {
+                        then: [Some(_), Some(_)],
+                        ..
+                    }
+                )
+            };
             match op.outcome {
+                Outcome::Ok(Output::Txn {
+                    succeeded: true, ..
+                }) if both(&op.input) => {
+                    self.summary.ops_ok += 1;
+                    self.summary.pair_writes += 1;
+                }
                 Outcome::Ok(_) => self.summary.ops_ok += 1,
                 Outcome::Ambiguous(_) => self.summary.ops_ambiguous += 1,
                 _ => self.summary.ops_failed += 1,
@@ -802,6 +833,16 @@ impl World {
                     core.handle_request(rid, req);
                 }
             }
+            Payload::Lease(rid, req) => {
+                if let Some(core) = self.nodes.get_mut(&p.to).and_then(|n| n.core.as_mut()) {
+                    core.handle_lease(rid, req);
+                }
+            }
+            Payload::Election(rid, req) => {
+                if let Some(core) = self.nodes.get_mut(&p.to).and_then(|n| n.core.as_mut()) {
+                    core.handle_election(rid, req);
+                }
+            }
             Payload::Announce(a) => {
                 if let Some(n) = self.nodes.get_mut(&p.to) {
                     if let (Some(core), Some(control)) = (n.core.as_mut(), n.control.as_mut()) {
@@ -1141,27 +1182,31 @@ impl World {
 
     // ----- clients -----
 
-    fn drive_clients(&mut self) -> Result<(), Failure> {
+    /// Whether clients start new work now: until the load ends after the heal, except in
+    /// the quiet spells of the seeds that have them.
+    fn issuing(&self) -> bool {
         let now = self.now;
         let period = self.p.quiet_every + self.p.quiet_ms;
         let quiet = self.p.quiet_every > 0 && now % period >= self.p.quiet_every;
-        let issuing = now < self.p.fault_ms + HEAL_LOAD_MS && !quiet;
+        now < self.p.fault_ms + HEAL_LOAD_MS && !quiet
+    }
+
+    fn drive_clients(&mut self) -> Result<(), Failure> {
+        let now = self.now;
+        let issuing = self.issuing();
         for ci in 0..self.clients.len() {
             match self.clients[ci].state.clone() {
                 ClientState::Idle { next_at } if now >= next_at => {
                     let is_final = self.clients[ci].id == FINAL_READER;
+                    let objects = self.objects();
                     let (key, input, body) = if is_final {
                         let Some(&key) = self.final_script.first() else {
                             continue;
                         };
-                        let body = RequestBody::Get {
-                            key: key_bytes(key),
-                            consistency: swarmkv::core::Consistency::Linearizable,
-                        };
-                        (key, Input::Get, body)
+                        let (input, body) = objects.read(key);
+                        (key, input, body)
                     } else if issuing {
-                        let keys = self.p.keys;
-                        self.clients[ci].next_op(&mut self.rng, keys)
+                        self.clients[ci].next_op(&mut self.rng, objects)
                     } else {
                         continue;
                     };
@@ -1203,6 +1248,14 @@ impl World {
         Ok(())
     }
 
+    /// The keys and pairs the clients work on.
+    fn objects(&self) -> Objects {
+        Objects {
+            keys: self.p.keys,
+            pairs: self.p.pairs,
+        }
+    }
+
     fn send_attempt(
         &mut self,
         ci: usize,
@@ -1210,7 +1263,7 @@ impl World {
         attempt: u32,
         ambiguous: bool,
     ) -> Result<(), Failure> {
-        let key = key_bytes(self.history[op].key);
+        let key = self.objects().keys_of(self.history[op].key).remove(0);
         let partition = partition_of(&key, self.p.partitions);
         let active = self.active_ids();
         let hint = self.clients[ci]
@@ -1302,7 +1355,50 @@ impl World {
         };
     }
 
+    /// Sends what each lock client wants to send, to the node it last heard from (the meta
+    /// leader, most likely) or to any node.
+    fn drive_lockers(&mut self) -> Result<(), Failure> {
+        let now = self.now;
+        let issuing = self.issuing();
+        for li in 0..self.lockers.len() {
+            let Some(call) = self.lockers[li].poll(now, &mut self.rng, issuing) else {
+                continue;
+            };
+            let active = self.active_ids();
+            let node = match self.lockers[li].hint.filter(|h| active.contains(h)) {
+                Some(h) => h,
+                None => match active.choose(&mut self.rng) {
+                    Some(n) => *n,
+                    None => return Err(self.fail("setup", "no node left")),
+                },
+            };
+            let rid = self.next_rid;
+            self.next_rid += 1;
+            self.lock_owners.insert(rid, li);
+            let payload = match call {
+                LockCall::Lease(r) => Payload::Lease(rid, r),
+                LockCall::Election(r) => Payload::Election(rid, r),
+            };
+            let at = now + self.rng.gen_range(1..=3);
+            self.net.push(
+                at,
+                Packet {
+                    from: CLIENT,
+                    to: node,
+                    from_incarnation: 0,
+                    payload,
+                },
+            );
+        }
+        Ok(())
+    }
+
     fn on_reply(&mut self, node: NodeId, rid: RequestId, reply: Reply) -> Result<(), Failure> {
+        if let Some(li) = self.lock_owners.remove(&rid) {
+            let now = self.now;
+            self.lockers[li].on_answer(now, node, &reply, &mut self.rng);
+            return Ok(());
+        }
         let Some(ci) = self.owners.remove(&rid) else {
             return Ok(());
         };
@@ -1319,19 +1415,21 @@ impl World {
         if busy_rid != rid {
             return Ok(());
         }
-        let key = key_bytes(self.history[op].key);
+        let object = self.history[op].key;
+        let keys = self.objects().keys_of(object);
+        let key = keys[0].clone();
         let partition = partition_of(&key, self.p.partitions);
         let input = self.history[op].input;
         match interpret(&input, &reply) {
             Interpretation::Ok {
                 output,
                 seen,
-                record,
-                wrote,
+                records,
                 write_revision,
+                written,
             } => {
                 self.clients[ci].hints.insert(partition, node);
-                for (v, rev) in seen.iter().chain(wrote.iter()) {
+                for (v, rev) in &seen {
                     let first = *self.revisions.entry(*v).or_insert(*rev);
                     if first != *rev {
                         return Err(self.fail(
@@ -1344,34 +1442,24 @@ impl World {
                         ));
                     }
                 }
-                let k = self.history[op].key;
-                match (wrote, record) {
-                    (Some((v, rev)), _) => {
-                        let r = KvRecord {
-                            value: crate::client::value_bytes(v),
-                            create_rev: 0,
-                            mod_rev: rev,
-                            version: 0,
-                            lease: 0,
-                        };
-                        self.clients[ci].saw(k, Some(&r));
-                    }
-                    (None, Some(r)) => self.clients[ci].saw(k, r.as_ref()),
-                    (None, None) => {}
+                for (register, record) in &records {
+                    self.clients[ci].saw(object, *register, record.as_ref());
                 }
                 if let (Some(rev), RequestBody::Write { op: kv, .. }) =
                     (write_revision, &self.history[op].body)
                 {
-                    self.acked.push(AckedWrite {
-                        group: swarmkv::core::group_of_partition(partition),
-                        key: key.clone(),
-                        revision: rev,
-                        op: kv.clone(),
-                    });
+                    for register in written {
+                        self.acked.push(AckedWrite {
+                            group: swarmkv::core::group_of_partition(partition),
+                            key: keys[register].clone(),
+                            revision: rev,
+                            op: kv.clone(),
+                        });
+                    }
                 }
                 if self.clients[ci].id == FINAL_READER {
-                    if let Reply::Ok(swarmkv::core::Response::Get(r)) = &reply {
-                        self.finals.insert(key.clone(), r.clone());
+                    for (register, record) in records {
+                        self.finals.insert(keys[register].clone(), record);
                     }
                     if !self.final_script.is_empty() {
                         self.final_script.remove(0);
@@ -1499,7 +1587,15 @@ impl World {
                 return format!("group {g} voters differ from target {:x?}", t.replicas);
             }
         }
-        if !plan_targets(&meta.targets, &live, self.settings.replication, MAX_MOVES).is_empty() {
+        let dead = meta.dead_nodes();
+        let plan = plan_targets(
+            &meta.targets,
+            &live,
+            &dead,
+            self.settings.replication,
+            MAX_MOVES,
+        );
+        if !plan.is_empty() {
             return "placement still moving".into();
         }
         String::new()
@@ -1515,19 +1611,29 @@ impl World {
                 return Ok(false);
             }
             self.log(|| "converged; final reads".into());
-            self.final_script = (0..self.p.keys).collect();
+            self.final_script = (0..self.objects().count()).collect();
             let mut reader = Client::new(FINAL_READER);
             reader.state = ClientState::Idle { next_at: self.now };
             self.clients.push(reader);
             return Ok(false);
         }
-        Ok(self.final_script.is_empty() && self.clients.iter().all(idle))
+        Ok(self.final_script.is_empty()
+            && self.clients.iter().all(idle)
+            && self.lockers.iter().all(LockClient::idle))
     }
 
     fn check_history(&mut self) -> Result<(), Failure> {
+        let now = self.now;
+        let mut holds = Vec::new();
+        for l in &mut self.lockers {
+            l.finish(now);
+            holds.extend(l.holds.iter().copied());
+        }
+        self.summary.lock_holds = holds.len();
+        locks::check(holds).map_err(|why| self.fail("lock holders never overlap", why))?;
         acknowledged_writes::check(&self.acked, &self.observer.committed, &self.finals)
             .map_err(|v| self.violation(v))?;
-        for key in 0..self.p.keys {
+        for key in 0..self.objects().count() {
             let ops: Vec<Operation> = self
                 .history
                 .iter()

@@ -158,9 +158,19 @@ impl MetaState {
 
     /// Nodes that may hold replicas.
     pub fn live_nodes(&self) -> Vec<NodeId> {
+        self.nodes_in(NodeState::Live)
+    }
+
+    /// Nodes judged dead (silent, not leaving): placement keeps their replicas while nobody
+    /// can take their place.
+    pub fn dead_nodes(&self) -> Vec<NodeId> {
+        self.nodes_in(NodeState::Dead)
+    }
+
+    fn nodes_in(&self, state: NodeState) -> Vec<NodeId> {
         self.nodes
             .values()
-            .filter(|n| n.state == NodeState::Live)
+            .filter(|n| n.state == state)
             .map(|n| n.id)
             .collect()
     }

@@ -78,11 +78,16 @@ impl ClusterLayout {
 /// Moves `current` targets toward `live` nodes: replicas on nodes that are not live are
 /// replaced, groups below `replication` (capped by the live count; the meta group by
 /// [`META_VOTERS`]) gain replicas, and replicas move from the most to the least loaded nodes
-/// until loads differ by at most one. At most `max_changes` groups change per call, so the
-/// cluster moves a bounded amount of data at a time. Returns only the groups that changed.
+/// until loads differ by at most one. A replica on a `down` node (judged dead, not leaving)
+/// stays in a group that would otherwise be left with two voters: dropped, the group would
+/// wait for that node to be judged live again before it regained the replica, and a second
+/// loss in the meantime (in the meta group, nobody would be left to judge it) would be fatal. At most
+/// `max_changes` groups change per call, so the cluster moves a bounded amount of data at a
+/// time. Returns only the groups that changed.
 pub fn plan_targets(
     current: &BTreeMap<GroupId, Target>,
     live: &[NodeId],
+    down: &[NodeId],
     replication: usize,
     max_changes: usize,
 ) -> BTreeMap<GroupId, Target> {
@@ -110,18 +115,18 @@ pub fn plan_targets(
         if out.len() >= max_changes {
             return out;
         }
-        let want = if *g == META_GROUP {
-            META_VOTERS.min(live.len())
+        let size = if *g == META_GROUP {
+            META_VOTERS
         } else {
-            replication.clamp(1, live.len())
+            replication.max(1)
         };
+        let want = size.min(live.len());
         let mut replicas: Vec<NodeId> = t
             .replicas
             .iter()
             .copied()
             .filter(|r| live.contains(r))
             .collect();
-        let mut changed = replicas.len() != t.replicas.len();
         while replicas.len() < want {
             let Some(n) = least_loaded(&load, &replicas) else {
                 break;
@@ -130,7 +135,6 @@ pub fn plan_targets(
             if let Some(l) = load.get_mut(&n) {
                 *l += 1;
             }
-            changed = true;
         }
         while replicas.len() > want {
             // Over-replicated (replication was lowered, or too many meta voters).
@@ -138,14 +142,34 @@ pub fn plan_targets(
                 if let Some(l) = load.get_mut(&r) {
                     *l = l.saturating_sub(1);
                 }
-                changed = true;
             }
         }
-        if changed {
+        // One, in a group left with two live replicas, and never more replicas than the group
+        // had: there the kept replica costs nothing now (three voters with one down tolerate
+        // no further loss, as two do) and restores the group's margin the moment its node
+        // returns. A larger group keeps a margin without it.
+        let room = usize::from(replicas.len() == 2)
+            .min(size.min(t.replicas.len()).saturating_sub(replicas.len()));
+        let kept: Vec<NodeId> = t
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| down.contains(r) && !live.contains(r))
+            .take(room)
+            .collect();
+        // The current order first (it names the preferred leader), then the new replicas.
+        let mut next: Vec<NodeId> = t
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| replicas.contains(r) || kept.contains(r))
+            .collect();
+        next.extend(replicas.iter().filter(|r| !t.replicas.contains(r)));
+        if next != t.replicas {
             out.insert(
                 *g,
                 Target {
-                    replicas,
+                    replicas: next,
                     version: t.version + 1,
                 },
             );
@@ -246,7 +270,7 @@ mod tests {
         }
         .targets();
         for _ in 0..100 {
-            let c = plan_targets(&t, &[1, 2, 3], 3, 4);
+            let c = plan_targets(&t, &[1, 2, 3], &[], 3, 4);
             if c.is_empty() {
                 break;
             }
@@ -254,7 +278,7 @@ mod tests {
         }
         assert!(t.values().all(|x| x.replicas.len() == 3));
         for _ in 0..100 {
-            let c = plan_targets(&t, &[1, 2, 3, 4, 5], 3, 4);
+            let c = plan_targets(&t, &[1, 2, 3, 4, 5], &[], 3, 4);
             if c.is_empty() {
                 break;
             }
@@ -276,7 +300,7 @@ mod tests {
         }
         .targets();
         let before = t.clone();
-        let c = plan_targets(&t, &[1, 2, 3], 3, 100);
+        let c = plan_targets(&t, &[1, 2, 3], &[4], 3, 100);
         for (g, new) in &c {
             let old = &before[g];
             assert!(
@@ -292,5 +316,29 @@ mod tests {
             .iter()
             .filter(|(g, _)| **g != META_GROUP)
             .all(|(_, x)| x.replicas.len() == 3));
+    }
+
+    #[test]
+    fn a_dead_node_without_a_replacement_keeps_its_replicas() {
+        let t = ClusterLayout {
+            nodes: vec![1, 2, 3],
+            partitions: 4,
+            replication: 3,
+        }
+        .targets();
+        // Node 3 is judged dead and nobody can take its place: nothing moves.
+        assert!(plan_targets(&t, &[1, 2], &[3], 3, 100).is_empty());
+        // A decommissioned node (not down) is still moved away, even with nobody to replace it.
+        let c = plan_targets(&t, &[1, 2], &[], 3, 100);
+        assert_eq!(c.len(), t.len());
+        assert!(c
+            .values()
+            .all(|x| x.replicas.len() == 2 && !x.replicas.contains(&3)));
+        // A fourth node arrives: the dead node's replicas go to it.
+        let c = plan_targets(&t, &[1, 2, 4], &[3], 3, 100);
+        assert_eq!(c.len(), t.len());
+        assert!(c
+            .values()
+            .all(|x| x.replicas.len() == 3 && x.replicas.contains(&4)));
     }
 }

@@ -100,7 +100,8 @@ pub(super) fn coordinate<B: Backend>(
         .count();
     let budget = params.max_moves.saturating_sub(moving);
     if budget > 0 {
-        for (g, t) in plan_targets(&meta.targets, &live, settings.replication, budget) {
+        let dead = meta.dead_nodes();
+        for (g, t) in plan_targets(&meta.targets, &live, &dead, settings.replication, budget) {
             log::info!("target of group {g}: {:x?} (v{})", t.replicas, t.version);
             core.propose_meta(MetaState::put_target(g, &t));
         }

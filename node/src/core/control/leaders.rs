@@ -32,6 +32,20 @@ pub(super) fn balance<B: Backend>(core: &mut Core<B>, gossip: &Gossip, now: u64)
         let Some(status) = core.group_status(g) else {
             continue;
         };
+        // A group on its way to a new replica set keeps its leader, which carries the move
+        // out. Handed away, the leadership may land on a voter the move removes, which cannot
+        // propose its own removal until it has applied its first entry as leader, and is then
+        // handed the leadership back by the next round: the move never finishes.
+        let settled = core.targets().get(&g).is_some_and(|t| {
+            let mut want = t.replicas.clone();
+            let mut have = status.voters.clone();
+            want.sort_unstable();
+            have.sort_unstable();
+            want == have
+        });
+        if !settled {
+            continue;
+        }
         let target = status
             .voters
             .iter()
