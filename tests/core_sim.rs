@@ -28,10 +28,23 @@ struct Sim {
     snapshots_sent: usize,
     /// Heartbeats sent so far, by (sender, group).
     heartbeats: BTreeMap<(NodeId, GroupId), usize>,
+    /// The cluster every node bootstraps with.
+    layout: ClusterLayout,
 }
 
 impl Sim {
+    /// Cores bootstrapped together, all with the same layout.
     fn new(ids: &[NodeId], seed: u64) -> Sim {
+        let mut sim = Sim::unformed(ids, seed);
+        for id in ids {
+            sim.bootstrap(*id);
+        }
+        sim
+    }
+
+    /// Cores of nodes that have no cluster yet: they drop every Raft message until
+    /// [`Sim::bootstrap`].
+    fn unformed(ids: &[NodeId], seed: u64) -> Sim {
         let config = CoreConfig {
             seed,
             compact_threshold: 20,
@@ -54,16 +67,26 @@ impl Sim {
             config,
             snapshots_sent: 0,
             heartbeats: BTreeMap::new(),
+            layout,
         };
         for id in ids {
             let mem = MemBackend::new();
             let store = Store::with_backend(mem.clone(), StoreConfig::default()).unwrap();
-            let mut core = Core::new(*id, store, sim.config.clone(), 0).unwrap();
-            core.bootstrap(layout.clone(), 1).unwrap();
+            let core = Core::new(*id, store, sim.config.clone(), 0).unwrap();
             sim.nodes.insert(*id, core);
             sim.backends.insert(*id, mem);
         }
         sim
+    }
+
+    /// Node `id` bootstraps now, as an initial node told by the one that formed the cluster.
+    fn bootstrap(&mut self, id: NodeId) {
+        let layout = self.layout.clone();
+        self.nodes
+            .get_mut(&id)
+            .unwrap()
+            .bootstrap(layout, 1)
+            .unwrap();
     }
 
     /// One round: every core processes, messages are delivered, time advances 10 ms.
@@ -280,6 +303,28 @@ fn three_cores_elect_leaders_and_serve_reads_and_writes() {
     assert!(r2 > r1);
     assert_eq!(sim.get("alpha"), Some(b"2".to_vec()));
     assert_eq!(sim.get("missing"), None);
+}
+
+#[test]
+fn a_new_cluster_elects_every_first_leader_within_an_election_timeout_of_late_bootstraps() {
+    // The node that forms a cluster bootstraps first and the others only when its bootstrap
+    // call reaches them, so its first pre-votes find no replica there and are dropped. Its
+    // groups must not wait an election timeout (at least 1 s) to elect their first leader.
+    let mut sim = Sim::unformed(&[11, 22, 33], seed());
+    sim.bootstrap(11);
+    sim.run(50);
+    sim.bootstrap(22);
+    sim.bootstrap(33);
+    sim.run(500);
+    for n in sim.nodes.values() {
+        for (g, leader) in n.leaders() {
+            assert!(
+                leader.is_some(),
+                "node {} group {g} has no leader 550 ms after the first bootstrap",
+                n.id()
+            );
+        }
+    }
 }
 
 #[test]

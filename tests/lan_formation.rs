@@ -41,6 +41,8 @@ const REPLICATION: Duration = Duration::from_secs(90);
 /// A single `swarmkv status` call that takes longer than this is killed and counted as no
 /// answer (the node may still be starting).
 const STATUS_TIMEOUT: Duration = Duration::from_secs(8);
+/// The pause between two rounds of status calls.
+const POLL: Duration = Duration::from_millis(100);
 /// The meta group's voter count is capped at five (DESIGN.md §4).
 const META_VOTERS: usize = 5;
 const REPLICAS: usize = 3;
@@ -157,7 +159,7 @@ impl Lan {
                     self.nodes
                 );
             }
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(POLL);
         }
         bail!(
             "no {what} within {:?} of the start; last seen: {last}",
@@ -367,12 +369,71 @@ fn skip_unless_root() -> Result<bool> {
     skip_unless(&[Need::Root, Need::Ip], "creates network namespaces")
 }
 
-#[test]
-fn three_nodes_with_only_a_data_dir_form_one_cluster_within_10s_with_3_replicas() -> Result<()> {
+/// How many clusters each formation test forms one after the other, each on a fresh LAN:
+/// `SWARMKV_FORMATION_RUNS` (1 by default), to report the spread of the formation time.
+fn runs() -> Result<usize> {
+    match std::env::var("SWARMKV_FORMATION_RUNS") {
+        Err(_) => Ok(1),
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => bail!("SWARMKV_FORMATION_RUNS must be a positive number, not {v:?}"),
+        },
+    }
+}
+
+/// Prints the times to full replication of every run, with their minimum, median and
+/// maximum, the binary that ran and the machine's load (the times are wall-clock times of
+/// real processes, so they depend on both).
+fn report(what: &str, times: &[Duration]) {
+    let mut secs: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
+    secs.sort_by(f64::total_cmp);
+    let Some((min, max)) = secs.first().zip(secs.last()) else {
+        return;
+    };
+    let median = secs[secs.len() / 2];
+    let all: Vec<String> = times
+        .iter()
+        .map(|t| format!("{:.2}", t.as_secs_f64()))
+        .collect();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!(
+        "report: {what}: start to full replication in {} run(s): min {min:.2} s, median \
+         {median:.2} s, max {max:.2} s (each: {}); binary {}; load average {load}; status \
+         polled in rounds {} ms apart, so each time is an upper bound",
+        times.len(),
+        all.join(", "),
+        bin(),
+        POLL.as_millis()
+    );
+}
+
+/// Runs `run` [`runs`] times, each on a fresh LAN, and prints the report of their times.
+fn measure(what: &str, run: fn() -> Result<Duration>) -> Result<()> {
     if skip_unless_root()? {
         return Ok(());
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut times = Vec::new();
+    for _ in 0..runs()? {
+        times.push(run()?);
+    }
+    report(what, &times);
+    Ok(())
+}
+
+#[test]
+fn three_nodes_with_only_a_data_dir_form_one_cluster_within_10s_with_3_replicas() -> Result<()> {
+    measure("3 nodes", three_nodes_form_and_serve)
+}
+
+/// One run of the three-node test: returns the time from the start to full replication.
+fn three_nodes_form_and_serve() -> Result<Duration> {
+    let mut took = Duration::ZERO;
     with_lan("a", 3, |lan| {
         let start = Instant::now();
         for i in 1..=3 {
@@ -391,6 +452,7 @@ fn three_nodes_with_only_a_data_dir_form_one_cluster_within_10s_with_3_replicas(
             }
             Ok(fully_replicated(r, 3))
         })?;
+        took = replicated;
         println!(
             "3 nodes: meta group and all {PARTITIONS} partitions at 3 voters after {:.2} s",
             replicated.as_secs_f64()
@@ -416,16 +478,19 @@ fn three_nodes_with_only_a_data_dir_form_one_cluster_within_10s_with_3_replicas(
         );
         assert_eq!(lan.client(3, &["get", "greeting"])?, "hello");
         Ok(())
-    })
+    })?;
+    Ok(took)
 }
 
 #[test]
 fn five_nodes_started_at_the_same_moment_form_exactly_one_cluster() -> Result<()> {
-    if skip_unless_root()? {
-        return Ok(());
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    measure("5 nodes", five_nodes_form_one_cluster)
+}
+
+/// One run of the five-node test: returns the time from the start to full replication.
+fn five_nodes_form_one_cluster() -> Result<Duration> {
     const NODES: usize = 5;
+    let mut took = Duration::ZERO;
     with_lan("b", NODES, |lan| {
         let start = Instant::now();
         // Back to back: every node's discovery window overlaps every other's, which is the
@@ -468,6 +533,7 @@ fn five_nodes_started_at_the_same_moment_form_exactly_one_cluster() -> Result<()
             }
             Ok(fully_replicated(r, NODES))
         })?;
+        took = replicated;
         println!(
             "5 nodes: meta group at {} voters and all {PARTITIONS} partitions at 3 after {:.2} s",
             META_VOTERS.min(NODES),
@@ -477,7 +543,8 @@ fn five_nodes_started_at_the_same_moment_form_exactly_one_cluster() -> Result<()
             println!("  {l}");
         }
         Ok(())
-    })
+    })?;
+    Ok(took)
 }
 
 #[test]

@@ -274,6 +274,7 @@ impl EventLoop {
             BehaviourEvent::Streams(()) => {}
             BehaviourEvent::Hello(event) => match self.admission.on_hello_event(sh, event) {
                 Some(HelloOutcome::Admitted { peer, held, parked }) => {
+                    self.gossip.greet(sh, &self.admission, &peer);
                     for frame in held {
                         self.deliver(peer, frame);
                     }

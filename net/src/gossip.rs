@@ -60,7 +60,10 @@ impl Gossip {
         self.app = app;
     }
 
-    /// Publishes our heartbeat.
+    /// Publishes our heartbeat: on the heartbeat timer, and at once when a peer becomes able
+    /// to take it ([`Gossip::greet`]), so that nodes starting together hear each other as
+    /// soon as they connect rather than up to a heartbeat interval later: formation waits on
+    /// that (`core/control/formation.rs` in the node).
     pub(crate) fn publish(&mut self, sh: &mut Shared) {
         self.seq += 1;
         let info = PeerInfo {
@@ -90,6 +93,22 @@ impl Gossip {
         }
     }
 
+    /// Publishes our heartbeat at once if `peer` can now take it: it has proven its cluster
+    /// and subscribed to the membership topic (this is called on both, as they come in
+    /// either order). A light client publishes nothing.
+    pub(crate) fn greet(&mut self, sh: &mut Shared, admission: &Admission, peer: &PeerId) {
+        let topic = self.topic.hash();
+        let subscribed = sh
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .any(|(p, topics)| p == peer && topics.contains(&&topic));
+        if subscribed && admission.ready(peer) && !sh.config.light_client {
+            self.publish(sh);
+        }
+    }
+
     /// Handles a gossipsub event: a heartbeat is checked, reported and accepted or refused
     /// for forwarding. Returns the connected peer it shows to be of another cluster, if so.
     pub(crate) fn on_event(
@@ -98,6 +117,10 @@ impl Gossip {
         admission: &Admission,
         event: gossipsub::Event,
     ) -> Option<Foreign> {
+        if let gossipsub::Event::Subscribed { peer_id, .. } = event {
+            self.greet(sh, admission, &peer_id);
+            return None;
+        }
         let gossipsub::Event::Message {
             propagation_source: via,
             message_id,

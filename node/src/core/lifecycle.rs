@@ -125,13 +125,16 @@ impl<B: Backend> Core<B> {
             new_groups.push((*g, t.replicas[0] == self.id));
         }
         self.store.commit(&batch)?;
+        let election_ms = self.config.election_ticks.max(2) as u64 * self.config.tick_ms.max(1);
         for (g, preferred) in new_groups {
             self.open_replica(g)?;
             if preferred {
                 // The preferred leader campaigns at once so a new cluster serves quickly;
                 // pre-vote makes this harmless if it loses.
+                let until = self.now_ms + election_ms;
                 if let Some(r) = self.replicas.get_mut(&g) {
                     r.node.campaign()?;
+                    r.opening_until = Some(until);
                 }
             }
         }
@@ -145,6 +148,29 @@ impl<B: Backend> Core<B> {
             self.reload_elections()?;
         }
         Ok(())
+    }
+
+    /// Repeats the pre-vote of each group this node bootstrapped as its preferred leader while
+    /// the group has no leader yet (see [`Replica::opening_until`]). Only a pre-candidate
+    /// repeats: a pre-vote changes no term, so repeating it disturbs nobody, while a candidate
+    /// has already won the pre-vote of a majority and waits for their votes.
+    pub(super) fn repeat_opening_campaigns(&mut self) {
+        let now = self.now_ms;
+        for (g, r) in &mut self.replicas {
+            let Some(until) = r.opening_until else {
+                continue;
+            };
+            let raft = &r.node.raft;
+            if now >= until || raft.leader_id != raft::INVALID_ID {
+                r.opening_until = None;
+                continue;
+            }
+            if raft.state == raft::StateRole::PreCandidate {
+                if let Err(e) = r.node.campaign() {
+                    log::debug!("group {g}: repeating the first pre-vote failed: {e}");
+                }
+            }
+        }
     }
 
     /// Creates an empty replica of `group` for `msg`'s leader. If this node held a replica of

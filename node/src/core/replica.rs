@@ -82,6 +82,13 @@ pub(crate) struct Replica<B: Backend> {
     /// counting (a write in between starts the count over).
     pub idle_ticks: usize,
     pub idle_index: u64,
+    /// Set on the preferred leader of a group this node has just bootstrapped: it repeats its
+    /// pre-vote every tick until the group has a leader, or until this time (one election
+    /// timeout after the bootstrap), when the election timer alone takes over. The other
+    /// initial nodes bootstrap a moment later, and a pre-vote that reaches a node before its
+    /// replica exists is dropped: without the repeat, the group would wait a whole election
+    /// timeout (1-2 s) for its first leader.
+    pub opening_until: Option<u64>,
 }
 
 impl<B: Backend> Replica<B> {
@@ -107,6 +114,7 @@ impl<B: Backend> Replica<B> {
             quiesced: false,
             idle_ticks: 0,
             idle_index: 0,
+            opening_until: None,
         }
     }
 

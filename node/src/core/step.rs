@@ -36,6 +36,9 @@ impl<B: Backend> Core<B> {
                 r.node.tick();
             }
         }
+        if ticks > 0 {
+            self.repeat_opening_campaigns();
+        }
         if self.now_ms.saturating_sub(self.last_tick_ms) >= tick {
             // The caller fell far behind: don't replay a burst of ticks (it would trigger
             // elections), just resynchronise.

@@ -4,10 +4,13 @@
 //! with full replication after one election. `expect` waits for that many nodes instead.
 //!
 //! The listening window ends once the set of unformed peers heard has not changed for
-//! `settle_ms` (every node announces itself every coordinator period, so a set that stays
-//! the same for several periods holds everyone who was starting), and at the latest after
-//! `discovery_ms`. A node that has heard nobody waits the whole window: its peers may still
-//! be starting. A node that arrives after the cluster formed hears it and joins.
+//! `settle_ms`, and at the latest after `discovery_ms`. A peer is heard as soon as it connects
+//! (the network sends a heartbeat to every peer that connects, and one a second after that),
+//! so a set that stays the same for a second holds every node that started within about a
+//! second of the others, and a greeting missed at the moment of connection is made up by the
+//! next heartbeat before the window ends: two nodes that can hear each other do not decide
+//! with different views. A node that has heard nobody waits the whole window: its peers may
+//! still be starting. A node that arrives after the cluster formed hears it and joins.
 
 use std::collections::BTreeSet;
 

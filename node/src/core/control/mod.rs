@@ -112,7 +112,10 @@ pub struct Control {
     gossip: Gossip,
     /// When the join in flight was sent.
     joining_since: Option<u64>,
-    last_coordination: u64,
+    /// When the coordinator last ran and the announcement was last published; `None` until
+    /// the first tick, which publishes at once: a peer that connects in the first moments
+    /// must hear whether this node has a cluster, not an empty heartbeat.
+    last_coordination: Option<u64>,
     last_reconcile: u64,
     last_transfer: u64,
     draining: bool,
@@ -137,7 +140,7 @@ impl Control {
             rng: StdRng::seed_from_u64(seed),
             started: now,
             joining_since: None,
-            last_coordination: now,
+            last_coordination: None,
             last_reconcile: now,
             last_transfer: now,
             draining: false,
@@ -349,8 +352,11 @@ impl Control {
         for node in self.gossip.newly_silent(now) {
             core.set_node_live(node, false);
         }
-        if now.saturating_sub(self.last_coordination) >= self.params.coordinator_period_ms {
-            self.last_coordination = now;
+        let due = self
+            .last_coordination
+            .is_none_or(|t| now.saturating_sub(t) >= self.params.coordinator_period_ms);
+        if due {
+            self.last_coordination = Some(now);
             if core.settings().is_some() {
                 if let Some(epoch) =
                     coordinator::coordinate(core, &mut self.gossip, &self.params, now)

@@ -12,7 +12,8 @@ pub struct ControlParams {
     /// How long a new node listens for peers, at most, before it decides to join or form.
     pub discovery_ms: u64,
     /// The listening ends earlier once the set of unformed peers heard has not changed for
-    /// this long (several announcement periods: everyone starting has been heard).
+    /// this long: every node that started about together has been heard, and so has the
+    /// next periodic heartbeat of a peer whose first one was missed (see `formation.rs`).
     pub settle_ms: u64,
     /// Partitions of a cluster this node forms.
     pub partitions: u32,
