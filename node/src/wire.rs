@@ -56,6 +56,13 @@ pub enum Call {
     /// administration over libp2p (`swarmkv repair --peer`). (Last, so the encoding of the
     /// other calls is unchanged.)
     ClusterView,
+    /// A request sent to the node the caller's routing table names as the partition's leader.
+    /// A leader serves it as [`Call::Request`]; any other node does nothing and answers
+    /// `NotLeader` with the leader it knows (or `Unavailable`), never forwarding it, so the
+    /// caller fixes its table and sends the request there. A node that predates this call
+    /// answers [`Answer::Malformed`] (nothing done): the caller falls back to
+    /// [`Call::Request`]. (Last, so the encoding of the other calls is unchanged.)
+    AtLeader { req: Request },
 }
 
 /// An answer on `/swarmkv/kv-stream/1`.

@@ -19,8 +19,10 @@ pub enum Payload {
     Raft(Vec<(GroupId, Message)>),
     /// A snapshot stream (chunks, then the message), as one unit.
     Snapshot(SnapshotSend),
-    /// A client request.
-    Request(RequestId, Request),
+    /// A client request; `true` when the client sent it to the node it believes leads the
+    /// partition, to be served only there (`Core::handle_request_at_leader`, as a libp2p
+    /// client's `Call::AtLeader`).
+    Request(RequestId, Request, bool),
     /// A node's control-plane announcement, as its gossip heartbeats carry it.
     Announce(Announce),
     /// A join request for the cluster, answered to `reply_to` (passed on to the meta leader
