@@ -3,8 +3,13 @@
 #
 #   bench/compare.sh [--rounds N] [--cases "put:64 get-linearizable:64:50000"] [--quick]
 #                    [--out DIR] [--transport peer|http] [--no-build] [--no-quiet-wait]
-#                    [--swarmkv-args "--share-connections"]
+#                    [--swarmkv-args "--share-connections"] [--ab-one-node]
 #   bench/compare.sh --table DIR     (only print the table of an earlier run's output dir)
+#
+# --ab-one-node: an A/B of the swarmkv client's routing instead of the comparison with etcd:
+# system `swarmkv-one-node` (every request through the client's own node, `--one-node`) takes
+# etcd's place as the baseline, `swarmkv` (requests to each partition's leader) is measured
+# against it, alternating as above; etcd is not needed.
 #
 # From a fresh clone it builds `swarmkv` (release, feature `etcd`: the bench drives etcd
 # itself, so both systems get the identical client), installs Debian's etcd-server,
@@ -20,6 +25,9 @@
 #     during the timed phase only (not the preload) and divides it by the phase's completed
 #     operations (`total_ops`): `cpu_ms_per_op=` on the raw file's cpu line;
 #   - stops exactly the processes it started (by PID; also on exit or Ctrl-C).
+# Over --transport peer the swarmkv clients send each request to its partition's leader
+# (`routing=leader` in the raw files and the table); --swarmkv-args --one-node measures the old
+# way, every request through the client's own node.
 # Raw files: OUT/<system>/r<round>-<op>-c<C>.txt (the baseline's summarize.sh reads each
 # system's directory); the table (medians over rounds of ops/s, p50, p99 and cluster CPU ms
 # per op, ratios swarmkv/etcd) is printed at the end and written to OUT/table.md. With
@@ -51,6 +59,7 @@ QUICK_CASES=(put:1:1000 put:64:5000 get-linearizable:64:5000 get-serializable:64
 usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 2; }  # the comment above
 
 ROUNDS="" CASES_ARG="" QUICK=0 OUT="" TRANSPORT=peer BUILD=1 QUIET_WAIT=1 SKV_ARGS="" TABLE_ONLY=""
+BASE=etcd  # the baseline system; the subject is always swarmkv
 while (($#)); do
   case $1 in
     --rounds) ROUNDS=${2:?}; shift ;;
@@ -62,6 +71,7 @@ while (($#)); do
     --no-quiet-wait) QUIET_WAIT=0 ;;
     --swarmkv-args) SKV_ARGS=${2?}; shift ;;  # extra `swarmkv bench` flags for swarmkv runs
     --table) TABLE_ONLY=${2:?}; shift ;;
+    --ab-one-node) BASE=swarmkv-one-node ;;
     -h|--help) usage ;;
     *) echo "unknown argument $1" >&2; usage ;;
   esac
@@ -103,17 +113,20 @@ if [[ -n $TABLE_ONLY ]]; then
   MAXS=$(sed -n 's/.* max_seconds=\([0-9]*\).*/\1/p' "$OUT/env.txt")
   SKV_ARGS=$(sed -n 's/.*(swarmkv bench args: \(.*\))$/\1/p' "$OUT/env.txt")
   TRANSPORT=$(sed -n 's/.*bench transport: \([a-z]*\).*/\1/p' "$OUT/env.txt")
+  BASE=$(sed -n 's/^baseline: \([a-z-]*\).*/\1/p' "$OUT/env.txt"); BASE=${BASE:-etcd}
   grep -q '^rounds=.* keys=10000 ' "$OUT/env.txt" && QUICK=1
 fi
 OUT=${OUT:-$TMPROOT/swarmkv-compare.$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$OUT/etcd" "$OUT/swarmkv"
+mkdir -p "$OUT/$BASE" "$OUT/swarmkv"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/run.log" >&2; }
 
 run_all() {
 # ---------------------------------------------------------------- prerequisites and build
 need_pkgs=()
-command -v etcd >/dev/null || need_pkgs+=(etcd-server)
-command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
+if [[ $BASE == etcd ]]; then
+  command -v etcd >/dev/null || need_pkgs+=(etcd-server)
+  command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
+fi
 [[ -x /usr/bin/time ]] || need_pkgs+=(time)
 if [[ -z ${SWARMKV_BIN:-} ]] && ((BUILD)); then command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler); fi
 if ((${#need_pkgs[@]})); then
@@ -300,21 +313,32 @@ cluster_ticks() {
   for p in "${RUNNING_PIDS[@]}"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
   echo "$t"
 }
+# Context switches (voluntary + nonvoluntary) of every thread of the cluster processes so far
+# (a thread that has exited takes its count with it).
+cluster_ctxsw() {
+  local p t=0
+  for p in "${RUNNING_PIDS[@]}"; do
+    t=$((t + $(cat /proc/"$p"/task/*/status 2>/dev/null |
+      awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ {s += $2} END {print s + 0}')))
+  done
+  echo "$t"
+}
 
-# Copies the bench's output (stdin) to stdout and samples cluster_ticks at the start of the
-# timed phase (the preload's summary line, printed right before the warm-up and the barrier;
-# without a preload, $1: the ticks before the bench started) and at its end (the report's
-# first line, printed once the last client has finished) into OUT/.cticks: "start end".
+# Copies the bench's output (stdin) to stdout and samples cluster_ticks and cluster_ctxsw at
+# the start of the timed phase (the preload's summary line, printed right before the warm-up
+# and the barrier; without a preload, $1 and $2: both before the bench started) and at its end
+# (the report's first line, printed once the last client has finished) into OUT/.cticks:
+# "ticks_start ticks_end ctxsw_start ctxsw_end".
 mark_timed() {
-  local line t0=$1 t1=""
+  local line t0=$1 t1="" c0=$2 c1=""
   while IFS= read -r line || [[ -n $line ]]; do
     case $line in
-      "preloaded keys="*) t0=$(cluster_ticks) ;;
-      "op="*" system="*) [[ -n $t1 ]] || t1=$(cluster_ticks) ;;
+      "preloaded keys="*) t0=$(cluster_ticks); c0=$(cluster_ctxsw) ;;
+      "op="*" system="*) [[ -n $t1 ]] || { t1=$(cluster_ticks); c1=$(cluster_ctxsw); } ;;
     esac
     printf '%s\n' "$line"
   done
-  echo "$t0 $t1" >"$OUT/.cticks"
+  echo "$t0 $t1 $c0 $c1" >"$OUT/.cticks"
 }
 
 # Waits (at most QUIET_MAX_WAIT s) until other processes use less than QUIET_PCT % of the
@@ -344,35 +368,37 @@ run_case() { # system round op clients ops
     idle=$(wait_quiet)
     log "round $r: $sys $op clients=$clients ops=$ops attempt=$attempt (foreign cpu before: ${idle}%)"
     : >"$f"
-    if ! "start_$sys" >>"$f" 2>&1; then
+    if ! "start_${sys%-one-node}" >>"$f" 2>&1; then
       stop_cluster; log "  $sys cluster did not start; see $f"; echo "RESULT op=$op clients=$clients FAILED" >>"$f"; return 0
     fi
     local targets=() extra=()
     mapfile -t targets < <(bench_targets "$sys")
-    if [[ $sys == swarmkv && -n $SKV_ARGS ]]; then read -r -a extra <<<"$SKV_ARGS"; fi
+    if [[ $sys == swarmkv* && -n $SKV_ARGS ]]; then read -r -a extra <<<"$SKV_ARGS"; fi
+    if [[ $sys == swarmkv-one-node ]]; then extra+=(--one-node); fi
     rc=0
-    read -r busy0 steal0 < <(cpu_ticks); local ct0; ct0=$(cluster_ticks); local w0; w0=$(date +%s.%N)
+    read -r busy0 steal0 < <(cpu_ticks); local ct0 cs0; ct0=$(cluster_ticks); cs0=$(cluster_ctxsw); local w0; w0=$(date +%s.%N)
     : >"$OUT/.cticks"
     # (pipefail: rc is the bench's exit status; mark_timed itself does not fail)
     /usr/bin/env time -f "%U %S %e" -o "$OUT/.btime" \
       "$BIN" bench "$op" --clients "$clients" --ops "$ops" --keys "$KEYS" \
-      --max-seconds "$MAXS" "${targets[@]}" "${extra[@]}" 2>&1 | mark_timed "$ct0" >>"$f" || rc=$?
+      --max-seconds "$MAXS" "${targets[@]}" "${extra[@]}" 2>&1 | mark_timed "$ct0" "$cs0" >>"$f" || rc=$?
     read -r busy1 steal1 < <(cpu_ticks); local ct1; ct1=$(cluster_ticks); local w1; w1=$(date +%s.%N)
     # The cluster's ticks in the timed phase, and the phase's completed operations.
-    local tt0="" tt1="" nops
-    read -r tt0 tt1 <"$OUT/.cticks" || true
+    local tt0="" tt1="" tc0="" tc1="" nops
+    read -r tt0 tt1 tc0 tc1 <"$OUT/.cticks" || true
     nops=$(sed -n 's/^total_ops=\([0-9]*\) .*/\1/p' "$f" | tail -n 1)
     # The bench's own CPU covers its whole life (connect + preload + timed run), as does the
     # window: foreign = the machine's busy time not used by our cluster or the bench.
     # cpu_ms_per_op covers the timed phase only: "-" if it did not report.
     cpu=$(awk -v b="$((busy1 - busy0))" -v st="$((steal1 - steal0))" -v e="$((ct1 - ct0))" \
           -v hz="$HZ" -v n="$NCPU" -v w0="$w0" -v w1="$w1" -v bt="$(tail -n 1 "$OUT/.btime")" \
-          -v te="${tt1:+$((tt1 - tt0))}" -v nops="$nops" '
+          -v te="${tt1:+$((tt1 - tt0))}" -v ce="${tc1:+$((tc1 - tc0))}" -v nops="$nops" '
       BEGIN { split(bt, x, " "); bench = x[1] + x[2]; cap = (w1 - w0) * n
               f = 100*(b/hz - e/hz - bench)/cap; if (f < 0) f = 0
               per = (te != "" && nops + 0 > 0) ? sprintf("%.4f", te/hz*1000/nops) : "-"
-              printf "cpu_total=%.0f%% cluster=%.0f%% bench=%.0f%% foreign=%.0f%% steal=%.0f%% cpu_ms_per_op=%s",
-                100*b/hz/cap, 100*e/hz/cap, 100*bench/cap, f, 100*st/hz/cap, per }')
+              cs = (ce != "" && nops + 0 > 0) ? sprintf("%.2f", ce/nops) : "-"
+              printf "cpu_total=%.0f%% cluster=%.0f%% bench=%.0f%% foreign=%.0f%% steal=%.0f%% cpu_ms_per_op=%s ctxsw_per_op=%s",
+                100*b/hz/cap, 100*e/hz/cap, 100*bench/cap, f, 100*st/hz/cap, per, cs }')
     echo "$cpu" >>"$f"
     echo "bench_exit=$rc" >>"$f"
     stop_cluster
@@ -392,7 +418,10 @@ run_case() { # system round op clients ops
 {
   echo "date: $(date -Is)"
   echo "host: $(uname -srm); cpus=$NCPU; $(lscpu | sed -n 's/^Model name: *//p')"
-  echo "etcd: $(etcd --version | head -1); $(etcd --version | grep 'Go Version' || true)"
+  if [[ $BASE == etcd ]]; then
+    echo "etcd: $(etcd --version | head -1); $(etcd --version | grep 'Go Version' || true)"
+  fi
+  echo "baseline: $BASE"
   echo "swarmkv: $("$BIN" --version) ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')); bench transport: $TRANSPORT ${SKV_ARGS:+(swarmkv bench args: $SKV_ARGS)}"
   echo "rounds=$ROUNDS max_seconds=$MAXS keys=$KEYS foreign_max=$FOREIGN_MAX% cases=${CASES[*]}"
   echo "data dirs on $TMPROOT ($(stat -f -c %T "$TMPROOT"))"
@@ -402,7 +431,7 @@ for r in $(seq 1 "$ROUNDS"); do
   for c in "${CASES[@]}"; do
     IFS=: read -r op clients ops <<<"$c"
     # Alternate which system goes first, round by round.
-    if ((r % 2)); then order=(etcd swarmkv); else order=(swarmkv etcd); fi
+    if ((r % 2)); then order=("$BASE" swarmkv); else order=(swarmkv "$BASE"); fi
     for sys in "${order[@]}"; do run_case "$sys" "$r" "$op" "$clients" "$ops"; done
   done
 done
@@ -436,24 +465,37 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0)
 maxof() { sort -g | tail -n 1; }
 
 {
-  echo "swarmkv vs etcd, $(date -u '+%Y-%m-%d %H:%M UTC'), $ROUNDS round(s), medians; ratios are swarmkv/etcd"
+  B=$BASE  # the baseline's name in the table
+  echo "swarmkv vs $B, $(date -u '+%Y-%m-%d %H:%M UTC'), $ROUNDS round(s), medians; ratios are swarmkv/$B"
   echo "(ops/s: higher is better for swarmkv above 1x; p99 and CPU/op: lower is better for swarmkv below 1x)."
   echo "CPU ms/op: user + system CPU of the 3 cluster processes (not the bench client) in the timed"
-  echo "phase (not the preload), per completed operation; \"-\" where the raw files predate it."
-  echo "Both systems fsync their logs before acknowledging a write (etcd its WAL, swarmkv its own Raft"
-  echo "log); each is 3 processes on 127.0.0.1, started fresh and preloaded for every run."
-  echo "swarmkv bench over ${TRANSPORT}${SKV_ARGS:+ with $SKV_ARGS}; etcd bench: one gRPC channel per client."
+  echo "phase (not the preload), per completed operation; ctxsw/op: their threads' voluntary +"
+  echo "nonvoluntary context switches in the same phase, per operation; \"-\" where the raw files predate them."
+  if [[ $B == etcd ]]; then
+    echo "Both systems fsync their logs before acknowledging a write (etcd its WAL, swarmkv its own Raft"
+    echo "log); each is 3 processes on 127.0.0.1, started fresh and preloaded for every run."
+  else
+    echo "One system, two ways of routing the client's requests: swarmkv-one-node sends every request"
+    echo "through the client's own node (--one-node), swarmkv to each partition's leader; each run on a"
+    echo "fresh 3-process cluster on 127.0.0.1, preloaded."
+  fi
+  # How the swarmkv clients routed requests, as their reports say (`routing=` on the first line;
+  # older binaries and the HTTP transport print none).
+  routing=$(grep -ho ' routing=[a-z-]*' "$OUT"/swarmkv/r*.txt 2>/dev/null | cut -d= -f2 | sort -u | paste -sd/ || true)
+  echo -n "swarmkv bench over ${TRANSPORT}${SKV_ARGS:+ with $SKV_ARGS}${routing:+ (routing: $routing)}"
+  if [[ $B == etcd ]]; then echo "; etcd bench: one gRPC channel per client."; else echo "."; fi
   echo
-  echo "| case | etcd ops/s | swarmkv ops/s | ops/s ratio | etcd p50 ms | swarmkv p50 ms | etcd p99 ms | swarmkv p99 ms | p99 ratio | etcd CPU ms/op | swarmkv CPU ms/op | CPU/op ratio | max foreign CPU |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| case | $B ops/s | swarmkv ops/s | ops/s ratio | $B p50 ms | swarmkv p50 ms | $B p99 ms | swarmkv p99 ms | p99 ratio | $B CPU ms/op | swarmkv CPU ms/op | CPU/op ratio | $B ctxsw/op | swarmkv ctxsw/op | max foreign CPU |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for c in "${CASES[@]}"; do
     IFS=: read -r op clients _ <<<"$c"
-    e_tp=$(stat_of etcd "$op" "$clients" ops/s); s_tp=$(stat_of swarmkv "$op" "$clients" ops/s)
-    e_50=$(stat_of etcd "$op" "$clients" p50_ms); s_50=$(stat_of swarmkv "$op" "$clients" p50_ms)
-    e_99=$(stat_of etcd "$op" "$clients" p99_ms); s_99=$(stat_of swarmkv "$op" "$clients" p99_ms)
-    e_cpu=$(stat_of etcd "$op" "$clients" cpu_ms_per_op); s_cpu=$(stat_of swarmkv "$op" "$clients" cpu_ms_per_op)
+    e_tp=$(stat_of "$B" "$op" "$clients" ops/s); s_tp=$(stat_of swarmkv "$op" "$clients" ops/s)
+    e_50=$(stat_of "$B" "$op" "$clients" p50_ms); s_50=$(stat_of swarmkv "$op" "$clients" p50_ms)
+    e_99=$(stat_of "$B" "$op" "$clients" p99_ms); s_99=$(stat_of swarmkv "$op" "$clients" p99_ms)
+    e_cpu=$(stat_of "$B" "$op" "$clients" cpu_ms_per_op); s_cpu=$(stat_of swarmkv "$op" "$clients" cpu_ms_per_op)
+    e_cs=$(stat_of "$B" "$op" "$clients" ctxsw_per_op); s_cs=$(stat_of swarmkv "$op" "$clients" ctxsw_per_op)
     fmax=$(for f in "$OUT"/*/r*-"$op"-c"$clients".txt; do [[ -e $f ]] && field "$f" foreign; done | grep -E '^[0-9]+$' | maxof || true)
-    echo "| $op c$clients | ${e_tp:--} | ${s_tp:--} | $(ratio "$s_tp" "$e_tp") | ${e_50:--} | ${s_50:--} | ${e_99:--} | ${s_99:--} | $(ratio "$s_99" "$e_99") | ${e_cpu:--} | ${s_cpu:--} | $(ratio "$s_cpu" "$e_cpu") | ${fmax:--}% |"
+    echo "| $op c$clients | ${e_tp:--} | ${s_tp:--} | $(ratio "$s_tp" "$e_tp") | ${e_50:--} | ${s_50:--} | ${e_99:--} | ${s_99:--} | $(ratio "$s_99" "$e_99") | ${e_cpu:--} | ${s_cpu:--} | $(ratio "$s_cpu" "$e_cpu") | ${e_cs:--} | ${s_cs:--} | ${fmax:--}% |"
   done
   if ls "$OUT"/*/*discarded* >/dev/null 2>&1; then
     echo
@@ -473,5 +515,5 @@ maxof() { sort -g | tail -n 1; }
   fi
   ((QUICK)) && { echo; echo "--quick: a smoke run (small key space and op counts); not a measurement."; }
   echo
-  echo "Raw files: $OUT/{etcd,swarmkv}/r<round>-<op>-c<C>.txt"
+  echo "Raw files: $OUT/{$BASE,swarmkv}/r<round>-<op>-c<C>.txt"
 } | tee "$OUT/table.md"

@@ -282,10 +282,15 @@ impl Admission {
         request: Outbound,
     ) -> Option<Outbound> {
         let Some(p) = self.peers.get(&peer).filter(|p| !p.connections.is_empty()) else {
-            if sh.dialer.knows(&peer) {
+            let known = sh.dialer.knows(&peer);
+            if known {
                 sh.dialer.hurry(&peer, Instant::now());
+            }
+            if known && !sh.config.light_client {
                 self.parked.push((peer, Instant::now(), request));
             } else {
+                // A light client talks to several nodes and picks another when one is gone:
+                // it hears so at once rather than after the request timeout.
                 request.fail(NetError::NotConnected(peer));
             }
             return None;

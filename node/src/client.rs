@@ -5,16 +5,20 @@
 //!
 //! In process and over libp2p it routes each key to its partition, retries what is safe to
 //! retry (no leader yet, a leader change, a dropped proposal) with backoff until its
-//! deadline, and otherwise returns the typed error. Multi-partition calls (scan,
-//! delete-range) run on every partition; a scan merges the answers in key order. Over HTTP
-//! the gateway does the routing and the retrying, so each call is one request (a scan pages
-//! through the range). Reads are linearizable unless asked otherwise.
+//! deadline, and otherwise returns the typed error. Over libp2p it also sends each write and
+//! linearizable read straight to its partition's leader by a routing table it keeps
+//! ([`Routing`], [`routes`]); a stale table costs a hop or a retry, never a wrong answer.
+//! Multi-partition calls (scan, delete-range) run on every partition; a scan merges the
+//! answers in key order. Over HTTP the gateway does the routing and the retrying, so each
+//! call is one request (a scan pages through the range). Reads are linearizable unless asked
+//! otherwise.
 //!
 //! # Layout
 //! - this file: the client, its transports, and the key-value calls.
 //! - [`lease`]: leases and puts attached to them; [`election`]: leader election.
 //! - [`watch`]: watches of a key or a prefix.
 //! - [`http`]: the HTTP transport ([`Endpoint`], [`HttpOptions`]).
+//! - [`routes`]: the libp2p transport's table of partition leaders ([`Routing`]).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,12 +41,15 @@ mod election;
 mod http;
 mod lease;
 mod lock;
+mod routes;
 pub use backup::Frozen;
 pub use election::{CampaignError, Leadership, LeadershipLoss, LossReason, Observer};
 pub use http::backup::BackupStream;
 pub use http::{Endpoint, EndpointError, HttpOptions, DEFAULT_ENDPOINT, DEFAULT_RETRY_FOR};
 pub use lease::{KeepAlive, LeaseLost};
 pub use lock::{lock_election, LockGuard, LOCK_PREFIX};
+pub use routes::Routing;
+use routes::{Routes, Target};
 mod txn;
 pub use txn::{txn_partition, TxnResponse};
 mod watch;
@@ -66,6 +73,7 @@ enum Transport {
     Remote {
         net: NetHandle,
         peer: PeerId,
+        routes: std::sync::Arc<Routes>,
         event_loop: JoinHandle<()>,
         events: JoinHandle<()>,
     },
@@ -138,6 +146,13 @@ pub struct Client {
     sessions: Sessions,
 }
 
+/// How long one attempt over libp2p may wait for its answer before the client takes the node
+/// for gone and tries another. A node that stopped answering without closing its connection
+/// (cut off, hung) would otherwise hold the request for the network's request timeout (10 s),
+/// the whole deadline of a call. Longer than a node's own request timeout (5 s), by which a
+/// live node answers; a write resent after it carries its session, so it cannot apply twice.
+const ROUTED_ATTEMPT_LIMIT: Duration = Duration::from_secs(6);
+
 fn unavailable(reason: impl Into<String>) -> ClientError {
     ClientError::Unavailable {
         reason: reason.into(),
@@ -179,7 +194,10 @@ impl Client {
     }
 
     /// A light client: its own short-lived libp2p identity, dialing `addr` (a node of cluster
-    /// `cluster_name`); every request goes to that node, which forwards to leaders.
+    /// `cluster_name`). It reads the cluster's nodes and partition leaders from that node,
+    /// dials the other nodes, and sends each write and linearizable read to its partition's
+    /// leader ([`Routing::Leader`]; [`Client::with_routing`] chooses the old way, every
+    /// request to the dialed node).
     pub async fn connect(
         addr: Multiaddr,
         cluster_name: &str,
@@ -192,6 +210,11 @@ impl Client {
                 Answer::Info(info) => {
                     if let Some(p) = info.partitions {
                         client.partitions = p;
+                        client.refresh_routes().await;
+                        if let Transport::Remote { routes, .. } = &client.transport {
+                            // The first requests go to the leaders, not through this node.
+                            routes.dials_settled(Duration::from_secs(2)).await;
+                        }
                         return Ok(client);
                     }
                 }
@@ -232,10 +255,12 @@ impl Client {
                 return Err(ClientError::Disconnected(format!("dialing {addr}: {e}")));
             }
         };
+        let routes = std::sync::Arc::new(Routes::new(Routing::Leader, peer));
         Ok(Client {
             transport: Transport::Remote {
                 net,
                 peer,
+                routes,
                 event_loop,
                 events,
             },
@@ -357,6 +382,46 @@ impl Client {
         }
     }
 
+    /// How a libp2p client chooses the node of each request (default [`Routing::Leader`]).
+    /// Without effect on the other transports: in process the node routes, over HTTP the
+    /// gateway does.
+    pub fn with_routing(self, routing: Routing) -> Client {
+        if let Transport::Remote { routes, .. } = &self.transport {
+            routes.set_routing(routing);
+        }
+        self
+    }
+
+    /// How this client chooses the node of each request: `None` for the transports where
+    /// the node or the gateway routes (in process, HTTP).
+    pub fn routing(&self) -> Option<Routing> {
+        match &self.transport {
+            Transport::Remote { routes, .. } => Some(routes.routing()),
+            Transport::Local(_) | Transport::Http(_) => None,
+        }
+    }
+
+    /// Reads the routing table again from the dialed node's cluster view (libp2p, leader
+    /// routing only; a failure leaves it as it was).
+    async fn refresh_routes(&self) {
+        let Transport::Remote {
+            net, peer, routes, ..
+        } = &self.transport
+        else {
+            return;
+        };
+        if routes.routing() != Routing::Leader {
+            return;
+        }
+        let view = async {
+            match self.remote_call_to(*peer, Call::ClusterView).await {
+                Ok(Answer::ClusterView(v)) => Some(v),
+                _ => None,
+            }
+        };
+        routes.refresh(net, view).await;
+    }
+
     /// How long a call may keep retrying before it fails (default 10 s).
     pub fn with_deadline(mut self, deadline: Duration) -> Client {
         self.deadline = deadline;
@@ -377,11 +442,18 @@ impl Client {
     }
 
     async fn remote_call(&self, call: Call) -> Result<Answer, ClientError> {
-        let Transport::Remote { net, peer, .. } = &self.transport else {
+        let Transport::Remote { peer, .. } = &self.transport else {
+            return Err(ClientError::BadRequest("not a remote client".into()));
+        };
+        self.remote_call_to(*peer, call).await
+    }
+
+    async fn remote_call_to(&self, peer: PeerId, call: Call) -> Result<Answer, ClientError> {
+        let Transport::Remote { net, .. } = &self.transport else {
             return Err(ClientError::BadRequest("not a remote client".into()));
         };
         let bytes = net
-            .kv_request(*peer, KvCall::V1(call).encode())
+            .kv_request(peer, KvCall::V1(call).encode())
             .await
             .map_err(|e| ClientError::Disconnected(e.to_string()))?;
         match KvAnswer::decode(&bytes)? {
@@ -392,14 +464,72 @@ impl Client {
     async fn send_once(&self, req: Request) -> Reply {
         match &self.transport {
             Transport::Local(h) => h.request(req).await,
-            Transport::Remote { .. } => {
-                match self.remote_call(Call::Request { req, hops: 0 }).await? {
-                    Answer::Reply(r) => r,
-                    Answer::Malformed(m) => Err(ClientError::BadRequest(m)),
-                    other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
-                }
-            }
+            Transport::Remote { routes, .. } => self.send_routed(routes, req, 1).await,
             Transport::Http(_) => Err(not_over_http("requests addressed to a partition")),
+        }
+    }
+
+    /// Sends `req` over libp2p to the node the routing table chooses (see [`routes`]). A
+    /// `NotLeader` answer that teaches the table a leader it can reach sends the request there
+    /// at once, up to `redirects` times (it did nothing where it was refused).
+    async fn send_routed(&self, routes: &Routes, req: Request, redirects: u8) -> Reply {
+        let partition = req.partition;
+        let by_leader = !matches!(
+            req.body,
+            RequestBody::Get {
+                consistency: Consistency::Serializable,
+                ..
+            } | RequestBody::Scan {
+                consistency: Consistency::Serializable,
+                ..
+            }
+        );
+        if by_leader && routes.wants_refresh(partition, Instant::now()) {
+            self.refresh_routes().await;
+        }
+        let (call, node, peer, at_leader) = match routes.target(partition, by_leader) {
+            Target::Leader { node, peer } => {
+                (Call::AtLeader { req: req.clone() }, node, peer, true)
+            }
+            Target::Any { node, peer } => (
+                Call::Request {
+                    req: req.clone(),
+                    hops: 0,
+                },
+                node,
+                peer,
+                false,
+            ),
+        };
+        let sent = tokio::time::timeout(ROUTED_ATTEMPT_LIMIT, self.remote_call_to(peer, call));
+        let answer = sent.await.unwrap_or(Err(ClientError::Timeout));
+        let reply = match answer {
+            Ok(Answer::Reply(r)) => r,
+            // A node that predates `AtLeader` did nothing: send it the plain request.
+            Ok(Answer::Malformed(_)) if at_leader => {
+                routes.at_leader_unsupported();
+                return Box::pin(self.send_routed(routes, req, redirects)).await;
+            }
+            Ok(Answer::Malformed(m)) => Err(ClientError::BadRequest(m)),
+            Ok(other) => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
+            Err(e) => {
+                routes.node_failed(node);
+                Err(e)
+            }
+        };
+        match &reply {
+            Err(ClientError::NotLeader { leader: Some(l) })
+                if routes.learn(partition, *l) && redirects > 0 =>
+            {
+                Box::pin(self.send_routed(routes, req, redirects - 1)).await
+            }
+            Err(ClientError::NotLeader { leader: None } | ClientError::Unavailable { .. })
+                if at_leader =>
+            {
+                routes.forget(partition);
+                reply
+            }
+            _ => reply,
         }
     }
 

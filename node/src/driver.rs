@@ -609,15 +609,31 @@ impl Driver {
     }
 
     fn submit(&mut self, req: Request, origin: Origin, hops: u8) {
+        if let Some(id) = self.admit(&req, origin, hops) {
+            self.disk.core.handle_request(id, req);
+        }
+    }
+
+    /// A [`Call::AtLeader`]: only a leader takes it, and its `NotLeader` answer goes back to
+    /// the caller as it is (the pending entry has no hops left, so it is never forwarded).
+    fn submit_at_leader(&mut self, req: Request, origin: Origin) {
+        if let Some(id) = self.admit(&req, origin, crate::wire::MAX_HOPS) {
+            self.disk.core.handle_request_at_leader(id, req);
+        }
+    }
+
+    /// Takes `req` into the admission budget and the pending table; `None` when the node is
+    /// too busy (the origin has been answered `Busy`).
+    fn admit(&mut self, req: &Request, origin: Origin, hops: u8) -> Option<RequestId> {
         // Refused before it costs anything: no pending entry, no proposal, no forward.
-        let permit = match self.io.limits.admit(&req) {
+        let permit = match self.io.limits.admit(req) {
             Ok(permit) => permit,
             Err(busy) => {
                 self.io
                     .metrics
                     .observe_request(op_of(&req.body), Duration::ZERO);
                 deliver(origin, Err(busy));
-                return;
+                return None;
             }
         };
         let id = self.io.next_id;
@@ -632,7 +648,7 @@ impl Driver {
                 _permit: permit,
             },
         );
-        self.disk.core.handle_request(id, req);
+        Some(id)
     }
 
     fn on_event(&mut self, ev: NetEvent) {
@@ -658,6 +674,9 @@ impl Driver {
             } => match KvCall::decode(&payload) {
                 Ok(KvCall::V1(Call::Request { req, hops })) => {
                     self.submit(req, Origin::Remote(responder), hops)
+                }
+                Ok(KvCall::V1(Call::AtLeader { req })) => {
+                    self.submit_at_leader(req, Origin::Remote(responder))
                 }
                 Ok(KvCall::V1(Call::Info)) => {
                     let info = ClusterInfo {

@@ -25,6 +25,7 @@ pub struct OpLabel {
 pub struct Metrics {
     registry: Registry,
     proposals: Counter,
+    follower_proposals: Counter,
     applies: Counter,
     leader_changes: Counter,
     raft_messages_out: Counter,
@@ -40,7 +41,7 @@ pub struct Metrics {
     log_bytes: Counter,
     state_flushes: Counter,
     state_flush_keys: Counter,
-    last: [AtomicU64; 11],
+    last: [AtomicU64; 12],
 }
 
 fn latency_histogram() -> Histogram {
@@ -58,6 +59,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("swarmkv");
         let proposals = Counter::default();
+        let follower_proposals = Counter::default();
         let applies = Counter::default();
         let leader_changes = Counter::default();
         let raft_messages_out = Counter::default();
@@ -102,6 +104,11 @@ impl Metrics {
             state_flush_keys.clone(),
         );
         registry.register("proposals", "Writes proposed to Raft", proposals.clone());
+        registry.register(
+            "follower_proposals",
+            "Writes a follower proposed, which raft-rs passes on to the leader",
+            follower_proposals.clone(),
+        );
         registry.register(
             "applies",
             "Committed entries applied to state machines",
@@ -150,6 +157,7 @@ impl Metrics {
         Metrics {
             registry,
             proposals,
+            follower_proposals,
             applies,
             leader_changes,
             raft_messages_out,
@@ -183,6 +191,7 @@ impl Metrics {
             s.log_bytes,
             s.state_flushes,
             s.state_flush_keys,
+            s.follower_proposals,
         ];
         let counters = [
             &self.proposals,
@@ -196,11 +205,18 @@ impl Metrics {
             &self.log_bytes,
             &self.state_flushes,
             &self.state_flush_keys,
+            &self.follower_proposals,
         ];
         for ((value, counter), last) in values.iter().zip(counters).zip(&self.last) {
             let before = last.swap(*value, Ordering::Relaxed);
             counter.inc_by(value.saturating_sub(before));
         }
+    }
+
+    /// Writes a follower of this node proposed for its leader so far (see
+    /// [`crate::core::CoreStats::follower_proposals`]).
+    pub fn follower_proposals(&self) -> u64 {
+        self.follower_proposals.get()
     }
 
     pub fn observe_sync(&self, d: Duration) {

@@ -58,8 +58,8 @@ pub enum Call {
     ClusterView,
     /// Freeze one group (a partition, or the meta group) for a backup, on a replica that
     /// answered a linearizable barrier first: this node's, or one it passes the call to
-    /// (`hops` as for [`Call::Request`]). See `driver/backup.rs`. (Last, so the encoding of
-    /// the other calls is unchanged.)
+    /// (`hops` as for [`Call::Request`]). See `driver/backup.rs`. (After the older calls,
+    /// so their encoding is unchanged.)
     BackupFreeze { group: GroupId, hops: u8 },
     /// One chunk of a copy frozen by [`Call::BackupFreeze`] on `node` (the answering node,
     /// or one it passes the call to).
@@ -69,6 +69,13 @@ pub enum Call {
         index: u64,
         seq: u32,
     },
+    /// A request sent to the node the caller's routing table names as the partition's leader.
+    /// A leader serves it as [`Call::Request`]; any other node does nothing and answers
+    /// `NotLeader` with the leader it knows (or `Unavailable`), never forwarding it, so the
+    /// caller fixes its table and sends the request there. A node that predates this call
+    /// answers [`Answer::Malformed`] (nothing done): the caller falls back to
+    /// [`Call::Request`]. (Last, so the encoding of the other calls is unchanged.)
+    AtLeader { req: Request },
 }
 
 /// An answer on `/swarmkv/kv-stream/1`.

@@ -20,8 +20,10 @@ pub enum Payload {
     Raft(Vec<(GroupId, Message)>),
     /// A snapshot stream (chunks, then the message), as one unit.
     Snapshot(SnapshotSend),
-    /// A client request.
-    Request(RequestId, Request),
+    /// A client request; `true` when the client sent it to the node it believes leads the
+    /// partition, to be served only there (`Core::handle_request_at_leader`, as a libp2p
+    /// client's `Call::AtLeader`).
+    Request(RequestId, Request, bool),
     /// A lock client's lease request.
     Lease(RequestId, LeaseRequest),
     /// A lock client's election request.

@@ -828,9 +828,13 @@ impl World {
                     }
                 }
             }
-            Payload::Request(rid, req) => {
+            Payload::Request(rid, req, at_leader) => {
                 if let Some(core) = self.nodes.get_mut(&p.to).and_then(|n| n.core.as_mut()) {
-                    core.handle_request(rid, req);
+                    if at_leader {
+                        core.handle_request_at_leader(rid, req);
+                    } else {
+                        core.handle_request(rid, req);
+                    }
                 }
             }
             Payload::Lease(rid, req) => {
@@ -1298,6 +1302,9 @@ impl World {
             partition,
             body: self.history[op].body.clone(),
         };
+        // Half the clients send what a hint names the leader as a leader-routed request (only
+        // a leader serves it), the others as a plain one (a follower serves it through Raft).
+        let at_leader = hint.is_some() && ci % 2 == 0;
         let at = self.now + self.rng.gen_range(1..=3);
         self.net.push(
             at,
@@ -1305,7 +1312,7 @@ impl World {
                 from: CLIENT,
                 to: node,
                 from_incarnation: 0,
-                payload: Payload::Request(rid, req),
+                payload: Payload::Request(rid, req, at_leader),
             },
         );
         self.clients[ci].state = ClientState::Busy {

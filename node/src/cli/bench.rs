@@ -92,6 +92,12 @@ pub struct Bench {
     /// Print the report as JSON instead of text lines.
     #[arg(long)]
     pub json: bool,
+    /// With --peer: every client sends every request to its own node, which serves it
+    /// through Raft or passes it on (the report says `routing=one-node`), instead of sending
+    /// each write and linearizable read to its partition's leader (`routing=leader`).
+    #[arg(long)]
+    pub one_node: bool,
+
     #[command(flatten)]
     pub targets: TargetArgs,
 }
@@ -121,7 +127,7 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
-    fn targets(&self) -> Result<Targets, CliError> {
+    fn targets(&self, one_node: bool) -> Result<Targets, CliError> {
         if !self.etcd.is_empty() {
             return etcd_targets(&self.etcd);
         }
@@ -136,6 +142,11 @@ impl TargetArgs {
                 addrs: self.peer.clone(),
                 cluster: self.cluster.clone(),
                 psk,
+                routing: if one_node {
+                    swarmkv::client::Routing::OneNode
+                } else {
+                    swarmkv::client::Routing::Leader
+                },
             });
         }
         if !self.endpoint.is_empty() {
@@ -166,7 +177,7 @@ impl Bench {
         if !(self.max_seconds > 0.0 && self.max_seconds.is_finite()) {
             return Err(CliError::Usage("--max-seconds must be positive".into()));
         }
-        let targets = self.targets.targets()?;
+        let targets = self.targets.targets(self.one_node)?;
         let clients = self.clients as usize;
         let plan = Plan {
             op: self.op,
@@ -221,6 +232,7 @@ impl Bench {
             keys: plan.keys,
             requested_ops: plan.ops,
             max_seconds: plan.max_seconds,
+            routing: targets.routing(),
         };
         let report = runner::timed(conns, &plan, shape, targets.system())
             .await
@@ -273,14 +285,34 @@ mod tests {
             (Op::Put, 64, 50_000, 100_000)
         );
         assert_eq!(b.targets.peer.len(), 2);
-        assert!(matches!(b.targets.targets(), Ok(Targets::Peer { addrs, .. }) if addrs.len() == 2));
+        assert!(
+            matches!(b.targets.targets(false), Ok(Targets::Peer { addrs, .. }) if addrs.len() == 2)
+        );
+
+        // Leader routing by default; --one-node sends everything through the dialed node.
+        assert_eq!(b.targets.targets(false)?.routing(), Some("leader"));
+        let cli = parse(
+            &[
+                "bench",
+                "put",
+                "--one-node",
+                "--peer",
+                "/ip4/127.0.0.1/tcp/1",
+            ],
+            &[],
+        )?;
+        let Command::Bench(b) = cli.command else {
+            anyhow::bail!("not the bench verb");
+        };
+        assert!(b.one_node);
+        assert_eq!(b.targets.targets(b.one_node)?.routing(), Some("one-node"));
 
         // No target: the local gateway, like every client verb.
         let cli = parse(&["bench", "get-serializable"], &[])?;
         let Command::Bench(b) = cli.command else {
             anyhow::bail!("not the bench verb");
         };
-        assert!(matches!(b.targets.targets(), Ok(Targets::Http(e)) if e.len() == 1));
+        assert!(matches!(b.targets.targets(false), Ok(Targets::Http(e)) if e.len() == 1));
 
         // Two kinds of target at once are a usage error, and so are zero clients.
         for args in [
@@ -311,7 +343,7 @@ mod tests {
         };
         let err = b
             .targets
-            .targets()
+            .targets(false)
             .err()
             .context("accepted without the feature")?;
         assert_eq!(err.exit_code(), 2, "{err}");

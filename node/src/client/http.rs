@@ -5,12 +5,16 @@
 //! - this file: the gateway's address ([`Endpoint`]), the options ([`HttpOptions`]), sending
 //!   one request, and the gateway's error answers as [`ClientError`]s.
 //! - [`kv`]: keys, scans, compare-and-swap, status and decommission.
+//! - [`leaders`]: with several gateways, which one leads each key's partition.
 //! - [`coord`]: leases and elections.
 //! - [`sse`]: reading server-sent events, for watches.
 //!
 //! The gateway routes each key to its partition's leader and retries what is safe to retry
 //! with its own deadline, so this transport sends each call once and reports the answer: the
 //! retry loops of the other transports would only stack a second deadline on the gateway's.
+//! Given the gateways of several nodes, it sends each write and linearizable read of a key to
+//! the gateway of the key's partition's leader ([`leaders`]), sparing the gateway's follower
+//! the detour through Raft.
 //!
 //! Keys and values are bytes end to end. A key goes into the URL percent-encoded byte by byte
 //! ([`encode`]), which the gateway decodes back into the same bytes; a value goes as the raw
@@ -47,6 +51,7 @@ use crate::core::ClientError;
 pub(super) mod backup;
 mod coord;
 mod kv;
+mod leaders;
 pub(super) mod sse;
 mod txn;
 
@@ -183,6 +188,8 @@ pub(crate) struct HttpTransport {
     notice: Option<fn(&str)>,
     /// Whether `notice` was called already.
     noticed: Arc<AtomicBool>,
+    /// With more than one gateway: which one leads each key's partition.
+    leaders: Option<Arc<leaders::Leaders>>,
 }
 
 /// A gateway's answer: status, headers and the whole body.
@@ -344,6 +351,7 @@ impl HttpTransport {
         HttpTransport {
             client: hyper_client(options.connect_timeout),
             authorization: options.token.map(|t| format!("Bearer {t}")),
+            leaders: (endpoints.len() > 1).then(Arc::default),
             endpoints: endpoints.into(),
             current: Arc::new(AtomicUsize::new(0)),
             retry_for: options.retry_for,
@@ -407,6 +415,67 @@ impl HttpTransport {
         path_and_query: &str,
         body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<Answer, ClientError> {
+        self.call_from(None, method, path_and_query, body).await
+    }
+
+    /// [`HttpTransport::call`] for a write or linearizable read of `key`: first to the gateway
+    /// of the node that leads its partition, when the client has several gateways and knows
+    /// which (see [`leaders`]), otherwise as `call` does.
+    pub(crate) async fn call_for_key(
+        &self,
+        key: &[u8],
+        method: Method,
+        path_and_query: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<Answer, ClientError> {
+        let first = match &self.leaders {
+            Some(leaders) => {
+                self.refresh_leaders(leaders).await;
+                leaders
+                    .gateway_for(key)
+                    .and_then(|i| Some((i, self.endpoints.get(i)?.clone())))
+            }
+            None => None,
+        };
+        self.call_from(first, method, path_and_query, body).await
+    }
+
+    /// Reads every gateway's status into `leaders` when it is due; a gateway that does not
+    /// answer is left out (the table is only a hint).
+    async fn refresh_leaders(&self, leaders: &leaders::Leaders) {
+        let Ok(_guard) = leaders.refreshing.try_lock() else {
+            return;
+        };
+        if !leaders.claim_refresh(Instant::now()) {
+            return;
+        }
+        let asks = self.endpoints.iter().map(|e| async move {
+            let answer = self
+                .send(e, Method::GET, "/v1/status", None, Bytes::new())
+                .await;
+            answer.ok().filter(|a| a.status == StatusCode::OK)
+        });
+        for (i, answer) in futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(Ok(report)) = answer.map(|a| kv::status_report(&a)) {
+                leaders.take(i, &report);
+            }
+        }
+    }
+
+    /// [`HttpTransport::call`], its first attempt to `first` (an index in the endpoints, and
+    /// the endpoint) when given.
+    async fn call_from(
+        &self,
+        first: Option<(usize, Endpoint)>,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<Answer, ClientError> {
+        let mut first = first;
         let (content_type, body) = match body {
             Some((content_type, bytes)) => (Some(content_type), Bytes::from(bytes)),
             None => (None, Bytes::new()),
@@ -415,7 +484,11 @@ impl HttpTransport {
         let mut pause = Duration::from_millis(100);
         let mut left_this_round = self.endpoints.len();
         loop {
-            let endpoint = self.endpoint().clone();
+            let leader = first.take();
+            let endpoint = match &leader {
+                Some((_, e)) => e.clone(),
+                None => self.endpoint().clone(),
+            };
             let outcome = self
                 .send(
                     &endpoint,
@@ -430,6 +503,10 @@ impl HttpTransport {
                 Ok(answer) if answer.did_nothing() => answer.error(&Asked::default()).to_string(),
                 _ => return outcome,
             };
+            if let (Some((i, _)), Some(leaders)) = (leader, &self.leaders) {
+                // Not chosen again before the table is read again.
+                leaders.forget_gateway(i);
+            }
             self.move_on(&endpoint);
             left_this_round = left_this_round.saturating_sub(1);
             if left_this_round > 0 {

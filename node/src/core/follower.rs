@@ -140,6 +140,7 @@ impl<B: Backend> Core<B> {
                     Ok(()) => {
                         r.follower_writes.insert(id);
                         self.stats.proposals += 1;
+                        self.stats.follower_proposals += 1;
                         let deadline_ms = self.now_ms + self.config.request_timeout_ms;
                         self.in_flight.insert(id, InFlight { deadline_ms });
                     }

@@ -127,6 +127,9 @@ pub struct GroupStatus {
 pub struct CoreStats {
     /// Writes proposed to Raft.
     pub proposals: u64,
+    /// Of those, the writes a follower proposed (raft-rs passes them to the leader): what a
+    /// client that sends each write to its partition's leader saves.
+    pub follower_proposals: u64,
     /// Committed entries applied to state machines.
     pub applied: u64,
     /// Times a local replica became leader or stopped being leader.

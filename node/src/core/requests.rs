@@ -116,6 +116,34 @@ impl<B: Backend> Core<B> {
         }
     }
 
+    /// Takes a request its sender addressed to this node as the partition's leader (a client
+    /// that routes by a table of leaders). A leader takes it as [`Core::handle_request`] does;
+    /// any other replica answers `NotLeader` with the leader it knows at once and does
+    /// nothing, so the sender corrects its table instead of every later request taking the
+    /// follower's detour through Raft. Requests this node would refuse anyway (not in a
+    /// cluster, a bad partition, no replica here) go through [`Core::handle_request`]'s
+    /// checks.
+    pub fn handle_request_at_leader(&mut self, id: RequestId, req: Request) {
+        let group = group_of_partition(req.partition);
+        let me = self.id;
+        let hint = match self.replicas.get(&group) {
+            Some(r) if !r.is_leader => r.follows(me).or_else(|| r.leader_hint()),
+            _ => return self.handle_request(id, req),
+        };
+        let hint = hint.filter(|l| *l != me).or_else(|| {
+            self.targets
+                .get(&group)
+                .and_then(|t| t.replicas.iter().find(|n| **n != me).copied())
+        });
+        let err = match hint {
+            Some(_) => ClientError::NotLeader { leader: hint },
+            None => ClientError::Unavailable {
+                reason: format!("partition {} has no leader right now", req.partition),
+            },
+        };
+        self.replies.push_back((id, Err(err)));
+    }
+
     /// Proposes `data` to `group`, which this node leads, and tracks it as client request
     /// `id`: the reply comes when the entry applies, or a timeout. Returns the entry's index;
     /// `None` when there is no replica or Raft refused the proposal (the refusal is then

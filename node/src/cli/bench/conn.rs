@@ -15,7 +15,7 @@ use swarmkv::Client;
 use swarmkv_net::{Multiaddr, PreSharedKey};
 use swarmkv_store::{CompareOp, CompareTarget, Txn, TxnCompare, TxnOp};
 
-use swarmkv::client::{Endpoint, HttpOptions};
+use swarmkv::client::{Endpoint, HttpOptions, Routing};
 
 use crate::cli::CliError;
 
@@ -29,6 +29,7 @@ pub enum Targets {
         addrs: Vec<Multiaddr>,
         cluster: String,
         psk: Option<PreSharedKey>,
+        routing: Routing,
     },
     Http(Vec<Endpoint>),
     #[cfg(feature = "etcd")]
@@ -56,6 +57,22 @@ impl Targets {
         }
     }
 
+    /// How the swarmkv libp2p clients route requests, as the report names it (`None` for the
+    /// other systems: the HTTP gateway routes by itself).
+    pub fn routing(&self) -> Option<&'static str> {
+        match self {
+            Targets::Peer {
+                routing: Routing::Leader,
+                ..
+            } => Some("leader"),
+            Targets::Peer {
+                routing: Routing::OneNode,
+                ..
+            } => Some("one-node"),
+            _ => None,
+        }
+    }
+
     /// Endpoint `i mod n`, as text (for error messages).
     pub fn describe(&self, i: usize) -> String {
         match self {
@@ -73,11 +90,13 @@ impl Targets {
                 addrs,
                 cluster,
                 psk,
+                routing,
             } => {
                 let addr = addrs[i % addrs.len()].clone();
                 let client = Client::connect(addr, cluster, *psk)
                     .await
-                    .map_err(|e| anyhow!("{e}"))?;
+                    .map_err(|e| anyhow!("{e}"))?
+                    .with_routing(*routing);
                 Conn::Swarmkv(Arc::new(client))
             }
             // Each request is sent once: a 503 counts as the error it is, not as the latency

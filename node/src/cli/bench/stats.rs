@@ -56,6 +56,11 @@ pub struct Report {
     pub op: String,
     /// `swarmkv-peer` (libp2p), `swarmkv-http` (the gateway) or `etcd`.
     pub system: String,
+    /// How the swarmkv libp2p clients chose the node of each request: `leader` (each
+    /// partition's leader, by the client's routing table) or `one-node` (every request to the
+    /// client's own node); absent for the other systems.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<String>,
     pub clients: usize,
     /// Connections the clients used (as many as clients unless `--share-connections`).
     pub connections: usize,
@@ -102,6 +107,7 @@ impl Report {
         Report {
             op: op.to_string(),
             system: system.to_string(),
+            routing: shape.routing.map(str::to_string),
             clients: shape.clients,
             connections: shape.connections,
             endpoints: shape.endpoints,
@@ -126,7 +132,7 @@ impl Report {
         let mut out = vec![
             format!(
                 "op={} system={} clients={} connections={} endpoints={} value_size={} keys={} \
-                 requested_ops={}",
+                 requested_ops={}{}",
                 self.op,
                 self.system,
                 self.clients,
@@ -134,7 +140,11 @@ impl Report {
                 self.endpoints,
                 self.value_size,
                 self.keys,
-                self.requested_ops
+                self.requested_ops,
+                self.routing
+                    .as_deref()
+                    .map(|r| format!(" routing={r}"))
+                    .unwrap_or_default()
             ),
             format!(
                 "total_ops={} errors={} seconds={:.3} ops/s={:.1}",
@@ -183,6 +193,8 @@ pub struct Shape {
     pub keys: u64,
     pub requested_ops: u64,
     pub max_seconds: f64,
+    /// See [`Report::routing`].
+    pub routing: Option<&'static str>,
 }
 
 #[cfg(test)]
@@ -223,6 +235,7 @@ mod tests {
             keys: 1000,
             requested_ops,
             max_seconds: 30.0,
+            routing: Some("leader"),
         }
     }
 

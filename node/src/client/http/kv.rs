@@ -165,6 +165,11 @@ impl StatusWire {
     }
 }
 
+/// The report in a `GET /v1/status` answer.
+pub(super) fn status_report(answer: &super::Answer) -> Result<StatusReport, ClientError> {
+    answer.json::<StatusWire>()?.report()
+}
+
 /// The JSON body of a compare-and-swap. Bytes go as base64, so any value round-trips.
 fn cas_body(compare: &Compare, action: &CasAction) -> Value {
     let mut body = match action {
@@ -194,7 +199,12 @@ impl HttpTransport {
         if consistency == Consistency::Serializable {
             path.push_str("?serializable=true");
         }
-        let answer = self.call(Method::GET, &path, None).await?;
+        // A serializable read is served by whichever gateway is in use.
+        let answer = if consistency == Consistency::Serializable {
+            self.call(Method::GET, &path, None).await?
+        } else {
+            self.call_for_key(key, Method::GET, &path, None).await?
+        };
         match answer.status {
             StatusCode::OK => Ok(Some(answer.json::<RecordWire>()?.decode()?.1)),
             // Only the gateway's own `not_found` means "no such key"; a 404 from something
@@ -227,7 +237,7 @@ impl HttpTransport {
             path.push('?');
             path.push_str(&query.join("&"));
         }
-        let answer = self.call(Method::PUT, &path, body).await?;
+        let answer = self.call_for_key(key, Method::PUT, &path, body).await?;
         match answer.status {
             StatusCode::OK => {
                 let wire: PutWire = answer.json()?;
@@ -242,7 +252,9 @@ impl HttpTransport {
     }
 
     pub(crate) async fn delete(&self, key: &[u8]) -> Result<bool, ClientError> {
-        let answer = self.call(Method::DELETE, &key_path(key), None).await?;
+        let answer = self
+            .call_for_key(key, Method::DELETE, &key_path(key), None)
+            .await?;
         match answer.status {
             StatusCode::OK => Ok(answer.json::<DeletedWire>()?.deleted),
             _ => Err(answer.error(&Asked::default())),
@@ -278,7 +290,7 @@ impl HttpTransport {
         let body = cas_body(compare, action).to_string().into_bytes();
         let path = format!("{}/cas", key_path(key));
         let answer = self
-            .call(Method::POST, &path, Some(("application/json", body)))
+            .call_for_key(key, Method::POST, &path, Some(("application/json", body)))
             .await?;
         let conflict = answer.status == StatusCode::CONFLICT
             && answer.code().as_deref() == Some("cas_conflict");
@@ -358,8 +370,7 @@ impl HttpTransport {
             return Err(answer.error(&Asked::default()));
         }
         let json: Value = answer.json()?;
-        let wire: StatusWire = answer.json()?;
-        Ok((wire.report()?, json))
+        Ok((status_report(&answer)?, json))
     }
 
     pub(crate) async fn decommission(&self, node: NodeId) -> Result<(), DecommissionError> {
