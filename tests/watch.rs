@@ -1,7 +1,8 @@
 //! Watches on in-process 3-node clusters: every event exactly once and in revision order per
 //! partition across a kill of the watcher's node and a resume from a cursor through another
 //! node (compared against the writes the test made); a clear error for a compacted start; the
-//! HTTP server-sent events with `Last-Event-ID`; the CLI over HTTP and libp2p.
+//! HTTP server-sent events with `Last-Event-ID`; the CLI over HTTP and libp2p; a watch from a
+//! scan's cursor seeing exactly the writes the scan did not (in process, over HTTP, CLI).
 
 mod common;
 
@@ -603,6 +604,35 @@ async fn cli_watch_prints_changes_over_http_and_resumes_over_libp2p() -> Result<
     )
     .await?;
     ensure!(code == 2, "exit {code}: {err}");
+
+    // A scan's printed cursor starts a watch right after it: the scanned keys are not
+    // repeated, the next change comes.
+    let (code, out, err) = swarmkv(
+        ["scan", "--prefix", "c/", "--print-cursor", "--endpoint"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([g0.endpoint()])
+            .collect(),
+    )
+    .await?;
+    ensure!(code == 0, "exit {code}: {err}");
+    ensure!(out == "c/b\t2\nc/c\t3\n", "{out:?}");
+    let cursor = resume_cursor(&err)?;
+    println!("the scan printed {cursor}");
+    client.put(b"c/d", b"4").await?;
+    let (code, out, err) = swarmkv(vec![
+        "watch".into(),
+        "c/".into(),
+        "--cursor".into(),
+        cursor,
+        "--count".into(),
+        "1".into(),
+        "--peer".into(),
+        c.addrs[1].to_string(),
+    ])
+    .await?;
+    ensure!(code == 0, "exit {code}: {err}");
+    ensure!(out == "put c/d 4\n", "{out:?}");
     Ok(())
 }
 
