@@ -553,6 +553,21 @@ impl Client {
         }
     }
 
+    /// Deletes a key; the record it removed (`None`: the key did not exist).
+    pub async fn delete_prev(&self, key: &[u8]) -> Result<Option<KvRecord>, ClientError> {
+        if let Transport::Http(h) = &self.transport {
+            return h.delete_prev(key).await;
+        }
+        let op = KvOp::Delete {
+            key: key.to_vec(),
+            prev_kv: true,
+        };
+        match self.write(key, op).await? {
+            KvOutcome::Delete { prev, .. } => Ok(prev),
+            other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
+        }
+    }
+
     /// Compare-and-swap on one key.
     pub async fn cas(
         &self,

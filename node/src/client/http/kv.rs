@@ -63,6 +63,9 @@ struct PutWire {
 #[derive(Deserialize)]
 struct DeletedWire {
     deleted: bool,
+    /// With `prev_kv=true`: the record removed (null when the key did not exist).
+    #[serde(default)]
+    prev: Option<RecordWire>,
 }
 
 /// `{"deleted": N}`, the answer of a range delete.
@@ -251,6 +254,24 @@ impl HttpTransport {
         match answer.status {
             StatusCode::OK => Ok(answer.json::<DeletedWire>()?.deleted),
             _ => Err(answer.error(&Asked::default())),
+        }
+    }
+
+    /// `DELETE /v1/kv/{key}?prev_kv=true`: the record removed, if the key existed.
+    pub(crate) async fn delete_prev(&self, key: &[u8]) -> Result<Option<KvRecord>, ClientError> {
+        let path = format!("{}?prev_kv=true", key_path(key));
+        let answer = self.call(Method::DELETE, &path, None).await?;
+        if answer.status != StatusCode::OK {
+            return Err(answer.error(&Asked::default()));
+        }
+        let wire: DeletedWire = answer.json()?;
+        match (wire.deleted, wire.prev) {
+            (true, Some(prev)) => Ok(Some(prev.decode()?.1)),
+            (false, None) => Ok(None),
+            (deleted, prev) => Err(ClientError::Disconnected(format!(
+                "the gateway answered deleted={deleted} with{} a previous record",
+                if prev.is_some() { "" } else { "out" }
+            ))),
         }
     }
 
