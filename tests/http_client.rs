@@ -194,6 +194,15 @@ async fn the_http_transport_gives_the_results_and_errors_of_the_in_process_clien
     );
     ensure!(local.get(b"s/01").await?.map(|r| r.mod_rev) == Some(rev));
     ensure!(http.put_prev(b"s/new", b"z", true).await?.1.is_none());
+    // A delete that asks for the record it removed gets it, then nothing.
+    let removed = http.delete_prev(b"s/new").await?;
+    ensure!(
+        removed.as_ref().map(|r| (r.value.as_slice(), r.version)) == Some((b"z".as_slice(), 1)),
+        "{removed:?}"
+    );
+    ensure!(local.delete_prev(b"s/new").await?.is_none());
+    ensure!(http.delete_prev(b"s/new").await?.is_none());
+    http.put(b"s/new", b"z").await?;
     ensure!(http.delete_range(b"s/", Some(b"s/10")).await? == 9);
     ensure!(http.delete_range(b"s/", Some(b"s0")).await? == 11);
     ensure!(local.scan_prefix(b"s/", 0).await?.is_empty());

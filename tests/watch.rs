@@ -1,7 +1,8 @@
 //! Watches on in-process 3-node clusters: every event exactly once and in revision order per
 //! partition across a kill of the watcher's node and a resume from a cursor through another
 //! node (compared against the writes the test made); a clear error for a compacted start; the
-//! HTTP server-sent events with `Last-Event-ID`; the CLI over HTTP and libp2p.
+//! HTTP server-sent events with `Last-Event-ID`; the CLI over HTTP and libp2p; a watch from a
+//! scan's cursor seeing exactly the writes the scan did not (in process, over HTTP, CLI).
 
 mod common;
 
@@ -13,9 +14,10 @@ use anyhow::{bail, ensure, Context, Result};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use swarmkv::client::HttpOptions;
 use swarmkv::client::{Cursor, Watch, WatchError, WatchEvent, WatchOptions, WatchTarget};
 use swarmkv::core::routing::partition_of;
-use swarmkv::core::CoreConfig;
+use swarmkv::core::{Consistency, CoreConfig};
 use swarmkv::{Client, Node, NodeHandle};
 use swarmkv_store::{CasAction, Compare, EventKind};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -602,5 +604,279 @@ async fn cli_watch_prints_changes_over_http_and_resumes_over_libp2p() -> Result<
     )
     .await?;
     ensure!(code == 2, "exit {code}: {err}");
+
+    // A scan's printed cursor starts a watch right after it: the scanned keys are not
+    // repeated, the next change comes.
+    let (code, out, err) = swarmkv(
+        ["scan", "--prefix", "c/", "--print-cursor", "--endpoint"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([g0.endpoint()])
+            .collect(),
+    )
+    .await?;
+    ensure!(code == 0, "exit {code}: {err}");
+    ensure!(out == "c/b\t2\nc/c\t3\n", "{out:?}");
+    let cursor = resume_cursor(&err)?;
+    println!("the scan printed {cursor}");
+    client.put(b"c/d", b"4").await?;
+    let (code, out, err) = swarmkv(vec![
+        "watch".into(),
+        "c/".into(),
+        "--cursor".into(),
+        cursor,
+        "--count".into(),
+        "1".into(),
+        "--peer".into(),
+        c.addrs[1].to_string(),
+    ])
+    .await?;
+    ensure!(code == 0, "exit {code}: {err}");
+    ensure!(out == "put c/d 4\n", "{out:?}");
+    Ok(())
+}
+
+/// One writer of the scan-then-watch test: `total` puts and compare-and-swap deletes on keys
+/// `s/{id}/0..12` (its own, so its deletes cannot race another writer), each sent on `made`
+/// once acknowledged, with when it was sent.
+async fn scan_writer(
+    client: Arc<Client>,
+    id: usize,
+    seed: u64,
+    total: usize,
+    made: mpsc::UnboundedSender<(Instant, Change)>,
+) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed ^ id as u64);
+    let mut present: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..total {
+        let key = format!("s/{id}/{}", rng.gen_range(0..12));
+        let sent = Instant::now();
+        let partition = partition_of(key.as_bytes(), P);
+        let change = match present.get(&key).copied() {
+            Some(rev) if rng.gen_bool(0.3) => {
+                let r = client
+                    .cas(key.as_bytes(), Compare::ModRevision(rev), CasAction::Delete)
+                    .await?;
+                ensure!(r.succeeded, "writer {id} is the only writer of {key}");
+                present.remove(&key);
+                (partition, r.revision, EventKind::Delete, key, String::new())
+            }
+            _ => {
+                let value = format!("w{id}-{i}");
+                let rev = client.put(key.as_bytes(), value.as_bytes()).await?;
+                present.insert(key.clone(), rev);
+                (partition, rev, EventKind::Put, key, value)
+            }
+        };
+        if made.send((sent, change)).is_err() {
+            bail!("the test stopped listening");
+        }
+    }
+    Ok(())
+}
+
+/// Writers run; `scanner` scans `s/` with its cursor while they do; a watch through `watcher`
+/// from that cursor must then deliver exactly the writes the scan did not see: per partition,
+/// every write with a revision above the one the partition was read at, once each, and none
+/// at or below it. The scan itself must be the state that the writes up to those revisions
+/// leave.
+async fn scan_then_watch(
+    scanner: &Client,
+    watcher: Arc<Client>,
+    writers: Vec<Arc<Client>>,
+    seed: u64,
+) -> Result<()> {
+    let total = 90;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .enumerate()
+        .map(|(id, w)| tokio::spawn(scan_writer(w, id, seed, total, tx.clone())))
+        .collect();
+    drop(tx);
+    let mut made: Vec<(Instant, Change)> = Vec::new();
+    // Scan while the writers are a third of the way through.
+    while made.len() < tasks.len() * total / 3 {
+        match rx.recv().await {
+            Some(c) => made.push(c),
+            None => bail!("the writers stopped early"),
+        }
+    }
+    let scan = scanner
+        .scan_with_cursor(b"s/", Some(b"s0"), 0, Consistency::Linearizable)
+        .await?;
+    let scanned = Instant::now();
+    let scanned_at = made.len();
+    ensure!(!scan.more, "an unlimited scan was cut");
+    let cursor = scan.cursor();
+    println!(
+        "scanned {} keys after {scanned_at} acknowledged writes; cursor {cursor}",
+        scan.records.len()
+    );
+    ensure!(
+        scan.revisions.len() == P as usize,
+        "revisions of {} partitions",
+        scan.revisions.len()
+    );
+    let (events, mut seen_rx) = mpsc::unbounded_channel();
+    let watch = watcher
+        .watch(WatchTarget::Prefix(b"s/".to_vec()), cursor.clone())
+        .await?;
+    let (stop, watch_task) = collect(watch, events);
+    for t in tasks {
+        t.await??;
+    }
+    while let Some(c) = rx.recv().await {
+        made.push(c);
+    }
+    let at = |p: u32| scan.revisions.get(&p).copied().unwrap_or(0);
+    // Every write sent after the scan answered applied after its read (writes in flight
+    // during the scan may fall on either side).
+    let mut later = 0;
+    for (sent, (p, rev, _, key, _)) in &made {
+        if *sent > scanned {
+            later += 1;
+            ensure!(
+                *rev > at(*p),
+                "{key}@{rev} sent after the scan, which read partition {p} at {}",
+                at(*p)
+            );
+        }
+    }
+    let made: Vec<Change> = made.into_iter().map(|(_, c)| c).collect();
+    // The scan is the state at its revisions: the last write at or below them, per key.
+    let mut state: BTreeMap<String, String> = BTreeMap::new();
+    let mut upto: Vec<&Change> = made.iter().filter(|c| c.1 <= at(c.0)).collect();
+    upto.sort_by_key(|c| c.1);
+    for (_, _, kind, key, value) in upto {
+        match kind {
+            EventKind::Put => state.insert(key.clone(), value.clone()),
+            EventKind::Delete => state.remove(key),
+        };
+    }
+    let scanned: BTreeMap<String, String> = scan
+        .records
+        .iter()
+        .map(|(k, r)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(&r.value).into_owned(),
+            )
+        })
+        .collect();
+    ensure!(
+        scanned == state,
+        "the scan is not the state at its revisions: scanned {scanned:?}, expected {state:?}"
+    );
+    // The watch: exactly the writes after the scan's revisions, each once.
+    let mut after: Vec<Change> = made.iter().filter(|c| c.1 > at(c.0)).cloned().collect();
+    after.sort();
+    let mut seen: Vec<Change> = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while seen.len() < after.len() {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, seen_rx.recv()).await {
+            Ok(Some((_, Ok(e)))) => seen.push(change_of(&e)),
+            Ok(Some((_, Err(e)))) => bail!("the watch failed: {e}"),
+            Ok(None) => bail!("the watch ended"),
+            Err(_) => bail!("timed out with {} of {} changes", seen.len(), after.len()),
+        }
+    }
+    // A repeat or an event the scan already showed would arrive now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while let Ok((_, item)) = seen_rx.try_recv() {
+        seen.push(change_of(&item.context("the watch failed late")?));
+    }
+    let _ = stop.send(());
+    watch_task.await?;
+    seen.sort();
+    ensure!(
+        seen == after,
+        "watched {} changes, expected {}; first difference: {:?}",
+        seen.len(),
+        after.len(),
+        seen.iter().zip(&after).find(|(a, b)| a != b)
+    );
+    let partitions: std::collections::BTreeSet<u32> = made.iter().map(|c| c.0).collect();
+    ensure!(partitions.len() > 1, "the keys all fell in one partition");
+    println!(
+        "{} writes in {} partitions: {} in the scan's state, {} watched exactly once \
+         ({later} sent after the scan answered)",
+        made.len(),
+        partitions.len(),
+        made.len() - after.len(),
+        after.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_from_a_scans_cursor_sees_exactly_the_writes_the_scan_did_not() -> Result<()> {
+    let _serial = serial().await;
+    let seed = seed();
+    println!("seed {seed} (replay with SWARMKV_WATCH_SEED={seed})");
+    let c = TestCluster::start(3, P, fast_core()).await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(Arc::new(
+            c.client(i).await.with_deadline(Duration::from_secs(30)),
+        ));
+    }
+    let writers = vec![clients[1].clone(), clients[2].clone()];
+    scan_then_watch(&clients[0], clients[2].clone(), writers, seed).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_http_a_scans_cursor_starts_a_watch_without_a_gap_or_a_repeat() -> Result<()> {
+    let _serial = serial().await;
+    let seed = seed();
+    println!("seed {seed} (replay with SWARMKV_WATCH_SEED={seed})");
+    let c = TestCluster::start(3, P, fast_core()).await;
+    let g0 = gateway::Gateway::for_client(c.client(0).await).await?;
+    let g2 = gateway::Gateway::for_client(c.client(2).await).await?;
+    let http = |gw: &gateway::Gateway| -> Result<Arc<Client>> {
+        Ok(Arc::new(Client::http(
+            gw.endpoint().parse()?,
+            HttpOptions::default(),
+        )))
+    };
+    let writers = vec![http(&g0)?, Arc::new(c.client(1).await)];
+    scan_then_watch(&*http(&g0)?, http(&g2)?, writers, seed).await?;
+    // The gateway's own answer names the cursor and the revisions; the watch route takes it.
+    let r = g2.get("/v1/kv?prefix=s%2F&limit=2").await?;
+    ensure!(r.status == 200, "scan: {}", r.status);
+    let body: serde_json::Value = serde_json::from_slice(&r.body)?;
+    let cursor = body["cursor"]
+        .as_str()
+        .context("the scan answer has no cursor")?;
+    let parsed: Cursor = cursor.parse()?;
+    for p in 0..P {
+        let rev = body["revisions"][p.to_string()]
+            .as_u64()
+            .with_context(|| format!("no revision for partition {p}: {body}"))?;
+        ensure!(
+            parsed.position(p)
+                == Some(swarmkv::client::Position {
+                    after: rev,
+                    skip: 0
+                }),
+            "partition {p}: cursor {cursor}, revision {rev}"
+        );
+    }
+    let client = c.client(1).await;
+    client.put(b"s/after", b"1").await?;
+    let path = format!(
+        "/v1/watch?prefix=s%2F&cursor={}",
+        cursor
+            .replace('*', "%2A")
+            .replace(',', "%2C")
+            .replace('=', "%3D")
+    );
+    let events = read_sse(g0.addr, &path, None, 2).await?;
+    ensure!(events[0].0 == "start", "{events:?}");
+    ensure!(
+        sse_change(&events[1])? == ("put".into(), "s/after".into(), "1".into()),
+        "{events:?}"
+    );
     Ok(())
 }

@@ -409,6 +409,7 @@ fn answers() -> Vec<KvAnswer> {
         Answer::Reply(Ok(Response::Scan {
             records: vec![(b"k".to_vec(), record)],
             more: true,
+            revision: 9,
         })),
         Answer::Reply(Ok(Response::Lease(LeaseInfo {
             id: 0x2a,
@@ -433,6 +434,6 @@ fn answers() -> Vec<KvAnswer> {
         Answer::UnknownNode(12),
     ]
     .into_iter()
-    .map(KvAnswer::V1)
+    .map(KvAnswer::V2)
     .collect()
 }

@@ -620,7 +620,7 @@ impl Runner {
                 limit,
             } => {
                 let Ok(resp) = &reply else { return };
-                let Response::Scan { records, more } = resp else {
+                let Response::Scan { records, more, .. } = resp else {
                     panic!("a scan answered {resp:?}");
                 };
                 assert!(

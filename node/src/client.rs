@@ -42,6 +42,7 @@ mod http;
 mod lease;
 mod lock;
 mod routes;
+mod scan;
 pub use backup::Frozen;
 pub use election::{CampaignError, Leadership, LeadershipLoss, LossReason, Observer};
 pub use http::backup::BackupStream;
@@ -50,6 +51,7 @@ pub use lease::{KeepAlive, LeaseLost};
 pub use lock::{lock_election, LockGuard, LOCK_PREFIX};
 pub use routes::Routing;
 use routes::{Routes, Target};
+pub use scan::Scan;
 mod txn;
 pub use txn::{txn_partition, TxnResponse};
 mod watch;
@@ -457,7 +459,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Disconnected(e.to_string()))?;
         match KvAnswer::decode(&bytes)? {
-            KvAnswer::V1(a) => Ok(a),
+            KvAnswer::V2(a) => Ok(a),
         }
     }
 
@@ -681,6 +683,21 @@ impl Client {
         }
     }
 
+    /// Deletes a key; the record it removed (`None`: the key did not exist).
+    pub async fn delete_prev(&self, key: &[u8]) -> Result<Option<KvRecord>, ClientError> {
+        if let Transport::Http(h) = &self.transport {
+            return h.delete_prev(key).await;
+        }
+        let op = KvOp::Delete {
+            key: key.to_vec(),
+            prev_kv: true,
+        };
+        match self.write(key, op).await? {
+            KvOutcome::Delete { prev, .. } => Ok(prev),
+            other => Err(ClientError::Disconnected(format!("unexpected {other:?}"))),
+        }
+    }
+
     /// Compare-and-swap on one key.
     pub async fn cas(
         &self,
@@ -744,29 +761,10 @@ impl Client {
         if let Transport::Http(h) = &self.transport {
             return h.scan(start, end, limit, consistency).await;
         }
-        let calls = (0..self.partitions).map(|p| {
-            self.call(Request {
-                partition: p,
-                body: RequestBody::Scan {
-                    start: start.to_vec(),
-                    end: end.map(<[u8]>::to_vec),
-                    limit,
-                    consistency,
-                },
-            })
-        });
-        let mut all = Vec::new();
-        for r in join_all(calls).await {
-            match r? {
-                Response::Scan { records, .. } => all.extend(records),
-                other => return Err(unexpected(other)),
-            }
-        }
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        if limit != 0 {
-            all.truncate(limit);
-        }
-        Ok(all)
+        Ok(self
+            .scan_with_cursor(start, end, limit, consistency)
+            .await?
+            .records)
     }
 
     /// The first `limit` keys (0: all) starting with `prefix`, in key order.

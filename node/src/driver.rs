@@ -553,11 +553,11 @@ impl Driver {
             let call = KvCall::V1(Call::Decommission { node });
             let r = match net.kv_request(peer, call.encode()).await {
                 Ok(b) => match KvAnswer::decode(&b) {
-                    Ok(KvAnswer::V1(Answer::Ok)) => Ok(()),
-                    Ok(KvAnswer::V1(Answer::UnknownNode(n))) => {
+                    Ok(KvAnswer::V2(Answer::Ok)) => Ok(()),
+                    Ok(KvAnswer::V2(Answer::UnknownNode(n))) => {
                         Err(DecommissionError::UnknownNode(n))
                     }
-                    Ok(KvAnswer::V1(other)) => {
+                    Ok(KvAnswer::V2(other)) => {
                         Err(DecommissionError::Unavailable(format!("{other:?}")))
                     }
                     Err(e) => Err(DecommissionError::Unavailable(e.to_string())),
@@ -826,7 +826,7 @@ fn deliver(origin: Origin, reply: Reply) {
 }
 
 fn respond(responder: KvResponder, answer: Answer) {
-    let bytes = KvAnswer::V1(answer).encode();
+    let bytes = KvAnswer::V2(answer).encode();
     tokio::spawn(async move {
         if let Err(e) = responder.respond(bytes).await {
             log::debug!("kv answer not delivered: {e}");

@@ -78,10 +78,30 @@ pub enum Call {
     AtLeader { req: Request },
 }
 
-/// An answer on `/swarmkv/kv-stream/1`.
+/// An answer on `/swarmkv/kv-stream/1`. Version 2 added the revision a scan read at
+/// ([`crate::core::Response::Scan`]); a version-1 answer (from an older node) is refused when
+/// decoded, rather than read as if it had a revision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvAnswer {
-    V1(Answer),
+    V1(RetiredAnswer),
+    V2(Answer),
+}
+
+/// The place of the version-1 answers in [`KvAnswer`]: no value has this type, and decoding one
+/// fails with an error that names the version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RetiredAnswer {}
+
+impl Serialize for RetiredAnswer {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        match *self {}
+    }
+}
+
+impl<'de> Deserialize<'de> for RetiredAnswer {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<RetiredAnswer, D::Error> {
+        Err(serde::de::Error::custom(RETIRED_ANSWER))
+    }
 }
 
 /// What comes back.
@@ -151,10 +171,21 @@ impl KvAnswer {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<KvAnswer, ClientError> {
-        postcard::from_bytes(bytes)
-            .map_err(|e| ClientError::Disconnected(format!("undecodable kv answer: {e}")))
+        postcard::from_bytes(bytes).map_err(|e| {
+            // postcard keeps only a generic message for a custom error: name it here. Variant
+            // 0 (V1) is the single byte 0.
+            if bytes.first() == Some(&0) {
+                ClientError::Disconnected(RETIRED_ANSWER.into())
+            } else {
+                ClientError::Disconnected(format!("undecodable kv answer: {e}"))
+            }
+        })
     }
 }
+
+/// Why a version-1 answer is refused.
+const RETIRED_ANSWER: &str =
+    "a version-1 kv answer (from an older swarmkv node): upgrade that node";
 
 pub use crate::core::control::Announce;
 
@@ -220,4 +251,27 @@ pub enum WatchReply {
     /// No replica of the partition could answer now (not part of a cluster, none reachable,
     /// storage failing); another node may.
     Unavailable(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Response;
+
+    #[test]
+    fn a_version_1_answer_is_refused_and_a_scan_keeps_its_revision() {
+        // What an older node sends for `Answer::Ok`: variant 0 (V1), then the answer.
+        let old = postcard::to_stdvec(&(0u8, 3u8)).unwrap_or_default();
+        let err = KvAnswer::decode(&old).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("version-1")),
+            "{err:?}"
+        );
+        let scan = KvAnswer::V2(Answer::Reply(Ok(Response::Scan {
+            records: Vec::new(),
+            more: false,
+            revision: 41,
+        })));
+        assert_eq!(KvAnswer::decode(&scan.encode()), Ok(scan));
+    }
 }

@@ -1,4 +1,5 @@
-//! `swarmkv scan [--prefix P | --start S --end E] [--limit N]`: lists keys in key order.
+//! `swarmkv scan [--prefix P | --start S --end E] [--limit N] [--print-cursor]`: lists keys in
+//! key order; with `--print-cursor`, also the watch cursor right after the read, on stderr.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt as _;
@@ -12,7 +13,9 @@ use super::{say, say_json, show, CliError};
 ///
 /// The keys that start with --prefix, or those in [--start, --end), or every key; read
 /// linearizably from every partition. One "KEY<TAB>VALUE" line per key (as text if UTF-8,
-/// else 0x and hex), or with --json an array of records.
+/// else 0x and hex), or with --json an array of records. With --print-cursor, stderr says
+/// `watch with: --cursor 'CURSOR'`, the cursor to give `swarmkv watch --cursor`: it sees every later change once and
+/// none the scan printed.
 #[derive(Args, Debug)]
 pub struct Scan {
     /// Only keys that start with these bytes.
@@ -30,6 +33,10 @@ pub struct Scan {
     /// Print a JSON array of records, as `get --json` prints one.
     #[arg(long)]
     pub json: bool,
+    /// Read each partition in one piece (over HTTP: one request, at most 10 000 keys) and
+    /// print on stderr the watch cursor right after the read.
+    #[arg(long)]
+    pub print_cursor: bool,
     #[command(flatten)]
     pub transport: TransportArgs,
 }
@@ -54,7 +61,21 @@ impl Scan {
 
     pub async fn run(self) -> Result<(), CliError> {
         let target = self.transport.connect(Need::Keys).await?;
-        let records = target.scan(&self.range(), self.limit).await?;
+        let records = if self.print_cursor {
+            let (records, more, cursor) =
+                target.scan_with_cursor(&self.range(), self.limit).await?;
+            if more {
+                eprintln!(
+                    "warning: the scan stopped after {} keys; the keys after the last one \
+                     were not read",
+                    records.len()
+                );
+            }
+            eprintln!("watch with: --cursor '{cursor}'");
+            records
+        } else {
+            target.scan(&self.range(), self.limit).await?
+        };
         if self.json {
             let json: Vec<_> = records.iter().map(Record::json).collect();
             say_json(&json)?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use swarmkv::client::{Endpoint, HttpOptions, StatusDocument, DEFAULT_ENDPOINT};
+use swarmkv::client::{Cursor, Endpoint, HttpOptions, StatusDocument, DEFAULT_ENDPOINT};
 use swarmkv::core::{lease_hex, ClientError, Consistency, LeaseInfo, LeaseRequest};
 use swarmkv::http::encoding::{b64, text, RecordJson};
 use swarmkv::{Client, DecommissionError};
@@ -387,6 +387,31 @@ impl Target {
             .await
             .map(|records| records.iter().map(|(k, r)| Record::from_kv(k, r)).collect())
             .map_err(|e| CliError::from_client(e, "scan"))
+    }
+
+    /// As [`Target::scan`], read in one piece: the records, whether the limit cut them, and
+    /// the watch cursor right after the read.
+    pub async fn scan_with_cursor(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+    ) -> Result<(Vec<Record>, bool, Cursor), CliError> {
+        let scan = self
+            .client
+            .scan_with_cursor(
+                &range.start,
+                range.end.as_deref(),
+                limit,
+                Consistency::Linearizable,
+            )
+            .await
+            .map_err(|e| CliError::from_client(e, "scan"))?;
+        let records = scan
+            .records
+            .iter()
+            .map(|(k, r)| Record::from_kv(k, r))
+            .collect();
+        Ok((records, scan.more, scan.cursor()))
     }
 
     /// The serving node's status: the report the table is drawn from, and the JSON `--json`

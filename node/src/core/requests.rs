@@ -199,13 +199,19 @@ pub(super) fn serve_read<B: Backend>(
             .map_err(storage_err),
         RequestBody::Scan {
             start, end, limit, ..
-        } => store
-            .scan(group, start, end.as_deref(), *limit)
-            .map(|p| Response::Scan {
-                records: p.records,
-                more: p.more,
-            })
-            .map_err(storage_err),
+        } => {
+            // The core applies and serves reads on one thread: nothing applies between
+            // reading the applied index and the records, so they are one point of the log.
+            let revision = store.apply_state(group).map_err(storage_err)?.index;
+            store
+                .scan(group, start, end.as_deref(), *limit)
+                .map(|p| Response::Scan {
+                    records: p.records,
+                    more: p.more,
+                    revision,
+                })
+                .map_err(storage_err)
+        }
         RequestBody::Write { .. } => Err(ClientError::BadRequest("a write is not a read".into())),
     }
 }

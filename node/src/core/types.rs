@@ -66,10 +66,14 @@ pub enum Response {
     Get(Option<KvRecord>),
     /// What the write did.
     Write(KvOutcome),
-    /// Records in key order; `more` when the limit cut the scan.
+    /// Records in key order; `more` when the limit cut the scan. `revision` is the
+    /// partition's applied index when the replica read them: the records are the range's
+    /// state at exactly that revision, so a watch from it (`Position { after: revision }`)
+    /// delivers every later change and none the records already show.
     Scan {
         records: Vec<(Vec<u8>, KvRecord)>,
         more: bool,
+        revision: u64,
     },
     /// A lease request's answer: the lease as the meta leader sees it.
     Lease(super::lease::LeaseInfo),

@@ -201,8 +201,8 @@ async fn forward(net: &NetHandle, peer: PeerId, call: Call) -> BackupReply {
         Err(_) => BackupReply::Unavailable(format!("no answer from {peer} in time")),
         Ok(Err(e)) => BackupReply::Unavailable(format!("passing the call to {peer}: {e}")),
         Ok(Ok(bytes)) => match KvAnswer::decode(&bytes) {
-            Ok(KvAnswer::V1(Answer::Backup(reply))) => reply,
-            Ok(KvAnswer::V1(other)) => {
+            Ok(KvAnswer::V2(Answer::Backup(reply))) => reply,
+            Ok(KvAnswer::V2(other)) => {
                 BackupReply::Unavailable(format!("unexpected answer from {peer}: {other:?}"))
             }
             Err(e) => BackupReply::Unavailable(e.to_string()),

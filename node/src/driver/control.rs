@@ -123,7 +123,7 @@ impl Driver {
             let call = KvCall::V1(Call::Join { record });
             let settings = match net.kv_request(peer, call.encode()).await {
                 Ok(bytes) => match KvAnswer::decode(&bytes) {
-                    Ok(KvAnswer::V1(Answer::Joined(s))) => Some(s),
+                    Ok(KvAnswer::V2(Answer::Joined(s))) => Some(s),
                     other => {
                         log::info!("join through {peer} not accepted yet: {other:?}");
                         None
@@ -229,7 +229,7 @@ impl Driver {
             let call = KvCall::V1(Call::Join { record });
             let answer = match net.kv_request(peer, call.encode()).await {
                 Ok(bytes) => match KvAnswer::decode(&bytes) {
-                    Ok(KvAnswer::V1(a)) => a,
+                    Ok(KvAnswer::V2(a)) => a,
                     Err(e) => Answer::Malformed(e.to_string()),
                 },
                 Err(e) => Answer::Malformed(format!("meta leader unreachable: {e}")),

@@ -107,8 +107,8 @@ impl Driver {
                     reason: format!("forwarding to the meta leader {peer}: {e}"),
                 }),
                 Ok(Ok(bytes)) => match KvAnswer::decode(&bytes) {
-                    Ok(KvAnswer::V1(Answer::Reply(r))) => r,
-                    Ok(KvAnswer::V1(other)) => Err(ClientError::Disconnected(format!(
+                    Ok(KvAnswer::V2(Answer::Reply(r))) => r,
+                    Ok(KvAnswer::V2(other)) => Err(ClientError::Disconnected(format!(
                         "unexpected answer {other:?}"
                     ))),
                     Err(e) => Err(e),

@@ -266,8 +266,8 @@ async fn forward(net: &NetHandle, peer: PeerId, req: Request, hops: u8) -> Reply
     };
     match answer {
         Ok(bytes) => match KvAnswer::decode(&bytes)? {
-            KvAnswer::V1(Answer::Reply(r)) => r,
-            KvAnswer::V1(other) => Err(ClientError::Disconnected(format!(
+            KvAnswer::V2(Answer::Reply(r)) => r,
+            KvAnswer::V2(other) => Err(ClientError::Disconnected(format!(
                 "unexpected answer {other:?}"
             ))),
         },

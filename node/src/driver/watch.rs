@@ -208,8 +208,8 @@ async fn forward(
         Err(_) => WatchReply::Unavailable(format!("no answer from {peer} in time")),
         Ok(Err(e)) => WatchReply::Unavailable(format!("passing the watch to {peer}: {e}")),
         Ok(Ok(bytes)) => match KvAnswer::decode(&bytes) {
-            Ok(KvAnswer::V1(Answer::Watch(reply))) => reply,
-            Ok(KvAnswer::V1(other)) => {
+            Ok(KvAnswer::V2(Answer::Watch(reply))) => reply,
+            Ok(KvAnswer::V2(other)) => {
                 WatchReply::Unavailable(format!("unexpected answer from {peer}: {other:?}"))
             }
             Err(e) => WatchReply::Unavailable(e.to_string()),

@@ -86,14 +86,32 @@ pub async fn put(
     }
 }
 
-/// `DELETE /v1/kv/{key}`: answers `{deleted}`, whether the key existed (200 either way: the
-/// key is absent afterwards, which is what was asked).
+/// `DELETE /v1/kv/{key}[?prev_kv=true]`: answers `{deleted}`, whether the key existed (200
+/// either way: the key is absent afterwards, which is what was asked), and with `prev_kv` also
+/// `prev`, the record removed (null if none).
 pub async fn delete(State(gw): State<Arc<Gateway>>, uri: Uri) -> Result<Response, ApiError> {
     let key = key_of(&uri, false)?;
-    no_parameters(&uri)?;
+    let mut prev_kv = false;
+    for (name, value) in parse_query(uri.query())? {
+        match name.as_str() {
+            "prev_kv" => prev_kv = flag(&name, &value)?,
+            _ => return Err(unknown_parameter(&name)),
+        }
+    }
     let client = gw.client()?;
-    match client.delete(&key).await {
-        Ok(deleted) => Ok(Json(serde_json::json!({ "deleted": deleted })).into_response()),
+    let answer = if prev_kv {
+        client.delete_prev(&key).await.map(|prev| {
+            let prev = prev.map(|r| RecordJson::new(&key, &r));
+            serde_json::json!({ "deleted": prev.is_some(), "prev": prev })
+        })
+    } else {
+        client
+            .delete(&key)
+            .await
+            .map(|deleted| serde_json::json!({ "deleted": deleted }))
+    };
+    match answer {
+        Ok(json) => Ok(Json(json).into_response()),
         Err(e) => Err(with_leader_hint(client, &key, e).await),
     }
 }

@@ -11,6 +11,7 @@
 //! A range delete needs a bound: `DELETE /v1/kv` alone, or with an empty prefix, is refused, so
 //! that a mistyped request cannot empty the store (`start=%00` deletes everything on purpose).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -19,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use crate::client::Scan;
 use crate::core::Consistency;
 
 use super::encoding::{b64, flag, parse_query, text, RecordJson};
@@ -37,6 +39,8 @@ pub struct ScanJson {
     pub records: Vec<RecordJson>,
     /// True when more records follow the last one returned.
     pub more: bool,
+    #[serde(flatten)]
+    pub at: ReadAt,
 }
 
 /// The answer to a `keys_only` scan.
@@ -45,6 +49,26 @@ pub struct KeysJson {
     pub keys: Vec<KeyJson>,
     /// True when more keys follow the last one returned.
     pub more: bool,
+    #[serde(flatten)]
+    pub at: ReadAt,
+}
+
+/// Where a scan was read: the watch cursor right after it (`GET /v1/watch?from=CURSOR`
+/// delivers every later change once and none the scan showed), and the revision each
+/// partition was read at.
+#[derive(Debug, Serialize)]
+pub struct ReadAt {
+    pub cursor: String,
+    pub revisions: BTreeMap<u32, u64>,
+}
+
+impl ReadAt {
+    fn of(scan: &Scan) -> ReadAt {
+        ReadAt {
+            cursor: scan.cursor().to_string(),
+            revisions: scan.revisions.clone(),
+        }
+    }
 }
 
 /// A key as JSON: `key` is left out when the bytes are not UTF-8.
@@ -173,7 +197,8 @@ fn delete_range_of(query: Option<&str>) -> Result<(Vec<u8>, Option<Vec<u8>>), Ap
     range.range()
 }
 
-/// `GET /v1/kv`: `{records: [...], more}`, `{keys: [...], more}` or `{count}`.
+/// `GET /v1/kv`: `{records: [...], more, cursor, revisions}`, `{keys: [...], more, cursor,
+/// revisions}` or `{count}`.
 pub async fn scan(State(gw): State<Arc<Gateway>>, uri: Uri) -> Result<Response, ApiError> {
     let q = ScanQuery::parse(uri.query())?;
     let client = gw.client()?;
@@ -181,27 +206,31 @@ pub async fn scan(State(gw): State<Arc<Gateway>>, uri: Uri) -> Result<Response, 
         return Ok(Json(serde_json::json!({ "count": count(client, &q).await? })).into_response());
     }
     // One record more than asked tells whether the scan was cut.
-    let mut records = client
-        .scan(&q.start, q.end.as_deref(), q.limit + 1, q.consistency)
+    let mut scan = client
+        .scan_with_cursor(&q.start, q.end.as_deref(), q.limit + 1, q.consistency)
         .await?;
-    let more = records.len() > q.limit;
-    records.truncate(q.limit);
+    let more = scan.records.len() > q.limit;
+    scan.records.truncate(q.limit);
+    let at = ReadAt::of(&scan);
     if q.keys_only {
-        let keys = records
+        let keys = scan
+            .records
             .iter()
             .map(|(k, _)| KeyJson {
                 key: text(k),
                 key_b64: b64(k),
             })
             .collect();
-        return Ok(Json(KeysJson { keys, more }).into_response());
+        return Ok(Json(KeysJson { keys, more, at }).into_response());
     }
     Ok(Json(ScanJson {
-        records: records
+        records: scan
+            .records
             .iter()
             .map(|(k, rec)| RecordJson::new(k, rec))
             .collect(),
         more,
+        at,
     })
     .into_response())
 }

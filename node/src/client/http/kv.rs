@@ -1,5 +1,7 @@
 //! Keys, scans, compare-and-swap, status and decommission through the gateway.
 
+use std::collections::BTreeMap;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use hyper::{Method, StatusCode};
@@ -8,7 +10,7 @@ use serde_json::{json, Value};
 use swarmkv_store::{CasAction, Compare, KvRecord};
 
 use super::{encode, Asked, HttpTransport};
-use crate::client::CasResult;
+use crate::client::{CasResult, Scan};
 use crate::core::{lease_hex, ClientError, Consistency, NodeId};
 use crate::driver::DecommissionError;
 use crate::http::scan::MAX_LIMIT;
@@ -61,6 +63,9 @@ struct PutWire {
 #[derive(Deserialize)]
 struct DeletedWire {
     deleted: bool,
+    /// With `prev_kv=true`: the record removed (null when the key did not exist).
+    #[serde(default)]
+    prev: Option<RecordWire>,
 }
 
 /// `{"deleted": N}`, the answer of a range delete.
@@ -82,6 +87,9 @@ struct CasWire {
 struct ScanWire {
     records: Vec<RecordWire>,
     more: bool,
+    /// Per partition (as text: JSON object keys), the revision it was read at.
+    #[serde(default)]
+    revisions: BTreeMap<String, u64>,
 }
 
 /// The parts of `GET /v1/status` that make a [`StatusReport`].
@@ -261,6 +269,24 @@ impl HttpTransport {
         }
     }
 
+    /// `DELETE /v1/kv/{key}?prev_kv=true`: the record removed, if the key existed.
+    pub(crate) async fn delete_prev(&self, key: &[u8]) -> Result<Option<KvRecord>, ClientError> {
+        let path = format!("{}?prev_kv=true", key_path(key));
+        let answer = self.call(Method::DELETE, &path, None).await?;
+        if answer.status != StatusCode::OK {
+            return Err(answer.error(&Asked::default()));
+        }
+        let wire: DeletedWire = answer.json()?;
+        match (wire.deleted, wire.prev) {
+            (true, Some(prev)) => Ok(Some(prev.decode()?.1)),
+            (false, None) => Ok(None),
+            (deleted, prev) => Err(ClientError::Disconnected(format!(
+                "the gateway answered deleted={deleted} with{} a previous record",
+                if prev.is_some() { "" } else { "out" }
+            ))),
+        }
+    }
+
     /// Deletes the keys of `[start, end)` (`DELETE /v1/kv?start=&end=`); how many were
     /// deleted.
     pub(crate) async fn delete_range(
@@ -335,18 +361,7 @@ impl HttpTransport {
                 0 => MAX_LIMIT,
                 l => (l - out.len()).min(MAX_LIMIT),
             };
-            let mut path = format!("/v1/kv?start={}&limit={page}", encode(&start, false));
-            if let Some(end) = end {
-                path.push_str(&format!("&end={}", encode(end, false)));
-            }
-            if consistency == Consistency::Serializable {
-                path.push_str("&serializable=true");
-            }
-            let answer = self.call(Method::GET, &path, None).await?;
-            if answer.status != StatusCode::OK {
-                return Err(answer.error(&Asked::default()));
-            }
-            let wire: ScanWire = answer.json()?;
+            let wire = self.scan_page(&start, end, page, consistency).await?;
             for r in wire.records {
                 out.push(r.decode()?);
             }
@@ -360,6 +375,69 @@ impl HttpTransport {
                 _ => return Ok(out),
             }
         }
+    }
+
+    /// One `GET /v1/kv` of `[start, end)`, at most `page` records.
+    async fn scan_page(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        page: usize,
+        consistency: Consistency,
+    ) -> Result<ScanWire, ClientError> {
+        let mut path = format!("/v1/kv?start={}&limit={page}", encode(start, false));
+        if let Some(end) = end {
+            path.push_str(&format!("&end={}", encode(end, false)));
+        }
+        if consistency == Consistency::Serializable {
+            path.push_str("&serializable=true");
+        }
+        let answer = self.call(Method::GET, &path, None).await?;
+        if answer.status != StatusCode::OK {
+            return Err(answer.error(&Asked::default()));
+        }
+        answer.json()
+    }
+
+    /// One `GET /v1/kv` of at most [`MAX_LIMIT`] records (`limit` 0 or larger: that many):
+    /// pages read one after the other would be read at different revisions, so the scan is
+    /// not paged.
+    pub(crate) async fn scan_with_cursor(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<Scan, ClientError> {
+        let page = match limit {
+            0 => MAX_LIMIT,
+            l => l.min(MAX_LIMIT),
+        };
+        let wire = self.scan_page(start, end, page, consistency).await?;
+        if wire.revisions.is_empty() {
+            return Err(ClientError::Disconnected(
+                "the gateway's scan answer has no revisions (an older swarmkv)".into(),
+            ));
+        }
+        let revisions = wire
+            .revisions
+            .into_iter()
+            .map(|(p, rev)| {
+                p.parse::<u32>().map(|p| (p, rev)).map_err(|_| {
+                    ClientError::Disconnected(format!("the gateway named partition {p:?}"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let records = wire
+            .records
+            .into_iter()
+            .map(RecordWire::decode)
+            .collect::<Result<_, _>>()?;
+        Ok(Scan {
+            records,
+            more: wire.more,
+            revisions,
+        })
     }
 
     /// `GET /v1/status`: the report, and the body as the gateway wrote it (which has more:
