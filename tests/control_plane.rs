@@ -374,6 +374,7 @@ async fn a_dead_node_is_replaced_and_the_coordinator_role_moves() {
         .find(|i| *i != meta_leader)
         .unwrap();
     let client = swarm.client(survivor).await;
+    let before: BTreeSet<NodeId> = swarm.live_ids().into_iter().collect();
     swarm.kill(meta_leader).await;
     let killed = Instant::now();
     let handles = swarm.live_handles();
@@ -395,14 +396,27 @@ async fn a_dead_node_is_replaced_and_the_coordinator_role_moves() {
         moved < Duration::from_secs(5),
         "coordinator took {moved:?} to move"
     );
-    // Two live nodes: replication is capped at 2, and every key is still there.
-    wait_for_placement(
-        swarm.live_handles(),
-        swarm.live_ids(),
-        2,
+    // Two live nodes and nobody to replace the dead coordinator: every group keeps it as its
+    // third voter (two of three are a majority, as two of two would be, and it is back the
+    // moment the node returns), and every key is still there.
+    let dead: BTreeSet<NodeId> = &before - &swarm.live_ids().into_iter().collect();
+    wait_for(
+        "every group to keep the dead coordinator as its third voter",
         Duration::from_secs(60),
+        || {
+            let handles = swarm.live_handles();
+            let want = before.clone();
+            async move {
+                let voters = group_voters(&handles).await;
+                voters.len() == P as usize + 1
+                    && voters
+                        .values()
+                        .all(|v| v.iter().copied().collect::<BTreeSet<NodeId>>() == want)
+            }
+        },
     )
     .await;
+    assert_eq!(dead.len(), 1, "exactly the coordinator died: {dead:?}");
     for i in 0..200 {
         let got = client
             .get(format!("heal/{i}").as_bytes())
