@@ -441,7 +441,8 @@ impl HttpTransport {
     }
 
     /// Reads every gateway's status into `leaders` when it is due; a gateway that does not
-    /// answer is left out (the table is only a hint).
+    /// answer is left out (the table is only a hint), and if it is the one in use, the client
+    /// moves on from it as a failed request would.
     async fn refresh_leaders(&self, leaders: &leaders::Leaders) {
         let Ok(_guard) = leaders.refreshing.try_lock() else {
             return;
@@ -455,13 +456,11 @@ impl HttpTransport {
                 .await;
             answer.ok().filter(|a| a.status == StatusCode::OK)
         });
-        for (i, answer) in futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .enumerate()
-        {
-            if let Some(Ok(report)) = answer.map(|a| kv::status_report(&a)) {
-                leaders.take(i, &report);
+        let answers = futures::future::join_all(asks).await;
+        for (i, answer) in answers.into_iter().enumerate() {
+            match answer.map(|a| kv::status_report(&a)) {
+                Some(Ok(report)) => leaders.take(i, &report),
+                _ => self.move_on(&self.endpoints[i]),
             }
         }
     }
