@@ -9,7 +9,9 @@
 
 use rand::rngs::StdRng;
 use rand::Rng;
-use swarmkv::core::{ClientError, ElectionRequest, LeaseId, LeaseRequest, NodeId, Reply, Response};
+use swarmkv::core::{
+    ClientError, ElectionRequest, LeaseId, LeaseRequest, NodeId, Reply, RequestId, Response,
+};
 
 /// The lock every lock client competes for.
 pub const LOCK: &str = "lock:sim";
@@ -43,8 +45,9 @@ pub struct LockClient {
     token: Option<u64>,
     /// Holding since, and until when it means to hold.
     holding: Option<(u64, u64)>,
-    /// The call in flight, when it was sent, and when the client gives up on it.
-    in_flight: Option<(LockCall, u64, u64)>,
+    /// The call in flight: its request id, what it asks, when it was sent, and when the
+    /// client gives up on it (an answer that comes later belongs to no call and is ignored).
+    in_flight: Option<(RequestId, LockCall, u64, u64)>,
     next_at: u64,
     /// The node that answered last (the meta leader, most likely).
     pub hint: Option<NodeId>,
@@ -99,13 +102,19 @@ impl LockClient {
         self.in_flight.is_none() && self.holding.is_none()
     }
 
-    /// The next call to send at `now`, if any (`issuing`: the workload is still running; once
-    /// it stops, a holder resigns and the client starts nothing new).
-    pub fn poll(&mut self, now: u64, rng: &mut StdRng, issuing: bool) -> Option<LockCall> {
+    /// The next call to send at `now`, as request `rid`, if any (`issuing`: the workload is
+    /// still running; once it stops, a holder resigns and the client starts nothing new).
+    pub fn poll(
+        &mut self,
+        now: u64,
+        rng: &mut StdRng,
+        issuing: bool,
+        rid: RequestId,
+    ) -> Option<LockCall> {
         if self.lease.is_some() && now + self.margin() >= self.deadline {
             self.lose_lease(now);
         }
-        if let Some((_, _, give_up)) = &self.in_flight {
+        if let Some((_, _, _, give_up)) = &self.in_flight {
             if now < *give_up {
                 return None;
             }
@@ -143,13 +152,23 @@ impl LockClient {
                 LockCall::Election(ElectionRequest::Leader { name: LOCK.into() })
             }
         };
-        self.in_flight = Some((call.clone(), now, now + CALL_TIMEOUT_MS));
+        self.in_flight = Some((rid, call.clone(), now, now + CALL_TIMEOUT_MS));
         Some(call)
     }
 
-    /// Takes the answer from `node` to the call in flight.
-    pub fn on_answer(&mut self, now: u64, node: NodeId, reply: &Reply, rng: &mut StdRng) {
-        let Some((call, sent, _)) = self.in_flight.take() else {
+    /// Takes the answer from `node` to request `rid`, if that is the call in flight.
+    pub fn on_answer(
+        &mut self,
+        now: u64,
+        node: NodeId,
+        rid: RequestId,
+        reply: &Reply,
+        rng: &mut StdRng,
+    ) {
+        if !matches!(&self.in_flight, Some((r, ..)) if *r == rid) {
+            return;
+        }
+        let Some((_, call, sent, _)) = self.in_flight.take() else {
             return;
         };
         match reply {

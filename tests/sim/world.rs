@@ -1368,7 +1368,8 @@ impl World {
         let now = self.now;
         let issuing = self.issuing();
         for li in 0..self.lockers.len() {
-            let Some(call) = self.lockers[li].poll(now, &mut self.rng, issuing) else {
+            let rid = self.next_rid;
+            let Some(call) = self.lockers[li].poll(now, &mut self.rng, issuing, rid) else {
                 continue;
             };
             let active = self.active_ids();
@@ -1379,7 +1380,6 @@ impl World {
                     None => return Err(self.fail("setup", "no node left")),
                 },
             };
-            let rid = self.next_rid;
             self.next_rid += 1;
             self.lock_owners.insert(rid, li);
             let payload = match call {
@@ -1403,7 +1403,7 @@ impl World {
     fn on_reply(&mut self, node: NodeId, rid: RequestId, reply: Reply) -> Result<(), Failure> {
         if let Some(li) = self.lock_owners.remove(&rid) {
             let now = self.now;
-            self.lockers[li].on_answer(now, node, &reply, &mut self.rng);
+            self.lockers[li].on_answer(now, node, rid, &reply, &mut self.rng);
             return Ok(());
         }
         let Some(ci) = self.owners.remove(&rid) else {

@@ -418,6 +418,9 @@ impl LeaseTable {
             } else if now.saturating_sub(e.applied_ms) >= self.checkpoint_ms
                 && e.base_ms > now
                 && !in_flight(false)
+                // A keep-alive (or grant) of this leader in flight: a checkpoint computed now,
+                // from the deadline before it, would be chained after it and undo it.
+                && e.chain.is_none()
             {
                 e.proposed = Some((now, false));
                 // What the TTL left, and whether a grace applies, separately: so grace periods
