@@ -757,6 +757,25 @@ mod tests {
     }
 
     #[test]
+    fn no_checkpoint_is_proposed_while_a_keep_alive_is_in_flight() {
+        let mut t = LeaseTable::new(E);
+        apply(&mut t, 5, 1, &fresh(6, 10_000), 0, Some(1));
+        // A checkpoint is due 2 s after the grant, and a keep-alive is proposed then. A
+        // checkpoint computed now (8 s left) would be chained after the keep-alive and cut
+        // the lease back to its old deadline once both applied.
+        t.keep_alive(6, 2_000).unwrap();
+        t.note_proposed(6, 6, false, 2_000);
+        assert!(t.due(2_000).is_empty());
+        // Once the keep-alive applied, checkpoints resume from its deadline.
+        apply(&mut t, 6, 1, &fresh(6, 10_000), 2_000, Some(1));
+        assert!(t.due(2_500).is_empty());
+        let due = t.due(3_000);
+        assert_eq!(due.len(), 1);
+        let (r, rev) = decode(&due[0].1);
+        assert_eq!((r.remaining_ms, r.revoked, rev), (9_000, false, Some(6)));
+    }
+
+    #[test]
     fn lease_ids_print_and_parse_as_hex() {
         assert_eq!(lease_hex(0xab), "00000000000000ab");
         assert_eq!(parse_lease_id("00000000000000ab"), Some(0xab));
