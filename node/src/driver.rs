@@ -255,9 +255,32 @@ enum Internal {
     },
 }
 
-enum Origin {
-    Local(oneshot::Sender<Reply>),
+/// Where an answer goes: a caller in this process, or a peer's kv stream.
+pub(crate) enum Origin<R = Reply> {
+    Local(oneshot::Sender<R>),
     Remote(KvResponder),
+}
+
+/// An answer a kv stream carries to the peer that asked.
+pub(crate) trait IntoAnswer {
+    fn into_answer(self) -> Answer;
+}
+
+impl IntoAnswer for Reply {
+    fn into_answer(self) -> Answer {
+        Answer::Reply(self)
+    }
+}
+
+impl<R: IntoAnswer> Origin<R> {
+    fn deliver(self, reply: R) {
+        match self {
+            Origin::Local(tx) => {
+                let _ = tx.send(reply);
+            }
+            Origin::Remote(responder) => respond(responder, reply.into_answer()),
+        }
+    }
 }
 
 struct Pending {
@@ -817,12 +840,7 @@ impl Driver {
 }
 
 fn deliver(origin: Origin, reply: Reply) {
-    match origin {
-        Origin::Local(tx) => {
-            let _ = tx.send(reply);
-        }
-        Origin::Remote(responder) => respond(responder, Answer::Reply(reply)),
-    }
+    origin.deliver(reply);
 }
 
 fn respond(responder: KvResponder, answer: Answer) {

@@ -13,11 +13,11 @@
 
 use std::time::Duration;
 
-use swarmkv_net::{KvResponder, NetHandle, PeerId};
+use swarmkv_net::{NetHandle, PeerId};
 use swarmkv_store::SledStore;
 use tokio::sync::oneshot;
 
-use super::{respond, Driver, Origin, FORWARD_TIMEOUT};
+use super::{Driver, IntoAnswer, Origin, FORWARD_TIMEOUT};
 use crate::core::{GroupId, NodeId};
 use crate::wire::{Answer, BackupReply, Call, KvAnswer, KvCall};
 
@@ -25,19 +25,11 @@ use crate::wire::{Answer, BackupReply, Call, KvAnswer, KvCall};
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where a backup answer goes.
-pub(crate) enum BackupOrigin {
-    Local(oneshot::Sender<BackupReply>),
-    Remote(KvResponder),
-}
+pub(crate) type BackupOrigin = Origin<BackupReply>;
 
-impl BackupOrigin {
-    fn deliver(self, reply: BackupReply) {
-        match self {
-            BackupOrigin::Local(tx) => {
-                let _ = tx.send(reply);
-            }
-            BackupOrigin::Remote(r) => respond(r, Answer::Backup(reply)),
-        }
+impl IntoAnswer for BackupReply {
+    fn into_answer(self) -> Answer {
+        Answer::Backup(self)
     }
 }
 

@@ -38,11 +38,10 @@
 
 use std::time::{Duration, Instant};
 
-use swarmkv_net::{KvResponder, PeerId};
+use swarmkv_net::PeerId;
 use swarmkv_store::{HistoryQuery, HistoryRead, SledStore};
-use tokio::sync::oneshot;
 
-use super::{respond, Driver, FORWARD_TIMEOUT};
+use super::{Driver, IntoAnswer, Origin, FORWARD_TIMEOUT};
 use crate::core::group_of_partition;
 use crate::wire::{Answer, Call, KvAnswer, KvCall, WatchReply, WatchRequest};
 
@@ -54,19 +53,11 @@ const PAGE_EVENTS: usize = 1000;
 const PAGE_BYTES: usize = 1 << 20;
 
 /// Where a watch answer goes.
-pub(crate) enum WatchOrigin {
-    Local(oneshot::Sender<WatchReply>),
-    Remote(KvResponder),
-}
+pub(crate) type WatchOrigin = Origin<WatchReply>;
 
-impl WatchOrigin {
-    fn deliver(self, reply: WatchReply) {
-        match self {
-            WatchOrigin::Local(tx) => {
-                let _ = tx.send(reply);
-            }
-            WatchOrigin::Remote(r) => respond(r, Answer::Watch(reply)),
-        }
+impl IntoAnswer for WatchReply {
+    fn into_answer(self) -> Answer {
+        Answer::Watch(self)
     }
 }
 
