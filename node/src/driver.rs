@@ -143,7 +143,11 @@ impl NodeConfig {
             psk: None,
             fast_timers: false,
             core: CoreConfig::default(),
-            store: StoreConfig::default(),
+            // The state flushes run beside the node loop (see StoreConfig).
+            store: StoreConfig {
+                state_flush_in_background: true,
+                ..StoreConfig::default()
+            },
             control: ControlConfig::default(),
             limits: NodeLimits::default(),
         }

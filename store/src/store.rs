@@ -44,6 +44,11 @@ pub struct StoreConfig {
     pub state_flush_ms: u64,
     /// ... or until this many bytes wait.
     pub state_flush_bytes: usize,
+    /// Whether a due flush runs on a thread of its own while the caller goes on (the node),
+    /// or in the caller's thread (the simulator and the tests, which need one thread and a
+    /// deterministic order). A background flush's outcome is reported by the next
+    /// [`Store::flush_state_if_due`]; no other flush starts while it runs.
+    pub state_flush_in_background: bool,
     /// The Raft log's segment size.
     pub raft_log: RaftLogConfig,
 }
@@ -59,6 +64,7 @@ impl Default for StoreConfig {
             history_revisions: 10_000,
             state_flush_ms: 100,
             state_flush_bytes: 8 * 1024 * 1024,
+            state_flush_in_background: false,
             raft_log: RaftLogConfig::default(),
         }
     }
@@ -78,6 +84,9 @@ pub(crate) struct Inner<B> {
     pub raft_log: Mutex<RaftLog>,
     /// When the state layer was last flushed (the caller's clock, milliseconds).
     pub last_flush_ms: Mutex<Option<u64>>,
+    /// The flush running on its own thread, if one is (see
+    /// [`StoreConfig::state_flush_in_background`]).
+    pub flusher: Mutex<Option<std::thread::JoinHandle<Result<FlushStats>>>>,
     pub sync_observer: std::sync::OnceLock<SyncObserver>,
     pub apply_observer: std::sync::OnceLock<ApplyObserver>,
     pub waiters: crate::apply_wait::ApplyWaiters,
@@ -188,6 +197,7 @@ impl<B: Backend> Store<B> {
                 backend: Layered::new(backend),
                 raft_log: Mutex::new(raft_log),
                 last_flush_ms: Mutex::new(None),
+                flusher: Mutex::new(None),
                 sync_observer: std::sync::OnceLock::new(),
                 apply_observer: std::sync::OnceLock::new(),
                 waiters: Default::default(),
@@ -252,8 +262,26 @@ impl<B: Backend> Store<B> {
 
     /// Flushes the state layer (see [`Store::flush_state`]) when [`StoreConfig::state_flush_ms`]
     /// have passed since the last flush or [`StoreConfig::state_flush_bytes`] wait. `now_ms` is
-    /// the caller's clock. Returns what was flushed, if it flushed.
+    /// the caller's clock. Returns what was flushed, if a flush finished: this one, or, with
+    /// [`StoreConfig::state_flush_in_background`], the one that ran on its own thread since the
+    /// last call, whose failure is returned here.
+    ///
+    /// A flush moves a few hundred keys into sled at a busy node's rate, several milliseconds
+    /// of CPU: in the background the node takes in and answers requests meanwhile. Nothing
+    /// waits for it: the Raft log holds every applied entry until a flush has made its
+    /// effects durable (`durable_applied`, set when the flush ends).
     pub fn flush_state_if_due(&self, now_ms: u64) -> Result<Option<FlushStats>> {
+        let finished = {
+            let mut flusher = self.inner.flusher.lock().unwrap_or_else(|p| p.into_inner());
+            match flusher.take() {
+                Some(running) if !running.is_finished() => {
+                    *flusher = Some(running);
+                    return Ok(None);
+                }
+                Some(done) => Some(join_flush(done)?),
+                None => None,
+            }
+        };
         let due = {
             let mut last = self
                 .inner
@@ -265,15 +293,32 @@ impl<B: Backend> Store<B> {
                 || self.inner.backend.pending_bytes() >= self.inner.config.state_flush_bytes
         };
         if !due {
-            return Ok(None);
+            return Ok(finished);
         }
-        let stats = self.flush_state()?;
         *self
             .inner
             .last_flush_ms
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(now_ms);
-        Ok(Some(stats))
+        if self.inner.config.state_flush_in_background {
+            let store = self.clone();
+            let started = std::thread::Builder::new()
+                .name("swarmkv-flush".into())
+                .spawn(move || store.flush_state());
+            match started {
+                Ok(handle) => {
+                    *self.inner.flusher.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+                    return Ok(finished);
+                }
+                // No thread to be had (the process is at its limit): flush here instead.
+                Err(e) => log::warn!("state flush in the caller's thread: no thread: {e}"),
+            }
+        }
+        let stats = self.flush_state()?;
+        Ok(Some(finished.map_or(stats, |f| FlushStats {
+            keys: f.keys + stats.keys,
+            bytes: f.bytes + stats.bytes,
+        })))
     }
 
     pub(crate) fn raft_log(&self) -> std::sync::MutexGuard<'_, RaftLog> {
@@ -467,4 +512,14 @@ fn meta_key(name: &str) -> Vec<u8> {
     let mut k = b"app/".to_vec();
     k.extend_from_slice(name.as_bytes());
     k
+}
+
+/// The outcome of a background flush that has ended.
+fn join_flush(done: std::thread::JoinHandle<Result<FlushStats>>) -> Result<FlushStats> {
+    done.join().unwrap_or_else(|_| {
+        Err(StoreError::Io {
+            during: "the state flush",
+            source: std::io::Error::other("its thread panicked"),
+        })
+    })
 }
