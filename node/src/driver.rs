@@ -544,10 +544,7 @@ fn deliver(origin: Origin, reply: Reply) {
 }
 
 fn respond(responder: KvResponder, answer: Answer) {
-    let bytes = KvAnswer::V2(answer).encode();
-    tokio::spawn(async move {
-        if let Err(e) = responder.respond(bytes).await {
-            log::debug!("kv answer not delivered: {e}");
-        }
-    });
+    if let Err(e) = responder.respond(KvAnswer::V2(answer).encode()) {
+        log::debug!("kv answer not delivered: {e}");
+    }
 }
