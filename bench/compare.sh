@@ -3,13 +3,15 @@
 #
 #   bench/compare.sh [--rounds N] [--cases "put:64 get-linearizable:64:50000"] [--quick]
 #                    [--out DIR] [--transport peer|http] [--no-build] [--no-quiet-wait]
-#                    [--swarmkv-args "--share-connections"] [--ab-one-node]
+#                    [--swarmkv-args "--share-connections"] [--ab-one-node | --ab-bin PATH]
 #   bench/compare.sh --table DIR     (only print the table of an earlier run's output dir)
 #
 # --ab-one-node: an A/B of the swarmkv client's routing instead of the comparison with etcd:
 # system `swarmkv-one-node` (every request through the client's own node, `--one-node`) takes
 # etcd's place as the baseline, `swarmkv` (requests to each partition's leader) is measured
 # against it, alternating as above; etcd is not needed.
+# --ab-bin PATH: an A/B of two builds: system `swarmkv-base` (the binary at PATH, its own
+# `bench` verb, no --swarmkv-args) takes etcd's place; etcd is not needed.
 #
 # From a fresh clone it builds `swarmkv` (release, feature `etcd`: the bench drives etcd
 # itself, so both systems get the identical client), installs Debian's etcd-server,
@@ -60,6 +62,7 @@ usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 2; }  # the comment
 
 ROUNDS="" CASES_ARG="" QUICK=0 OUT="" TRANSPORT=peer BUILD=1 QUIET_WAIT=1 SKV_ARGS="" TABLE_ONLY=""
 BASE=etcd  # the baseline system; the subject is always swarmkv
+BASE_BIN=""  # swarmkv-base's binary (--ab-bin)
 while (($#)); do
   case $1 in
     --rounds) ROUNDS=${2:?}; shift ;;
@@ -72,6 +75,7 @@ while (($#)); do
     --swarmkv-args) SKV_ARGS=${2?}; shift ;;  # extra `swarmkv bench` flags for swarmkv runs
     --table) TABLE_ONLY=${2:?}; shift ;;
     --ab-one-node) BASE=swarmkv-one-node ;;
+    --ab-bin) BASE=swarmkv-base; BASE_BIN=${2:?}; shift ;;
     -h|--help) usage ;;
     *) echo "unknown argument $1" >&2; usage ;;
   esac
@@ -154,6 +158,7 @@ else
   fi
 fi
 [[ -x $BIN ]] || { echo "no swarmkv binary at $BIN" >&2; exit 1; }
+[[ -z $BASE_BIN || -x $BASE_BIN ]] || { echo "no swarmkv binary at $BASE_BIN" >&2; exit 1; }
 "$BIN" bench --help | grep -q -- '--etcd' || { echo "$BIN lacks the bench verb" >&2; exit 1; }
 
 # ---------------------------------------------------------------- process bookkeeping
@@ -257,7 +262,7 @@ start_swarmkv() {
     mkdir -p "$dir" || return 1
     # Defaults otherwise (64 partitions, 3 replicas, tokio workers for half the CPUs: one
     # here, see `swarmkv start --help` on --threads; etcd keeps its GOMAXPROCS default).
-    spawn "swarmkv-n$((i + 1))" env "${clear[@]}" "$BIN" start --no-mdns \
+    spawn "swarmkv-n$((i + 1))" env "${clear[@]}" "${NODE_BIN:-$BIN}" start --no-mdns \
       --listen "/ip4/$HOST/tcp/${SKV_P2P_PORTS[$i]}" --http "$HOST:${SKV_HTTP_PORTS[$i]}" \
       --data "$dir/data" --expect 3 "${join[@]}" || return 1
     if ((i == 0)); then
@@ -368,19 +373,22 @@ run_case() { # system round op clients ops
     idle=$(wait_quiet)
     log "round $r: $sys $op clients=$clients ops=$ops attempt=$attempt (foreign cpu before: ${idle}%)"
     : >"$f"
-    if ! "start_${sys%-one-node}" >>"$f" 2>&1; then
+    local bin=$BIN starter=start_swarmkv
+    [[ $sys == swarmkv-base ]] && bin=$BASE_BIN
+    [[ $sys == etcd ]] && starter=start_etcd
+    if ! NODE_BIN=$bin "$starter" >>"$f" 2>&1; then
       stop_cluster; log "  $sys cluster did not start; see $f"; echo "RESULT op=$op clients=$clients FAILED" >>"$f"; return 0
     fi
     local targets=() extra=()
     mapfile -t targets < <(bench_targets "$sys")
-    if [[ $sys == swarmkv* && -n $SKV_ARGS ]]; then read -r -a extra <<<"$SKV_ARGS"; fi
+    if [[ $sys == swarmkv* && $sys != swarmkv-base && -n $SKV_ARGS ]]; then read -r -a extra <<<"$SKV_ARGS"; fi
     if [[ $sys == swarmkv-one-node ]]; then extra+=(--one-node); fi
     rc=0
     read -r busy0 steal0 < <(cpu_ticks); local ct0 cs0; ct0=$(cluster_ticks); cs0=$(cluster_ctxsw); local w0; w0=$(date +%s.%N)
     : >"$OUT/.cticks"
     # (pipefail: rc is the bench's exit status; mark_timed itself does not fail)
     /usr/bin/env time -f "%U %S %e" -o "$OUT/.btime" \
-      "$BIN" bench "$op" --clients "$clients" --ops "$ops" --keys "$KEYS" \
+      "$bin" bench "$op" --clients "$clients" --ops "$ops" --keys "$KEYS" \
       --max-seconds "$MAXS" "${targets[@]}" "${extra[@]}" 2>&1 | mark_timed "$ct0" "$cs0" >>"$f" || rc=$?
     read -r busy1 steal1 < <(cpu_ticks); local ct1; ct1=$(cluster_ticks); local w1; w1=$(date +%s.%N)
     # The cluster's ticks in the timed phase, and the phase's completed operations.
@@ -421,7 +429,7 @@ run_case() { # system round op clients ops
   if [[ $BASE == etcd ]]; then
     echo "etcd: $(etcd --version | head -1); $(etcd --version | grep 'Go Version' || true)"
   fi
-  echo "baseline: $BASE"
+  echo "baseline: $BASE${BASE_BIN:+ ($("$BASE_BIN" --version) at $BASE_BIN)}"
   echo "swarmkv: $("$BIN" --version) ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')); bench transport: $TRANSPORT ${SKV_ARGS:+(swarmkv bench args: $SKV_ARGS)}"
   echo "rounds=$ROUNDS max_seconds=$MAXS keys=$KEYS foreign_max=$FOREIGN_MAX% cases=${CASES[*]}"
   echo "data dirs on $TMPROOT ($(stat -f -c %T "$TMPROOT"))"
@@ -474,6 +482,9 @@ maxof() { sort -g | tail -n 1; }
   if [[ $B == etcd ]]; then
     echo "Both systems fsync their logs before acknowledging a write (etcd its WAL, swarmkv its own Raft"
     echo "log); each is 3 processes on 127.0.0.1, started fresh and preloaded for every run."
+  elif [[ $B == swarmkv-base ]]; then
+    echo "Two builds of swarmkv: swarmkv-base is the binary given to --ab-bin (driven by its own bench"
+    echo "verb), swarmkv the one under test; each run on a fresh 3-process cluster on 127.0.0.1, preloaded."
   else
     echo "One system, two ways of routing the client's requests: swarmkv-one-node sends every request"
     echo "through the client's own node (--one-node), swarmkv to each partition's leader; each run on a"

@@ -103,8 +103,9 @@ pub struct KvResponder {
 }
 
 impl KvResponder {
-    /// Sends `payload` back to the requester.
-    pub async fn respond(self, payload: Vec<u8>) -> Result<(), NetError> {
+    /// Sends `payload` back to the requester: it is queued for the stream's writer task at
+    /// once, without waiting (the writer joins what queued into one write).
+    pub fn respond(self, payload: Vec<u8>) -> Result<(), NetError> {
         let frame = crate::kv_stream::encode_answer(self.id, Ok(payload))?;
         // The writer is gone only with its stream: the requester sees that instead.
         self.answers.send(frame).map_err(|_| NetError::Shutdown)

@@ -72,7 +72,7 @@ async fn raft_batches_kv_requests_and_snapshot_chunks_round_trip_between_three_s
         })
         .await?;
     assert_eq!(payload, b"get k");
-    responder.respond(b"v".to_vec()).await?;
+    responder.respond(b"v".to_vec())?;
     assert_eq!(request.await??, b"v");
 
     // A snapshot chunk from node 2 to node 0 is acknowledged once delivered.
@@ -361,9 +361,7 @@ async fn kv_stream_requests_are_answered_by_id_and_garbage_or_oversized_frames_a
         }
     }
     for (payload, responder) in responders.into_iter().rev() {
-        responder
-            .respond([payload.clone(), b"!".to_vec()].concat())
-            .await?;
+        responder.respond([payload.clone(), b"!".to_vec()].concat())?;
     }
     for (i, call) in calls.into_iter().enumerate() {
         assert_eq!(call.await??, vec![i as u8, b'!']);
@@ -397,7 +395,7 @@ async fn kv_stream_requests_are_answered_by_id_and_garbage_or_oversized_frames_a
                 payload, responder, ..
             } => {
                 assert_eq!(payload, b"raw");
-                responder.respond(b"answer".to_vec()).await?;
+                responder.respond(b"answer".to_vec())?;
                 break;
             }
             _ => {}
@@ -429,7 +427,7 @@ async fn kv_stream_requests_are_answered_by_id_and_garbage_or_oversized_frames_a
     let call = tokio::spawn(async move { h.kv_request(peer, b"again".to_vec()).await });
     loop {
         if let NetEvent::KvRequest { responder, .. } = b.wait_for("an event", Some).await? {
-            responder.respond(b"ok".to_vec()).await?;
+            responder.respond(b"ok".to_vec())?;
             break;
         }
     }
@@ -464,9 +462,7 @@ async fn answers_queued_together_leave_in_one_write_each_once_under_its_id() -> 
     let before = b.handle.stats().kv;
     // Out of order, so only the ids can match answers to requests.
     for (payload, responder) in responders.into_iter().rev() {
-        responder
-            .respond([b"re:".to_vec(), payload].concat())
-            .await?;
+        responder.respond([b"re:".to_vec(), payload].concat())?;
     }
     for (i, call) in calls.into_iter().enumerate() {
         let want = [b"re:".to_vec(), (i as u32).to_be_bytes().to_vec()].concat();
@@ -938,7 +934,7 @@ async fn a_light_client_is_served_but_never_gossips_nor_hears_gossip() -> Result
         })
         .await?;
     ensure!(from == client_peer);
-    responder.respond(b"v".to_vec()).await?;
+    responder.respond(b"v".to_vec())?;
     ensure!(request.await?? == b"v");
 
     // Over several heartbeat periods: the nodes hear each other but never the client, and

@@ -9,12 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use protobuf::Message as _;
 use serde::{Deserialize, Serialize};
-use swarmkv_net::{
-    KvResponder, Multiaddr, NetConfig, NetEvent, NetEvents, NetHandle, PeerId, PreSharedKey,
-};
-use swarmkv_store::raft::eraftpb::Message;
+use swarmkv_net::{KvResponder, Multiaddr, NetConfig, NetEvents, NetHandle, PeerId, PreSharedKey};
 use swarmkv_store::{SledBackend, SledStore, Store, StoreConfig};
 use tokio::sync::{mpsc, oneshot};
 
@@ -22,12 +18,14 @@ use crate::core::{
     ClusterSettings, Core, CoreConfig, CoreError, GroupId, NodeId, Reply, Request, RequestId,
 };
 use crate::metrics::{op_of, Metrics};
-use crate::wire::{Announce, Answer, Call, ClusterInfo, KvAnswer, KvCall};
+use crate::wire::{Answer, KvAnswer};
 
 mod admission;
 mod backup;
+mod commands;
 mod control;
 mod election;
+mod events;
 mod lease;
 mod limits;
 mod node;
@@ -481,140 +479,6 @@ impl Driver {
         }
     }
 
-    fn on_cmd(&mut self, cmd: Cmd) {
-        match cmd {
-            Cmd::Request { req, reply } => self.submit(req, Origin::Local(reply), 0),
-            Cmd::Bootstrap {
-                peers,
-                partitions,
-                replication,
-                reply,
-            } => {
-                let r = self.bootstrap(peers, partitions, replication);
-                let _ = reply.send(r);
-            }
-            Cmd::Status { reply } => {
-                let groups = self
-                    .disk
-                    .core
-                    .groups()
-                    .into_iter()
-                    .filter_map(|g| self.disk.core.group_status(g))
-                    .collect();
-                let _ = reply.send(NodeStatus {
-                    node: self.io.node,
-                    peer: self.io.net.local_peer_id(),
-                    settings: self.disk.core.settings().cloned(),
-                    meta_leader: self.disk.core.is_leader(crate::core::META_GROUP),
-                    groups,
-                    peers: self.io.peers.iter().map(|(n, p)| (*n, *p)).collect(),
-                });
-            }
-            Cmd::Isolate { isolated } => {
-                self.io.isolated = isolated;
-                // Cut off, this node hears no one: as if every peer failed (which wakes its
-                // quiesced groups), until the cut heals.
-                let peers: Vec<NodeId> = self.io.peers.keys().copied().collect();
-                for id in peers {
-                    let live = !isolated && !self.io.control.is_unreachable(id);
-                    self.disk.core.set_node_live(id, live);
-                }
-            }
-            Cmd::Decommission { node, reply } => {
-                self.decommission_anywhere(node, move |r| {
-                    let _ = reply.send(r);
-                });
-            }
-            Cmd::Lease { req, reply } => self.lease_anywhere(req, Origin::Local(reply), 0),
-            Cmd::Election { req, reply } => self.election_anywhere(req, Origin::Local(reply), 0),
-            Cmd::Watch { req, reply } => {
-                self.watch_anywhere(req, watch::WatchOrigin::Local(reply), 0)
-            }
-            Cmd::Report { reply } => {
-                let _ = reply.send(self.report());
-            }
-            Cmd::View { reply } => {
-                let _ = reply.send(self.cluster_view());
-            }
-            Cmd::BackupFreeze { group, reply } => {
-                self.freeze_anywhere(group, backup::BackupOrigin::Local(reply), 0)
-            }
-            Cmd::BackupChunk {
-                node,
-                group,
-                index,
-                seq,
-                reply,
-            } => {
-                self.backup_chunk_from(node, group, index, seq, backup::BackupOrigin::Local(reply))
-            }
-            Cmd::Shutdown { reply } => {
-                if self.io.draining.is_none() {
-                    log::info!("shutting down: handing leaderships away");
-                    self.io.draining = Some(Instant::now() + SHUTDOWN_GRACE);
-                    self.io.control.start_draining();
-                }
-                self.io.stopped.push(reply);
-            }
-        }
-    }
-
-    /// Decommissions `node` here if this node is the meta leader, else through it.
-    fn decommission_anywhere(
-        &mut self,
-        node: NodeId,
-        done: impl FnOnce(Result<(), DecommissionError>) + Send + 'static,
-    ) {
-        if self.disk.core.is_leader(crate::core::META_GROUP) {
-            done(self.decommission(node));
-            return;
-        }
-        let Some(peer) = self.meta_leader_peer() else {
-            done(Err(DecommissionError::Unavailable(
-                "no meta leader known yet".into(),
-            )));
-            return;
-        };
-        let net = self.io.net.clone();
-        tokio::spawn(async move {
-            let call = KvCall::V1(Call::Decommission { node });
-            let r = match net.kv_request(peer, call.encode()).await {
-                Ok(b) => match KvAnswer::decode(&b) {
-                    Ok(KvAnswer::V2(Answer::Ok)) => Ok(()),
-                    Ok(KvAnswer::V2(Answer::UnknownNode(n))) => {
-                        Err(DecommissionError::UnknownNode(n))
-                    }
-                    Ok(KvAnswer::V2(other)) => {
-                        Err(DecommissionError::Unavailable(format!("{other:?}")))
-                    }
-                    Err(e) => Err(DecommissionError::Unavailable(e.to_string())),
-                },
-                Err(e) => Err(DecommissionError::Unavailable(e.to_string())),
-            };
-            done(r);
-        });
-    }
-
-    fn bootstrap(
-        &mut self,
-        peers: Vec<PeerId>,
-        partitions: u32,
-        replication: usize,
-    ) -> Result<(), NodeError> {
-        let mut nodes = Vec::new();
-        for p in peers {
-            let id = node_id_of(&p);
-            self.io.peers.insert(id, p);
-            self.note_peer(p);
-            nodes.push(id);
-        }
-        nodes.sort_unstable();
-        nodes.dedup();
-        let (layout, cluster_id) = Driver::layout_for(nodes, partitions, replication);
-        self.on_bootstrap(layout, cluster_id)?;
-        Ok(())
-    }
-
     fn save_peers(&self) -> Result<(), NodeError> {
         let table = PeerTable {
             peers: self
@@ -677,170 +541,6 @@ impl Driver {
         );
         Some(id)
     }
-
-    fn on_event(&mut self, ev: NetEvent) {
-        match ev {
-            NetEvent::Raft { peer, batch } => {
-                let from = node_id_of(&peer);
-                self.io.peers.entry(from).or_insert(peer);
-                self.io.control.handle_peer_up(&mut self.disk.core, from);
-                if self.io.isolated {
-                    return;
-                }
-                for (group, bytes) in batch {
-                    match Message::parse_from_bytes(&bytes) {
-                        Ok(m) => self.disk.core.handle_raft(from, group, m),
-                        Err(e) => log::warn!("undecodable raft message from {peer}: {e}"),
-                    }
-                }
-            }
-            NetEvent::KvRequest {
-                peer,
-                payload,
-                responder,
-            } => match KvCall::decode(&payload) {
-                Ok(KvCall::V1(Call::Request { req, hops })) => {
-                    self.submit(req, Origin::Remote(responder), hops)
-                }
-                Ok(KvCall::V1(Call::AtLeader { req })) => {
-                    self.submit_at_leader(req, Origin::Remote(responder))
-                }
-                Ok(KvCall::V1(Call::Info)) => {
-                    let info = ClusterInfo {
-                        node: self.io.node,
-                        partitions: self.disk.core.settings().map(|s| s.partitions),
-                    };
-                    respond(responder, Answer::Info(info));
-                }
-                Ok(KvCall::V1(Call::Join { record })) => self.on_join(record, responder),
-                Ok(KvCall::V1(Call::Status)) => {
-                    let report = self.report();
-                    respond(responder, Answer::Status(report));
-                }
-                Ok(KvCall::V1(Call::ClusterView)) => {
-                    respond(responder, Answer::ClusterView(self.cluster_view()));
-                }
-                Ok(KvCall::V1(Call::BackupFreeze { group, hops })) => {
-                    self.freeze_anywhere(group, backup::BackupOrigin::Remote(responder), hops)
-                }
-                Ok(KvCall::V1(Call::BackupChunk {
-                    node,
-                    group,
-                    index,
-                    seq,
-                })) => self.backup_chunk_from(
-                    node,
-                    group,
-                    index,
-                    seq,
-                    backup::BackupOrigin::Remote(responder),
-                ),
-                Ok(KvCall::V1(Call::Bootstrap { layout, cluster_id })) => {
-                    let answer = match self.on_bootstrap(layout, cluster_id) {
-                        Ok(()) => Answer::Ok,
-                        Err(e) => Answer::Malformed(e.to_string()),
-                    };
-                    respond(responder, answer);
-                }
-                Ok(KvCall::V1(Call::Lease { req, hops })) => {
-                    self.lease_anywhere(req, Origin::Remote(responder), hops)
-                }
-                Ok(KvCall::V1(Call::Election { req, hops })) => {
-                    self.election_anywhere(req, Origin::Remote(responder), hops)
-                }
-                Ok(KvCall::V1(Call::Watch { req, hops })) => {
-                    self.watch_anywhere(req, watch::WatchOrigin::Remote(responder), hops)
-                }
-                Ok(KvCall::V1(Call::Decommission { node })) => {
-                    self.decommission_anywhere(node, move |r| {
-                        let answer = match r {
-                            Ok(()) => Answer::Ok,
-                            Err(DecommissionError::UnknownNode(n)) => Answer::UnknownNode(n),
-                            Err(e) => Answer::Malformed(e.to_string()),
-                        };
-                        respond(responder, answer);
-                    });
-                }
-                Err(e) => {
-                    log::warn!("bad kv call from {peer}: {e}");
-                    respond(responder, Answer::Malformed(e));
-                }
-            },
-            NetEvent::SnapshotChunk { peer, chunk } => {
-                if self.io.isolated {
-                    return;
-                }
-                if let Err(e) = self.disk.store.receive_chunk(&chunk.data) {
-                    log::warn!("snapshot chunk from {peer} refused: {e}");
-                }
-            }
-            NetEvent::PeerUp { peer } => {
-                let id = node_id_of(&peer);
-                self.io.peers.insert(id, peer);
-                self.note_peer(peer);
-                // The failure detector's verdicts wake quiesced groups (core/quiesce.rs).
-                self.io.control.handle_peer_up(&mut self.disk.core, id);
-            }
-            NetEvent::PeerDown { peer } => {
-                self.io
-                    .control
-                    .handle_peer_down(&mut self.disk.core, node_id_of(&peer));
-            }
-            NetEvent::PeerSuspect { peer } => {
-                self.io
-                    .control
-                    .handle_peer_suspect(&mut self.disk.core, node_id_of(&peer));
-            }
-            NetEvent::RaftSendFailed { peer, .. } => {
-                self.disk.core.report_unreachable(node_id_of(&peer))
-            }
-            NetEvent::Heartbeat { info } => {
-                if let Some(a) = Announce::decode(&info.app) {
-                    // A heartbeat is proof of life too (the detector's PeerUp says the same
-                    // once): the control plane tells the core.
-                    self.on_announce(info.peer, &info.listen_addrs, a);
-                }
-                let id = node_id_of(&info.peer);
-                let addrs: Vec<String> = info.listen_addrs.iter().map(|a| a.to_string()).collect();
-                self.io.peers.insert(id, info.peer);
-                let changed = self.io.addrs.get(&id) != Some(&addrs);
-                if changed {
-                    self.io.addrs.insert(id, addrs);
-                    if let Err(e) = self.save_peers() {
-                        log::warn!("cannot record peer addresses: {e}");
-                    }
-                }
-            }
-            NetEvent::ForeignPeer {
-                peer,
-                cluster_name,
-                cluster_id,
-            } => {
-                if !self.io.foreign.iter().any(|(p, _, _)| *p == peer) {
-                    log::warn!(
-                        "refusing {peer}: it belongs to cluster {cluster_name} ({cluster_id:x?}), not ours"
-                    );
-                    self.io.foreign.push((peer, cluster_name, cluster_id));
-                }
-            }
-            NetEvent::FrameRejected {
-                peer,
-                protocol,
-                reason,
-            } => log::warn!("{protocol} frame from {peer} rejected: {reason}"),
-            NetEvent::Listening { addr } => log::info!("listening on {addr}"),
-        }
-    }
-
-    fn on_internal(&mut self, i: Internal) {
-        match i {
-            Internal::SnapshotDone { group, to, ok } => {
-                self.disk.core.report_snapshot(group, to, ok)
-            }
-            Internal::Joined(settings) => self.on_joined(settings),
-            Internal::LeaseDeleted { lease, confirmed } => self.on_lease_deleted(lease, confirmed),
-        }
-    }
 }
 
 fn deliver(origin: Origin, reply: Reply) {
@@ -848,10 +548,7 @@ fn deliver(origin: Origin, reply: Reply) {
 }
 
 fn respond(responder: KvResponder, answer: Answer) {
-    let bytes = KvAnswer::V2(answer).encode();
-    tokio::spawn(async move {
-        if let Err(e) = responder.respond(bytes).await {
-            log::debug!("kv answer not delivered: {e}");
-        }
-    });
+    if let Err(e) = responder.respond(KvAnswer::V2(answer).encode()) {
+        log::debug!("kv answer not delivered: {e}");
+    }
 }
