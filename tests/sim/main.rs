@@ -83,6 +83,11 @@ const REGRESSION_SEEDS: &[u64] = &[
     // the replacement that would have unblocked them (commit "core: moves stuck on a dead
     // node do not use up the coordinator's budget").
     183,
+    // A meta leader whose timer stalled stamped the lease records it received with the time
+    // of its last tick: the lease's deadline ran out early, it was revoked and its lock taken
+    // while its holder, counting from when it sent its request, still held it (commit
+    // "core: stamp inputs with the time they arrive, not the last tick's").
+    804, 323,
 ];
 /// One seed in this many starts its nodes without a cluster, to form one themselves
 /// (zero-config formation); the others are bootstrapped.

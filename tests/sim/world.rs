@@ -820,6 +820,10 @@ impl World {
             }
             return Ok(());
         }
+        // A node reads its clock when something arrives, whether its timer fires or not.
+        if let Some(core) = self.nodes.get_mut(&p.to).and_then(|n| n.core.as_mut()) {
+            core.advance_clock(now);
+        }
         match p.payload {
             Payload::Raft(msgs) => {
                 if let Some(core) = self.nodes.get_mut(&p.to).and_then(|n| n.core.as_mut()) {
@@ -937,6 +941,8 @@ impl World {
         } else {
             Vec::new()
         };
+        // As the driver's turn: the entries it appends are stamped with the time now.
+        core.advance_clock(now);
         if tick {
             core.handle_tick(now);
             // The control plane runs on the same timer, as in the driver.

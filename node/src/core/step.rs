@@ -9,10 +9,20 @@ use swarmkv_store::Backend;
 use super::{quiesce, ClientError, Core, GroupId, NodeId, RequestId};
 
 impl<B: Backend> Core<B> {
+    /// Tells the core the time without ticking. The caller does it before every input, not
+    /// only on its timer: a tick can come late (a busy or paused process, a timer burst), and
+    /// whatever the core stamps with the time meanwhile must not be stamped too early. A
+    /// lease's deadline counts from when its record was received: stamped with the time of
+    /// the last tick, it would run out early, while its holder counts from when it sent the
+    /// request and still believes it holds the lock. Time never goes back.
+    pub fn advance_clock(&mut self, now_ms: u64) {
+        self.now_ms = now_ms.max(self.now_ms);
+    }
+
     /// Advances the clock; ticks every replica once per elapsed tick and expires requests
     /// past their deadline (answering `Timeout`).
     pub fn handle_tick(&mut self, now_ms: u64) {
-        self.now_ms = now_ms.max(self.now_ms);
+        self.advance_clock(now_ms);
         let tick = self.config.tick_ms.max(1);
         let mut ticks = 0;
         if self.now_ms.saturating_sub(self.last_tick_ms) >= tick {

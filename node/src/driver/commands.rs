@@ -12,6 +12,8 @@ use crate::wire::{Answer, Call, KvAnswer, KvCall};
 
 impl Driver {
     pub(super) fn on_cmd(&mut self, cmd: Cmd) {
+        // The core stamps what arrives with the time (see `Core::advance_clock`).
+        self.disk.core.advance_clock(self.now_ms());
         match cmd {
             Cmd::Request { req, reply } => self.submit(req, Origin::Local(reply), 0),
             Cmd::Bootstrap {

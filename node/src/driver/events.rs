@@ -11,6 +11,8 @@ use crate::wire::{Announce, Answer, Call, ClusterInfo, KvCall};
 
 impl Driver {
     pub(super) fn on_event(&mut self, ev: NetEvent) {
+        // The core stamps what arrives with the time (see `Core::advance_clock`).
+        self.disk.core.advance_clock(self.now_ms());
         match ev {
             NetEvent::Raft { peer, batch } => {
                 let from = node_id_of(&peer);
@@ -165,6 +167,7 @@ impl Driver {
     }
 
     pub(super) fn on_internal(&mut self, i: Internal) {
+        self.disk.core.advance_clock(self.now_ms());
         match i {
             Internal::SnapshotDone { group, to, ok } => {
                 self.disk.core.report_snapshot(group, to, ok)

@@ -26,6 +26,9 @@ impl Driver {
     /// sync, then the rest leaves and the snapshot streams start.
     pub(super) async fn turn(&mut self) -> Result<(), CoreError> {
         let now = self.now_ms();
+        // The entries this turn appends are stamped with it (a lease's deadline counts from
+        // then): the last tick may be long past.
+        self.disk.core.advance_clock(now);
         let mut turn = self.disk.core.begin_turn()?;
         let syncs = turn.needs_sync();
         let early: Batches = std::iter::from_fn(|| turn.poll_transmit()).collect();
