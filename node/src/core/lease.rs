@@ -176,6 +176,9 @@ struct Entry {
     /// Index of this leader's latest proposal for the lease not yet applied: the revision the
     /// next proposal expects, so proposals in flight chain instead of refusing each other.
     chain: Option<u64>,
+    /// When this leader proposed the keep-alive, grant or checkpoint in flight, if one is:
+    /// the lease is not revoked before it applies (see [`LeaseTable::due`]).
+    renewing_since: Option<u64>,
 }
 
 /// Why a lease request failed in the table.
@@ -268,6 +271,7 @@ impl LeaseTable {
                 if let Some(e) = self.leases.get_mut(&id) {
                     e.chain = None;
                     e.proposed = None;
+                    e.renewing_since = None;
                 }
                 return;
             }
@@ -289,9 +293,15 @@ impl LeaseTable {
             .get(&id)
             .and_then(|e| e.proposed)
             .filter(|_| chain.is_some());
+        let renewing_since = self
+            .leases
+            .get(&id)
+            .and_then(|e| e.renewing_since)
+            .filter(|_| chain.is_some());
         let mut e = Entry::new(record, t_recv, now, index);
         e.chain = chain;
         e.proposed = proposed;
+        e.renewing_since = renewing_since;
         // Written under an earlier leader and applied by this one: the new leader's grace
         // still holds for it. A checkpoint carries the grace of the coordinator that wrote it.
         e.grace = e.record.graced || leader_term.is_some_and(|lt| term < lt);
@@ -304,6 +314,7 @@ impl LeaseTable {
             e.grace = true;
             e.proposed = None;
             e.chain = None;
+            e.renewing_since = None;
         }
     }
 
@@ -313,6 +324,7 @@ impl LeaseTable {
         for e in self.leases.values_mut() {
             e.proposed = None;
             e.chain = None;
+            e.renewing_since = None;
         }
     }
 
@@ -385,6 +397,8 @@ impl LeaseTable {
             e.chain = Some(index);
             if revoking {
                 e.proposed = Some((now, true));
+            } else if e.renewing_since.is_none() {
+                e.renewing_since = Some(now);
             }
         }
     }
@@ -408,9 +422,16 @@ impl LeaseTable {
                 e.proposed
                     .is_some_and(|(at, r)| r == revoking && now < at + grace.max(1))
             };
+            // A keep-alive of this leader in flight renews the lease when it applies, and its
+            // caller then hears that the lease lives: a revocation chained after it would
+            // revoke the lease its holder was just told is renewed. A revocation waits for
+            // this leader's write in flight (keep-alive, grant or checkpoint) to apply, one
+            // grace period at most in case it was lost; meanwhile the lease is not revoked, so
+            // no one else can take what it holds.
+            let renewing = e.renewing_since.is_some_and(|at| now < at + grace.max(1));
             let deadline = e.base_ms + if e.grace { grace } else { 0 };
             if deadline <= now {
-                if !in_flight(true) {
+                if !in_flight(true) && !renewing {
                     e.proposed = Some((now, true));
                     let op = e.revoked_record().write(Some(e.expected_rev()));
                     out.push((e.record.id, op, true));
@@ -472,6 +493,7 @@ impl Entry {
             applied_ms: now,
             mod_rev,
             chain: None,
+            renewing_since: None,
         }
     }
 
@@ -773,6 +795,33 @@ mod tests {
         assert_eq!(due.len(), 1);
         let (r, rev) = decode(&due[0].1);
         assert_eq!((r.remaining_ms, r.revoked, rev), (9_000, false, Some(6)));
+    }
+
+    #[test]
+    fn no_revocation_is_chained_after_a_keep_alive_in_flight() {
+        let mut t = LeaseTable::new(E);
+        apply(&mut t, 5, 1, &fresh(6, 10_000), 0, Some(1));
+        // A keep-alive accepted 100 ms before the deadline, still in flight at the deadline:
+        // a revocation chained after it would revoke the lease its caller hears is renewed.
+        t.keep_alive(6, 9_900).unwrap();
+        t.note_proposed(6, 6, false, 9_900);
+        assert!(t.due(10_000).is_empty());
+        assert!(t.due(10_500).is_empty());
+        // It applies: the lease lives on from there.
+        t.note_appended(6, 9_900);
+        apply(&mut t, 6, 1, &fresh(6, 10_000), 10_600, Some(1));
+        assert!(t.due(10_700).is_empty());
+        assert!(t.info(6, 19_800).is_some());
+
+        // A keep-alive that never applies (lost with a leader change the table did not hear
+        // of) holds the revocation back for one grace period, no longer.
+        t.keep_alive(6, 19_850).unwrap();
+        t.note_proposed(6, 7, false, 19_850);
+        assert!(t.due(19_950).is_empty());
+        let due = t.due(19_850 + E);
+        assert_eq!(due.len(), 1);
+        let (r, rev) = decode(&due[0].1);
+        assert_eq!((r.revoked, rev, due[0].2), (true, Some(7), true));
     }
 
     #[test]
