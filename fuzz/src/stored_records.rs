@@ -17,11 +17,11 @@ use swarmkv::core::{
     ClusterSettings, Command, Consistency, LeaseRecord, NodeRecord, NodeState, Request,
     RequestBody, Target,
 };
-use swarmkv_store::kv::SessionRecord;
+use swarmkv_store::sessions::{bucket_key, encode_bucket, LegacySessionRecord, SessionRecord};
 use swarmkv_store::raft::eraftpb::{ConfState, Entry, HardState};
 use swarmkv_store::raft::{GetEntriesContext, Storage};
 use swarmkv_store::{
-    keys, Backend, GroupLog, KvError, KvOp, KvOutcome, KvRecord, MemBackend, RaftLog, RaftLogBatch,
+    keys, Backend, GroupLog, KvError, KvOp, KvOutcome, KvRecord, KvResult, MemBackend, RaftLog, RaftLogBatch,
     RaftLogConfig, Store, TreeId,
 };
 
@@ -131,13 +131,26 @@ pub enum Encoded {
         client: u8,
         value: Vec<u8>,
     },
-    /// A session record that decodes, with arbitrary contents: results out of order, repeated
+    /// A per-client session record (the layout before buckets) that decodes, with arbitrary contents: results out of order, repeated
     /// or below the watermark among them (`Some(revision)` is a put's result, `None` a refusal).
     SessionRecord {
         group: u8,
         client: u8,
         watermark: u64,
         results: Vec<(u64, Option<u64>)>,
+    },
+    /// Arbitrary bytes as a bucket of session records (buckets past the last included).
+    SessionBucketBytes {
+        group: u8,
+        bucket: u8,
+        value: Vec<u8>,
+    },
+    /// A bucket that decodes, with arbitrary contents: clients out of order, repeated or in
+    /// another bucket, records breaking their invariants among them.
+    SessionBucket {
+        group: u8,
+        bucket: u8,
+        clients: Vec<(u8, u64, Vec<(u64, Option<u64>)>, u64)>,
     },
     RevokedLease {
         group: u8,
@@ -315,6 +328,23 @@ fn group(g: u8) -> u64 {
 
 /// Mostly the client whose session the template and the checked writes use (7), so that a
 /// replaced session record is the one those writes read.
+/// Remembered results: `Some(revision)` is a put's result, `None` a refusal.
+fn session_results(client: u64, results: &[(u64, Option<u64>)]) -> Vec<(u64, KvResult)> {
+    results
+        .iter()
+        .map(|&(seq, r)| {
+            let r = match r {
+                Some(revision) => Ok(KvOutcome::Put {
+                    revision,
+                    prev: None,
+                }),
+                None => Err(KvError::StaleRetry { client, seq }),
+            };
+            (seq, r)
+        })
+        .collect()
+}
+
 fn client(c: u8) -> u64 {
     if c < 192 {
         7
@@ -443,38 +473,49 @@ impl Encoded {
                 value,
             } => (
                 TreeId::Kv,
-                keys::session_key(group(*g), client(*c)),
+                keys::group_tag_index(group(*g), keys::TAG_SESSION, client(*c)),
                 value.clone(),
             ),
+            Encoded::SessionBucketBytes {
+                group: g,
+                bucket,
+                value,
+            } => (TreeId::Kv, bucket_key(group(*g), *bucket % 8), value.clone()),
+            Encoded::SessionBucket {
+                group: g,
+                bucket,
+                clients,
+            } => {
+                let records: Vec<(u64, SessionRecord)> = clients
+                    .iter()
+                    .map(|(c, watermark, results, last_index)| {
+                        let record = SessionRecord {
+                            watermark: *watermark,
+                            results: session_results(client(*c), results),
+                            last_index: *last_index,
+                        };
+                        (client(*c), record)
+                    })
+                    .collect();
+                (
+                    TreeId::Kv,
+                    bucket_key(group(*g), *bucket % 8),
+                    encode_bucket(records.iter().map(|(c, r)| (c, r))),
+                )
+            }
             Encoded::SessionRecord {
                 group: g,
                 client: c,
                 watermark,
                 results,
             } => {
-                let results = results
-                    .iter()
-                    .map(|&(seq, r)| {
-                        let r = match r {
-                            Some(revision) => Ok(KvOutcome::Put {
-                                revision,
-                                prev: None,
-                            }),
-                            None => Err(KvError::StaleRetry {
-                                client: client(*c),
-                                seq,
-                            }),
-                        };
-                        (seq, r)
-                    })
-                    .collect();
-                let record = SessionRecord {
+                let record = LegacySessionRecord {
                     watermark: *watermark,
-                    results,
+                    results: session_results(client(*c), results),
                 };
                 (
                     TreeId::Kv,
-                    keys::session_key(group(*g), client(*c)),
+                    keys::group_tag_index(group(*g), keys::TAG_SESSION, client(*c)),
                     record.encode(),
                 )
             }

@@ -13,6 +13,7 @@ use crate::keys;
 use crate::kv::{
     decode_record, encode_record, execute, execute_once, KvOp, KvRecord, KvResult, KvView, Session,
 };
+use crate::sessions::{SessionChanges, SessionRecord, SessionTables};
 use crate::store::Store;
 
 /// What a committed entry asks of the state machine.
@@ -41,7 +42,11 @@ struct Overlay<'a, B> {
     backend: &'a B,
     group: u64,
     writes: BTreeMap<Vec<u8>, Option<KvRecord>>,
+    /// Other records of the partition (revoked leases), by full key.
     raw: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    sessions: &'a SessionTables,
+    /// Session records changed by this apply, committed with its writes.
+    session_changes: SessionChanges,
     /// The revision of the entry being applied.
     revision: u64,
     /// One event per key change, in the order they happened.
@@ -99,20 +104,31 @@ impl<B: Backend> KvView for Overlay<'_, B> {
         self.writes.insert(key, record);
     }
 
-    fn raw_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(w) = self.raw.get(key) {
-            return Ok(w.clone());
+    fn session(&mut self, client: u64) -> Result<Option<SessionRecord>> {
+        if let Some(r) = self.session_changes.get(&client) {
+            return Ok(r.clone());
         }
-        self.backend.get(TreeId::Kv, key)
+        self.sessions.lock().get(self.backend, self.group, client)
     }
 
-    fn raw_set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.raw.insert(key, value);
+    fn set_session(&mut self, client: u64, record: SessionRecord) -> Result<()> {
+        let victim =
+            self.sessions
+                .lock()
+                .victim(self.backend, self.group, client, &self.session_changes)?;
+        if let Some(v) = victim {
+            self.session_changes.insert(v, None);
+        }
+        self.session_changes.insert(client, Some(record));
+        Ok(())
     }
 
     fn lease_revoked(&mut self, lease: u64) -> Result<bool> {
         let key = keys::revoked_lease_key(self.group, lease);
-        Ok(self.raw_get(&key)?.is_some())
+        if let Some(w) = self.raw.get(&key) {
+            return Ok(w.is_some());
+        }
+        Ok(self.backend.get(TreeId::Kv, &key)?.is_some())
     }
 
     fn mark_lease_revoked(&mut self, lease: u64) {
@@ -141,6 +157,8 @@ pub(crate) struct Applied {
     pub apply: ApplyState,
     /// The group's new history tail (`None`: unchanged).
     pub history: Option<HistoryTail>,
+    /// Its session changes.
+    pub sessions: SessionChanges,
 }
 
 impl ApplyBatch {
@@ -187,6 +205,8 @@ impl<B: Backend> Store<B> {
             group,
             writes: BTreeMap::new(),
             raw: BTreeMap::new(),
+            sessions: &self.inner.sessions,
+            session_changes: SessionChanges::new(),
             revision: 0,
             events: Vec::new(),
         };
@@ -205,9 +225,9 @@ impl<B: Backend> Store<B> {
             let r = match e.op {
                 ApplyOp::Noop => None,
                 ApplyOp::Kv(op) => Some(execute(&mut view, op, e.index, &limits)?),
-                ApplyOp::KvOnce(op, session) => Some(execute_once(
-                    &mut view, group, op, session, e.index, &limits,
-                )?),
+                ApplyOp::KvOnce(op, session) => {
+                    Some(execute_once(&mut view, op, session, e.index, &limits)?)
+                }
                 ApplyOp::ConfChange(cs) => {
                     apply.conf_state = cs.clone();
                     None
@@ -254,6 +274,7 @@ impl<B: Backend> Store<B> {
             group,
             apply,
             history,
+            sessions: view.session_changes,
         });
         Ok(results)
     }
@@ -273,7 +294,7 @@ impl<B: Backend> Store<B> {
             // group's data newer than the applied state it sees. A group is in a batch once,
             // and only the thread that writes it takes two locks, so no order is needed.
             let mut locked: Vec<_> = shared.iter().map(group::write).collect();
-            self.inner.backend.write(&batch.writes)?;
+            self.write_with_sessions(&batch.writes, &mut batch.pending)?;
             for (st, a) in locked.iter_mut().zip(&mut batch.pending) {
                 st.meta.apply = a.apply.clone();
                 if let Some(tail) = a.history.take() {
@@ -283,6 +304,22 @@ impl<B: Backend> Store<B> {
         }
         for a in &batch.pending {
             self.applied(a.group, a.apply.index);
+        }
+        Ok(())
+    }
+
+    /// Writes applies' records to the state layer and commits their session changes, under
+    /// the session tables' lock: a take of the layer sees both or neither (see
+    /// [`crate::sessions`]).
+    pub(crate) fn write_with_sessions(
+        &self,
+        writes: &BackendBatch,
+        pending: &mut [Applied],
+    ) -> Result<()> {
+        let mut tables = self.inner.sessions.lock();
+        self.inner.backend.write(writes)?;
+        for a in pending {
+            tables.commit(a.group, std::mem::take(&mut a.sessions));
         }
         Ok(())
     }

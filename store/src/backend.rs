@@ -165,3 +165,24 @@ pub(crate) fn keys_in<B: Backend + ?Sized>(
     )?;
     Ok(keys)
 }
+
+/// The records of `tree` in `[lo, hi)`, in key order.
+pub(crate) fn records_in<B: Backend + ?Sized>(
+    backend: &B,
+    tree: TreeId,
+    lo: &[u8],
+    hi: &[u8],
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut records = Vec::new();
+    backend.scan(
+        tree,
+        Bound::Included(lo),
+        Bound::Excluded(hi),
+        false,
+        &mut |k, v| {
+            records.push((k.to_vec(), v.to_vec()));
+            Ok(Scan::Continue)
+        },
+    )?;
+    Ok(records)
+}

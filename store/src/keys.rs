@@ -12,8 +12,8 @@ pub const TAG_HISTORY: u8 = 0x00;
 pub const TAG_APPLY_STATE: u8 = 0x01;
 /// Kv tree: user data, followed by the user key.
 pub const TAG_DATA: u8 = 0x02;
-/// Kv tree: client sessions (deduplication of retried writes), followed by the client id: one
-/// [`crate::kv::SessionRecord`] per client.
+/// Kv tree: client sessions (deduplication of retried writes), followed by a bucket number:
+/// the records of the bucket's clients (see [`crate::sessions`]).
 pub const TAG_SESSION: u8 = 0x03;
 /// Kv tree: leases revoked in this partition, followed by the lease id. A put naming one of
 /// them is refused, so a put racing the lease's revocation cannot leave a key behind.
@@ -47,12 +47,6 @@ pub fn data_key(group: u64, key: &[u8]) -> Vec<u8> {
     k.push(TAG_DATA);
     k.extend_from_slice(key);
     k
-}
-
-/// `[group][TAG_SESSION][client]`: the client's [`crate::kv::SessionRecord`] (its watermark
-/// and remembered results).
-pub fn session_key(group: u64, client: u64) -> Vec<u8> {
-    group_tag_index(group, TAG_SESSION, client)
 }
 
 /// `[group][TAG_REVOKED_LEASE][lease]`: present once the partition deleted the lease's keys.

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::sessions::SessionRecord;
 use crate::txn::{Txn, TxnOpResult};
 
 /// Size limits on user data. They decide whether a committed operation succeeds, so every
@@ -261,90 +262,26 @@ pub(crate) trait KvView {
     fn get(&mut self, key: &[u8]) -> crate::Result<Option<KvRecord>>;
     fn keys_in(&mut self, start: &[u8], end: Option<&[u8]>) -> crate::Result<Vec<Vec<u8>>>;
     fn set(&mut self, key: Vec<u8>, record: Option<KvRecord>);
-    /// Raw records of the partition's other families (sessions), by full key.
-    fn raw_get(&mut self, key: &[u8]) -> crate::Result<Option<Vec<u8>>>;
-    fn raw_set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>);
+    /// What the partition remembers of `client` (see [`crate::sessions`]).
+    fn session(&mut self, client: u64) -> crate::Result<Option<SessionRecord>>;
+    /// Replaces `client`'s record; a new client in a full bucket makes the partition forget
+    /// another.
+    fn set_session(&mut self, client: u64, record: SessionRecord) -> crate::Result<()>;
     /// True when this partition deleted `lease`'s keys already (a [`KvOp::DeleteLease`]).
     fn lease_revoked(&mut self, lease: u64) -> crate::Result<bool>;
     /// Records that this partition deleted `lease`'s keys.
     fn mark_lease_revoked(&mut self, lease: u64);
 }
 
-/// What a partition remembers of one client: a single record per (group, client), at
-/// [`crate::keys::session_key`], read once and written once per write of the session (a
-/// record per result would cost a write for each, plus a scan to forget them).
-///
-/// Invariants, checked on decode: `results` is sorted by sequence number without duplicates,
-/// and every remembered sequence number is at or above `watermark` (results below it are
-/// forgotten when the watermark rises).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionRecord {
-    /// The client's `first_incomplete` as last raised: a write numbered below it was answered
-    /// and its result forgotten, so a retry of it is a [`KvError::StaleRetry`].
-    pub watermark: u64,
-    /// The remembered results, as `(seq, result)`, by sequence number.
-    pub results: Vec<(u64, KvResult)>,
-}
-
-impl SessionRecord {
-    /// The remembered result of write `seq`, if any.
-    pub fn result(&self, seq: u64) -> Option<&KvResult> {
-        let i = self.results.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
-        Some(&self.results[i].1)
-    }
-
-    /// Encodes the record for the Kv tree.
-    pub fn encode(&self) -> Vec<u8> {
-        // postcard cannot fail to serialize plain data into a Vec.
-        postcard::to_stdvec(self).unwrap_or_default()
-    }
-
-    /// Decodes `client`'s session record of `group`: bytes that are not exactly one record,
-    /// or a record breaking its invariants, are [`crate::StoreError::Corrupt`].
-    pub fn decode(group: u64, client: u64, bytes: &[u8]) -> crate::Result<SessionRecord> {
-        let corrupt = |detail: String| {
-            crate::StoreError::corrupt(
-                "kv",
-                format!("group {group} session of client {client:x}"),
-                detail,
-            )
-        };
-        let (record, rest) = postcard::take_from_bytes::<SessionRecord>(bytes)
-            .map_err(|e| corrupt(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(corrupt(format!("{} bytes after the record", rest.len())));
-        }
-        if !record.results.windows(2).all(|w| w[0].0 < w[1].0) {
-            return Err(corrupt("results out of order".into()));
-        }
-        if let Some((seq, _)) = record
-            .results
-            .first()
-            .filter(|(s, _)| *s < record.watermark)
-        {
-            return Err(corrupt(format!(
-                "a result for seq {seq}, below the watermark {}",
-                record.watermark
-            )));
-        }
-        Ok(record)
-    }
-}
-
 /// Executes `op` at most once for its session: a retry gets the remembered result.
 pub(crate) fn execute_once(
     view: &mut dyn KvView,
-    group: u64,
     op: &KvOp,
     session: Session,
     revision: u64,
     limits: &Limits,
 ) -> crate::Result<KvResult> {
-    let key = crate::keys::session_key(group, session.client);
-    let mut record = match view.raw_get(&key)? {
-        Some(bytes) => SessionRecord::decode(group, session.client, &bytes)?,
-        None => SessionRecord::default(),
-    };
+    let mut record = view.session(session.client)?.unwrap_or_default();
     if let Some(remembered) = record.result(session.seq) {
         return Ok(remembered.clone());
     }
@@ -368,7 +305,8 @@ pub(crate) fn execute_once(
         let at = record.results.partition_point(|(s, _)| *s < session.seq);
         record.results.insert(at, (session.seq, result.clone()));
     }
-    view.raw_set(key, Some(record.encode()));
+    record.last_index = revision;
+    view.set_session(session.client, record)?;
     Ok(result)
 }
 

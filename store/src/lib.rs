@@ -15,6 +15,7 @@
 //! - [`raft_log`]: a segmented, preallocated log file of every group's Raft state (etcd's WAL).
 //! - [`kv`]: the partition data model: operations, records with revisions, limits.
 //! - [`txn`]: transactions within a partition: compares, then one of two operation lists.
+//! - [`sessions`]: what partitions remember of clients' writes (retries applied once), in memory.
 //! - [`apply`]: applying committed entries, atomically with the applied index.
 //! - [`apply_wait`]: a future that resolves when a group applies past an index.
 //! - [`history`]: each partition's recent events (what watches read), written by the apply.
@@ -34,6 +35,7 @@ pub mod kv;
 pub mod log_batch;
 pub mod mem_backend;
 pub mod raft_log;
+pub mod sessions;
 pub mod sled_backend;
 pub mod snapshot;
 pub mod snapshot_io;

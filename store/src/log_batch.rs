@@ -192,6 +192,10 @@ impl<B: Backend> Store<B> {
                     w.meta.conf_state = cs.clone();
                 }
                 LogOp::Snapshot(snap) => {
+                    // The install replaces the group's sessions (the next use reads them
+                    // again); the ones in memory go to the layer first, so that the install
+                    // sees, and deletes, every bucket.
+                    self.settle_sessions(group, true)?;
                     self.prepare_snapshot(group, &mut w.meta, snap, &mut installs)?;
                     let m = &w.meta;
                     rb.reset(group, m.truncated_index, m.truncated_term);
@@ -238,7 +242,7 @@ impl<B: Backend> Store<B> {
         {
             // As in `write_applies`: no reader sees a group's data ahead of its applied state.
             let mut locked: Vec<_> = applied_shared.iter().map(group::write).collect();
-            self.inner.backend.write(&applies.writes)?;
+            self.write_with_sessions(&applies.writes, &mut applied)?;
             for (st, a) in locked.iter_mut().zip(&mut applied) {
                 st.meta.apply = a.apply.clone();
                 if let Some(tail) = a.history.take() {

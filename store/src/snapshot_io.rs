@@ -79,6 +79,8 @@ impl<B: Backend> Store<B> {
                 return Ok((d, apply.conf_state));
             }
         }
+        // The copy reads the sessions from the layer: bring the changed ones there.
+        self.settle_sessions(group, false)?;
         // Drop older frozen copies of this group.
         let mut clear = BackendBatch::default();
         for k in keys_with_prefix(backend, TreeId::SnapOut, &group.to_be_bytes())? {
@@ -351,7 +353,22 @@ impl<B: Backend> Store<B> {
                 Some((&keys::TAG_DATA, user_key)) => {
                     crate::kv::decode_record(group, user_key, &v)?;
                 }
-                Some((&keys::TAG_SESSION, _)) | Some((&keys::TAG_REVOKED_LEASE, _)) => {}
+                Some((&keys::TAG_SESSION, rest)) => match rest {
+                    [bucket] => {
+                        crate::sessions::decode_bucket(group, *bucket, &v)?;
+                    }
+                    _ => {
+                        let client = keys::u64_at(rest, 0).filter(|_| rest.len() == 8).ok_or(
+                            StoreError::SnapshotInvalid {
+                                group,
+                                index: sm.index,
+                                detail: "a session record with a malformed key".into(),
+                            },
+                        )?;
+                        crate::sessions::decode_legacy(group, client, &v)?;
+                    }
+                },
+                Some((&keys::TAG_REVOKED_LEASE, _)) => {}
                 _ => {
                     return Err(StoreError::SnapshotInvalid {
                         group,

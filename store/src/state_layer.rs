@@ -22,6 +22,10 @@
 //!
 //! A crash loses the layer: the store then holds each partition as of its last flush, with the
 //! applied index written in the same batch, and replays the Raft log from there.
+//!
+//! State kept outside the layer that must reach the engine in the same batch as the layer's
+//! writes made with it (the client sessions, [`crate::sessions`]) joins each take through the
+//! layer's [`Companion`].
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -52,12 +56,25 @@ pub struct FlushStats {
     pub bytes: usize,
 }
 
+/// `kv` writes by key (`None`: a deletion).
+pub type KvWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// State kept outside the layer whose changes must reach the engine in the same batch as the
+/// layer's writes made with them.
+pub trait Companion: Send + Sync {
+    /// Calls `take` once with the companion's changes as `kv` writes (`None`: a deletion),
+    /// holding whatever keeps them consistent with the layer until `take` returns: `take`
+    /// moves them and the layer's writes into the engine's next batch.
+    fn around_take(&self, take: &mut dyn FnMut(KvWrites));
+}
+
 /// An engine with the `kv` tree's recent writes in memory in front of it (see the module docs).
 pub struct Layered<B> {
     inner: B,
     layer: RwLock<Layer>,
     /// One flush at a time (a flush and a mixed write both move the layer).
     flush_lock: Mutex<()>,
+    companion: Option<Arc<dyn Companion>>,
 }
 
 impl<B: Backend> Layered<B> {
@@ -67,6 +84,15 @@ impl<B: Backend> Layered<B> {
             inner,
             layer: RwLock::new(Layer::default()),
             flush_lock: Mutex::new(()),
+            companion: None,
+        }
+    }
+
+    /// `inner` with an empty layer, whose takes include `companion`'s changes.
+    pub fn with_companion(inner: B, companion: Arc<dyn Companion>) -> Layered<B> {
+        Layered {
+            companion: Some(companion),
+            ..Layered::new(inner)
         }
     }
 
@@ -90,15 +116,28 @@ impl<B: Backend> Layered<B> {
         self.layer.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Moves the layer into the engine (one atomic write) without syncing it.
-    fn drain(&self) -> Result<FlushStats> {
-        let flushing = {
+    /// Moves the layer's writes (and the companion's changes) to `flushing`.
+    fn take(&self) -> Arc<Writes> {
+        let mut taken = None;
+        let mut take = |extra: KvWrites| {
             let mut layer = self.write_layer();
-            let live = std::mem::take(&mut layer.live);
+            let mut live = std::mem::take(&mut layer.live);
+            live.extend(extra);
             layer.live_bytes = 0;
             layer.flushing = Arc::new(live);
-            layer.flushing.clone()
+            taken = Some(layer.flushing.clone());
         };
+        match &self.companion {
+            Some(c) => c.around_take(&mut take),
+            None => take(Vec::new()),
+        }
+        // A companion calls `take` exactly once; were it not to, nothing was taken.
+        taken.unwrap_or_default()
+    }
+
+    /// Moves the layer into the engine (one atomic write) without syncing it.
+    fn drain(&self) -> Result<FlushStats> {
+        let flushing = self.take();
         let mut batch = BackendBatch::default();
         for (k, v) in flushing.iter() {
             match v {

@@ -12,15 +12,33 @@ use crate::keys;
 use crate::kv::{decode_record, KvRecord, Limits};
 use crate::mem_backend::MemBackend;
 use crate::raft_log::{RaftLog, RaftLogBatch, RaftLogConfig};
+use crate::sessions::SessionTables;
 use crate::sled_backend::{SledBackend, SledConfig};
 use crate::snapshot::DiscardedSnapshot;
 use crate::state_layer::{FlushStats, Layered};
 
 /// Version of the on-disk layout (key layout, record encodings, where the Raft log lives, and
 /// the node's mapping of keys to partitions, which decides where each key is stored). Stored
-/// in the `meta` tree. Version 4: a key's hash tag (`{...}`) decides its partition.
-pub const FORMAT_VERSION: u32 = 4;
+/// in the `meta` tree. Version 4: a key's hash tag (`{...}`) decides its partition. Version 5:
+/// client sessions in buckets ([`crate::sessions`]); a version 4 store is opened and upgraded
+/// in place (its per-client session records are read as they are and rewritten into buckets
+/// as partitions are written).
+pub const FORMAT_VERSION: u32 = 5;
+/// The oldest version this build opens (and upgrades).
+const OLDEST_FORMAT_VERSION: u32 = 4;
 const FORMAT_KEY: &[u8] = b"format";
+
+/// Records durably that the store is in this build's format.
+fn write_format<B: Backend>(backend: &B) -> Result<()> {
+    let mut b = BackendBatch::default();
+    b.put(
+        TreeId::Meta,
+        FORMAT_KEY.to_vec(),
+        FORMAT_VERSION.to_be_bytes().to_vec(),
+    );
+    backend.write(&b)?;
+    backend.sync()
+}
 
 /// Settings of a store.
 #[derive(Clone, Debug)]
@@ -80,6 +98,8 @@ pub type ApplyObserver = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
 pub(crate) struct Inner<B> {
     /// The engine, with the partitions' recent writes in memory in front of it.
     pub backend: Layered<B>,
+    /// Every partition's client sessions (the state layer's companion).
+    pub sessions: Arc<SessionTables>,
     /// Every group's Raft log, hard state and configuration.
     pub raft_log: Mutex<RaftLog>,
     /// When the state layer was last flushed (the caller's clock, milliseconds).
@@ -151,7 +171,7 @@ impl<B: Backend> Store<B> {
                 let found = <[u8; 4]>::try_from(v.as_slice())
                     .map(u32::from_be_bytes)
                     .map_err(|_| StoreError::corrupt("meta", "format", "not a u32"))?;
-                if found != FORMAT_VERSION {
+                if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&found) {
                     return Err(StoreError::FormatVersion {
                         path,
                         found,
@@ -164,17 +184,12 @@ impl<B: Backend> Store<B> {
                         tree: t.name(),
                     });
                 }
+                if found != FORMAT_VERSION {
+                    write_format(&backend)?;
+                    log::info!("store format {found} upgraded to {FORMAT_VERSION}");
+                }
             }
-            None => {
-                let mut b = BackendBatch::default();
-                b.put(
-                    TreeId::Meta,
-                    FORMAT_KEY.to_vec(),
-                    FORMAT_VERSION.to_be_bytes().to_vec(),
-                );
-                backend.write(&b)?;
-                backend.sync()?;
-            }
+            None => write_format(&backend)?,
         }
         let raft_log = RaftLog::open(backend.raft_log_fs()?, config.raft_log.clone())?;
         if let Some((file, offset, bytes)) = &raft_log.open_report().torn_tail {
@@ -192,9 +207,11 @@ impl<B: Backend> Store<B> {
                 d.chunks_staged
             );
         }
+        let sessions = Arc::new(SessionTables::default());
         Ok(Store {
             inner: Arc::new(Inner {
-                backend: Layered::new(backend),
+                backend: Layered::with_companion(backend, sessions.clone()),
+                sessions,
                 raft_log: Mutex::new(raft_log),
                 last_flush_ms: Mutex::new(None),
                 flusher: Mutex::new(None),
@@ -328,6 +345,29 @@ impl<B: Backend> Store<B> {
             .raft_log
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `group`'s changed session buckets to the state layer (consistent with its
+    /// applied index there as long as the caller keeps the group from applying meanwhile) and,
+    /// with `forget`, drops the group's sessions from memory, for an install or a removal
+    /// that replaces them.
+    pub(crate) fn settle_sessions(&self, group: u64, forget: bool) -> Result<()> {
+        let mut tables = self.inner.sessions.lock();
+        let mut b = BackendBatch::default();
+        for (k, v) in tables.take_changed(Some(group)) {
+            match v {
+                Some(v) => b.put(TreeId::Kv, k, v),
+                None => b.delete(TreeId::Kv, k),
+            }
+        }
+        if !b.is_empty() {
+            // Only `kv` writes: the layer keeps them, no take (which needs the tables' lock).
+            self.inner.backend.write(&b)?;
+        }
+        if forget {
+            tables.forget(group);
+        }
+        Ok(())
     }
 
     /// Bytes of partition writes waiting in the state layer.
@@ -474,6 +514,7 @@ impl<B: Backend> Store<B> {
                 batch.delete(tree, k);
             }
         }
+        self.settle_sessions(group, true)?;
         self.inner.backend.write(&batch)?;
         self.inner.backend.sync()?;
         let mut forget = RaftLogBatch::default();

@@ -7,7 +7,10 @@ mod common;
 use std::ops::Bound;
 
 use common::*;
-use swarmkv_store::kv::SessionRecord;
+use swarmkv_store::sessions::{
+    bucket_key, bucket_of, decode_bucket, LegacySessionRecord, SessionRecord, BUCKET_CLIENTS,
+    SESSION_BUCKETS,
+};
 use swarmkv_store::{
     keys, ApplyEntry, ApplyOp, Backend, BackendBatch, CasAction, Compare, KvError, KvOp, KvOutcome,
     KvRecord, KvResult, MemBackend, Scan, Session, Store, StoreConfig, StoreError, TreeId,
@@ -584,12 +587,30 @@ fn session_records<B: Backend>(store: &Store<B>, group: u64) -> Vec<(Vec<u8>, Ve
     found
 }
 
-/// The one session record of `group`, which must be `client`'s, decoded.
+/// The one stored session bucket of `group`, which must hold `client` alone: its record.
 fn only_session_record<B: Backend>(store: &Store<B>, group: u64, client: u64) -> SessionRecord {
     let records = session_records(store, group);
     assert_eq!(records.len(), 1, "session records of group {group}");
-    assert_eq!(records[0].0, keys::session_key(group, client));
-    SessionRecord::decode(group, client, &records[0].1).unwrap()
+    let bucket = bucket_of(client);
+    assert_eq!(records[0].0, bucket_key(group, bucket));
+    let mut clients = decode_bucket(group, bucket, &records[0].1).unwrap();
+    assert_eq!(clients.len(), 1, "clients of the bucket");
+    let (c, record) = clients.remove(0);
+    assert_eq!(c, client);
+    record
+}
+
+/// `client`'s stored record in `group`, if its bucket holds one.
+fn stored_session<B: Backend>(store: &Store<B>, group: u64, client: u64) -> Option<SessionRecord> {
+    let key = bucket_key(group, bucket_of(client));
+    let (_, bytes) = session_records(store, group)
+        .into_iter()
+        .find(|(k, _)| *k == key)?;
+    decode_bucket(group, bucket_of(client), &bytes)
+        .unwrap()
+        .into_iter()
+        .find(|(c, _)| *c == client)
+        .map(|(_, r)| r)
 }
 
 fn seqs(record: &SessionRecord) -> Vec<u64> {
@@ -597,7 +618,7 @@ fn seqs(record: &SessionRecord) -> Vec<u64> {
 }
 
 both!(
-    a_session_keeps_one_record_per_client_and_group,
+    a_session_keeps_one_record_per_client_and_group_in_its_bucket,
     |store: &Store<_>| {
         // Four writes in flight at once (first_incomplete stays 1): all four remembered, in
         // the one record of the client.
@@ -621,16 +642,23 @@ both!(
             Err(KvError::StaleRetry { client: 42, seq: 2 })
         );
         assert_eq!(session_records(store, G), before);
-        // Another client has its own record; another group its own family.
+        // Another client has its own record, in its own bucket (7 and 42 are in different
+        // ones) or beside another client's (46 is in 42's); another group its own family.
+        assert_ne!(bucket_of(7), bucket_of(42));
+        assert_eq!(bucket_of(46), bucket_of(42));
         apply_once(store, G, &put("j", "x"), session(7, 1, 1)).unwrap();
-        let keys_of_g: Vec<_> = session_records(store, G)
+        apply_once(store, G, &put("j", "y"), session(46, 1, 1)).unwrap();
+        let mut keys_of_g: Vec<_> = session_records(store, G)
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        assert_eq!(
-            keys_of_g,
-            vec![keys::session_key(G, 7), keys::session_key(G, 42)]
-        );
+        keys_of_g.sort();
+        let mut want = vec![bucket_key(G, bucket_of(7)), bucket_key(G, bucket_of(42))];
+        want.sort();
+        assert_eq!(keys_of_g, want);
+        assert_eq!(seqs(&stored_session(store, G, 42).unwrap()), vec![3, 4, 5]);
+        assert_eq!(seqs(&stored_session(store, G, 46).unwrap()), vec![1]);
+        assert_eq!(seqs(&stored_session(store, G, 7).unwrap()), vec![1]);
         apply_once(store, G + 1, &put("k", "v"), session(42, 1, 1)).unwrap();
         assert_eq!(only_session_record(store, G + 1, 42).watermark, 1);
         assert_eq!(session_records(store, G).len(), 2);
@@ -724,9 +752,9 @@ both!(
     }
 );
 
-#[test]
-fn a_corrupt_session_record_is_reported_with_group_and_client() {
-    let good = |watermark, results: &[u64]| SessionRecord {
+/// A record remembering writes `results` (each a put at its own revision).
+fn remembering(watermark: u64, results: &[u64]) -> LegacySessionRecord {
+    LegacySessionRecord {
         watermark,
         results: results
             .iter()
@@ -738,21 +766,104 @@ fn a_corrupt_session_record_is_reported_with_group_and_client() {
                 (seq, Ok(outcome))
             })
             .collect(),
-    };
-    let mut trailing = good(1, &[1]).encode();
+    }
+}
+
+fn in_bucket(records: &[(u64, LegacySessionRecord)]) -> Vec<(u64, SessionRecord)> {
+    records
+        .iter()
+        .map(|(c, r)| {
+            let record = SessionRecord {
+                watermark: r.watermark,
+                results: r.results.clone(),
+                last_index: 1,
+            };
+            (*c, record)
+        })
+        .collect()
+}
+
+#[test]
+fn a_corrupt_session_record_is_reported_with_its_location() {
+    let bucket = bucket_of(42);
+    let mut trailing = remembering(1, &[1]).encode();
     trailing.push(0);
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("undecodable", vec![0xff; 3]),
-        ("empty", Vec::new()),
-        ("trailing bytes", trailing),
-        ("out of order", good(1, &[3, 2]).encode()),
-        ("repeated seq", good(1, &[2, 2]).encode()),
-        ("below the watermark", good(5, &[4, 6]).encode()),
+    let good = |c| (c, remembering(1, &[1]));
+    let bucket_bytes = |records: &[(u64, LegacySessionRecord)]| {
+        let list = in_bucket(records);
+        swarmkv_store::sessions::encode_bucket(list.iter().map(|(c, r)| (c, r)))
+    };
+    let legacy = keys::group_tag_index(G, keys::TAG_SESSION, 42);
+    let at_bucket = bucket_key(G, bucket);
+    let of_client = "group 5 session of client 2a".to_string();
+    let of_bucket = format!("group 5 session bucket {bucket}");
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>, String)> = vec![
+        (
+            "undecodable",
+            legacy.clone(),
+            vec![0xff; 3],
+            of_client.clone(),
+        ),
+        ("empty", legacy.clone(), Vec::new(), of_client.clone()),
+        (
+            "trailing bytes",
+            legacy.clone(),
+            trailing,
+            of_client.clone(),
+        ),
+        (
+            "out of order",
+            legacy.clone(),
+            remembering(1, &[3, 2]).encode(),
+            of_client.clone(),
+        ),
+        (
+            "repeated seq",
+            legacy.clone(),
+            remembering(1, &[2, 2]).encode(),
+            of_client.clone(),
+        ),
+        (
+            "below the watermark",
+            legacy.clone(),
+            remembering(5, &[4, 6]).encode(),
+            of_client.clone(),
+        ),
+        (
+            "undecodable bucket",
+            at_bucket.clone(),
+            vec![0xff; 3],
+            of_bucket.clone(),
+        ),
+        (
+            "clients out of order",
+            at_bucket.clone(),
+            bucket_bytes(&[good(46), good(42)]),
+            of_bucket.clone(),
+        ),
+        (
+            "a client of another bucket",
+            at_bucket.clone(),
+            bucket_bytes(&[good(42), good(43)]),
+            of_bucket.clone(),
+        ),
+        (
+            "a bad record in a bucket",
+            at_bucket.clone(),
+            bucket_bytes(&[(42, remembering(5, &[4]))]),
+            of_bucket.clone(),
+        ),
+        (
+            "a bucket past the last",
+            bucket_key(G, SESSION_BUCKETS),
+            bucket_bytes(&[]),
+            format!("group 5 session bucket {SESSION_BUCKETS}"),
+        ),
     ];
-    for (what, bytes) in cases {
+    for (what, key, bytes, want) in cases {
         let mem = MemBackend::new();
         let mut b = BackendBatch::default();
-        b.put(TreeId::Kv, keys::session_key(G, 42), bytes);
+        b.put(TreeId::Kv, key, bytes);
         mem.write(&b).unwrap();
         let store = Store::with_backend(mem, StoreConfig::default()).unwrap();
         let r = store.apply(
@@ -766,17 +877,147 @@ fn a_corrupt_session_record_is_reported_with_group_and_client() {
         match r {
             Err(StoreError::Corrupt { tree, location, .. }) => {
                 assert_eq!(tree, "kv", "{what}");
-                assert_eq!(location, "group 5 session of client 2a", "{what}");
+                assert_eq!(location, want, "{what}");
             }
             other => panic!("{what}: expected corruption, got {other:?}"),
         }
         // Nothing of the refused apply happened.
         assert_eq!(get(&store, "k"), None, "{what}");
-        // Other clients are unaffected.
-        let r = apply_once(&store, G, &put("k", "v"), session(43, 1, 1));
+        // A write without a session does not read the sessions.
+        let r = apply_ops(&store, G, &[put("k", "v")]);
         assert!(
-            matches!(r, Ok(KvOutcome::Put { revision: 1, .. })),
+            matches!(r[0], KvOutcome::Put { revision: 1, .. }),
             "{what}: {r:?}"
         );
     }
+}
+
+#[test]
+fn a_full_bucket_forgets_the_client_whose_last_write_is_oldest() {
+    let store = Store::with_backend(MemBackend::new(), StoreConfig::default()).unwrap();
+    // Clients 4, 8, ...: all in bucket 0. Client 4 writes first, then BUCKET_CLIENTS - 1
+    // others, then client 4 again (now the most recent), then client 8 is the oldest.
+    let clients: Vec<u64> = (1..=BUCKET_CLIENTS as u64 + 1).map(|i| i * 4).collect();
+    assert!(clients.iter().all(|c| bucket_of(*c) == 0));
+    let first = apply_once(&store, G, &put("k", "a"), session(4, 1, 1));
+    for c in &clients[1..BUCKET_CLIENTS] {
+        apply_once(&store, G, &put("k", "b"), session(*c, 1, 1)).unwrap();
+    }
+    // Full: a retry of client 4 is still answered from its session.
+    assert_eq!(
+        apply_once(&store, G, &put("k", "retry"), session(4, 1, 1)),
+        first
+    );
+    apply_once(&store, G, &put("k", "c"), session(4, 2, 1)).unwrap();
+    // A new client: client 8 (the oldest last write) is forgotten, not client 4.
+    let newcomer = clients[BUCKET_CLIENTS];
+    apply_once(&store, G, &put("k", "d"), session(newcomer, 1, 1)).unwrap();
+    store.sync().unwrap();
+    let stored = decode_bucket(G, 0, &session_records(&store, G)[0].1).unwrap();
+    assert_eq!(stored.len(), BUCKET_CLIENTS);
+    assert!(stored.iter().all(|(c, _)| *c != 8));
+    assert_eq!(
+        apply_once(&store, G, &put("k", "retry"), session(4, 1, 1)),
+        first
+    );
+    // Client 8's retry of its write is a new write now: applied again, at a new revision.
+    let before = store.apply_state(G).unwrap().index;
+    let again = apply_once(&store, G, &put("k", "b"), session(8, 1, 1));
+    assert!(
+        matches!(again, Ok(KvOutcome::Put { revision, .. }) if revision == before + 1),
+        "{again:?}"
+    );
+    // Client 8 came back in the place of client 12. Three new clients in one apply call: the
+    // bucket stays full, the three oldest go (16, 20, 24).
+    let op = put("k", "e");
+    let at = store.apply_state(G).unwrap().index + 1;
+    let newcomers: Vec<u64> = (0..3)
+        .map(|i| 4 * (BUCKET_CLIENTS as u64 + 10 + i))
+        .collect();
+    let entries: Vec<ApplyEntry> = newcomers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ApplyEntry {
+            index: at + i as u64,
+            term: 1,
+            op: ApplyOp::KvOnce(&op, session(*c, 1, 1)),
+        })
+        .collect();
+    store.apply(G, &entries).unwrap();
+    store.sync().unwrap();
+    let stored = decode_bucket(G, 0, &session_records(&store, G)[0].1).unwrap();
+    let members: Vec<u64> = stored.iter().map(|(c, _)| *c).collect();
+    assert_eq!(members.len(), BUCKET_CLIENTS);
+    for gone in [12, 16, 20, 24] {
+        assert!(
+            !members.contains(&gone),
+            "client {gone} is still remembered"
+        );
+    }
+    for kept in [4, 8, 28].into_iter().chain(newcomers) {
+        assert!(members.contains(&kept), "client {kept} was forgotten");
+    }
+}
+
+#[test]
+fn a_format_4_store_opens_with_its_per_client_sessions_moved_into_buckets() {
+    let mem = MemBackend::new();
+    let mut b = BackendBatch::default();
+    b.put(
+        TreeId::Meta,
+        b"format".to_vec(),
+        4u32.to_be_bytes().to_vec(),
+    );
+    let legacy = keys::group_tag_index(G, keys::TAG_SESSION, 42);
+    b.put(TreeId::Kv, legacy.clone(), remembering(1, &[3]).encode());
+    mem.write(&b).unwrap();
+    let store = Store::with_backend(mem.clone(), StoreConfig::default()).unwrap();
+    assert_eq!(
+        mem.get(TreeId::Meta, b"format").unwrap(),
+        Some(swarmkv_store::FORMAT_VERSION.to_be_bytes().to_vec())
+    );
+    apply_noops_to(&store, G, 9, 1);
+    // Write 3 is remembered: its retry gets the stored answer (revision 3), not a new one.
+    assert_eq!(
+        apply_once(&store, G, &put("k", "v"), session(42, 3, 1)),
+        Ok(KvOutcome::Put {
+            revision: 3,
+            prev: None
+        })
+    );
+    assert_eq!(get(&store, "k"), None);
+    // The legacy record stays until the client writes; then it moves into the bucket.
+    store.sync().unwrap();
+    assert_eq!(session_records(&store, G).len(), 1);
+    apply_once(&store, G, &put("k", "v"), session(42, 4, 4)).unwrap();
+    let record = only_session_record(&store, G, 42);
+    assert_eq!(record.watermark, 4);
+    assert_eq!(seqs(&record), vec![4]);
+    assert!(mem.get(TreeId::Kv, &legacy).unwrap().is_none());
+}
+
+#[test]
+fn a_crash_keeps_the_sessions_of_the_applied_index_it_keeps() {
+    let h = mem_harness(StoreConfig::default());
+    let first = apply_once(&h.store, G, &put("k", "a"), session(42, 1, 1));
+    // Write 1 and its session reach the engine; write 2 stays in the state layer.
+    h.store.sync().unwrap();
+    let second = apply_once(&h.store, G, &put("k", "b"), session(42, 2, 1));
+    let h = h.crash_and_reopen();
+    assert_eq!(h.store.apply_state(G).unwrap().index, 1);
+    // The log replays write 2: applied again (its session did not survive either), then
+    // both retries are answered from the session.
+    assert_eq!(
+        apply_once(&h.store, G, &put("k", "b"), session(42, 2, 1)),
+        second
+    );
+    assert_eq!(
+        apply_once(&h.store, G, &put("k", "x"), session(42, 1, 1)),
+        first
+    );
+    assert_eq!(
+        apply_once(&h.store, G, &put("k", "x"), session(42, 2, 1)),
+        second
+    );
+    assert_eq!(get(&h.store, "k").unwrap().value, b"b");
 }

@@ -122,10 +122,31 @@ fn sessions_travel_with_the_snapshot() {
         .unwrap();
     let (snap, chunks) = take_snapshot(&src.store);
     let dst = mem_harness(small_chunks());
+    // The replica remembers a client of its own (in client 9's bucket), not yet flushed:
+    // the install replaces it with the snapshot's sessions.
+    let own = Session {
+        client: 13,
+        seq: 1,
+        first_incomplete: 1,
+    };
+    let own_op = put("own", "1");
+    let entry = |index, op, session| ApplyEntry {
+        index,
+        term: 1,
+        op: ApplyOp::KvOnce(op, session),
+    };
+    dst.store.apply(G, &[entry(1, &own_op, own)]).unwrap();
     for c in &chunks {
         dst.store.receive_chunk(c).unwrap();
     }
     install(&dst.store, &snap).unwrap();
+    let at = dst.store.apply_state(G).unwrap().index + 1;
+    let r = dst.store.apply(G, &[entry(at, &own_op, own)]).unwrap();
+    assert!(
+        matches!(&r[0], Some(Ok(swarmkv_store::KvOutcome::Put { revision, .. })) if *revision == at),
+        "{r:?}"
+    );
+    dst.store.sync().unwrap();
     // On the new replica the retry is still recognised.
     let at = dst.store.apply_state(G).unwrap().index + 1;
     let retry = dst

@@ -25,8 +25,12 @@ use crate::core::{ClientError, GroupId, NodeId};
 
 /// The first bytes of every backup file.
 pub const MAGIC: [u8; 8] = *b"SWKVBAK\0";
-/// The version of the format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the format this build writes. Version 2: a partition's session records are
+/// buckets of clients (the store's format 5), which a build reading only version 1 would not
+/// understand; version 1's per-client records are still read (the store takes both).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// The largest section accepted: a partition snapshot's chunks are about 1 MiB; a length
 /// beyond this is damage, not a reason to allocate.
 pub const MAX_SECTION_BYTES: u32 = 64 << 20;
@@ -80,7 +84,7 @@ pub enum BackupError {
     #[error("not a swarmkv backup: the file does not start with the backup signature")]
     NotABackup,
     #[error(
-        "backup format version {found} is not one this swarmkv reads (it reads version {FORMAT_VERSION})"
+        "backup format version {found} is not one this swarmkv reads (it reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})"
     )]
     Version { found: u32 },
     #[error("the backup is truncated: it ends at byte {offset}, inside {what}")]
@@ -241,7 +245,7 @@ impl<R: Read> BackupReader<R> {
         let mut version = [0u8; 4];
         r.fill(&mut version, "the header")?;
         let found = u32::from_be_bytes(version);
-        if found != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&found) {
             return Err(BackupError::Version { found });
         }
         Ok(r)
@@ -558,11 +562,19 @@ mod tests {
     #[test]
     fn another_version_and_another_file_are_refused() -> Result<(), BackupError> {
         let (mut file, _) = sample()?;
-        file[11] = 2;
+        file[11] = 3;
         assert!(matches!(
             verify(file.as_slice()),
-            Err(BackupError::Version { found: 2 })
+            Err(BackupError::Version { found: 3 })
         ));
+        file[11] = 0;
+        assert!(matches!(
+            verify(file.as_slice()),
+            Err(BackupError::Version { found: 0 })
+        ));
+        // Version 1 (per-client session records, which the store still reads) is read.
+        file[11] = 1;
+        verify(file.as_slice())?;
         assert!(matches!(
             verify(&b"{\"hello\": 1}"[..]),
             Err(BackupError::NotABackup)
