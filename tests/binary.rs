@@ -309,6 +309,8 @@ fn http_status_health_metrics_and_page(c: &ProcCluster) -> Result<()> {
             ("leader_changes", "counter"),
             ("raft_messages_sent", "counter"),
             ("raft_messages_received", "counter"),
+            ("stream_frames", "counter"),
+            ("stream_writes", "counter"),
             ("fsync_seconds", "histogram"),
             ("request_seconds", "histogram"),
             ("peers_up", "gauge"),

@@ -669,6 +669,14 @@ async fn metrics_count_proposals_fsyncs_and_request_latency() -> Result<()> {
     }
     assert!(value("swarmkv_applies_total").unwrap_or(0.0) > 0.0);
     assert!(value("swarmkv_fsync_seconds_count").unwrap_or(0.0) > 0.0);
+    // The Raft stream to the peers wrote frames, in at least one write.
+    let raft_frames = value("swarmkv_stream_frames_total{stream=\"raft\"}").unwrap_or(0.0);
+    let raft_writes = value("swarmkv_stream_writes_total{stream=\"raft\"}").unwrap_or(0.0);
+    assert!(raft_frames > 0.0 && raft_writes > 0.0, "{text}");
+    assert!(
+        value("swarmkv_stream_frames_total{stream=\"kv\"}").is_some(),
+        "{text}"
+    );
     assert!(
         value("swarmkv_request_seconds_count{op=\"put\"}").unwrap_or(0.0) >= 6.0,
         "{text}"

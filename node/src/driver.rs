@@ -470,6 +470,7 @@ impl Driver {
             }
             let turn = self.turn().await;
             self.io.metrics.observe_core(self.disk.core.stats());
+            self.io.metrics.observe_net(self.io.net.stats());
             turn?;
             if self.io.draining.is_some() && self.drain_step() {
                 // Let the transfers' messages leave before the network stops.

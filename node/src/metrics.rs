@@ -13,12 +13,20 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use swarmkv_net::NetStats;
+
 use crate::core::{CoreStats, RequestBody};
 
 /// The operation a request latency belongs to.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
     pub op: &'static str,
+}
+
+/// The long-lived stream kind a frame count belongs to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabel {
+    pub stream: &'static str,
 }
 
 /// Every metric of a node.
@@ -41,7 +49,12 @@ pub struct Metrics {
     log_bytes: Counter,
     state_flushes: Counter,
     state_flush_keys: Counter,
+    /// Raft frames, raft writes, kv frames, kv writes (children of the two stream families).
+    streams: [Counter; 4],
     last: [AtomicU64; 12],
+    /// The stream counters at the last [`Metrics::observe_net`]: raft frames and writes, kv
+    /// frames and writes.
+    last_net: [AtomicU64; 4],
 }
 
 fn latency_histogram() -> Histogram {
@@ -77,6 +90,29 @@ impl Metrics {
         let log_bytes = Counter::default();
         let state_flushes = Counter::default();
         let state_flush_keys = Counter::default();
+        let stream_frames = Family::<StreamLabel, Counter>::default();
+        let stream_writes = Family::<StreamLabel, Counter>::default();
+        let streams = ["raft", "kv"].map(|stream| {
+            let label = StreamLabel { stream };
+            [
+                stream_frames.get_or_create(&label).clone(),
+                stream_writes.get_or_create(&label).clone(),
+            ]
+        });
+        let [[raft_frames, raft_writes], [kv_frames, kv_writes]] = streams;
+        let streams = [raft_frames, raft_writes, kv_frames, kv_writes];
+        registry.register(
+            "stream_frames",
+            "Frames written on the long-lived streams (raft: to peers; kv: requests to peers and \
+             answers to peers and clients)",
+            stream_frames.clone(),
+        );
+        registry.register(
+            "stream_writes",
+            "Writes that carried those frames: each is one yamux frame, one noise message and one \
+             socket write",
+            stream_writes.clone(),
+        );
         registry.register(
             "persist_turns",
             "Node turns that persisted Raft state or applies (entries per turn: log_entries / this)",
@@ -173,7 +209,9 @@ impl Metrics {
             log_bytes,
             state_flushes,
             state_flush_keys,
+            streams,
             last: Default::default(),
+            last_net: Default::default(),
         }
     }
 
@@ -208,6 +246,15 @@ impl Metrics {
             &self.follower_proposals,
         ];
         for ((value, counter), last) in values.iter().zip(counters).zip(&self.last) {
+            let before = last.swap(*value, Ordering::Relaxed);
+            counter.inc_by(value.saturating_sub(before));
+        }
+    }
+
+    /// Adds what the long-lived streams wrote since the last call.
+    pub fn observe_net(&self, s: NetStats) {
+        let values = [s.raft.frames, s.raft.writes, s.kv.frames, s.kv.writes];
+        for ((value, counter), last) in values.iter().zip(&self.streams).zip(&self.last_net) {
             let before = last.swap(*value, Ordering::Relaxed);
             counter.inc_by(value.saturating_sub(before));
         }
