@@ -316,6 +316,9 @@ impl<B: Backend> Store<B> {
         writes: &BackendBatch,
         pending: &mut [Applied],
     ) -> Result<()> {
+        // Applies write only the `kv` tree, which the layer keeps without a take (a take
+        // needs the tables' lock, held here).
+        debug_assert!(writes.writes.iter().all(|(t, _, _)| *t == TreeId::Kv));
         let mut tables = self.inner.sessions.lock();
         self.inner.backend.write(writes)?;
         for a in pending {
