@@ -49,14 +49,18 @@ pub enum StoreError {
     #[error("database at {path} is missing tree `{tree}`")]
     MissingTree { path: PathBuf, tree: &'static str },
 
-    /// The database was written by a different (newer or older) on-disk format.
+    /// The database was written by an on-disk format this build does not read (newer, or
+    /// older than it upgrades).
     #[error(
-        "database at {path} has format version {found}, this build reads {supported}: run the \
-         build that wrote it, or rebuild this node from its peers (`swarmkv repair --from-peers`)"
+        "database at {path} has format version {found}, this build reads versions {oldest} to \
+         {supported}: run the build that wrote it, or rebuild this node from its peers \
+         (`swarmkv repair --from-peers`)"
     )]
     FormatVersion {
         path: PathBuf,
         found: u32,
+        /// The oldest version this build opens (and upgrades).
+        oldest: u32,
         supported: u32,
     },
 

@@ -175,6 +175,7 @@ impl<B: Backend> Store<B> {
                     return Err(StoreError::FormatVersion {
                         path,
                         found,
+                        oldest: OLDEST_FORMAT_VERSION,
                         supported: FORMAT_VERSION,
                     });
                 }

@@ -121,8 +121,9 @@ fn a_missing_tree_is_refused_at_open() {
 
 #[test]
 fn another_format_version_is_refused_at_open() {
-    // 1: the format before one session record per client; 99: a future one.
-    for found in [1u32, 99] {
+    // 1: the format before one session record per client; 3: the last before the one this
+    // build upgrades from; 99: a future one.
+    for found in [1u32, 3, 99] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("store");
         drop(Store::open(&dir, StoreConfig::default()).unwrap());
@@ -140,6 +141,7 @@ fn another_format_version_is_refused_at_open() {
                 err,
                 Some(StoreError::FormatVersion {
                     found: f,
+                    oldest: 4,
                     supported: swarmkv_store::FORMAT_VERSION,
                     ..
                 }) if f == found
