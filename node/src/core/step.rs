@@ -2,7 +2,7 @@
 //! driver reports back about sending (snapshots, unreachable peers, leadership transfers).
 
 use raft::eraftpb::{Message, MessageType};
-use raft::SnapshotStatus;
+use raft::{ProgressState, SnapshotStatus};
 use rand::Rng;
 use swarmkv_store::Backend;
 
@@ -164,6 +164,22 @@ impl<B: Backend> Core<B> {
             };
             r.node.report_snapshot(to, status);
         }
+    }
+
+    /// True when this node leads `group` and `to` can take the leadership without making
+    /// proposals wait long: Raft replicates to it normally and has heard from it within the
+    /// current election timeout (check-quorum's activity flag). A voter cut off but not yet
+    /// judged down by the failure detector fails the second test: handed the leadership, it
+    /// would pause the group's proposals for an election timeout, round after round.
+    pub fn can_take_leadership(&self, group: GroupId, to: NodeId) -> bool {
+        let Some(r) = self.replicas.get(&group).filter(|r| r.is_leader) else {
+            return false;
+        };
+        r.node
+            .raft
+            .prs()
+            .get(to)
+            .is_some_and(|pr| pr.recent_active && pr.state == ProgressState::Replicate)
     }
 
     /// Asks the leader of `group` (this node) to hand leadership to `to` (a voter). Raft waits

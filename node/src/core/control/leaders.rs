@@ -50,6 +50,7 @@ pub(super) fn balance<B: Backend>(core: &mut Core<B>, gossip: &Gossip, now: u64)
             .voters
             .iter()
             .filter(|v| **v != me && !gossip.unreachable.contains(v))
+            .filter(|v| core.can_take_leadership(g, **v))
             .filter_map(|v| led.get(v).map(|l| (*l, *v)))
             .filter(|(l, _)| l + 1 < mine.len())
             .min();
