@@ -157,6 +157,38 @@ pub fn decode_bucket(group: u64, bucket: u8, bytes: &[u8]) -> Result<Vec<(u64, S
     Ok(list)
 }
 
+/// A stored session record of a partition, decoded.
+pub(crate) enum Stored {
+    /// A bucket and its clients.
+    Bucket(u8, Vec<(u64, SessionRecord)>),
+    /// A legacy per-client record.
+    Legacy(u64, SessionRecord),
+}
+
+/// Decodes the session record of `group` whose key continues with `rest` after
+/// `[group][TAG_SESSION]`: a bucket number below [`SESSION_BUCKETS`], or a legacy record's
+/// client id. Anything else is [`StoreError::Corrupt`].
+pub(crate) fn decode_stored(group: u64, rest: &[u8], bytes: &[u8]) -> Result<Stored> {
+    match *rest {
+        [bucket] if bucket < SESSION_BUCKETS => {
+            Ok(Stored::Bucket(bucket, decode_bucket(group, bucket, bytes)?))
+        }
+        [bucket] => Err(StoreError::corrupt(
+            "kv",
+            format!("group {group} session bucket {bucket}"),
+            format!("there are {SESSION_BUCKETS} buckets"),
+        )),
+        _ => match keys::u64_at(rest, 0).filter(|_| rest.len() == 8) {
+            Some(client) => Ok(Stored::Legacy(client, decode_legacy(group, client, bytes)?)),
+            None => Err(StoreError::corrupt(
+                "kv",
+                format!("group {group} sessions"),
+                format!("a key of {} bytes after the tag", rest.len()),
+            )),
+        },
+    }
+}
+
 /// Decodes a legacy per-client record (see the module docs).
 pub fn decode_legacy(group: u64, client: u64, bytes: &[u8]) -> Result<SessionRecord> {
     let corrupt = |detail: String| {
@@ -345,37 +377,16 @@ fn load<B: Backend + ?Sized>(backend: &B, group: u64) -> Result<GroupSessions> {
     let found = records_in(backend, TreeId::Kv, &lo, &hi)?;
     // Buckets first, then legacy records (their keys sort among the buckets'): a client in
     // both is the bucket's, which is newer.
-    let mut legacy = Vec::new();
+    let mut legacy: Vec<(Vec<u8>, u64, SessionRecord)> = Vec::new();
     for (k, v) in found {
-        match k.len() - lo.len() {
-            1 => {
-                let bucket = k[lo.len()];
-                if bucket >= SESSION_BUCKETS {
-                    return Err(StoreError::corrupt(
-                        "kv",
-                        format!("group {group} session bucket {bucket}"),
-                        format!("there are {SESSION_BUCKETS} buckets"),
-                    ));
-                }
-                for (client, record) in decode_bucket(group, bucket, &v)? {
-                    g.buckets[usize::from(bucket)]
-                        .clients
-                        .insert(client, record);
-                }
+        match decode_stored(group, &k[lo.len()..], &v)? {
+            Stored::Bucket(bucket, clients) => {
+                g.buckets[usize::from(bucket)].clients.extend(clients);
             }
-            8 => legacy.push((k, v)),
-            n => {
-                return Err(StoreError::corrupt(
-                    "kv",
-                    format!("group {group} sessions"),
-                    format!("a key of {n} bytes after the tag"),
-                ))
-            }
+            Stored::Legacy(client, record) => legacy.push((k, client, record)),
         }
     }
-    for (k, v) in legacy {
-        let client = keys::u64_at(&k, lo.len()).unwrap_or_default();
-        let record = decode_legacy(group, client, &v)?;
+    for (k, client, record) in legacy {
         let b = &mut g.buckets[usize::from(bucket_of(client))];
         b.clients.entry(client).or_insert(record);
         b.dirty = true;

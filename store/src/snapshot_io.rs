@@ -353,21 +353,9 @@ impl<B: Backend> Store<B> {
                 Some((&keys::TAG_DATA, user_key)) => {
                     crate::kv::decode_record(group, user_key, &v)?;
                 }
-                Some((&keys::TAG_SESSION, rest)) => match rest {
-                    [bucket] => {
-                        crate::sessions::decode_bucket(group, *bucket, &v)?;
-                    }
-                    _ => {
-                        let client = keys::u64_at(rest, 0).filter(|_| rest.len() == 8).ok_or(
-                            StoreError::SnapshotInvalid {
-                                group,
-                                index: sm.index,
-                                detail: "a session record with a malformed key".into(),
-                            },
-                        )?;
-                        crate::sessions::decode_legacy(group, client, &v)?;
-                    }
-                },
+                Some((&keys::TAG_SESSION, rest)) => {
+                    crate::sessions::decode_stored(group, rest, &v)?;
+                }
                 Some((&keys::TAG_REVOKED_LEASE, _)) => {}
                 _ => {
                     return Err(StoreError::SnapshotInvalid {
