@@ -615,3 +615,34 @@ fn reads_arriving_together_share_one_heartbeat_round() {
         "{sent} heartbeats for {reads} reads"
     );
 }
+
+#[test]
+fn a_turn_asks_only_the_replicas_that_changed_for_their_ready() {
+    // Raft's readiness changes only through a replica's own calls (a step, a proposal, a
+    // tick), so a turn between ticks asks only the replicas its messages and requests reached,
+    // not every partition: with hundreds of partitions that check was most of a turn's cost.
+    let mut sim = Sim::new(&[11, 22, 33], seed());
+    sim.run(3000);
+    let before: BTreeMap<NodeId, (u64, u64)> = sim
+        .nodes
+        .iter()
+        .map(|(id, n)| (*id, (n.stats().turns, n.stats().ready_checks)))
+        .collect();
+    for i in 0..20 {
+        sim.put("one-partition", &i.to_string());
+    }
+    for (id, n) in &sim.nodes {
+        let groups = n.groups().len() as u64;
+        let turns = n.stats().turns - before[id].0;
+        let checks = n.stats().ready_checks - before[id].1;
+        println!("node {id}: {checks} ready checks in {turns} turns, {groups} replicas");
+        assert!(turns > 0, "node {id} took no turn");
+        // Every turn asking every replica would be `turns * groups`; a tick (every tenth
+        // turn here) reaches every awake replica, the other turns only the written partition.
+        assert!(
+            checks * 3 < turns * groups,
+            "node {id}: {checks} ready checks in {turns} turns of {groups} replicas"
+        );
+    }
+    assert_eq!(sim.get("one-partition"), Some(b"19".to_vec()));
+}

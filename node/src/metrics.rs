@@ -44,6 +44,8 @@ pub struct Metrics {
     storage_failed: Gauge,
     quiesced_groups: Gauge,
     persist_turns: Counter,
+    turns: Counter,
+    ready_checks: Counter,
     log_syncs: Counter,
     log_entries: Counter,
     log_bytes: Counter,
@@ -51,7 +53,7 @@ pub struct Metrics {
     state_flush_keys: Counter,
     /// Raft frames, raft writes, kv frames, kv writes (children of the two stream families).
     streams: [Counter; 4],
-    last: [AtomicU64; 12],
+    last: [AtomicU64; 14],
     /// The stream counters at the last [`Metrics::observe_net`]: raft frames and writes, kv
     /// frames and writes.
     last_net: [AtomicU64; 4],
@@ -85,6 +87,8 @@ impl Metrics {
         let storage_failed = Gauge::default();
         let quiesced_groups = Gauge::default();
         let persist_turns = Counter::default();
+        let turns = Counter::default();
+        let ready_checks = Counter::default();
         let log_syncs = Counter::default();
         let log_entries = Counter::default();
         let log_bytes = Counter::default();
@@ -117,6 +121,13 @@ impl Metrics {
             "persist_turns",
             "Node turns that persisted Raft state or applies (entries per turn: log_entries / this)",
             persist_turns.clone(),
+        );
+        registry.register("turns", "Node turns taken", turns.clone());
+        registry.register(
+            "ready_checks",
+            "Replicas the node's turns asked for a Raft Ready (per turn: this / turns): those \
+             reached since the turn before, and every replica once a second",
+            ready_checks.clone(),
         );
         registry.register("log_syncs", "Syncs of the Raft log", log_syncs.clone());
         registry.register(
@@ -204,6 +215,8 @@ impl Metrics {
             storage_failed,
             quiesced_groups,
             persist_turns,
+            turns,
+            ready_checks,
             log_syncs,
             log_entries,
             log_bytes,
@@ -230,6 +243,8 @@ impl Metrics {
             s.state_flushes,
             s.state_flush_keys,
             s.follower_proposals,
+            s.turns,
+            s.ready_checks,
         ];
         let counters = [
             &self.proposals,
@@ -244,6 +259,8 @@ impl Metrics {
             &self.state_flushes,
             &self.state_flush_keys,
             &self.follower_proposals,
+            &self.turns,
+            &self.ready_checks,
         ];
         for ((value, counter), last) in values.iter().zip(counters).zip(&self.last) {
             let before = last.swap(*value, Ordering::Relaxed);

@@ -156,7 +156,16 @@ impl<B: Backend> Core<B> {
     /// has already won the pre-vote of a majority and waits for their votes.
     pub(super) fn repeat_opening_campaigns(&mut self) {
         let now = self.now_ms;
-        for (g, r) in &mut self.replicas {
+        let opening: Vec<GroupId> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.opening_until.is_some())
+            .map(|(g, _)| *g)
+            .collect();
+        for g in opening {
+            let Some(r) = self.replicas.get_mut(&g) else {
+                continue;
+            };
             let Some(until) = r.opening_until else {
                 continue;
             };

@@ -22,6 +22,7 @@
 //! - [`control`]: the control plane (formation, coordination, liveness, leftovers, leader
 //!   balancing) over a core it is handed.
 //! - `replica`: one local Raft group and the requests waiting on it.
+//! - `replicas`: the node's replicas, and which of them the next turn asks for a Ready.
 //! - `step`: the clock's and the network's inputs (ticks, Raft messages, send reports).
 //! - `requests`: client requests, served at once or proposed and waited for.
 //! - `backup`: the barrier a backup freezes a group after, and a restored node's seed.
@@ -47,6 +48,7 @@ pub mod placement;
 mod quiesce;
 mod reconcile;
 mod replica;
+mod replicas;
 mod requests;
 pub mod routing;
 mod step;
@@ -69,7 +71,7 @@ pub use placement::{plan_targets, ClusterLayout, DEFAULT_PARTITIONS, DEFAULT_REP
 pub use turn::{Persisted, Turn};
 pub use types::*;
 
-use replica::Replica;
+use replicas::Replicas;
 
 /// Index and term at which a new group's replicas start (from an empty snapshot carrying the
 /// initial configuration, as TiKV does), so that no replica ever needs an empty log.
@@ -140,6 +142,11 @@ pub struct CoreStats {
     pub messages_in: u64,
     /// Turns that persisted something (Raft state or applies).
     pub persist_turns: u64,
+    /// Turns taken ([`Core::begin_turn`]).
+    pub turns: u64,
+    /// Replicas those turns asked for a Ready: the ones reached since the turn before, and
+    /// every replica once a second.
+    pub ready_checks: u64,
     /// Syncs of the Raft log.
     pub log_syncs: u64,
     /// Entries appended to the Raft log.
@@ -164,7 +171,7 @@ pub struct Core<B: Backend> {
     settings: Option<ClusterSettings>,
     /// Where every group's replicas should be, as last learned from the meta group.
     targets: BTreeMap<GroupId, Target>,
-    replicas: BTreeMap<GroupId, Replica<B>>,
+    replicas: Replicas<B>,
     rng: StdRng,
     logger: slog::Logger,
     now_ms: u64,
@@ -229,7 +236,7 @@ impl<B: Backend> Core<B> {
             config,
             settings,
             targets: BTreeMap::new(),
-            replicas: BTreeMap::new(),
+            replicas: Replicas::new(),
             rng,
             logger: logger(),
             now_ms,

@@ -173,13 +173,15 @@ impl<B: Backend> Core<B> {
         self.replicas.get(&group).is_some_and(|r| r.quiesced)
     }
 
-    /// The groups a turn visits: the awake ones, or all of them once per [`SWEEP_MS`].
+    /// The groups a turn asks for a Ready: those reached since the last turn (see
+    /// `replicas`), or all of them once per [`SWEEP_MS`].
     pub(crate) fn turn_groups(&mut self) -> Vec<GroupId> {
+        let touched = self.replicas.take_touched();
         if self.now_ms.saturating_sub(self.quiesce.last_sweep_ms) >= SWEEP_MS {
             self.quiesce.last_sweep_ms = self.now_ms;
             return self.replicas.keys().copied().collect();
         }
-        self.quiesce.awake.iter().copied().collect()
+        touched
     }
 
     /// Whether this `reconcile` pass looks at quiesced leaders too.

@@ -199,7 +199,7 @@ impl<B: Backend> Core<B> {
     pub fn report_unreachable(&mut self, to: NodeId) {
         // A quiesced group sends nothing, so nothing of it failed to arrive; the failure
         // detector's verdict wakes it if `to` is really gone (`set_node_live`).
-        for r in self.replicas.values_mut().filter(|r| !r.quiesced) {
+        for (_, r) in self.replicas.iter_mut().filter(|(_, r)| !r.quiesced) {
             r.node.report_unreachable(to);
         }
     }

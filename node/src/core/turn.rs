@@ -169,10 +169,13 @@ impl<B: Backend> Core<B> {
         let mut reload_leases = false;
         // The reads that arrived since the last turn leave in one ReadIndex call per group.
         self.issue_reads();
-        // The awake groups (quiesced ones have no work), and every group now and then.
+        // The groups reached since the last turn (the others have no new work), and every
+        // group now and then.
         let groups = self.turn_groups();
+        self.stats.turns += 1;
+        self.stats.ready_checks += groups.len() as u64;
         for g in &groups {
-            let Some(r) = self.replicas.get_mut(g) else {
+            let Some(r) = self.replicas.get_mut_untouched(g) else {
                 continue;
             };
             if let Some(ci) = r.compact_to.take() {
@@ -241,7 +244,7 @@ impl<B: Backend> Core<B> {
             }
             let msgs = rd.take_messages();
             self.queue_messages(*g, msgs);
-            let Some(r) = self.replicas.get_mut(g) else {
+            let Some(r) = self.replicas.get_mut_untouched(g) else {
                 continue;
             };
             for rs in rd.read_states() {
@@ -399,15 +402,16 @@ impl<B: Backend> Core<B> {
     /// Serves reads that were waiting for applies that a previous turn made (reads whose
     /// index was already applied when their read state arrived).
     fn serve_caught_up_reads(&mut self) {
-        // A quiesced replica has no reads waiting (a read wakes it).
-        let groups: Vec<GroupId> = self.quiesce.awake.iter().copied().collect();
+        let groups: Vec<GroupId> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| !r.reads_ready.is_empty())
+            .map(|(g, _)| *g)
+            .collect();
         for g in groups {
             let Some(r) = self.replicas.get_mut(&g) else {
                 continue;
             };
-            if r.reads_ready.is_empty() {
-                continue;
-            }
             let applied = r.node.store().apply_state().index;
             let (now, later): (Vec<_>, Vec<_>) =
                 r.reads_ready.drain(..).partition(|rr| rr.index <= applied);
