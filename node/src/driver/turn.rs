@@ -33,16 +33,19 @@ impl Driver {
         let syncs = turn.needs_sync();
         let early: Batches = std::iter::from_fn(|| turn.poll_transmit()).collect();
         let answers: Vec<_> = std::iter::from_fn(|| turn.poll_reply()).collect();
+        let sends_early = !early.is_empty() || !answers.is_empty();
         // The turn holds the core until its persist: these reach only the network and the
         // callers (through the fields they name).
         let unknown = send_raft(&self.io.net, &self.io.peers, self.io.isolated, early).await;
         self.io.routes(now).deliver(answers);
-        // A turn that fsyncs is kept off the async workers' backs where the runtime allows
-        // (the messages just queued for the network then leave while the disk works); one
-        // that does not is pure CPU, and handing the worker over would cost a thread switch.
+        // A turn that fsyncs after queueing messages or answers is kept off the async
+        // workers' backs where the runtime allows: the network tasks send them while the disk
+        // works. One with nothing to send first (a follower writing what its leader sent) or
+        // nothing to sync persists in place: handing the worker to another thread would cost
+        // thread switches and gain nothing.
         let persist = move || turn.persist();
         let mut done = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) if syncs => {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) if syncs && sends_early => {
                 tokio::task::block_in_place(persist)
             }
             _ => persist(),
