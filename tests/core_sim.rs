@@ -646,3 +646,33 @@ fn a_turn_asks_only_the_replicas_that_changed_for_their_ready() {
     }
     assert_eq!(sim.get("one-partition"), Some(b"19".to_vec()));
 }
+
+#[test]
+fn a_voter_cut_off_is_not_offered_the_leadership() {
+    // Leader balancing and a draining node hand leadership only to a voter that Raft
+    // replicates to and has heard from within an election timeout: one cut off but not yet
+    // judged down would hold the partition's writes for an election timeout.
+    let mut sim = Sim::new(&[11, 22, 33], seed());
+    sim.run(3000);
+    let key = "handover";
+    sim.put(key, "1");
+    let (leader, followers) = sim.leader_and_followers(key.as_bytes());
+    let g = swarmkv::core::group_of_partition(partition_of(key.as_bytes(), P));
+    let (cut, other) = (followers[0], followers[1]);
+    assert!(sim.nodes[&leader].can_take_leadership(g, cut));
+    assert!(sim.nodes[&leader].can_take_leadership(g, other));
+    sim.down.push(cut);
+    sim.put(key, "2");
+    sim.run(3000);
+    let l = &sim.nodes[&leader];
+    assert!(l.is_leader(g), "the leader kept its quorum with {other:x}");
+    assert!(!l.can_take_leadership(g, cut), "{cut:x} is cut off");
+    assert!(l.can_take_leadership(g, other), "{other:x} still answers");
+    sim.down.retain(|d| *d != cut);
+    sim.put(key, "3");
+    sim.run(3000);
+    assert!(
+        sim.nodes[&leader].can_take_leadership(g, cut),
+        "{cut:x} is back"
+    );
+}

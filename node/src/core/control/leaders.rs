@@ -65,8 +65,11 @@ pub(super) fn balance<B: Backend>(core: &mut Core<B>, gossip: &Gossip, now: u64)
 }
 
 /// One step of a graceful shutdown: asks every group this node leads to hand leadership to
-/// another reachable voter. Returns true when nothing is left to hand over (a group with no
-/// other reachable voter has nobody to hand over to, and is not waited for).
+/// another reachable voter, one that Raft replicates to normally and heard from lately if
+/// there is one (see [`Core::can_take_leadership`]: a voter cut off but not yet judged down
+/// would hold the group's proposals for an election timeout). Returns true when nothing is
+/// left to hand over (a group with no other reachable voter has nobody to hand over to, and
+/// is not waited for).
 pub(super) fn drain_step<B: Backend>(core: &mut Core<B>, gossip: &Gossip) -> bool {
     let me = core.id();
     let mut leading = 0;
@@ -77,11 +80,17 @@ pub(super) fn drain_step<B: Backend>(core: &mut Core<B>, gossip: &Gossip) -> boo
         let Some(s) = core.group_status(g) else {
             continue;
         };
-        if let Some(to) = s
+        let reachable: Vec<NodeId> = s
             .voters
             .iter()
-            .find(|v| **v != me && !gossip.unreachable.contains(v))
-        {
+            .copied()
+            .filter(|v| *v != me && !gossip.unreachable.contains(v))
+            .collect();
+        let to = reachable
+            .iter()
+            .find(|v| core.can_take_leadership(g, **v))
+            .or(reachable.first());
+        if let Some(to) = to {
             leading += 1;
             core.transfer_leader(g, *to);
         }
