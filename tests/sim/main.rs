@@ -88,6 +88,12 @@ const REGRESSION_SEEDS: &[u64] = &[
     // while its holder, counting from when it sent its request, still held it (commit
     // "core: stamp inputs with the time they arrive, not the last tick's").
     804, 323,
+    // A node added to a group dropped its replica as a leftover on the word of the group's
+    // leader's last announcement, which was built before the node was added; the leader then
+    // crashed, and the two live voters of the new configuration, one of them without its
+    // replica, never elected a leader again (commit "control: judge leftovers only by
+    // announcements newer than their config").
+    4057,
 ];
 /// One seed in this many starts its nodes without a cluster, to form one themselves
 /// (zero-config formation); the others are bootstrapped.

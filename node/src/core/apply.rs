@@ -125,6 +125,7 @@ impl<B: Backend> Core<B> {
             .rev()
             .find(|(_, _, d)| matches!(d, Decoded::Conf(_)))
         {
+            r.conf_applied_ms = self.now_ms;
             // Removed: the replica stays, passive (raft-rs never lets a node outside the
             // configuration campaign), until a leader of the group reports a configuration
             // without it and the target does not want it either (`Core::drop_replica`). Its

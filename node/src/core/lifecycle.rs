@@ -37,6 +37,7 @@ impl<B: Backend> Core<B> {
         let cfg = self.raft_config(applied);
         let node = RawNode::new(&cfg, storage, &self.logger)?;
         let mut replica = Replica::new(node);
+        replica.conf_applied_ms = self.now_ms;
         replica.vote_floor = self.tombstone(group)?.map(|t| (t.last_term, t.last_index));
         self.replicas.insert(group, replica);
         self.quiesce.awake.insert(group);

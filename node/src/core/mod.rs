@@ -283,6 +283,12 @@ impl<B: Backend> Core<B> {
         &self.store
     }
 
+    /// Core time at which the local replica of `group` last applied a configuration change
+    /// (or was created or loaded).
+    pub fn conf_applied_ms(&self, group: GroupId) -> Option<u64> {
+        self.replicas.get(&group).map(|r| r.conf_applied_ms)
+    }
+
     /// What the core did so far.
     pub fn stats(&self) -> CoreStats {
         self.stats

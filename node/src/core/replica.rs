@@ -89,6 +89,11 @@ pub(crate) struct Replica<B: Backend> {
     /// replica exists is dropped: without the repeat, the group would wait a whole election
     /// timeout (1-2 s) for its first leader.
     pub opening_until: Option<u64>,
+    /// Core time at which this replica last applied a configuration change (or was created or
+    /// loaded). An announcement heard before it may describe an older configuration, one from
+    /// before this node was added: it does not count as the leader reporting this node's
+    /// removal (`control/leftovers.rs`).
+    pub conf_applied_ms: u64,
 }
 
 impl<B: Backend> Replica<B> {
@@ -115,6 +120,7 @@ impl<B: Backend> Replica<B> {
             idle_ticks: 0,
             idle_index: 0,
             opening_until: None,
+            conf_applied_ms: 0,
         }
     }
 

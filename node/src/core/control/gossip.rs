@@ -81,6 +81,14 @@ impl Gossip {
             .map(|h| (h.peer.as_slice(), &h.announce))
     }
 
+    /// Fresh announcements with the core time each was heard at.
+    pub fn fresh_heard(&self, now: u64) -> impl Iterator<Item = (&Announce, u64)> {
+        self.heard
+            .values()
+            .filter(move |h| now.saturating_sub(h.at) < self.ttl_ms)
+            .map(|h| (&h.announce, h.at))
+    }
+
     /// Fresh announcements of nodes the network does not report unreachable.
     pub fn reachable(&self, now: u64) -> impl Iterator<Item = &Announce> {
         self.fresh(now)

@@ -1,6 +1,6 @@
 //! Leftover collection: a local replica the target does not want, of a group whose leader
-//! announces a configuration without this node, is dropped, once it is older than the grace
-//! period. (`Core::drop_replica` itself refuses to drop a replica its own joint configuration
+//! announces a configuration without this node (in an announcement heard after the replica's
+//! latest configuration change), is dropped, once it is older than the grace period. (`Core::drop_replica` itself refuses to drop a replica its own joint configuration
 //! names an outgoing voter.)
 
 use std::collections::BTreeMap;
@@ -43,10 +43,14 @@ impl Leftovers {
             if wanted {
                 continue;
             }
-            let removed = gossip.fresh(now).any(|(_, a)| {
-                a.led
-                    .iter()
-                    .any(|(lg, voters)| *lg == g && !voters.contains(&me))
+            // Only an announcement heard after this replica's latest configuration change:
+            // one from before may be of a configuration that did not include this node yet.
+            let since = core.conf_applied_ms(g).unwrap_or(0);
+            let removed = gossip.fresh_heard(now).any(|(a, at)| {
+                at > since
+                    && a.led
+                        .iter()
+                        .any(|(lg, voters)| *lg == g && !voters.contains(&me))
             });
             if removed {
                 leftovers.push(g);
