@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # One put run on a fresh 3-node cluster; prints ops/s, p99 and the nodes' CPU ms per op.
-# usage: ab.sh BIN LABEL [clients] [ops] [keys]   (env NODE_ENV="A=1 B=2" for the nodes,
-# ABDIR for the data directories, HTTPB=1 to bench through the HTTP gateways)
+# usage: ab.sh BIN LABEL [clients] [ops] [keys]   (env NODE_ENV="A=1 B=2" for the nodes)
 set -euo pipefail
 BIN=$1 LABEL=$2 C=${3:-64} OPS=${4:-60000} K=${5:-10000}
 R=${ABDIR:-/tmp/ab-run}; rm -rf $R; mkdir -p $R
@@ -21,7 +20,7 @@ peers=(); for i in 1 2 3; do p=$(sed -n 's/^peer id *//p' $R/n$i.log | head -1);
 "$BIN" bench put --clients "$C" --ops 1000 --keys "$K" --max-seconds 40 "${peers[@]}" >/dev/null 2>&1
 cpu() { local t=0; for p in "${pids[@]}"; do set -- $(cut -d' ' -f14,15 /proc/$p/stat); t=$((t+$1+$2)); done; echo $t; }
 c0=$(cpu)
-"$BIN" bench put --clients "$C" --ops "$OPS" --keys "$K" --no-preload --max-seconds 40 "${peers[@]}" > $R/bench.txt 2>&1
+"$BIN" bench ${OP:-put} --clients "$C" --ops "$OPS" --keys "$K" --no-preload --max-seconds 40 "${peers[@]}" > $R/bench.txt 2>&1
 c1=$(cpu)
 ops=$(sed -n 's/^total_ops=\([0-9]*\).*/\1/p' $R/bench.txt)
 res=$(grep RESULT $R/bench.txt)
