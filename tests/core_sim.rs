@@ -109,6 +109,10 @@ impl Sim {
             while let Some((rid, r)) = done.poll_reply() {
                 self.replies.insert(rid, r);
             }
+            // The writer's sync, at once: what it releases leaves with the next turn.
+            if let Some(job) = core.take_sync_job().unwrap() {
+                core.on_synced(job.run()).unwrap();
+            }
             for (to, msgs) in out {
                 for (g, m) in msgs {
                     if m.get_msg_type() == MessageType::MsgHeartbeat {
@@ -675,4 +679,115 @@ fn a_voter_cut_off_is_not_offered_the_leadership() {
         sim.nodes[&leader].can_take_leadership(g, cut),
         "{cut:x} is back"
     );
+}
+
+/// One turn of node `id` by hand, in the driver's order, without running its writer's sync:
+/// the messages it hands out (before and after the persist) for `group`.
+fn turn_without_sync(sim: &mut Sim, id: NodeId, group: GroupId) -> Vec<Message> {
+    let core = sim.nodes.get_mut(&id).unwrap();
+    core.advance_clock(sim.now);
+    let mut out = Vec::new();
+    let mut turn = core.begin_turn().unwrap();
+    out.extend(std::iter::from_fn(|| turn.poll_transmit()));
+    while turn.poll_reply().is_some() {}
+    let mut done = turn.persist().unwrap();
+    out.extend(std::iter::from_fn(|| done.poll_transmit()));
+    while done.poll_reply().is_some() {}
+    out.into_iter()
+        .flat_map(|(_, msgs)| msgs)
+        .filter(|(g, _)| *g == group)
+        .map(|(_, m)| m)
+        .collect()
+}
+
+#[test]
+fn a_follower_acknowledges_an_append_only_once_its_sync_returned() {
+    // With the Raft log synced off the turn, a follower writes the leader's entries in its
+    // turn and hands its writer the sync; the acknowledgement waits for that sync, and a crash
+    // before it returns loses the entries, which nothing then counts on.
+    let mut sim = Sim::new(&[11, 22, 33], seed());
+    sim.run(3000);
+    sim.put("k", "v0");
+    let (leader, followers) = sim.leader_and_followers(b"k");
+    let f = followers[0];
+    let g = swarmkv::core::group_of_partition(partition_of(b"k", P));
+    let op = KvOp::Put {
+        key: "k".into(),
+        value: "v1".into(),
+        lease: 0,
+        prev_kv: false,
+    };
+    let req = Request {
+        partition: partition_of(b"k", P),
+        body: RequestBody::Write { op, session: None },
+    };
+    sim.submit(leader, 9_000, req);
+    let appends: Vec<Message> = turn_without_sync(&mut sim, leader, g)
+        .into_iter()
+        .filter(|m| m.to == f && m.get_msg_type() == MessageType::MsgAppend)
+        .filter(|m| !m.entries.is_empty())
+        .collect();
+    assert!(
+        !appends.is_empty(),
+        "the leader sends its append before its own sync"
+    );
+    let index = appends
+        .iter()
+        .flat_map(|m| &m.entries)
+        .map(|e| e.index)
+        .max();
+    let index = index.unwrap_or_default();
+    let follower = sim.nodes.get_mut(&f).unwrap();
+    for m in appends.clone() {
+        follower.handle_raft(leader, g, m);
+    }
+    let out = turn_without_sync(&mut sim, f, g);
+    assert!(
+        !out.iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgAppendResponse),
+        "an acknowledgement left before the sync: {out:?}"
+    );
+    let job = sim.nodes.get_mut(&f).unwrap().take_sync_job().unwrap();
+    assert!(job.is_some(), "the follower's write waits for a sync");
+
+    // The sync never returns: the node crashes, and the entries are gone.
+    sim.nodes.remove(&f);
+    sim.backends[&f].crash_keeping(0, 0);
+    sim.restart(f);
+    let last = sim.nodes[&f]
+        .group_status(g)
+        .map(|s| s.last_index)
+        .unwrap_or_default();
+    assert!(
+        last < index,
+        "an unsynced entry survived the crash: {last} >= {index}"
+    );
+
+    // Again, and this time the sync returns: the acknowledgement follows.
+    let follower = sim.nodes.get_mut(&f).unwrap();
+    for m in appends {
+        follower.handle_raft(leader, g, m);
+    }
+    let out = turn_without_sync(&mut sim, f, g);
+    assert!(!out
+        .iter()
+        .any(|m| m.get_msg_type() == MessageType::MsgAppendResponse && !m.reject));
+    let follower = sim.nodes.get_mut(&f).unwrap();
+    let job = follower.take_sync_job().unwrap().expect("a sync to run");
+    follower.on_synced(job.run()).unwrap();
+    let out = turn_without_sync(&mut sim, f, g);
+    assert!(
+        out.iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgAppendResponse
+                && m.to == leader
+                && !m.reject
+                && m.index >= index),
+        "no acknowledgement after the sync: {out:?}"
+    );
+    // The write completes as usual.
+    match sim.wait_reply(9_000, 3_000) {
+        Some(Ok(Response::Write(KvOutcome::Put { .. }))) => {}
+        other => panic!("put k=v1: {other:?}"),
+    }
+    assert_eq!(sim.get("k"), Some(b"v1".to_vec()));
 }

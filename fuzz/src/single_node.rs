@@ -101,6 +101,10 @@ impl Node {
         while done.poll_transmit().is_some() {}
         while done.poll_snapshot().is_some() {}
         std::iter::from_fn(|| done.poll_reply()).for_each(&mut answer);
+        // The writer's sync, at once: what it releases leaves with the next turn.
+        if let Some(job) = self.core.take_sync_job()? {
+            self.core.on_synced(job.run())?;
+        }
         Ok(())
     }
 

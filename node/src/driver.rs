@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use swarmkv_net::{KvResponder, Multiaddr, NetConfig, NetEvents, NetHandle, PeerId, PreSharedKey};
-use swarmkv_store::{SledBackend, SledStore, Store, StoreConfig};
+use swarmkv_store::{SledBackend, SledStore, Store, StoreConfig, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{
     ClusterSettings, Core, CoreConfig, CoreError, GroupId, NodeId, Reply, Request, RequestId,
+    SyncDone,
 };
 use crate::metrics::{op_of, Metrics};
 use crate::wire::{Answer, KvAnswer};
@@ -434,8 +435,26 @@ impl Driver {
         let tick = Duration::from_millis(self.disk.core.tick_ms().max(1));
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The Raft log's sync in flight (`core/pipeline.rs`): the writer runs it on a thread
+        // that may block while turns go on here.
+        let mut writer: Option<tokio::task::JoinHandle<SyncDone>> = None;
         loop {
+            let synced = async {
+                match writer.as_mut() {
+                    Some(job) => job.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                done = synced => {
+                    writer = None;
+                    let done = done.map_err(|e| StoreError::Io {
+                        during: "syncing the raft log",
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
+                    self.disk.core.advance_clock(self.now_ms());
+                    self.disk.core.on_synced(done)?;
+                }
                 _ = ticker.tick() => {
                     let now = self.now_ms();
                     self.disk.core.handle_tick(now);
@@ -454,28 +473,39 @@ impl Driver {
                 Some(i) = self.io.internal.recv() => self.on_internal(i),
             }
             // Take whatever else is already waiting, so one turn serves many inputs.
-            for _ in 0..256 {
-                let mut progressed = false;
-                if let Some(Some(ev)) = self.io.events.recv().now_or_never() {
-                    self.on_event(ev);
-                    progressed = true;
-                }
-                if let Ok(cmd) = self.io.cmds.try_recv() {
-                    self.on_cmd(cmd);
-                    progressed = true;
-                }
-                if !progressed {
-                    break;
-                }
-            }
+            self.take_waiting();
             let turn = self.turn().await;
             self.io.metrics.observe_core(self.disk.core.stats());
             self.io.metrics.observe_net(self.io.net.stats());
             turn?;
+            if writer.is_none() {
+                if let Some(job) = self.disk.core.take_sync_job()? {
+                    writer = Some(tokio::task::spawn_blocking(move || job.run()));
+                }
+            }
             if self.io.draining.is_some() && self.drain_step() {
                 // Let the transfers' messages leave before the network stops.
                 let _ = self.turn().await;
                 return Ok(());
+            }
+        }
+    }
+
+    /// Takes the events and commands already waiting (up to a bound), so that one turn
+    /// serves many inputs.
+    fn take_waiting(&mut self) {
+        for _ in 0..256 {
+            let mut progressed = false;
+            if let Some(Some(ev)) = self.io.events.recv().now_or_never() {
+                self.on_event(ev);
+                progressed = true;
+            }
+            if let Ok(cmd) = self.io.cmds.try_recv() {
+                self.on_cmd(cmd);
+                progressed = true;
+            }
+            if !progressed {
+                break;
             }
         }
     }

@@ -52,7 +52,7 @@ pub use history::{Event, EventKind, HistoryPage, HistoryQuery, HistoryRead};
 pub use kv::{CasAction, Compare, KvError, KvOp, KvOutcome, KvRecord, KvResult, Limits, Session};
 pub use log_batch::{CommitStats, LogBatch};
 pub use mem_backend::MemBackend;
-pub use raft_log::{DirFs, GroupLog, LogFs, MemFs, RaftLog, RaftLogBatch, RaftLogConfig};
+pub use raft_log::{DirFs, GroupLog, LogFs, MemFs, RaftLog, RaftLogBatch, RaftLogConfig, Syncer};
 pub use sled_backend::{SledBackend, SledConfig};
 pub use snapshot::{ChunkProgress, DiscardedSnapshot, SnapshotChunk, SnapshotDescriptor};
 pub use snapshot_io::StagedSnapshot;

@@ -97,6 +97,14 @@ impl LogBatch {
         self.sync
     }
 
+    /// Leaves the sync to a later one ([`Store::log_syncer`] or [`Store::sync_log`]): the
+    /// commit writes without syncing, and what it wrote is durable only once that sync
+    /// returned. Not for a batch that installs a snapshot (the install syncs the engine, and
+    /// the log must say so before anything else happens).
+    pub fn defer_sync(&mut self) {
+        self.sync = false;
+    }
+
     /// Number of operations.
     pub fn len(&self) -> usize {
         self.ops.len()
@@ -136,6 +144,40 @@ impl<B: Backend> Store<B> {
     /// from a write or sync itself, nothing was written).
     pub fn commit(&self, batch: &LogBatch) -> Result<CommitStats> {
         self.commit_with_applies(batch, ApplyBatch::default())
+    }
+
+    /// A sync of the Raft log's writes so far to run on another thread (the node's writer)
+    /// while commits go on, with how many writes it covers; `None` when all are durable.
+    /// Report its outcome through [`Store::log_synced`].
+    pub fn log_syncer(&self) -> Result<Option<(u64, crate::raft_log::Syncer)>> {
+        let Some((writes, sync)) = self.raft_log().syncer()? else {
+            return Ok(None);
+        };
+        let observer = self.inner.sync_observer.get().cloned();
+        let timed: crate::raft_log::Syncer = Box::new(move || {
+            let started = std::time::Instant::now();
+            let done = sync();
+            if let Some(observe) = observer {
+                observe(started.elapsed());
+            }
+            done
+        });
+        Ok(Some((writes, timed)))
+    }
+
+    /// The outcome of a [`Store::log_syncer`] sync covering `writes` writes: after an error
+    /// the log refuses further writes (the node must stop, as after any failed sync).
+    pub fn log_synced(&self, writes: u64, ok: bool) {
+        self.raft_log()
+            .synced(if ok { Ok(writes) } else { Err(()) });
+    }
+
+    /// Makes every Raft log write so far durable, in place; whether that took a sync.
+    pub fn sync_log(&self) -> Result<bool> {
+        let mut log = self.raft_log();
+        let needed = log.has_unsynced();
+        log.sync()?;
+        Ok(needed)
     }
 
     /// As [`Store::commit`], with the gathered `applies` written to the state layer in the

@@ -82,7 +82,14 @@ impl MemBackend {
     /// ordered, so what survives is always a prefix). The Raft log loses its unsynced tail
     /// likewise, but for a prefix of `keep_unsynced` times a few dozen bytes (a torn record).
     pub fn crash(&self, keep_unsynced: usize) {
-        self.log.crash(keep_unsynced * LOG_BYTES_KEPT_PER_BATCH);
+        self.crash_keeping(keep_unsynced, keep_unsynced * LOG_BYTES_KEPT_PER_BATCH);
+    }
+
+    /// As [`MemBackend::crash`], with the Raft log keeping the first `keep_log_bytes` of its
+    /// unsynced writes in write order (see [`MemBackend::unsynced_log_bytes`]): a disk may
+    /// have written any prefix of them, the last one torn.
+    pub fn crash_keeping(&self, keep_unsynced: usize, keep_log_bytes: usize) {
+        self.log.crash(keep_log_bytes);
         let mut s = self.lock();
         let pending = std::mem::take(&mut s.pending);
         let mut trees = s.durable.clone();
@@ -96,6 +103,11 @@ impl MemBackend {
     /// The Raft log's files (tests damage them through [`MemFs::corrupt`]).
     pub fn raft_log_files(&self) -> MemFs {
         self.log.clone()
+    }
+
+    /// Bytes the Raft log wrote that no sync has made durable yet.
+    pub fn unsynced_log_bytes(&self) -> usize {
+        self.log.unsynced_bytes()
     }
 
     /// Number of batches written since the last sync.

@@ -18,7 +18,7 @@ use swarmkv::core::control::{targets_epoch, Control, ControlAction, ControlParam
 use swarmkv::core::routing::partition_of;
 use swarmkv::core::{
     plan_targets, ClientError, ClusterLayout, ClusterSettings, Core, CoreConfig, GroupId, NodeId,
-    NodeRecord, NodeState, Reply, Request, RequestBody, RequestId, META_GROUP,
+    NodeRecord, NodeState, Reply, Request, RequestBody, RequestId, SyncJob, META_GROUP,
 };
 use swarmkv_store::{KvRecord, MemBackend, Store, StoreConfig};
 
@@ -128,6 +128,9 @@ struct Node {
     stall_until: u64,
     /// When a crashed node comes back.
     restart_at: Option<u64>,
+    /// The Raft log sync its driver's writer runs, and when it returns (a crash loses it
+    /// and every write it would have made durable).
+    syncing: Option<(u64, SyncJob)>,
 }
 
 impl Node {
@@ -169,6 +172,11 @@ pub struct World {
     revisions: BTreeMap<u64, u64>,
     acked: Vec<AckedWrite>,
     next_crash: u64,
+    /// The writer's timing and the crash model of the Raft log's unsynced writes, drawn
+    /// apart from `rng` so that they do not move the rest of a seed's schedule.
+    disk_rng: StdRng,
+    /// Longest time a writer's sync takes.
+    sync_max_ms: u64,
     next_partition: u64,
     next_pause: u64,
     next_clock: u64,
@@ -223,6 +231,10 @@ impl World {
     pub fn new(seed: u64, verbose: bool, zero_config: bool) -> Result<World, Failure> {
         let mut rng = StdRng::seed_from_u64(seed);
         let p = Params::draw(&mut rng);
+        // Most seeds sync the Raft log off the turn, as the node does; the others in place.
+        let mut disk_rng = StdRng::seed_from_u64(seed ^ 0x5eed_d15c);
+        let pipelined_sync = disk_rng.gen_bool(0.8);
+        let sync_max_ms = [0, QUANTUM_MS, 3 * QUANTUM_MS][disk_rng.gen_range(0..3)];
         let mut ids = BTreeSet::new();
         while ids.len() < p.nodes {
             ids.insert(rng.gen_range(1..u64::MAX >> 8));
@@ -240,6 +252,7 @@ impl World {
             request_timeout_ms: p.request_timeout_ms,
             seed: rng.gen(),
             quiesce_after_ticks: p.quiesce_after_ticks,
+            pipelined_sync,
         };
         let layout = ClusterLayout {
             nodes: ids.clone(),
@@ -289,6 +302,7 @@ impl World {
                     paused_until: 0,
                     stall_until: 0,
                     restart_at: None,
+                    syncing: None,
                 },
             );
         }
@@ -350,6 +364,8 @@ impl World {
             revisions: BTreeMap::new(),
             acked: Vec::new(),
             next_crash,
+            disk_rng,
+            sync_max_ms,
             next_partition,
             next_pause,
             next_clock,
@@ -362,6 +378,7 @@ impl World {
         };
         if verbose {
             eprintln!("seed {seed}: {:?}", w.p);
+            eprintln!("pipelined sync {pipelined_sync}, syncs take up to {sync_max_ms} ms");
             eprintln!("nodes {:x?}", ids);
             for (id, n) in &w.nodes {
                 let groups = n.core.as_ref().map(|c| c.groups()).unwrap_or_default();
@@ -598,19 +615,32 @@ impl World {
         };
         n.core = None;
         n.control = None;
+        n.syncing = None;
         let unsynced = n.backend.unsynced_batches();
         let keep = if keep_all {
             self.rng.gen_range(0..=unsynced)
         } else {
             0
         };
-        n.backend.crash(keep);
+        // The disk may have written any prefix of the log's unsynced writes.
+        let log_unsynced = n.backend.unsynced_log_bytes();
+        let keep_log = match self.disk_rng.gen_range(0..3) {
+            0 => 0,
+            1 => self.disk_rng.gen_range(0..=log_unsynced),
+            _ => log_unsynced,
+        };
+        n.backend.crash_keeping(keep, keep_log);
         n.incarnation += 1;
         n.restart_at = restart_at;
         n.paused_until = 0;
         n.stall_until = 0;
         self.summary.crashes += 1;
-        self.log(|| format!("crash {id:x} (kept {keep} of {unsynced} unsynced batches)"));
+        self.log(|| {
+            format!(
+                "crash {id:x} (kept {keep} of {unsynced} unsynced batches, {keep_log} of \
+                 {log_unsynced} unsynced log bytes)"
+            )
+        });
     }
 
     fn restart_due(&mut self) -> Result<(), Failure> {
@@ -730,6 +760,7 @@ impl World {
                 paused_until: 0,
                 stall_until: 0,
                 restart_at: None,
+                syncing: None,
             },
         );
         self.wanted.insert(id, NodeState::Live);
@@ -933,6 +964,18 @@ impl World {
         }
         let inc = n.incarnation;
         let tick = now >= n.stall_until;
+        if n.syncing.as_ref().is_some_and(|(due, _)| *due <= now) {
+            if let (Some((_, job)), Some(core)) = (n.syncing.take(), n.core.as_mut()) {
+                core.advance_clock(now);
+                if let Err(e) = core.on_synced(job.run()) {
+                    return Err(Failure {
+                        property: "storage",
+                        detail: format!("node {id:x}: {e}"),
+                        at_ms: now,
+                    });
+                }
+            }
+        }
         let (Some(core), Some(control)) = (n.core.as_mut(), n.control.as_mut()) else {
             return Ok(());
         };
@@ -1015,6 +1058,22 @@ impl World {
         let mut actions = Vec::new();
         while let Some(a) = control.poll_action() {
             actions.push(a);
+        }
+        if n.syncing.is_none() {
+            match core.take_sync_job() {
+                Ok(Some(job)) => {
+                    let due = now + self.disk_rng.gen_range(0..=self.sync_max_ms);
+                    n.syncing = Some((due, job));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(Failure {
+                        property: "storage",
+                        detail: format!("node {id:x}: {e}"),
+                        at_ms: now,
+                    })
+                }
+            }
         }
         if let Err(v) = self.observer.observe(core, inc) {
             return Err(self.violation(v));

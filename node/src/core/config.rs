@@ -26,6 +26,10 @@ pub struct CoreConfig {
     /// replicas stop ticking and heartbeating until traffic or a node failure wakes them
     /// (see `core/quiesce.rs`). 0 never quiesces.
     pub quiesce_after_ticks: usize,
+    /// A turn writes its Readies without syncing and the driver syncs them off the turn
+    /// ([`super::Core::take_sync_job`]), so that turns go on while the disk works; false
+    /// syncs each turn in place.
+    pub pipelined_sync: bool,
 }
 
 impl CoreConfig {
@@ -52,6 +56,7 @@ impl Default for CoreConfig {
             request_timeout_ms: 5_000,
             seed: 0,
             quiesce_after_ticks: 10,
+            pipelined_sync: true,
         }
     }
 }

@@ -216,6 +216,7 @@ impl<B: Backend> Core<B> {
     /// Destroys a local replica and its data, keeping its term and vote as a tombstone (see
     /// [`Core::create_replica`]).
     fn destroy_replica(&mut self, group: GroupId, r: Replica<B>) -> Result<(), CoreError> {
+        self.forget_waiting(group);
         let hs = r.node.raft.hard_state();
         let log = &r.node.raft.raft_log;
         let mut tomb = Tombstone {

@@ -28,7 +28,9 @@
 //! - `backup`: the barrier a backup freezes a group after, and a restored node's seed.
 //! - `lifecycle`: replicas created, bootstrapped and dropped, and their tombstones.
 //! - `turn`: one turn in its one order ([`Core::begin_turn`], [`Turn`], [`Persisted`]):
-//!   staging every group's Ready, persisting them with one sync, handing out the output.
+//!   staging every group's Ready, writing them in one batch, handing out the output.
+//! - `pipeline`: the batches' syncs off the turn ([`SyncJob`], [`Core::on_synced`]), and the
+//!   Readies and messages that wait for them.
 //! - `apply`: committed entries applied to the state machines, and the answers they give.
 //! - this file: [`Core`], its construction and what it tells about itself.
 
@@ -44,6 +46,7 @@ pub mod lease;
 mod lease_core;
 mod lifecycle;
 pub mod meta;
+mod pipeline;
 pub mod placement;
 mod quiesce;
 mod reconcile;
@@ -67,6 +70,7 @@ pub use config::CoreConfig;
 pub use election::{Candidate, ElectionRequest};
 pub use lease::{lease_hex, parse_lease_id, LeaseId, LeaseInfo, LeaseRecord, LeaseRequest};
 pub use meta::{ClusterSettings, MetaState, NodeRecord, NodeState, Target, META_GROUP};
+pub use pipeline::{SyncDone, SyncJob};
 pub use placement::{plan_targets, ClusterLayout, DEFAULT_PARTITIONS, DEFAULT_REPLICATION};
 pub use turn::{Persisted, Turn};
 pub use types::*;
@@ -196,6 +200,8 @@ pub struct Core<B: Backend> {
     reads_to_issue: BTreeSet<GroupId>,
     /// The staged snapshots a restored node's groups start from (see `backup`).
     restore_seed: Option<BTreeMap<GroupId, swarmkv_store::SnapshotDescriptor>>,
+    /// Readies written and waiting for a sync off the turn (see `pipeline`).
+    pipeline: pipeline::Pipeline,
 }
 
 fn logger() -> slog::Logger {
@@ -253,6 +259,7 @@ impl<B: Backend> Core<B> {
             boot,
             reads_to_issue: BTreeSet::new(),
             restore_seed: None,
+            pipeline: pipeline::Pipeline::default(),
         };
         for g in core.store.groups()? {
             core.open_replica(g)?;

@@ -8,12 +8,16 @@
 //!    copy only once it is persisted, so sending first lets the followers' fsyncs overlap the
 //!    leader's), and the answers to committed writes and confirmed reads (already durable on
 //!    a quorum). The caller queues them without waiting for the network.
-//! 3. [`Turn::persist`]: write the batch with one sync, apply, and serve the reads that
-//!    caught up. This is the step that waits for the disk ([`Turn::needs_sync`] says whether
-//!    it will, so the driver can take it off its async worker).
-//! 4. [`Persisted`]: hand out what may only leave after the sync (messages, snapshots to
-//!    stream, answers) and take the peers the caller could not address
-//!    ([`Persisted::report_unreachable`]).
+//! 3. [`Turn::persist`]: write the batch, apply, and serve the reads that caught up. With
+//!    [`super::CoreConfig::pipelined_sync`] the write is usually not synced here: the Readies
+//!    wait for a sync the driver runs off the turn (`pipeline`). Otherwise, or for a Ready
+//!    that cannot wait (a snapshot, a configuration change), this step syncs in place and
+//!    waits for the disk ([`Turn::needs_sync`] says whether it will, so the driver can take
+//!    it off its async worker).
+//! 4. [`Persisted`]: hand out what may leave now (messages, snapshots to stream, answers)
+//!    and take the peers the caller could not address ([`Persisted::report_unreachable`]).
+//! 5. [`Core::take_sync_job`]: the sync for the driver's writer, when Readies wait for one
+//!    and none is in flight; its end, [`Core::on_synced`], releases what waited for it.
 //!
 //! The control plane's actions ([`super::control::Control::poll_action`]) follow the turn.
 //!
@@ -121,13 +125,19 @@ pub(super) struct Staged {
     batch: LogBatch,
     readies: Vec<(GroupId, raft::Ready, Vec<Entry>)>,
     reload_leases: bool,
+    /// The batch's sync is left to the driver's writer (see `pipeline`).
+    deferred: bool,
+    /// Persisting syncs in place: the batch needs it, or Readies written before wait for a
+    /// sync that this turn's persist must make first.
+    syncs_in_place: bool,
 }
 
 impl Staged {
     /// Whether persisting this turn waits for the disk (the driver then gets the turn off
-    /// the async workers' backs); a turn that only applies and answers does not.
+    /// the async workers' backs); a turn that only applies and answers does not, nor one
+    /// whose sync is left to the driver's writer.
     fn needs_sync(&self) -> bool {
-        self.batch.needs_sync()
+        self.syncs_in_place
     }
 }
 
@@ -192,6 +202,15 @@ impl<B: Backend> Core<B> {
             if quiesce::wake(&mut self.quiesce, *g, r, false) {
                 log::debug!("group {g}: woken by pending work");
             }
+            // A replica that became leader without a vote from anyone (the only voter) may
+            // still have Readies waiting for their sync; raft-rs asserts that a new leader has
+            // none with entries: they are made durable first.
+            if r.node.raft.state == StateRole::Leader && !r.is_leader && self.pipeline.holds(*g) {
+                self.settle_in_place()?;
+            }
+            let Some(r) = self.replicas.get_mut_untouched(g) else {
+                continue;
+            };
             let mut rd = r.node.ready();
             if let Some(ss) = rd.ss() {
                 let was_leader = r.is_leader;
@@ -310,10 +329,23 @@ impl<B: Backend> Core<B> {
         // a quorum; the reads they caught up with wait for the write (`serve_caught_up_reads`
         // after the persist).
         self.serve_caught_up_reads();
+        // A turn's sync is left to the driver's writer unless one of its Readies must be
+        // persisted in place (see `pipeline`): a snapshot, a configuration change to apply
+        // after the persist, leases to reload from what it installs.
+        let must_wait = reload_leases
+            || readies
+                .iter()
+                .any(|(_, rd, committed)| !rd.snapshot().is_empty() || !committed.is_empty());
+        let deferred = self.config.pipelined_sync
+            && !must_wait
+            && (batch.needs_sync() || self.pipeline.busy());
+        let syncs_in_place = !deferred && (batch.needs_sync() || self.pipeline.busy());
         Ok(Staged {
             batch,
             readies,
             reload_leases,
+            deferred,
+            syncs_in_place,
         })
     }
 
@@ -323,10 +355,15 @@ impl<B: Backend> Core<B> {
     /// failed; the node must then stop.
     fn persist(&mut self, staged: Staged) -> Result<(), CoreError> {
         let Staged {
-            batch,
+            mut batch,
             readies,
             reload_leases,
+            deferred,
+            syncs_in_place: _,
         } = staged;
+        if deferred {
+            batch.defer_sync();
+        }
         let applies = std::mem::take(&mut self.applies);
         if !batch.is_empty() || !applies.is_empty() {
             let done = self.store.commit_with_applies(&batch, applies)?;
@@ -335,11 +372,31 @@ impl<B: Backend> Core<B> {
             self.stats.log_entries += done.entries as u64;
             self.stats.log_bytes += done.bytes as u64;
         }
+        if !deferred {
+            // This turn's advance tells raft-rs that every earlier Ready of its groups is
+            // persisted: make it true for the ones still waiting for their sync.
+            self.settle_in_place()?;
+        }
         if reload_leases {
             self.reload_leases()?;
             self.reload_elections()?;
         }
         for (g, mut rd, ready_committed) in readies {
+            if deferred {
+                // Written, not durable: raft-rs hears of it when the writer's sync returns,
+                // and the messages that need it durable wait for that.
+                let number = rd.number();
+                let persisted = rd.take_persisted_messages();
+                let Some(r) = self.replicas.get_mut(&g) else {
+                    continue;
+                };
+                r.node.advance_append_async(rd);
+                self.wait_for_sync(g, number, persisted);
+                // Only entries of normal type are in a deferred turn, applied in the stage.
+                self.apply_committed(g, ready_committed)?;
+                self.finish_ready(g);
+                continue;
+            }
             let persisted = rd.take_persisted_messages();
             self.queue_messages(g, persisted);
             let Some(r) = self.replicas.get_mut(&g) else {
@@ -354,13 +411,7 @@ impl<B: Backend> Core<B> {
             self.queue_messages(g, msgs);
             self.apply_committed(g, ready_committed)?;
             self.apply_committed(g, committed)?;
-            if let Some(r) = self.replicas.get_mut(&g) {
-                r.node.advance_apply();
-                if std::mem::take(&mut r.step_down) && r.node.raft.state == StateRole::Leader {
-                    let term = r.node.raft.term;
-                    r.node.raft.become_follower(term + 1, raft::INVALID_ID);
-                }
-            }
+            self.finish_ready(g);
         }
         self.write_applies()?;
         // The partitions' writes reach sled in batches (about every 100 ms), behind the log.
@@ -369,6 +420,18 @@ impl<B: Backend> Core<B> {
             self.stats.state_flush_keys += flushed.keys as u64;
         }
         Ok(())
+    }
+
+    /// The end of a Ready, its committed entries applied: raft-rs hears so, and a leader
+    /// that was asked to step down does.
+    fn finish_ready(&mut self, g: GroupId) {
+        if let Some(r) = self.replicas.get_mut(&g) {
+            r.node.advance_apply();
+            if std::mem::take(&mut r.step_down) && r.node.raft.state == StateRole::Leader {
+                let term = r.node.raft.term;
+                r.node.raft.become_follower(term + 1, raft::INVALID_ID);
+            }
+        }
     }
 
     /// Writes the applies gathered so far in this half turn (see [`Core::stage`]).

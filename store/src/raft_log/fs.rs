@@ -28,11 +28,19 @@ pub trait LogFs: Send + Sync + 'static {
     fn write_at(&self, id: u64, offset: u64, data: &[u8]) -> Result<()>;
     /// Makes every write to the segment durable (fdatasync).
     fn sync(&self, id: u64) -> Result<()>;
+    /// A sync of the segment to run later, on another thread: it makes durable at least every
+    /// write that returned before the call to this method. The segment may be removed
+    /// meanwhile (the log syncs a segment before it leaves it, and removes only old ones):
+    /// the sync then has nothing left to do.
+    fn syncer(&self, id: u64) -> Result<Syncer>;
     /// Deletes the segment.
     fn remove(&self, id: u64) -> Result<()>;
     /// How to name the segment in an error message (its path).
     fn describe(&self, id: u64) -> String;
 }
+
+/// A deferred sync (see [`LogFs::syncer`]).
+pub type Syncer = Box<dyn FnOnce() -> Result<()> + Send>;
 
 /// Segment files `{id:016x}.log` in one directory, with their handles kept open (one open
 /// per segment per process rather than one per write or read).
@@ -165,6 +173,15 @@ impl LogFs for DirFs {
             .map_err(StoreError::io("syncing the raft log"))
     }
 
+    fn syncer(&self, id: u64) -> Result<Syncer> {
+        // The handle itself: an fdatasync of a removed file still succeeds.
+        let f = self.file(id)?;
+        Ok(Box::new(move || {
+            f.sync_data()
+                .map_err(StoreError::io("syncing the raft log"))
+        }))
+    }
+
     fn remove(&self, id: u64) -> Result<()> {
         lock(&self.files).remove(&id);
         std::fs::remove_file(self.path(id))
@@ -271,6 +288,13 @@ impl MemFs {
         }
     }
 
+    /// Bytes written that no sync has made durable yet.
+    pub fn unsynced_bytes(&self) -> usize {
+        let st = self.state();
+        let writes = st.segments.values().flat_map(|s| &s.unsynced);
+        writes.map(|(_, _, d)| d.len()).sum()
+    }
+
     /// XORs the byte at `offset` of segment `id` with `byte` (damage, for tests).
     pub fn corrupt(&self, id: u64, offset: u64, byte: u8) {
         let mut st = self.state();
@@ -361,6 +385,20 @@ impl LogFs for MemFs {
             overwrite(&mut seg.durable, offset, &data);
         }
         Ok(())
+    }
+
+    fn syncer(&self, id: u64) -> Result<Syncer> {
+        let fs = self.clone();
+        Ok(Box::new(move || {
+            let mut st = fs.state();
+            st.syncs += 1;
+            if let Some(seg) = st.segments.get_mut(&id) {
+                for (_, offset, data) in std::mem::take(&mut seg.unsynced) {
+                    overwrite(&mut seg.durable, offset, &data);
+                }
+            }
+            Ok(())
+        }))
     }
 
     fn remove(&self, id: u64) -> Result<()> {

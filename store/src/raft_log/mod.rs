@@ -23,7 +23,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState};
 
 use crate::error::{Result, StoreError};
-pub use fs::{DirFs, LogFs, MemFs};
+pub use fs::{DirFs, LogFs, MemFs, Syncer};
 use record::{Frame, Kind, Payload};
 
 /// How the log lays out its files.
@@ -245,8 +245,13 @@ pub struct RaftLog {
     segments: Vec<u64>,
     active_offset: u64,
     active_prologue_end: u64,
-    /// The active segment has writes not yet synced.
+    /// The active segment has writes not yet synced in place (a deferred sync does not
+    /// clear this: the log syncs a segment again before it leaves it).
     unsynced: bool,
+    /// Writes so far, and how many of them a sync has made durable (in place, or deferred
+    /// and reported through [`RaftLog::synced`]).
+    writes: u64,
+    synced_writes: u64,
     bytes_written: u64,
     report: OpenReport,
     /// A write or sync failed: what reached the file is unknown (fsync errors may even have
@@ -267,6 +272,8 @@ impl RaftLog {
             active_offset: 0,
             active_prologue_end: 0,
             unsynced: false,
+            writes: 0,
+            synced_writes: 0,
             bytes_written: 0,
             report: OpenReport::default(),
             failed: false,
@@ -608,6 +615,10 @@ impl RaftLog {
         }
         self.active_offset = offset + data.len() as u64;
         self.unsynced = !sync;
+        self.writes += 1;
+        if sync {
+            self.synced_writes = self.writes;
+        }
         self.bytes_written += data.len() as u64;
         stats.bytes = data.len() as u64;
         stats.synced = sync;
@@ -636,6 +647,7 @@ impl RaftLog {
             if self.unsynced {
                 self.fs.sync(segment - 1)?;
                 self.unsynced = false;
+                self.synced_writes = self.writes;
             }
             self.fs.create(segment, self.config.segment_bytes)?;
         }
@@ -658,7 +670,40 @@ impl RaftLog {
             return Err(e);
         }
         self.unsynced = false;
+        self.synced_writes = self.writes;
         Ok(())
+    }
+
+    /// Whether the active segment has writes no in-place sync covered.
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// A sync of every write so far to run on another thread while the log takes more
+    /// writes, with the number of writes it covers (report them through [`RaftLog::synced`]
+    /// once it returned `Ok`); `None` when every write is durable already. Writes before the
+    /// active segment need none: the log synced each segment before it left it.
+    pub fn syncer(&self) -> Result<Option<(u64, Syncer)>> {
+        if self.failed {
+            return Err(StoreError::Io {
+                during: "syncing the raft log",
+                source: std::io::Error::other("an earlier write or sync failed: reopen the log"),
+            });
+        }
+        if self.synced_writes >= self.writes {
+            return Ok(None);
+        }
+        let active = self.segments.last().copied().unwrap_or(1);
+        Ok(Some((self.writes, self.fs.syncer(active)?)))
+    }
+
+    /// A deferred sync from [`RaftLog::syncer`] covering the first `writes` writes returned
+    /// `Ok`; after an error, the log refuses further writes, as after its own.
+    pub fn synced(&mut self, writes: std::result::Result<u64, ()>) {
+        match writes {
+            Ok(w) => self.synced_writes = self.synced_writes.max(w),
+            Err(()) => self.failed = true,
+        }
     }
 
     /// Entries `[lo, hi)` of `group`: at least one when `lo < hi`, then as many as fit in
