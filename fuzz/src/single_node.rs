@@ -108,11 +108,21 @@ impl Node {
         Ok(())
     }
 
-    /// Runs turns until this node leads every group (at most `turns`); false if it did not.
+    /// Runs turns until this node leads every group and has applied all of each group's log
+    /// (at most `turns`); false if it did not. A new leader serves nothing before it applied
+    /// its term's first entry, which takes a turn after the one it became leader in (the
+    /// entry commits once the writer's sync of it returned).
     pub fn await_leadership(&mut self, turns: usize) -> Result<bool, CoreError> {
         for _ in 0..turns {
             let groups = self.core.groups();
-            if !groups.is_empty() && groups.iter().all(|g| self.core.is_leader(*g)) {
+            let serving = |g: &u64| {
+                self.core.is_leader(*g)
+                    && self
+                        .core
+                        .group_status(*g)
+                        .is_some_and(|s| s.applied >= s.last_index)
+            };
+            if !groups.is_empty() && groups.iter().all(serving) {
                 return Ok(true);
             }
             self.turn()?;
