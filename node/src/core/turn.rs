@@ -79,8 +79,9 @@ impl<'a, B: Backend> Turn<'a, B> {
         self.core.poll_reply()
     }
 
-    /// Persists the staged Readies with one sync, applies, and serves the reads that caught
-    /// up. An error is a storage failure: the node must stop acknowledging anything.
+    /// Writes the staged Readies in one batch (synced here, or left to the driver's writer:
+    /// see the module documentation), applies, and serves the reads that caught up. An error
+    /// is a storage failure: the node must stop acknowledging anything.
     pub fn persist(self) -> Result<Persisted<'a, B>, CoreError> {
         let Turn { core, staged } = self;
         core.persist(staged)?;
@@ -349,10 +350,10 @@ impl<B: Backend> Core<B> {
         })
     }
 
-    /// The second half of a turn (see [`Core::stage`]): persists the staged Readies in one
-    /// store batch (synced only if one of them needs it), then queues what may only leave after
-    /// that, applies committed entries and answers requests. Returns an error only when storage
-    /// failed; the node must then stop.
+    /// The second half of a turn (see [`Core::stage`]): writes the staged Readies in one
+    /// store batch, synced here only if one of them needs it and cannot wait for the driver's
+    /// writer (`pipeline`); then queues what may leave, applies committed entries and answers
+    /// requests. Returns an error only when storage failed; the node must then stop.
     fn persist(&mut self, staged: Staged) -> Result<(), CoreError> {
         let Staged {
             mut batch,
