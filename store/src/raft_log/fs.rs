@@ -229,6 +229,13 @@ fn overwrite(dst: &mut Vec<u8>, offset: u64, data: &[u8]) {
 }
 
 impl MemSegment {
+    /// A sync: every write so far becomes durable.
+    fn sync(&mut self) {
+        for (_, offset, data) in std::mem::take(&mut self.unsynced) {
+            overwrite(&mut self.durable, offset, &data);
+        }
+    }
+
     fn len(&self) -> u64 {
         let written = self.unsynced.iter().map(|(_, o, d)| o + d.len() as u64);
         written
@@ -380,10 +387,10 @@ impl LogFs for MemFs {
     fn sync(&self, id: u64) -> Result<()> {
         let mut st = self.state();
         st.syncs += 1;
-        let seg = st.segments.get_mut(&id).ok_or_else(|| Self::missing(id))?;
-        for (_, offset, data) in std::mem::take(&mut seg.unsynced) {
-            overwrite(&mut seg.durable, offset, &data);
-        }
+        st.segments
+            .get_mut(&id)
+            .ok_or_else(|| Self::missing(id))?
+            .sync();
         Ok(())
     }
 
@@ -393,9 +400,7 @@ impl LogFs for MemFs {
             let mut st = fs.state();
             st.syncs += 1;
             if let Some(seg) = st.segments.get_mut(&id) {
-                for (_, offset, data) in std::mem::take(&mut seg.unsynced) {
-                    overwrite(&mut seg.durable, offset, &data);
-                }
+                seg.sync();
             }
             Ok(())
         }))
